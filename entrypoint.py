@@ -1,0 +1,12 @@
+#!/usr/bin/env python3
+"""The container's entry point and the local one: parse settings, run, map errors to exit codes.
+
+Settings come from SAUDIAL_* environment variables and the matching --flags (see --help).
+"""
+
+import sys
+
+from saudial.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

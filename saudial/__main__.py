@@ -1,0 +1,7 @@
+"""`python -m saudial ...` is the same program as `python entrypoint.py ...`."""
+
+import sys
+
+from saudial.cli import main
+
+sys.exit(main())

@@ -1,0 +1,244 @@
+"""Every setting of a run, typed and documented in one place.
+
+Each field is read from the environment variable ``SAUDIAL_<NAME>`` and from the CLI flag ``--<name>``
+(the flag wins; see `cli.py`). Names follow the libraries underneath (TRL's `SFTConfig`, PEFT's
+`LoraConfig`, transformers' `TrainingArguments`) so that their documentation applies as is.
+Hugging Face's own variables (`HF_TOKEN`, `HF_HOME`, `HF_HUB_OFFLINE`, `HF_ENDPOINT`) keep their
+names and meaning and are read by huggingface_hub itself, never copied into these settings.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from saudial.errors import ConfigError
+
+ENV_PREFIX = "SAUDIAL_"
+
+# LFM2's linear layers, by module name: attention (q/k/v/out_proj, 6 of 16 layers), the short-conv
+# blocks' projections (in_proj/out_proj, the other 10 layers) and every layer's SwiGLU MLP (w1/w2/w3).
+# The seed recipe's `q_proj,v_proj` reaches only the 6 attention layers; LiquidAI's own SFT recipe
+# targets all of these. (LFM2 has no `o_proj`; PEFT matches `out_proj` in both block kinds.)
+LFM2_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"]
+
+# Variables with the SAUDIAL_ prefix that are not settings but are allowed in the environment:
+# the image records its source revision, compose passes the host user's ids.
+NON_SETTING_VARIABLES = {"SAUDIAL_IMAGE_REVISION", "SAUDIAL_UID", "SAUDIAL_GID"}
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """The resolved configuration of one run. Defaults are the seed recipe, corrected where it was wrong."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # --- data -------------------------------------------------------------------------------------
+    data: Path | None = Field(
+        None,
+        description="SauDial data file: .xlsx (as published), .csv, .jsonl or .parquet. Required.",
+    )
+    sheet_name: str | None = Field(
+        None, description="Excel sheet to read (default: 'SADGLD' if present, else the first sheet)."
+    )
+    dialects: CommaList | None = Field(
+        None, description="Comma-separated dialects to keep, e.g. 'Najdi,Hijazi' (default: all)."
+    )
+    eval_size: float = Field(
+        0.1,  # 10% held out, stratified by dialect, no English sentence on both sides (see data.split)
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of rows held out for evaluation (0 disables the split).",
+    )
+
+    # --- model ------------------------------------------------------------------------------------
+    model_name_or_path: str = Field(
+        "LiquidAI/LFM2-1.2B", description="Base model: a Hugging Face Hub id or a local directory."
+    )
+    model_revision: str = Field("main", description="Hub revision (branch, tag or commit) of the base model.")
+    tokenizer_name_or_path: str | None = Field(
+        None, description="Tokenizer to use (default: the base model's)."
+    )
+    quantization: Literal["4bit", "8bit", "none"] = Field(
+        "4bit",
+        description="Base-model weights: 4bit (QLoRA, NF4 + double quant), 8bit, or none (bf16/fp32 LoRA).",
+    )
+    # The seed's bare `load_in_4bit=True` silently gives FP4 without double quantization (bitsandbytes'
+    # defaults); QLoRA's NF4 + double quant is both more accurate and smaller.
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    bnb_4bit_use_double_quant: bool = Field(True, description="Quantize the 4-bit scales too.")
+    torch_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        # auto: bf16 where the GPU supports it, fp16 (with fp32 trainable weights) on older GPUs, fp32 on
+        # the CPU. The seed's fp16=True crashes with a 4-bit model on the current stack: TRL casts LoRA
+        # weights to bf16 and the fp16 grad scaler cannot unscale bf16 gradients.
+        description="Compute dtype: auto, bfloat16, float16 or float32.",
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel of the attention layers."
+    )
+
+    # --- LoRA (PEFT LoraConfig names) ----------------------------------------------------------------
+    lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: CommaList = Field(
+        default_factory=lambda: list(LFM2_LINEAR_MODULES),
+        description="Comma-separated module names to adapt (default: all LFM2 linear layers).",
+    )
+
+    # --- training (TRL SFTConfig / transformers TrainingArguments names) ----------------------------
+    output_dir: Path = Field(Path("outputs"), description="Where the adapter, logs and manifest go.")
+    overwrite_output_dir: bool = Field(
+        False, description="Allow writing into a non-empty output directory from an earlier run."
+    )
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate (AdamW).")
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    num_train_epochs: float = Field(1.0, gt=0.0, description="Passes over the training split.")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    per_device_train_batch_size: int = Field(1, ge=1, description="Examples per micro-batch per GPU.")
+    per_device_eval_batch_size: int = Field(8, ge=1, description="Examples per evaluation batch per GPU.")
+    gradient_accumulation_steps: int = Field(8, ge=1, description="Micro-batches per optimizer step.")
+    max_length: int = Field(
+        512, ge=16, description="Tokens per example; longer examples are truncated (the summary counts them)."
+    )
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in the backward pass: less memory, slower."
+    )
+    optim: str = Field("adamw_torch", description="Optimizer name as transformers spells it.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
+    logging_steps: int = Field(10, ge=1, description="Log the loss every this many optimizer steps.")
+    seed: int = Field(42, ge=0, description="Seed for the split, LoRA init, dropout and data order.")
+    report_to: Literal["tensorboard", "none"] = Field(
+        "tensorboard", description="Where training logs go besides the console (logs/ in the output dir)."
+    )
+    dataloader_num_workers: int = Field(0, ge=0, description="Data loader worker processes.")
+
+    # --- checkpoints and resume (scheduled / preemptible jobs) --------------------------------------
+    save_steps: int = Field(50, ge=1, description="Write a checkpoint every this many optimizer steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the newest).")
+    resume: Literal["auto", "never"] = Field(
+        "auto",
+        description="auto: continue from the newest valid checkpoint of the same run; never: start fresh.",
+    )
+    num_processes: int | None = Field(
+        None, ge=1, description="Data-parallel processes on this machine (default: all visible GPUs, 1 on CPU)."
+    )
+
+    # --- evaluation ----------------------------------------------------------------------------------
+    eval: Literal["full", "loss", "none"] = Field(
+        "full",
+        description="After training: full (eval loss + chrF++/BLEU of base and adapter), loss, or none.",
+    )
+    max_eval_samples: int | None = Field(
+        None, ge=1, description="Cap on evaluated examples for quick runs (default: the whole eval split)."
+    )
+    max_new_tokens: int = Field(256, ge=1, description="Generation limit per translation.")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(0.3, gt=0.0, description="Sampling temperature (with do_sample).")
+    min_p: float = Field(0.15, ge=0.0, le=1.0, description="Sampling min_p (with do_sample).")
+    repetition_penalty: float = Field(1.05, ge=1.0, description="Generation repetition penalty.")
+
+    # --- Hugging Face Hub ------------------------------------------------------------------------------
+    push_to_hub: bool = Field(False, description="Upload the adapter and model card after training.")
+    hub_model_id: str | None = Field(None, description="Target repo 'owner/name' (needed with push_to_hub).")
+    hub_private: bool = Field(True, description="Create the Hub repo as private.")
+    hub_strategy: Literal["end", "checkpoint"] = Field(
+        "end", description="end: upload once at the end; checkpoint: also upload each checkpoint."
+    )
+
+    @field_validator("dialects", "target_modules", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            return items or None
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _nonempty_modules(cls, value: list[str] | None) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one module name, e.g. q_proj,v_proj")
+        return value
+
+    @field_validator("hub_model_id")
+    @classmethod
+    def _repo_id_shape(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", value):
+            raise ValueError("must look like 'owner/name' (letters, digits, '-', '_', '.')")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id: set SAUDIAL_HUB_MODEL_ID=owner/name")
+        if self.quantization != "none" and self.torch_dtype == "float32":
+            raise ValueError(
+                "torch_dtype=float32 cannot be the compute dtype of a quantized model: "
+                "use auto/bfloat16/float16, or SAUDIAL_QUANTIZATION=none"
+            )
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """JSON-ready settings. Holds no secret by construction: tokens are never settings."""
+        return self.model_dump(mode="json")
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def check_unknown_env(environ: Mapping[str, str]) -> None:
+    """A typo such as SAUDIAL_LEARNIGN_RATE must not be silently ignored."""
+    known = {env_name(name) for name in Settings.model_fields} | NON_SETTING_VARIABLES
+    for key in sorted(environ):
+        if key.startswith(ENV_PREFIX) and key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else "see `python entrypoint.py --help` for the settings"
+            raise ConfigError(f"unknown setting {key}: {hint} (unset it or fix the name)")
+
+
+def load_settings(cli_values: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults < SAUDIAL_* environment < CLI flags. Raises ConfigError with one actionable line."""
+    environ = os.environ if environ is None else environ
+    check_unknown_env(environ)
+    try:
+        # Init arguments take precedence over the environment in pydantic-settings.
+        return Settings(**dict(cli_values))
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, cli_values, environ)) from None
+
+
+def _explain(exc: ValidationError, cli_values: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else ""
+    message = error["msg"].removeprefix("Value error, ")
+    if not field or field not in Settings.model_fields:
+        return f"invalid settings: {message}"
+    if field in cli_values:
+        where, value = flag_name(field), cli_values[field]
+    else:
+        where, value = env_name(field), environ.get(env_name(field), error.get("input"))
+    info = Settings.model_fields[field]
+    default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
+    return (
+        f"{where}={value!r} is invalid: {message}. "
+        f"Fix it or unset it (default: {default!r}; {info.description})"
+    )

@@ -1,0 +1,144 @@
+"""Load the tokenizer and the (optionally quantized) base model, and describe the LoRA adapter.
+
+Training, evaluation, translation and merging all load the base model through `load_model`, so a
+model behaves the same in each of them: 4-bit NF4 on a GPU by default, unquantized on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+
+from saudial.config import Settings
+from saudial.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# torch's CUDA 13 wheels need an NVIDIA driver of the R580 branch or newer (see docs/docker.md).
+MIN_DRIVER = "580"
+
+
+def check_cuda() -> None:
+    """Fail early, and say why, when a run needs a GPU that is not usable."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        usable = torch.cuda.is_available()
+    if usable:
+        return
+    reasons = " ".join(str(w.message).splitlines()[0] for w in caught)
+    if "too old" in reasons:
+        raise ConfigError(
+            f"the NVIDIA driver is too old for this build of torch (CUDA {torch.version.cuda}): "
+            f"install driver >= {MIN_DRIVER} or use an image built for an older CUDA (docs/docker.md). {reasons}"
+        )
+    in_container = Path("/.dockerenv").exists() or os.environ.get("NVIDIA_VISIBLE_DEVICES") is not None
+    hint = (
+        "no GPU is visible in the container: run it with `--gpus all` (docker run) or keep the GPU "
+        "reservation of compose.yaml, on a host with the NVIDIA Container Toolkit"
+        if in_container
+        else "no CUDA GPU is visible"
+    )
+    if torch.version.cuda is None:
+        hint = f"this torch build ({torch.__version__}) has no CUDA support"
+    raise ConfigError(
+        f"SAUDIAL_QUANTIZATION needs a CUDA GPU, but {hint}. "
+        "Use a GPU, or set SAUDIAL_QUANTIZATION=none to train unquantized (slow on the CPU)"
+    )
+
+
+def compute_dtype(settings: Settings) -> torch.dtype:
+    """The dtype matmuls run in: bf16 where the GPU has it, else fp16; fp32 on the CPU."""
+    if settings.torch_dtype != "auto":
+        return getattr(torch, settings.torch_dtype)
+    if not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def quantization_config(settings: Settings, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    if settings.quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=settings.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=settings.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    if settings.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_tokenizer(settings: Settings, source: str | None = None) -> PreTrainedTokenizerBase:
+    """Load the tokenizer; give it a pad token distinct from EOS where it has none.
+
+    A pad token equal to EOS was once how EOS got masked out of the labels, so models never learned
+    to stop. TRL masks padding by position now, but a distinct pad token keeps that failure away.
+    """
+    name = source or settings.tokenizer_name_or_path or settings.model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=settings.model_revision)
+    except OSError as exc:
+        raise ConfigError(_load_failure("tokenizer", name, exc)) from None
+    if tokenizer.eos_token is None:
+        raise ConfigError(f"the tokenizer of {name} has no EOS token: set SAUDIAL_TOKENIZER_NAME_OR_PATH")
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_model(settings: Settings, device_map: Any = None) -> Any:
+    """The base model, quantized as configured, through the real `from_pretrained` path."""
+    dtype = compute_dtype(settings)
+    quant = quantization_config(settings, dtype)
+    if quant is not None:
+        check_cuda()
+        if device_map is None:
+            # QLoRA under data parallelism: each process puts its 4-bit copy on its own GPU.
+            device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            settings.model_name_or_path,
+            revision=settings.model_revision,
+            dtype=dtype,
+            quantization_config=quant,
+            device_map=device_map,
+            attn_implementation=settings.attn_implementation,
+        )
+    except OSError as exc:
+        raise ConfigError(_load_failure("model", settings.model_name_or_path, exc)) from None
+    model.config.use_cache = False  # the KV cache is useless in training and warns with checkpointing
+    return model
+
+
+def lora_config(settings: Settings) -> LoraConfig:
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=list(settings.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _load_failure(what: str, name: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    hint = (
+        "HF_HUB_OFFLINE is set, so it must already be in the Hugging Face cache (HF_HOME) or be a local directory"
+        if offline
+        else "check SAUDIAL_MODEL_NAME_OR_PATH (a Hub id or a local directory), the network, and HF_TOKEN for "
+        "gated or private models"
+    )
+    return f"cannot load the {what} {name!r}: {first}. {hint}"
