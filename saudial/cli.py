@@ -12,11 +12,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from saudial import __version__
+from saudial import __version__, distributed
 from saudial.config import Settings, env_name, flag_name, load_settings
-from saudial.errors import EXIT_OK, SaudialError
+from saudial.errors import EXIT_OK, ConfigError, SaudialError
 
 log = logging.getLogger("saudial")
 
@@ -49,6 +50,7 @@ def setup_logging() -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    logging.getLogger("saudial").setLevel(logging.INFO)
     # Library chatter below WARNING hides our own progress lines.
     for noisy in ("transformers", "datasets", "peft", "trl", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -62,10 +64,118 @@ def print_config(settings: Settings) -> None:
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
-    from saudial.train import train  # heavy imports only once the settings are known to be good
+    # Cheap checks first, so a wrong path or a missing GPU fails in seconds, not after the slow
+    # imports of transformers/PEFT/TRL: the data (pandas only) and CUDA (torch only).
+    from saudial import data
 
-    train(settings, dry_run=args.dry_run)
+    if settings.data is None:
+        raise ConfigError("no data file: set SAUDIAL_DATA (or --data) to the SauDial .xlsx, .csv, .jsonl or .parquet")
+    dataset = data.load(settings.data, settings.sheet_name, settings.dialects)
+    if settings.quantization != "none" and not args.dry_run:
+        from saudial.hardware import check_cuda
+
+        check_cuda()
+    if not args.dry_run and (processes := distributed.needs_launch(settings)):
+        return distributed.launch(processes)  # N ranks of this same command (checked once, here); their exit code
+    from saudial.train import train
+
+    train(settings, dry_run=args.dry_run, dataset=dataset)
     return EXIT_OK
+
+
+def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from saudial.evaluate import run_evaluate as evaluate
+
+    evaluate(settings, args.adapter)
+    return EXIT_OK
+
+
+def run_translate(args: argparse.Namespace, settings: Settings) -> int:
+    from saudial.generate import run_translate as translate
+
+    translate(settings, args.adapter, args.text, args.dialect, args.context, args.input, args.output)
+    return EXIT_OK
+
+
+def run_merge(args: argparse.Namespace, settings: Settings) -> int:
+    from saudial.merge import merge
+
+    merge(settings, args.adapter, args.output)
+    return EXIT_OK
+
+
+def run_push(args: argparse.Namespace, settings: Settings) -> int:
+    from saudial.hub import push
+
+    push(settings, args.output_dir_arg)
+    return EXIT_OK
+
+
+def add_inference_commands(
+    sub: Any, commands: dict[str, Callable[[argparse.Namespace, Settings], int]], epilog: str | None
+) -> None:
+    """evaluate, translate, merge and push: the things to do with a trained adapter."""
+    adapter_help = "a training output directory (adapter_config.json, tokenizer, run_manifest.json)"
+    p = sub.add_parser(
+        "evaluate",
+        help="score base model vs adapter (chrF++, BLEU per dialect) on the run's eval split",
+        description="Translate the held-out split with the base model and with the adapter; write "
+        "metrics.json and eval_results.md (into --adapter, or SAUDIAL_OUTPUT_DIR when set).",
+        epilog=epilog,
+    )
+    p.add_argument("--adapter", type=Path, required=True, help=adapter_help)
+    add_settings_arguments(p)
+    commands["evaluate"] = run_evaluate
+
+    p = sub.add_parser(
+        "translate",
+        help="translate English text (or a file) with a trained adapter",
+        description="Translate one English text (printed) or a .csv/.xlsx/.jsonl/.parquet file with an "
+        "'English Text' column (written next to it as NAME.translated.EXT, never overwriting a file).",
+        epilog=epilog,
+    )
+    p.add_argument("--adapter", type=Path, required=True, help=adapter_help)
+    p.add_argument("--dialect", help="Najdi, Hijazi, Eastern or Southern (with --input: overrides the file's column)")
+    p.add_argument("--context", help="in-game context line of the prompt (optional)")
+    p.add_argument("--input", type=Path, help="file to translate instead of TEXT")
+    p.add_argument("--output", type=Path, help="where --input's translations go (default: NAME.translated.EXT)")
+    p.add_argument("text", nargs="?", metavar="TEXT", help="English text to translate")
+    add_settings_arguments(p)
+    commands["translate"] = run_translate
+
+    p = sub.add_parser(
+        "merge",
+        help="merge the adapter into the base model (bf16) for vLLM / llama.cpp",
+        description="Write base model + adapter as one bf16 model with its tokenizer, loadable by "
+        "AutoModelForCausalLM.from_pretrained.",
+        epilog=epilog,
+    )
+    p.add_argument("--adapter", type=Path, required=True, help=adapter_help)
+    p.add_argument("--output", type=Path, required=True, help="directory for the merged model (new or empty)")
+    add_settings_arguments(p)
+    commands["merge"] = run_merge
+
+    p = sub.add_parser(
+        "push",
+        help="upload a training output directory to the Hugging Face Hub (retries a failed upload)",
+        description="Upload adapter, tokenizer, run_manifest.json, metrics.json and a model card to "
+        "SAUDIAL_HUB_MODEL_ID (default: the run's). Needs HF_TOKEN with write access.",
+        epilog=epilog,
+    )
+    # The run's directory, as the retry message names it; not SAUDIAL_OUTPUT_DIR's setting.
+    p.add_argument("--output-dir", dest="output_dir_arg", type=Path, required=True, help="the run's output directory")
+    for name in ("hub_model_id", "hub_private"):
+        info = Settings.model_fields[name]
+        is_bool = info.annotation is bool
+        p.add_argument(
+            flag_name(name),
+            dest=name,
+            default=argparse.SUPPRESS,
+            nargs="?" if is_bool else None,
+            const="true" if is_bool else None,
+            help=f"{info.description} [{env_name(name)}]",
+        )
+    commands["push"] = run_push
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace, Settings], int]]]:
@@ -90,6 +200,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     )
     add_settings_arguments(train_parser)
     commands["train"] = run_train
+    add_inference_commands(sub, commands, parser.epilog)
     return parser, commands
 
 
@@ -101,11 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "train")
     args = parser.parse_args(argv)
     setup_logging()
+    distributed.quiet_other_ranks()
     cli_values: dict[str, Any] = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     try:
         settings = load_settings(cli_values)
-        print_config(settings)
+        if distributed.is_main_process() and not distributed.launched_by_us():  # the launcher printed it
+            print_config(settings)
         return commands[args.command](args, settings)
     except SaudialError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if distributed.is_main_process() or not getattr(exc, "shared", False):  # rank 0's, said once
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -30,8 +30,9 @@ ENV_PREFIX = "SAUDIAL_"
 LFM2_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"]
 
 # Variables with the SAUDIAL_ prefix that are not settings but are allowed in the environment:
-# the image records its source revision, compose passes the host user's ids.
-NON_SETTING_VARIABLES = {"SAUDIAL_IMAGE_REVISION", "SAUDIAL_UID", "SAUDIAL_GID"}
+# the image records its source revision, compose passes the host user's ids, the multi-process
+# launcher (distributed.py) marks the processes it started.
+NON_SETTING_VARIABLES = {"SAUDIAL_IMAGE_REVISION", "SAUDIAL_UID", "SAUDIAL_GID", "SAUDIAL_LAUNCHER_PID"}
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -64,9 +65,7 @@ class Settings(BaseSettings):
         "LiquidAI/LFM2-1.2B", description="Base model: a Hugging Face Hub id or a local directory."
     )
     model_revision: str = Field("main", description="Hub revision (branch, tag or commit) of the base model.")
-    tokenizer_name_or_path: str | None = Field(
-        None, description="Tokenizer to use (default: the base model's)."
-    )
+    tokenizer_name_or_path: str | None = Field(None, description="Tokenizer to use (default: the base model's).")
     quantization: Literal["4bit", "8bit", "none"] = Field(
         "4bit",
         description="Base-model weights: 4bit (QLoRA, NF4 + double quant), 8bit, or none (bf16/fp32 LoRA).",
@@ -108,14 +107,26 @@ class Settings(BaseSettings):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     num_train_epochs: float = Field(1.0, gt=0.0, description="Passes over the training split.")
     max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: use epochs).")
-    per_device_train_batch_size: int = Field(1, ge=1, description="Examples per micro-batch per GPU.")
+    # Batching retuned from the seed's 1 x 8 (docs/benchmarks.md): each micro-batch costs a roughly fixed
+    # CPU overhead, so more examples per micro-batch (one padding-free row) is what makes QLoRA fast.
+    per_device_train_batch_size: int = Field(32, ge=1, description="Examples per micro-batch per GPU.")
     per_device_eval_batch_size: int = Field(8, ge=1, description="Examples per evaluation batch per GPU.")
-    gradient_accumulation_steps: int = Field(8, ge=1, description="Micro-batches per optimizer step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_length: int = Field(
         512, ge=16, description="Tokens per example; longer examples are truncated (the summary counts them)."
     )
+    padding_free: bool = Field(
+        True,
+        # Measured on an H100 (docs/benchmarks.md): no compute on padding, and per-example losses equal to
+        # padded batches thanks to the boundary-aware conv of speed.py (tests/test_padding_free.py).
+        description="Flatten each micro-batch into one row without padding (TRL padding_free).",
+    )
+    pad_to_multiple_of: int = Field(
+        256, ge=1, description="Pad each padding-free row to a multiple of this many tokens (few kernel shapes)."
+    )
+    torch_compile: bool = Field(False, description="torch.compile each decoder layer (pays off on long runs).")
     gradient_checkpointing: bool = Field(
-        True, description="Recompute activations in the backward pass: less memory, slower."
+        False, description="Recompute activations in the backward pass: less memory, slower."
     )
     optim: str = Field("adamw_torch", description="Optimizer name as transformers spells it.")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
@@ -238,7 +249,4 @@ def _explain(exc: ValidationError, cli_values: Mapping[str, Any], environ: Mappi
         where, value = env_name(field), environ.get(env_name(field), error.get("input"))
     info = Settings.model_fields[field]
     default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
-    return (
-        f"{where}={value!r} is invalid: {message}. "
-        f"Fix it or unset it (default: {default!r}; {info.description})"
-    )
+    return f"{where}={value!r} is invalid: {message}. Fix it or unset it (default: {default!r}; {info.description})"

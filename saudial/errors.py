@@ -18,6 +18,7 @@ class SaudialError(Exception):
     """Base class: a message for the user and the exit code that goes with it."""
 
     exit_code = EXIT_CONFIG
+    shared = False  # the same error on every rank of a multi-process run: only rank 0 prints it
 
 
 class ConfigError(SaudialError):

@@ -94,9 +94,9 @@ def _sentence(rng: random.Random) -> list[str]:
     return words
 
 
-def _text(rng: random.Random, paragraph: bool) -> list[list[str]]:
+def _text(rng: random.Random, paragraph: bool, longest: int = 20) -> list[list[str]]:
     """A list of sentences (each a list of words): one or two lines, or a paragraph of many."""
-    count = rng.randint(6, 20) if paragraph else rng.choice([1, 1, 2, 2, 3])
+    count = rng.randint(min(6, longest), longest) if paragraph else rng.choice([1, 1, 2, 2, 3])
     return [_sentence(rng) for _ in range(count)]
 
 
@@ -107,8 +107,13 @@ def _render(sentences: list[list[str]], code: dict[str, str] | None) -> str:
     return "، ".join(" ".join(code[w] for w in s) for s in sentences) + "."
 
 
-def make_rows(n_rows: int = 1000, seed: int = 0, paragraph_share: float = 0.1) -> pd.DataFrame:
-    """A SauDial-shaped table of `n_rows` rows (at least 20) with all the published file's quirks."""
+def make_rows(
+    n_rows: int = 1000, seed: int = 0, paragraph_share: float = 0.1, paragraph_sentences: int = 20
+) -> pd.DataFrame:
+    """A SauDial-shaped table of `n_rows` rows (at least 20) with all the published file's quirks.
+
+    A `paragraph_share` of the rows are paragraphs of 6 to `paragraph_sentences` sentences.
+    """
     if n_rows < 20:
         raise ValueError("need at least 20 rows to reproduce every quirk")
     rng = random.Random(seed)
@@ -125,7 +130,7 @@ def make_rows(n_rows: int = 1000, seed: int = 0, paragraph_share: float = 0.1) -
     seen: set[str] = set()
     for dialect in dialects:
         while True:  # every English text unique for now; the repeats are made on purpose below
-            sentences = _text(rng, paragraph=rng.random() < paragraph_share)
+            sentences = _text(rng, rng.random() < paragraph_share, paragraph_sentences)
             english = _render(sentences, None)
             if english not in seen:
                 break

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -19,9 +17,11 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
+from saudial import checkpoints, distributed, finish, hub, reproducibility, speed
 from saudial import data as data_mod
+from saudial.checkpoints import prepare_output_dir
 from saudial.config import Settings
-from saudial.errors import ConfigError, TrainingError
+from saudial.errors import ConfigError, Interrupted, TrainingError
 from saudial.manifest import MANIFEST, METRICS, device_name, git_revision, now, run_fingerprint, versions, write_json
 from saudial.model import compute_dtype, load_model, load_tokenizer, lora_config
 from saudial.prompts import build_example
@@ -31,20 +31,30 @@ log = logging.getLogger(__name__)
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
-def train(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
-    """Run one training job as configured; return its metrics."""
+def train(settings: Settings, dry_run: bool = False, dataset: data_mod.Dataset | None = None) -> dict[str, Any]:
+    """Run one training job as configured; return its metrics. `dataset`: already loaded, if it was."""
     started, clock = now(), time.perf_counter()
     timings: dict[str, float] = {}
     if settings.data is None:
         raise ConfigError("no data file: set SAUDIAL_DATA (or --data) to the SauDial .xlsx, .csv, .jsonl or .parquet")
 
     # 1. Data: read the workbook as published, clean it, split it.
-    dataset = data_mod.load(settings.data, settings.sheet_name, settings.dialects)
+    if dataset is None:
+        dataset = data_mod.load(settings.data, settings.sheet_name, settings.dialects)
     split = data_mod.split(dataset.rows, settings.eval_size, settings.seed)
     if split.train.empty:
         raise ConfigError("the training split is empty: lower SAUDIAL_EVAL_SIZE or add rows")
+    if settings.push_to_hub:  # a push that would fail must fail now, not after hours of training (exit 2)
+        hub.preflight(settings)
     if not dry_run:
-        prepare_output_dir(settings.output_dir, settings.overwrite_output_dir)
+        # Fresh start, resume from a checkpoint, or refuse (exit 2): rank 0 decides before any model is
+        # loaded (checkpoints.prepare_output_dir) and writes the manifest with the run's fingerprint.
+        distributed.init()
+        fingerprint = run_fingerprint(settings, dataset.sha256)
+        plan = distributed.on_main_then_share(lambda: prepare_output_dir(settings, fingerprint, dataset.sha256))
+        determinism = reproducibility.configure()
+        stopper = checkpoints.StopOnSignal()  # SIGTERM/SIGINT from here on: checkpoint, then exit 75
+        stopper.install()
 
     # 2. Tokenizer, and what the data looks like through it.
     tokenizer = load_tokenizer(settings)
@@ -80,17 +90,44 @@ def train(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
         for param in trainer.model.parameters():
             if param.requires_grad:
                 param.data = param.data.float()
+    if settings.padding_free:
+        # One flat row per micro-batch, no compute on padding; see speed.py for why the conv is replaced.
+        speed.install_boundary_aware_conv()
+        trainer.data_collator = speed.padding_free_collator(tokenizer.pad_token_id, settings.pad_to_multiple_of)
+    if settings.torch_compile:
+        log.info(
+            "compiling %d decoder layers (the first steps are slow while it compiles)",
+            speed.compile_decoder_layers(trainer.model),
+        )
+    meter = speed.ThroughputMeter()
+    trainer.add_callback(meter)
+    trainer.add_callback(checkpoints.CheckpointCallback(settings, fingerprint))
+    trainer.add_callback(stopper)
     trainable, total = count_parameters(trainer.model)
-    log.info("LoRA on %s: %s trainable of %s parameters", ",".join(settings.target_modules), f"{trainable:,}", f"{total:,}")
+    log.info(
+        "LoRA on %s: %s trainable of %s parameters", ",".join(settings.target_modules), f"{trainable:,}", f"{total:,}"
+    )
 
     tick = time.perf_counter()
     try:
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
     except torch.OutOfMemoryError:
         raise TrainingError(
             "CUDA out of memory: lower SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE (raise SAUDIAL_GRADIENT_ACCUMULATION_STEPS "
             "to keep the effective batch), lower SAUDIAL_MAX_LENGTH, or set SAUDIAL_GRADIENT_CHECKPOINTING=true"
         ) from None
+    finally:
+        stopper.restore()
+    if stopper.stopped_at is not None:  # a signal stopped training: the checkpoint is written, no adapter
+        saved = settings.output_dir.resolve() / f"{checkpoints.PREFIX}{stopper.stopped_at}"
+        if trainer.is_world_process_zero():
+            checkpoints.mark_interrupted(settings.output_dir, stopper.stopped_at, str(stopper.received))
+        interrupted = Interrupted(
+            f"stopped by {stopper.received} at step {stopper.stopped_at}; checkpoint saved to {saved}; "
+            "restart with the same settings to resume"
+        )
+        interrupted.shared = True  # every rank stopped at this step; rank 0 says so
+        raise interrupted
     timings["train_s"] = time.perf_counter() - tick
 
     metrics: dict[str, Any] = {
@@ -102,6 +139,8 @@ def train(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
         "train_samples": len(train_ds),
         "eval_samples": len(eval_ds),
         "trainable_parameters": trainable,
+        **meter.result,
+        "loss_curve": [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e],
     }
     if len(eval_ds) and settings.eval != "none":
         tick = time.perf_counter()
@@ -110,48 +149,39 @@ def train(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
 
     # 5. Save: the adapter, the tokenizer, the manifest and the metrics.
     tick = time.perf_counter()
-    trainer.save_model(str(settings.output_dir))
+    trainer.save_model(str(settings.output_dir))  # writes on rank 0 only
+    if not trainer.is_world_process_zero():  # with several processes, only rank 0 writes outputs
+        return metrics
     tokenizer.save_pretrained(settings.output_dir)
     timings["save_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - clock
     metrics["timings"] = timings
     write_json(settings.output_dir / METRICS, metrics)
+    run_record = {
+        "status": "finished",
+        "lock_sha256": reproducibility.lock_sha256(),
+        "processes": distributed.world_size(),
+        "determinism": determinism,
+        "attempts": plan.attempts,
+    }
     write_json(
         settings.output_dir / MANIFEST,
-        manifest(settings, dataset, summary, started, metrics),
+        manifest(settings, dataset, summary, started, metrics) | run_record,
     )
     log.info("adapter saved to %s", settings.output_dir.resolve())
+    # 6. Evaluation (SAUDIAL_EVAL) with the in-memory adapter, then the Hub upload (SAUDIAL_PUSH_TO_HUB).
+    finish.after_training(settings, trainer.model, tokenizer, split.eval, metrics)
     return metrics
-
-
-def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix a new run into an earlier run's outputs unless told to replace them."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"SAUDIAL_OUTPUT_DIR={str(output_dir)!r} is a file, not a directory")
-    if output_dir.is_dir() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                f"SAUDIAL_OUTPUT_DIR={str(output_dir)!r} already holds files from an earlier run: choose another "
-                "directory, or set SAUDIAL_OVERWRITE_OUTPUT_DIR=true to replace them"
-            )
-        log.warning("overwriting the earlier run in %s", output_dir)
-        for child in output_dir.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"cannot write to SAUDIAL_OUTPUT_DIR={str(output_dir)!r}: {exc.strerror}") from None
 
 
 def to_prompt_completion(rows: pd.DataFrame) -> datasets.Dataset:
     records = [
-        build_example(r.dialect, r.english, r.translation, r.context or None)
-        for r in rows.itertuples(index=False)
+        build_example(r.dialect, r.english, r.translation, r.context or None) for r in rows.itertuples(index=False)
     ]
-    return datasets.Dataset.from_list(records, features=datasets.Features({"prompt": datasets.Value("string"), "completion": datasets.Value("string")}))
+    return datasets.Dataset.from_list(
+        records,
+        features=datasets.Features({"prompt": datasets.Value("string"), "completion": datasets.Value("string")}),
+    )
 
 
 def token_lengths(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -237,7 +267,10 @@ def sft_config(settings: Settings, dtype: torch.dtype) -> SFTConfig:
         logging_steps=settings.logging_steps,
         logging_first_step=True,
         report_to=[] if settings.report_to == "none" else [settings.report_to],
-        save_strategy="no",
+        save_strategy="steps",  # checkpoint-N every save_steps (resume after preemption: saudial/checkpoints.py)
+        save_steps=settings.save_steps,
+        save_total_limit=None,  # CheckpointCallback rotates, only once the new checkpoint is complete
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient every step
         eval_strategy="no",
         dataloader_num_workers=settings.dataloader_num_workers,
         include_num_input_tokens_seen="non_padding",

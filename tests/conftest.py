@@ -65,6 +65,9 @@ def base_env(tiny_model: Path, data: Path, output_dir: Path, **extra: str) -> di
             "SAUDIAL_EVAL": "loss",
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
+            # One thread: a tiny model gains nothing from more, and 2 cores shared with the test runner
+            # (or a second process) oversubscribe badly (measured: ~10x slower steps).
+            "OMP_NUM_THREADS": "1",
         }
     )
     env.update(extra)

@@ -1,0 +1,47 @@
+# saudial: `make help` lists the targets. Every target works from a fresh clone (it sets up .venv first).
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# `make train` trains on SAUDIAL_DATA, or on the bundled synthetic sample when it is unset.
+SAMPLE := samples/saudial_synthetic_sample.xlsx
+SAUDIAL_DATA ?= $(SAMPLE)
+DEMO_DIR ?= outputs/demo
+
+.PHONY: help setup setup-dev train demo test test-gpu lint bench
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: ## Create .venv from the lock (torch first, then requirements.lock, hash-checked); fast when up to date
+	@bash scripts/setup.sh
+
+setup-dev: ## setup + the dev tools (pytest, ruff, mypy, hadolint, check-jsonschema)
+	@DEV=1 bash scripts/setup.sh
+
+train: setup ## Train LFM2-1.2B in 4-bit on a CUDA GPU, on SAUDIAL_DATA (default: the synthetic sample)
+	SAUDIAL_DATA="$(SAUDIAL_DATA)" $(PY) entrypoint.py
+
+demo: setup ## The whole pipeline offline on the CPU in about a minute, with a tiny LFM2 built locally
+	$(PY) -m saudial.tiny $(DEMO_DIR)/tiny-lfm2
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 SAUDIAL_DATA="$(SAMPLE)" SAUDIAL_MODEL_NAME_OR_PATH=$(DEMO_DIR)/tiny-lfm2 \
+	SAUDIAL_QUANTIZATION=none SAUDIAL_OUTPUT_DIR=$(DEMO_DIR)/adapter SAUDIAL_OVERWRITE_OUTPUT_DIR=true \
+	SAUDIAL_LEARNING_RATE=2e-3 SAUDIAL_NUM_TRAIN_EPOCHS=2 SAUDIAL_MAX_EVAL_SAMPLES=16 SAUDIAL_MAX_NEW_TOKENS=48 \
+	$(PY) entrypoint.py
+
+test: setup-dev ## Run the test suite (CPU; GPU tests are skipped without CUDA)
+	$(PY) -m pytest
+
+test-gpu: setup-dev ## Run only the GPU tests (on a CUDA machine)
+	$(PY) -m pytest -m gpu -v
+
+lint: setup-dev lint-docker ## ruff check, ruff format --check, mypy, and the container lints
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy saudial bench
+
+bench: setup ## The GPU benchmark (docs/benchmarks.md); results in bench/results/
+	$(PY) bench/bench.py --out bench/results
+
+include mk/docker.mk

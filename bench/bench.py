@@ -1,0 +1,405 @@
+"""Benchmark: the seed recipe, the project's defaults and faster settings, side by side, in one run.
+
+    python bench/bench.py --out bench/results            # on a CUDA GPU (see docs/benchmarks.md)
+    python bench/bench.py --out /tmp/smoke --smoke       # the same code path on the CPU, tiny model
+
+It builds the full-size LFM2-1.2B architecture with random weights from the published config, saves
+it, and trains every configuration through the real `entrypoint.py` in its own process (model
+loaded from local disk through the real 4-bit path), on synthetic SauDial-shaped rows. It reports
+non-pad tokens/s (steady state, after warm-up), samples/s, step time, peak reserved GPU memory,
+MFU against the bf16 matmul rate measured on the card in the same run, loss curves, and the
+whole-run wall time split into import, load, data, train and save. JSON, a PNG plot and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# The published LFM2-1.2B configuration (config.json of LiquidAI/LFM2-1.2B; field notes).
+LFM2_1_2B = dict(
+    vocab_size=65536,
+    hidden_size=2048,
+    intermediate_size=12288,
+    block_ff_dim=12288,
+    block_auto_adjust_ff_dim=True,
+    block_multiple_of=256,
+    block_ffn_dim_multiplier=1.0,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    layer_types=["full_attention" if i in (2, 5, 8, 10, 12, 14) else "conv" for i in range(16)],
+    conv_L_cache=3,
+    conv_bias=False,
+    norm_eps=1e-5,
+    rope_theta=1e6,
+    tie_word_embeddings=True,
+    max_position_embeddings=128000,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=7,
+)
+PARAMS_1_2B = 1_170_340_608
+
+# Synthetic rows shaped like the published ones: mostly one short line, a tenth paragraphs.
+# With the bench tokenizer this gives ~125 tokens per example (p90 ~195, max ~460); the published
+# rows average ~114 with the LFM2 tokenizer.
+ROWS = dict(paragraph_share=0.1, paragraph_sentences=12)
+
+# The seed recipe as written: bare load_in_4bit (FP4, no double quant), fp16 compute and fp16=True,
+# LoRA r8/alpha16 on q_proj,v_proj, batch 1 x 8, TRL's default gradient checkpointing, padded batches.
+# The only change: fp32 trainable weights (saudial does this for fp16), without which it crashes.
+SEED = {
+    "SAUDIAL_BNB_4BIT_QUANT_TYPE": "fp4",
+    "SAUDIAL_BNB_4BIT_USE_DOUBLE_QUANT": "false",
+    "SAUDIAL_TORCH_DTYPE": "float16",
+    "SAUDIAL_TARGET_MODULES": "q_proj,v_proj",
+    "SAUDIAL_LORA_R": "8",
+    "SAUDIAL_LORA_ALPHA": "16",
+    "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "1",
+    "SAUDIAL_GRADIENT_ACCUMULATION_STEPS": "8",
+    "SAUDIAL_GRADIENT_CHECKPOINTING": "true",
+    "SAUDIAL_PADDING_FREE": "false",
+    "SAUDIAL_LEARNING_RATE": "2e-4",
+}
+
+
+def configurations(smoke: bool) -> list[tuple[str, dict[str, str], int]]:
+    """(name, settings that differ from the defaults, optimizer steps to time)."""
+    steps = 4 if smoke else 0
+    return [
+        ("seed as written (bs 1x8)", SEED, steps or 5),
+        ("seed, batch 8x8", SEED | {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "8"}, steps or 4),
+        ("saudial defaults", {}, steps or 40),
+        ("defaults, bs 64, GC on", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64",
+                                     "SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 25),
+        ("defaults, bs 64, GC off", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64",
+                                      "SAUDIAL_GRADIENT_CHECKPOINTING": "false"}, steps or 25),
+        ("defaults, bs 128, GC on", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "128",
+                                      "SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 15),
+        ("defaults + torch.compile", {"SAUDIAL_TORCH_COMPILE": "true"}, steps or 60),
+    ]  # fmt: skip
+
+
+def sh(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[int, float]:
+    start = time.perf_counter()
+    with log.open("w") as handle:
+        try:
+            code = subprocess.run(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = -9
+    return code, time.perf_counter() - start
+
+
+def matmul_tflops() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    n = 8192
+    a, b = (
+        torch.randn(n, n, device="cuda", dtype=torch.bfloat16),
+        torch.randn(n, n, device="cuda", dtype=torch.bfloat16),
+    )
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(20):
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    times.sort()
+    return 2 * n**3 / times[len(times) // 2] / 1e12
+
+
+def build_model(work: Path, smoke: bool) -> tuple[Path, int]:
+    """Random-weight LFM2 (full size, or tiny with --smoke) and a BPE tokenizer, saved to disk."""
+    import torch
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    from saudial import synthetic, tiny
+
+    model_dir = work / "model"
+    if smoke:
+        tiny.build(model_dir)
+        return model_dir, sum(p.numel() for p in Lfm2ForCausalLM.from_pretrained(model_dir).parameters())
+    frame = synthetic.make_rows(2000, seed=1, **ROWS)
+    texts = [str(v) for column in frame.columns[5:9] for v in frame[column].dropna()]
+    tokenizer = tiny.build_tokenizer([*texts, "### Instruction:", "### Input:", "### Response:"], vocab_size=4096)
+    config = Lfm2Config(**LFM2_1_2B)  # type: ignore[arg-type]
+    config.eos_token_id = tokenizer.eos_token_id
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Lfm2ForCausalLM(config).to(torch.bfloat16)
+    n_params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    del model
+    torch.cuda.empty_cache()
+    return model_dir, n_params
+
+
+def write_rows(path: Path, rows: int, seed: int = 3, **shape: Any) -> Path:
+    from saudial import synthetic
+
+    return synthetic.write(synthetic.make_rows(rows, seed=seed, **(ROWS | shape)), path)
+
+
+def run_config(
+    name: str, extra: dict[str, str], data: Path, model: Path, work: Path, smoke: bool, max_steps: int | None
+) -> dict[str, Any]:
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    out = work / "runs" / slug
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAUDIAL_")}
+    env.update(
+        {
+            "SAUDIAL_DATA": str(data),
+            "SAUDIAL_MODEL_NAME_OR_PATH": str(model),
+            "SAUDIAL_OUTPUT_DIR": str(out),
+            "SAUDIAL_OVERWRITE_OUTPUT_DIR": "true",
+            "SAUDIAL_EVAL": "none",
+            "SAUDIAL_REPORT_TO": "none",
+            "SAUDIAL_LOGGING_STEPS": "1",
+            "SAUDIAL_SAVE_STEPS": "100000",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if max_steps:
+        env["SAUDIAL_MAX_STEPS"] = str(max_steps)
+    if smoke:
+        env["SAUDIAL_QUANTIZATION"] = "none"
+    env.update(extra)
+    if env.get("SAUDIAL_NUM_PROCESSES", "1") == "1":
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]  # one GPU, no DataParallel
+    if smoke:
+        env.pop("SAUDIAL_TORCH_DTYPE", None)
+        env.pop("SAUDIAL_TORCH_COMPILE", None)
+    log = work / "logs" / f"{slug}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    code, wall = sh([sys.executable, str(REPO / "entrypoint.py")], env, log, timeout=600)
+    result: dict[str, Any] = {"name": name, "settings": extra, "exit_code": code, "wall_s": wall, "log": str(log)}
+    metrics_path = out / "metrics.json"
+    if code == 0 and metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        result.update(metrics)
+        timings = metrics.get("timings", {})
+        # import = process start until train() began (interpreter, torch/transformers/TRL imports, settings)
+        result["import_s"] = wall - timings.get("total_s", 0.0)
+    else:
+        result["error_tail"] = log.read_text()[-1500:]
+    keys = ("steady_tokens_per_second", "steady_step_time_s", "peak_reserved_gib", "train_steps", "import_s")
+    summary = ", ".join(f"{k}={result[k]:.3g}" for k in keys if isinstance(result.get(k), (int, float)))
+    print(f"  {name}: exit {code}, wall {wall:.1f}s, {summary}", flush=True)
+    return result
+
+
+def mfu(tokens_per_s: float | None, n_params: int, tflops: float | None, flops_per_token: int) -> float | None:
+    if not tokens_per_s or not tflops:
+        return None
+    return tokens_per_s * flops_per_token * n_params / (tflops * 1e12)
+
+
+def table(results: list[dict[str, Any]], n_params: int, tflops: float | None) -> str:
+    head = (
+        f"{'configuration':<34}{'tok/s':>9}{'samp/s':>8}{'step s':>8}{'GiB':>7}{'MFU4N':>7}{'MFU6N':>7}"
+        f"{'loss0':>7}{'lossN':>7}{'wall':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        tps = r.get("steady_tokens_per_second")
+        step = r.get("steady_step_time_s")
+        curve = r.get("loss_curve") or []
+        samples = r.get("samples_per_second")
+        m4, m6 = mfu(tps, n_params, tflops, 4), mfu(tps, n_params, tflops, 6)
+        lines.append(
+            f"{r['name'][:33]:<34}"
+            + (f"{tps:>9,.0f}" if tps else f"{'fail' if r['exit_code'] else '-':>9}")
+            + (f"{samples:>8.1f}" if samples else f"{'-':>8}")
+            + (f"{step:>8.3f}" if step else f"{'-':>8}")
+            + (f"{r['peak_reserved_gib']:>7.2f}" if r.get("peak_reserved_gib") else f"{'-':>7}")
+            + (f"{m4:>7.1%}" if m4 else f"{'-':>7}")
+            + (f"{m6:>7.1%}" if m6 else f"{'-':>7}")
+            + (f"{curve[0][1]:>7.2f}{curve[-1][1]:>7.2f}" if curve else f"{'-':>7}{'-':>7}")
+            + f"{r['wall_s']:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    ok = [r for r in results if r.get("steady_tokens_per_second")]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
+    names = [r["name"] for r in ok]
+    axes[0].barh(names, [r["steady_tokens_per_second"] for r in ok])
+    axes[0].set_xlabel("non-pad tokens/s")
+    axes[0].set_xscale("log")
+    axes[1].barh(names, [r.get("peak_reserved_gib", 0) for r in ok])
+    axes[1].set_xlabel("peak reserved GiB")
+    for r in results:
+        if r.get("loss_curve"):
+            steps, losses = zip(*r["loss_curve"], strict=True)
+            axes[2].plot(steps, losses, label=r["name"])
+    axes[2].set_xlabel("optimizer step")
+    axes[2].set_ylabel("train loss")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/saudial-bench"))
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny model: check the script, not the speed")
+    parser.add_argument(
+        "--sections", default="configs,wholerun,scaling,maxlen", help="comma list: configs,wholerun,scaling,maxlen"
+    )
+    parser.add_argument("--only", default="", help="comma list of configuration-name prefixes to run")
+    args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    from saudial.manifest import device_name, versions
+
+    tflops = matmul_tflops()
+    model, n_params = build_model(args.work, args.smoke)
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": device_name(),
+        "versions": versions(),
+        "bf16_matmul_tflops": tflops,
+        "parameters": n_params,
+        "results": [],
+    }
+    print(f"device {report['device']}, bf16 matmul {tflops} TFLOP/s, {n_params:,} parameters", flush=True)
+    data_900 = write_rows(args.work / "rows-1000.xlsx", 1000)  # 900 train + 100 eval rows
+    results: list[dict[str, Any]] = report["results"]
+
+    from saudial.config import Settings
+
+    defaults = Settings()
+
+    def record(result: dict[str, Any]) -> dict[str, Any]:
+        """Keep a result and rewrite the report at once: a run cut short still leaves its numbers."""
+        bs = int(result["settings"].get("SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE", defaults.per_device_train_batch_size))
+        ga = int(result["settings"].get("SAUDIAL_GRADIENT_ACCUMULATION_STEPS", defaults.gradient_accumulation_steps))
+        procs = int(result["settings"].get("SAUDIAL_NUM_PROCESSES", 1))
+        if result.get("steady_tokens_per_second") and result.get("train_tokens") and result.get("train_steps"):
+            tokens_per_sample = result["train_tokens"] / (result["train_steps"] * bs * ga * procs)
+            result["samples_per_second"] = result["steady_tokens_per_second"] / tokens_per_sample
+        for n in (4, 6):
+            result[f"mfu_{n}n"] = mfu(result.get("steady_tokens_per_second"), n_params, tflops, n)
+        results.append(result)
+        (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
+        (args.out / "table.txt").write_text(table(results, n_params, tflops) + "\n")
+        return result
+
+    def run(name: str, extra: dict[str, str], data: Path, steps: int | None) -> dict[str, Any]:
+        return record(run_config(name, extra, data, model, args.work, args.smoke, steps))
+
+    if "configs" in sections:
+        for name, extra, steps in configurations(args.smoke):
+            if args.only and not any(name.startswith(p) for p in args.only.split(",")):
+                continue
+            run(name, extra, data_900, steps)
+    if "wholerun" in sections:
+        # One epoch of 900 training rows, start to adapter saved, with the defaults.
+        run("defaults, whole 900-row run", {}, data_900, 4 if args.smoke else None)
+    if "scaling" in sections:
+        data_9k = write_rows(args.work / "rows-10000.xlsx", 10000)
+        steps_9k = run("defaults, 9,000 rows", {}, data_9k, None).get("train_steps")
+        data_90k = write_rows(args.work / "rows-100000.xlsx", 100000)
+        run("defaults, 90,000 rows (capped)", {}, data_90k, steps_9k)
+    if "maxlen" in sections:
+        long_rows = write_rows(args.work / "rows-long.xlsx", 400, paragraph_share=1.0, paragraph_sentences=60)
+        for length in (512, 2048):
+            extra = {"SAUDIAL_MAX_LENGTH": str(length), "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "16"}
+            run(f"long rows, max_length {length}", extra, long_rows, 8)
+    if "multigpu" in sections:
+        multigpu(run, data_900, model, args.work)
+    if "unsloth" in sections:
+        record(run_unsloth(data_900, model, args.work))
+
+    plot(results, args.out / "bench.png")
+    print("\n" + table(results, n_params, tflops))
+
+
+def run_unsloth(data: Path, model: Path, work: Path) -> dict[str, Any]:
+    """Unsloth as a peer, in its own package folder (UNSLOTH_SITE), same model, data and prompt."""
+    site = os.environ.get("UNSLOTH_SITE", "/tmp/unsloth_site")
+    env = dict(os.environ) | {
+        "PYTHONPATH": f"{site}:{REPO}",
+        "UNSLOTH_DISABLE_STATISTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "CUDA_VISIBLE_DEVICES": "0",
+    }
+    out = work / "unsloth"
+    log = work / "logs" / "unsloth.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    script = REPO / "bench" / "unsloth_peer.py"
+    code, wall = sh([sys.executable, str(script), str(model), str(data), str(out)], env, log, timeout=420)
+    result: dict[str, Any] = {"name": "Unsloth, bs 64, GC off", "settings": {}, "exit_code": code, "wall_s": wall}
+    if code == 0 and (out / "metrics.json").exists():
+        result.update(json.loads((out / "metrics.json").read_text()))
+    else:
+        result["error_tail"] = log.read_text()[-2500:]
+    print(f"  unsloth: exit {code}, wall {wall:.1f}s, {result.get('steady_tokens_per_second')}", flush=True)
+    return result
+
+
+def multigpu(run: Any, data: Path, model: Path, work: Path) -> None:
+    """The same configuration on 1 and 2 GPUs; per-GPU memory sampled to show each rank's placement."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        print("  multigpu: fewer than 2 GPUs, skipped", flush=True)
+        return
+    data_9k = write_rows(work / "rows-10000.xlsx", 10000)
+    run("1 GPU, bs 32", {"SAUDIAL_NUM_PROCESSES": "1"}, data_9k, 60)
+    sampler = subprocess.Popen(
+        ["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits", "-lms", "500"],
+        stdout=(work / "gpu-memory.csv").open("w"),
+    )
+    try:
+        two = run(
+            "2 GPUs, bs 16 each",
+            {"SAUDIAL_NUM_PROCESSES": "2", "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "16"},
+            data_9k,
+            60,
+        )
+    finally:
+        sampler.terminate()
+    peak: dict[str, int] = {}
+    for line in (work / "gpu-memory.csv").read_text().splitlines():
+        index, used = (x.strip() for x in line.split(","))
+        peak[index] = max(peak.get(index, 0), int(used))
+    two["gpu_memory_peak_mib"] = peak
+    out = work / "runs" / "2-gpus--bs-16-each"
+    two["outputs"] = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    print(f"  multigpu: peak MiB per GPU {peak}, outputs {two['outputs']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""What the hardware can do: is CUDA usable, and which dtype to compute in. Needs torch only.
+
+Kept apart from model.py so that a GPU run on a machine without a usable GPU fails in seconds,
+before transformers, PEFT and TRL are even imported.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from saudial.config import Settings
+from saudial.errors import ConfigError
+
+# torch's CUDA 13 wheels need an NVIDIA driver of the R580 branch or newer (see docs/docker.md).
+MIN_DRIVER = "580"
+
+
+def check_cuda() -> None:
+    """Fail early, and say why, when a run needs a GPU that is not usable."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        usable = torch.cuda.is_available()
+    if usable:
+        return
+    reasons = " ".join(str(w.message).splitlines()[0] for w in caught)
+    if "too old" in reasons:
+        raise ConfigError(
+            f"the NVIDIA driver is too old for this build of torch (CUDA {torch.version.cuda}): "
+            f"install driver >= {MIN_DRIVER} or use an image built for an older CUDA (docs/docker.md). {reasons}"
+        )
+    in_container = Path("/.dockerenv").exists() or os.environ.get("NVIDIA_VISIBLE_DEVICES") is not None
+    hint = (
+        "no GPU is visible in the container: run it with `--gpus all` (docker run) or keep the GPU "
+        "reservation of compose.yaml, on a host with the NVIDIA Container Toolkit"
+        if in_container
+        else "no CUDA GPU is visible"
+    )
+    if torch.version.cuda is None:
+        hint = f"this torch build ({torch.__version__}) has no CUDA support"
+    raise ConfigError(
+        f"SAUDIAL_QUANTIZATION needs a CUDA GPU, but {hint}. "
+        "Use a GPU, or set SAUDIAL_QUANTIZATION=none to train unquantized (slow on the CPU)"
+    )
+
+
+def compute_dtype(settings: Settings) -> torch.dtype:
+    """The dtype matmuls run in: bf16 where the GPU has it, else fp16; fp32 on the CPU."""
+    if settings.torch_dtype != "auto":
+        return getattr(torch, settings.torch_dtype)
+    if not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

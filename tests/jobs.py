@@ -1,0 +1,95 @@
+"""Helpers for the resume, reproducibility and multi-process tests: short CPU runs of the real entry point."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ENTRYPOINT, REPO, base_env
+
+ADAPTER = "adapter_model.safetensors"
+
+
+def job_env(tiny_model: Path, data: Path, output_dir: Path, **extra: str) -> dict[str, str]:
+    """A few fast optimizer steps on the tiny model; dropout stays on (its RNG is part of what is tested)."""
+    settings = {
+        "SAUDIAL_MAX_STEPS": "6",
+        "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "2",
+        "SAUDIAL_MAX_LENGTH": "128",
+        "SAUDIAL_GRADIENT_CHECKPOINTING": "false",
+        "SAUDIAL_EVAL": "none",
+        "SAUDIAL_EVAL_SIZE": "0.1",
+    }
+    settings.update(extra)
+    return base_env(tiny_model, data, output_dir, **settings)
+
+
+class Job:
+    """`python entrypoint.py` in the background, its stdout and stderr collected as they come."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ENTRYPOINT)],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        for chunk in iter(lambda: os.read(fd, 4096), b""):
+            self._chunks.append(chunk)
+
+    @property
+    def output(self) -> str:
+        return b"".join(self._chunks).decode("utf-8", "replace")
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.output)
+            if match:
+                return match
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not seen (exit {self.proc.poll()}):\n{self.output[-4000:]}")
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(signum)
+
+    def finish(self, timeout: float = 300) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+
+def run_job(env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
+    job = Job(env)
+    code = job.finish(timeout)
+    return code, job.output
+
+
+def adapter(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / ADAPTER))
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    differing = [name for name in a if not torch.equal(a[name], b[name])]
+    worst = max(((a[n] - b[n]).abs().max().item() for n in differing), default=0.0)
+    assert not differing, f"{len(differing)} of {len(a)} tensors differ (max abs diff {worst:.3g}): {differing[:3]}"

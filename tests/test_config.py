@@ -1,0 +1,121 @@
+"""Settings: precedence, validation messages, unknown variables, secret redaction."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from saudial.cli import main
+from saudial.config import LFM2_LINEAR_MODULES, Settings, load_settings
+from saudial.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("SAUDIAL_") or key == "HF_TOKEN":
+            monkeypatch.delenv(key)
+
+
+def test_defaults_are_the_corrected_seed_recipe() -> None:
+    s = Settings()
+    assert s.model_name_or_path == "LiquidAI/LFM2-1.2B"
+    assert (s.quantization, s.bnb_4bit_quant_type, s.bnb_4bit_use_double_quant) == ("4bit", "nf4", True)
+    assert s.torch_dtype == "auto"
+    assert (s.lora_r, s.lora_alpha, s.lora_dropout) == (8, 16, 0.05)
+    assert s.target_modules == LFM2_LINEAR_MODULES
+    assert s.max_length == 512
+    # Batching retuned for speed (docs/benchmarks.md): 32 examples per padding-free micro-batch.
+    assert (s.per_device_train_batch_size, s.gradient_accumulation_steps, s.padding_free) == (32, 1, True)
+    assert (s.learning_rate, s.num_train_epochs, s.seed, s.eval_size) == (2e-4, 1.0, 42, 0.1)
+
+
+def test_precedence_default_env_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings({}).learning_rate == 2e-4
+    monkeypatch.setenv("SAUDIAL_LEARNING_RATE", "1e-3")
+    assert load_settings({}).learning_rate == 1e-3
+    assert load_settings({"learning_rate": "5e-5"}).learning_rate == 5e-5
+
+
+def test_comma_lists_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAUDIAL_TARGET_MODULES", "q_proj, v_proj")
+    monkeypatch.setenv("SAUDIAL_DIALECTS", "Najdi,Hijazi")
+    s = load_settings({})
+    assert s.target_modules == ["q_proj", "v_proj"]
+    assert s.dialects == ["Najdi", "Hijazi"]
+
+
+def test_unknown_variable_names_the_closest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAUDIAL_LEARNIGN_RATE", "1e-4")
+    with pytest.raises(ConfigError, match=r"SAUDIAL_LEARNIGN_RATE.*did you mean SAUDIAL_LEARNING_RATE"):
+        load_settings({})
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("SAUDIAL_LEARNING_RATE", "fast", "valid number"),
+        ("SAUDIAL_LORA_R", "0", "greater than or equal to 1"),
+        ("SAUDIAL_EVAL_SIZE", "1.5", "less than 1"),
+        ("SAUDIAL_QUANTIZATION", "3bit", "'4bit', '8bit' or 'none'"),
+        ("SAUDIAL_OVERWRITE_OUTPUT_DIR", "maybe", "valid boolean"),
+        ("SAUDIAL_HUB_MODEL_ID", "no-slash", "owner/name"),
+    ],
+)
+def test_bad_values_name_variable_value_and_fix(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings({})
+    message = str(info.value)
+    assert env in message and repr(value) in message and expected in message
+    assert "default" in message and "\n" not in message
+
+
+def test_contradictory_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAUDIAL_PUSH_TO_HUB", "true")
+    with pytest.raises(ConfigError, match="SAUDIAL_HUB_MODEL_ID"):
+        load_settings({})
+    monkeypatch.delenv("SAUDIAL_PUSH_TO_HUB")
+    with pytest.raises(ConfigError, match="float32"):
+        load_settings({"quantization": "4bit", "torch_dtype": "float32"})
+
+
+def test_flag_errors_name_the_flag() -> None:
+    with pytest.raises(ConfigError, match=r"--lora-r='x'"):
+        load_settings({"lora_r": "x"})
+
+
+def test_cli_prints_config_without_the_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "hf_SECRETsecretSECRET123"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    # --dry-run without data stops at the data check, after printing the configuration.
+    code = main(["--dry-run", "--learning-rate", "3e-4"])
+    out = capsys.readouterr()
+    assert code == 2
+    assert secret not in out.out + out.err + caplog.text
+    assert "set (redacted)" in caplog.text and '"learning_rate": 0.0003' in caplog.text
+    assert "SAUDIAL_DATA" in out.err  # the missing-data error names the setting
+
+
+def test_help_lists_every_setting(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for name in Settings.model_fields:
+        assert "SAUDIAL_" + name.upper() in text, name
+        assert "--" + name.replace("_", "-") in text, name
+
+
+def test_redacted_is_json_and_complete() -> None:
+    dumped = Settings().redacted()
+    assert json.loads(json.dumps(dumped)) == dumped
+    assert set(dumped) == set(Settings.model_fields)
+    assert not any("hf_token" in key or "secret" in key for key in dumped)

@@ -1,0 +1,187 @@
+"""Evaluation: normalisation, sacrebleu scoring per dialect, base vs adapter, metrics.json and the table."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from peft import get_peft_model
+
+from saudial import data as data_mod
+from saudial.config import Settings
+from saudial.evaluate import OVERALL, cap, evaluate, normalize, score, score_by_dialect
+from saudial.model import load_model, load_tokenizer, lora_config
+from tests.adapter_run import copy_run, trained_adapter
+from tests.conftest import RunEntry, base_env
+
+
+def test_normalize_nfc_quotes_whitespace_and_keeps_diacritics() -> None:
+    decomposed = "\u0627\u0654"  # alef + combining hamza above -> NFC: U+0623 (أ)
+    assert normalize(f'  "{decomposed}هلا   وغلا\n يا  بعد" ') == "\u0623هلا وغلا يا بعد"
+    assert normalize("“مرحبا”") == "مرحبا"  # curly quotes too
+    shadda = "حّب"
+    assert normalize(shadda) == unicodedata.normalize("NFC", shadda)  # diacritics are kept, not stripped
+    assert normalize("أهلاً") != normalize("اهلا")  # no alef/tanween folding
+    assert normalize(None) == "" and normalize(float("nan")) == ""
+
+
+def test_score_identity_and_nothing() -> None:
+    refs = ["هلا والله يا الغالي", "وش تبي تشتري اليوم؟"]
+    assert score(refs, refs) == {"chrf++": 100.0, "bleu": 100.0, "n": 2}
+    # Normalisation applies to both sides: quotes and spacing do not cost points.
+    assert score(['"هلا والله  يا الغالي"', " وش تبي تشتري اليوم؟"], refs)["chrf++"] == 100.0
+    assert score(["", ""], refs)["chrf++"] == 0.0
+
+
+def test_score_by_dialect_counts_each_dialect() -> None:
+    rows = pd.DataFrame({"dialect": ["Najdi", "Najdi", "Hijazi"], "translation": ["وش تبي", "هلا والله", "ايش تبغى"]})
+    result = score_by_dialect(rows, ["وش تبي", "هلا والله", "شي ثاني"])
+    assert result["Najdi"]["chrf++"] == 100.0 and result["Najdi"]["n"] == 2
+    assert result["Hijazi"]["chrf++"] < 20 and result[OVERALL]["n"] == 3
+
+
+def test_cap_is_deterministic_and_keeps_dialects(saudial_frame: pd.DataFrame) -> None:
+    rows = data_mod.split(_rows(saudial_frame), 0.3, 0).eval
+    capped = cap(rows, 12, seed=1)
+    assert len(capped) == 12 and capped.equals(cap(rows, 12, seed=1))
+    assert set(capped["dialect"]) == set(rows["dialect"])
+    assert cap(rows, None, 1).equals(rows.reset_index(drop=True))
+
+
+def _rows(frame: pd.DataFrame) -> pd.DataFrame:
+    renamed = frame.rename(
+        columns={
+            "Dialect": "dialect",
+            "English Text": "english",
+            "Dialect Translation": "translation",
+            "In-Game Context": "context",
+            "Modern Standard Arabic (MSA) Translation": "msa",
+        }
+    )[["dialect", "english", "translation", "context", "msa"]]
+    for column in renamed.columns:
+        renamed[column] = [data_mod.clean_text(v) for v in renamed[column]]
+    return renamed.drop_duplicates().reset_index(drop=True)
+
+
+@pytest.fixture
+def peft_model(tiny_model: Path) -> tuple[Any, Any, Settings]:
+    settings = Settings.model_validate(
+        {
+            "model_name_or_path": str(tiny_model),
+            "quantization": "none",
+            "max_new_tokens": 6,
+            "per_device_eval_batch_size": 4,
+            "max_eval_samples": 6,
+        }
+    )
+    tokenizer = load_tokenizer(settings)
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(settings), lora_config(settings))
+    with torch.no_grad():  # a non-zero adapter, so base and adapter differ
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    return model, tokenizer, settings
+
+
+def test_evaluate_writes_metrics_table_and_predictions(
+    peft_model: tuple[Any, Any, Settings],
+    saudial_frame: pd.DataFrame,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model, tokenizer, settings = peft_model
+    rows = data_mod.split(_rows(saudial_frame), 0.2, 0).eval
+    (tmp_path / "metrics.json").write_text(json.dumps({"train_loss": 1.5}))
+
+    results = evaluate(settings, model, tokenizer, rows, tmp_path)
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train_loss"] == 1.5  # merged with what training wrote
+    assert metrics["eval_loss"] == results["eval_loss"] > 0
+    scores = metrics["evaluation"]["scores"]
+    assert set(scores) == {"base", "adapter", "msa_reference"}
+    assert scores["adapter"][OVERALL]["n"] == 6  # max_eval_samples
+    assert sum(v["n"] for k, v in scores["adapter"].items() if k != OVERALL) == 6
+    assert metrics["eval_chrf++_adapter"] == scores["adapter"][OVERALL]["chrf++"]
+    assert "nc:6|nw:2" in metrics["evaluation"]["signatures"]["chrf++"]  # chrF++, not chrF
+
+    table = (tmp_path / "eval_results.md").read_text()
+    assert table.startswith("| Dialect | n | chrF++ base | chrF++ adapter | Δ chrF++ |")
+    assert "| **overall** | 6 |" in table and "MSA ref" in table
+    assert table in capsys.readouterr().out  # printed too
+
+    predictions = [json.loads(line) for line in (tmp_path / "eval_predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 6 and {"base", "adapter", "reference"} <= set(predictions[0])
+    assert any(p["base"] != p["adapter"] for p in predictions)  # the adapter was switched off for "base"
+
+
+def test_eval_loss_mode_and_none(
+    peft_model: tuple[Any, Any, Settings], saudial_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    model, tokenizer, settings = peft_model
+    rows = data_mod.split(_rows(saudial_frame), 0.2, 0).eval
+    assert evaluate(settings.model_copy(update={"eval": "none"}), model, tokenizer, rows, tmp_path) == {}
+    assert not (tmp_path / "metrics.json").exists()
+    results = evaluate(settings.model_copy(update={"eval": "loss"}), model, tokenizer, rows, tmp_path)
+    assert set(results) == {"eval_loss", "eval_runtime_s"}
+    assert not (tmp_path / "eval_results.md").exists()
+
+
+def test_eval_loss_equals_the_trainers_completion_loss(
+    peft_model: tuple[Any, Any, Settings], saudial_frame: pd.DataFrame
+) -> None:
+    """Our per-token loss over response+EOS matches a direct computation with TRL-style masking."""
+    from saudial.evaluate import eval_loss
+    from saudial.prompts import build_prompt
+
+    model, tokenizer, settings = peft_model
+    rows = data_mod.split(_rows(saudial_frame), 0.2, 0).eval.head(3)
+    model.eval()  # no LoRA dropout
+    total, count = 0.0, 0
+    for r in rows.itertuples(index=False):
+        prompt = build_prompt(r.dialect, r.english, r.context or None)
+        n_prompt = len(tokenizer(prompt)["input_ids"])
+        ids = [*tokenizer(prompt + r.translation)["input_ids"], tokenizer.eos_token_id]
+        labels = torch.tensor([[-100] * n_prompt + ids[n_prompt:]])
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]), labels=labels)
+        n = len(ids) - n_prompt
+        total += float(out.loss) * n
+        count += n
+    assert eval_loss(model, tokenizer, rows, settings) == pytest.approx(total / count, rel=1e-4)
+
+
+@pytest.fixture
+def trained(tiny_model: Path, workbook: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trained_adapter(tiny_model, workbook, tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_evaluate_command(trained: Path, tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry) -> None:
+    out = copy_run(trained, tmp_path / "run")
+    env = base_env(tiny_model, workbook, tmp_path / "unused", OMP_NUM_THREADS="1")
+    for key in ("SAUDIAL_OUTPUT_DIR", "SAUDIAL_DATA", "SAUDIAL_MODEL_NAME_OR_PATH"):
+        env.pop(key)  # the command finds them in the run's manifest
+    env.update(SAUDIAL_EVAL="full", SAUDIAL_MAX_EVAL_SAMPLES="5", SAUDIAL_MAX_NEW_TOKENS="6")
+    result = run_entry(env, "evaluate", "--adapter", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| **overall** | 5 |" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "train_loss" in metrics and "eval_loss" in metrics
+    assert metrics["evaluation"]["scores"]["adapter"][OVERALL]["n"] == 5
+    assert (out / "eval_results.md").is_file()
+    assert "%|" in result.stderr  # a progress bar during generation
+
+
+def test_evaluate_command_needs_an_adapter(
+    tmp_path: Path, run_entry: RunEntry, tiny_model: Path, workbook: Path
+) -> None:
+    result = run_entry(base_env(tiny_model, workbook, tmp_path), "evaluate", "--adapter", str(tmp_path))
+    assert result.returncode == 2
+    assert "holds no adapter_config.json" in result.stderr

@@ -1,0 +1,152 @@
+"""The 4-bit path on a real CUDA GPU. Skipped without one; run on the GPU machine (README, Developing)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from saudial.config import Settings
+from tests.conftest import RunEntry, base_env
+
+pytestmark = pytest.mark.gpu
+
+
+def _gpu_env(model: Path, data: Path, out: Path, **extra: str) -> dict[str, str]:
+    settings = {
+        "SAUDIAL_QUANTIZATION": "4bit",
+        "SAUDIAL_MAX_STEPS": "12",
+        "SAUDIAL_LEARNING_RATE": "1e-3",
+        "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "8",
+    }
+    return base_env(model, data, out, **(settings | extra))
+
+
+def _losses(out: Path) -> list[float]:
+    return [loss for _, loss in json.loads((out / "metrics.json").read_text())["loss_curve"]]
+
+
+@pytest.fixture(scope="session")
+def full_size_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LFM2-1.2B's published architecture with random weights (bench/bench.py builds the same)."""
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    from bench.bench import LFM2_1_2B, PARAMS_1_2B
+    from saudial import synthetic, tiny
+
+    path = tmp_path_factory.mktemp("lfm2-1.2b-random")
+    frame = synthetic.make_rows(400)
+    tokenizer = tiny.build_tokenizer([str(v) for c in frame.columns[5:9] for v in frame[c].dropna()])
+    config = Lfm2Config(**LFM2_1_2B)
+    config.eos_token_id = tokenizer.eos_token_id
+    with torch.device("cuda"):
+        model = Lfm2ForCausalLM(config).to(torch.bfloat16)
+    assert sum(p.numel() for p in model.parameters()) == PARAMS_1_2B
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    del model
+    torch.cuda.empty_cache()
+    return path
+
+
+def test_4bit_load_is_nf4_with_double_quant(tiny_model: Path) -> None:
+    import bitsandbytes as bnb
+
+    from saudial.model import load_model
+
+    model = load_model(Settings(model_name_or_path=str(tiny_model), quantization="4bit"))
+    linear4 = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(linear4) >= 4 * 5  # every projection of every layer
+    for module in linear4:
+        state = module.weight.quant_state
+        assert state.quant_type == "nf4"
+        assert state.nested  # double quantization: the scales are quantized too
+        assert module.weight.device.type == "cuda"
+
+
+def test_4bit_training_small_model(tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry) -> None:
+    out = tmp_path / "out"
+    result = run_entry(_gpu_env(tiny_model, workbook, out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = _losses(out)
+    assert all(math.isfinite(x) for x in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+    # The adapter loads back onto a 4-bit base and changes its output.
+    from peft import PeftModel
+
+    from saudial.model import load_model
+
+    base = load_model(Settings(model_name_or_path=str(tiny_model), quantization="4bit"))
+    ids = torch.tensor([[1, 20, 30, 40, 50]], device="cuda")
+    with torch.no_grad():
+        before = base(input_ids=ids).logits.float()
+        tuned = PeftModel.from_pretrained(base, out)
+        after = tuned(input_ids=ids).logits.float()
+    assert (after - before).abs().max() > 1e-3
+
+
+def test_fp16_compute_trains(tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry) -> None:
+    out = tmp_path / "out"
+    result = run_entry(_gpu_env(tiny_model, workbook, out, SAUDIAL_TORCH_DTYPE="float16"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = _losses(out)
+    assert all(math.isfinite(x) for x in losses)
+    assert json.loads((out / "run_manifest.json").read_text())["config"]["torch_dtype"] == "float16"
+
+
+def test_full_size_architecture_4bit(
+    full_size_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
+) -> None:
+    out = tmp_path / "out"
+    env = _gpu_env(full_size_model, workbook, out, SAUDIAL_MAX_STEPS="15", SAUDIAL_LEARNING_RATE="5e-4")
+    result = run_entry(env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = _losses(out)
+    assert all(math.isfinite(x) for x in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["peak_reserved_gib"] < 20
+    print("full-size 4-bit:", {k: metrics.get(k) for k in ("steady_tokens_per_second", "peak_reserved_gib")}, losses)
+
+
+def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path) -> None:
+    """Per-example losses of a 4-bit bf16 model: padding-free row vs padded batch, to bf16 noise."""
+    from transformers import AutoTokenizer
+
+    from saudial import speed
+    from saudial.model import load_model
+    from tests.test_padding_free import _examples, _per_example_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = load_model(Settings(model_name_or_path=str(tiny_model), quantization="4bit")).eval()
+    examples = _examples(workbook, tokenizer)
+    width = max(map(len, examples))
+    ids = torch.full((len(examples), width), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(examples):
+        ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
+    speed.install_boundary_aware_conv()
+    batch = speed.padding_free_collator(tokenizer.pad_token_id, 256)([{"input_ids": e} for e in examples])
+    with torch.no_grad():
+        padded = model(input_ids=ids.cuda(), attention_mask=mask.cuda(), use_cache=False).logits.float().cpu()
+        flat = (
+            model(
+                input_ids=batch["input_ids"].cuda(),
+                position_ids=batch["position_ids"].cuda(),
+                seq_idx=batch["seq_idx"].cuda(),
+                use_cache=False,
+            )
+            .logits[0]
+            .float()
+            .cpu()
+        )
+    start = 0
+    for i, e in enumerate(examples):
+        a = _per_example_loss(padded[i, : len(e)], torch.tensor(e)).mean()
+        b = _per_example_loss(flat[start : start + len(e)], torch.tensor(e)).mean()
+        assert abs(a - b) < 2e-2 * max(1.0, float(a)), (i, float(a), float(b))
+        start += len(e)

@@ -1,0 +1,164 @@
+"""translate (one text, a whole file) and merge, through the real entry point; batching correctness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from saudial.config import Settings
+from saudial.generate import Request, postprocess, translate
+from saudial.model import load_model, load_tokenizer, lora_config
+from tests.adapter_run import copy_run, trained_adapter
+from tests.conftest import RunEntry, base_env
+
+
+@pytest.fixture
+def trained(tiny_model: Path, workbook: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trained_adapter(tiny_model, workbook, tmp_path_factory)
+
+
+def command_env(tiny_model: Path, workbook: Path, tmp_path: Path) -> dict[str, str]:
+    env = base_env(tiny_model, workbook, tmp_path / "unused", OMP_NUM_THREADS="1", SAUDIAL_MAX_NEW_TOKENS="8")
+    for key in ("SAUDIAL_OUTPUT_DIR", "SAUDIAL_DATA", "SAUDIAL_MODEL_NAME_OR_PATH", "SAUDIAL_QUANTIZATION"):
+        env.pop(key)  # from the run's manifest (quantization=none there; 4bit would fall back on the CPU)
+    return env
+
+
+def test_postprocess_cuts_at_the_next_prompt_section() -> None:
+    assert postprocess(" هلا والله\n\n### Instruction:\nTranslate") == "هلا والله"
+    assert postprocess("سطر\nسطر ثاني ") == "سطر\nسطر ثاني"
+
+
+def test_batched_generation_equals_one_by_one(tiny_model: Path) -> None:
+    """Left padding must not change a row's translation: batch of mixed lengths == each alone."""
+    settings = Settings.model_validate(
+        {"model_name_or_path": str(tiny_model), "quantization": "none", "max_new_tokens": 8, "repetition_penalty": 1.0}
+    )
+    tokenizer = load_tokenizer(settings)
+    torch.manual_seed(0)
+    model: Any = get_peft_model(load_model(settings), lora_config(settings))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    requests = [
+        Request("Najdi", "Find the sword.", "Shop dialogue"),
+        Request("Hijazi", "Please bring my old golden map to the quiet castle with the brave horse now.", None),
+        Request("Eastern", "Open the door.", "Battle"),
+    ]
+    batched = translate(model, tokenizer, requests, settings, batch_size=3, progress=False)
+    alone = [translate(model, tokenizer, [r], settings, batch_size=1, progress=False)[0] for r in requests]
+    assert batched == alone
+    assert tokenizer.padding_side == "right"  # restored for training
+
+
+@pytest.mark.slow
+def test_translate_one_text(
+    trained: Path, tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
+) -> None:
+    env = command_env(tiny_model, workbook, tmp_path)
+    result = run_entry(
+        env, "translate", "--adapter", str(trained), "--dialect", "najdi", "--context", "Shop", "Find the golden sword."
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.endswith("\n") and "configuration" not in result.stdout  # only the translation
+
+
+@pytest.mark.slow
+def test_translate_file_writes_next_to_it_and_never_overwrites(
+    trained: Path, tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
+) -> None:
+    source = tmp_path / "lines.csv"
+    pd.DataFrame(
+        {
+            "english text": ['"Find the sword."', "Open the door."],  # header case and quotes forgiven
+            "Dialect": ["Najdi", "Hijazi"],
+            "In-Game Context": ["Shop dialogue", None],
+        }
+    ).to_csv(source, index=False)
+    env = command_env(tiny_model, workbook, tmp_path)
+    result = run_entry(env, "translate", "--adapter", str(trained), "--input", str(source))
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = pd.read_csv(tmp_path / "lines.translated.csv", keep_default_na=False)
+    assert list(written.columns) == ["english text", "Dialect", "In-Game Context", "Model Translation"]
+    assert len(written) == 2
+
+    again = run_entry(env, "translate", "--adapter", str(trained), "--input", str(source))
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+    jsonl = tmp_path / "lines.jsonl"
+    jsonl.write_text(json.dumps({"English Text": "Open the door."}) + "\n")
+    no_dialect = run_entry(env, "translate", "--adapter", str(trained), "--input", str(jsonl))
+    assert no_dialect.returncode == 2 and "dialect" in no_dialect.stderr
+    ok = run_entry(env, "translate", "--adapter", str(trained), "--input", str(jsonl), "--dialect", "Southern")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "Model Translation" in (tmp_path / "lines.translated.jsonl").read_text()
+
+
+def test_translate_rejects_an_unknown_dialect(
+    trained: Path, tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
+) -> None:
+    env = command_env(tiny_model, workbook, tmp_path)
+    result = run_entry(env, "translate", "--adapter", str(trained), "--dialect", "Egyptian", "Hello")
+    assert result.returncode == 2
+    assert "'Egyptian' is not a dialect this adapter was trained on (Eastern, Hijazi, Najdi, Southern)" in result.stderr
+
+
+@pytest.mark.slow
+def test_merge_writes_a_plain_bf16_model(
+    trained: Path, tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
+) -> None:
+    merged_dir = tmp_path / "merged"
+    env = command_env(tiny_model, workbook, tmp_path)
+    result = run_entry(env, "merge", "--adapter", str(trained), "--output", str(merged_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (merged_dir / "adapter_config.json").exists()
+    assert (merged_dir / "tokenizer.json").is_file() and (merged_dir / "run_manifest.json").is_file()
+
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)  # plain transformers, no PEFT
+    assert merged.dtype == torch.bfloat16 and merged.config.use_cache is True
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    expected = PeftModel.from_pretrained(base, str(trained)).merge_and_unload().state_dict()
+    original = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()
+    changed = 0
+    for name, tensor in merged.state_dict().items():
+        # bf16 merge vs fp32 merge: equal up to bf16 rounding (about 1 part in 256)
+        assert torch.allclose(tensor.float(), expected[name], rtol=1e-2, atol=1e-4), name
+        changed += not torch.equal(expected[name], original[name])
+    assert changed > 0  # the trained adapter is not a no-op
+
+    again = run_entry(env, "merge", "--adapter", str(trained), "--output", str(merged_dir))
+    assert again.returncode == 2 and "is not empty" in again.stderr
+
+
+def test_merge_refuses_a_directory_without_adapter(tmp_path: Path, run_entry: RunEntry, tiny_model: Path) -> None:
+    env = command_env(tiny_model, tmp_path, tmp_path)
+    result = run_entry(env, "merge", "--adapter", str(tmp_path), "--output", str(tmp_path / "m"))
+    assert result.returncode == 2 and "adapter_config.json" in result.stderr
+
+
+def test_command_help(run_entry: RunEntry, tmp_path: Path) -> None:
+    for command, flags in {
+        "evaluate": ["--adapter", "--max-eval-samples"],
+        "translate": ["--adapter", "--dialect", "--context", "--input", "--output", "TEXT"],
+        "merge": ["--adapter", "--output"],
+        "push": ["--output-dir", "--hub-model-id", "--hub-private"],
+    }.items():
+        result = run_entry(base_env(tmp_path, tmp_path, tmp_path), command, "--help")
+        assert result.returncode == 0
+        for flag in flags:
+            assert flag in result.stdout, (command, flag)
+
+
+def test_copy_run_helper(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_text("x")
+    assert (copy_run(tmp_path / "a", tmp_path / "b") / "f").read_text() == "x"
