@@ -22,6 +22,7 @@ IMPORT_S = time.perf_counter() - T0
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 from saudial import data  # noqa: E402  (pandas only)
@@ -59,8 +60,8 @@ def main() -> None:
 
     marks: dict[int, float] = {}
 
-    class Clock(__import__("transformers").TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
             if state.global_step in (epoch_steps, 10, STEPS):
                 torch.cuda.synchronize()
                 marks[state.global_step] = time.perf_counter()

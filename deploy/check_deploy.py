@@ -12,6 +12,7 @@ package itself is too heavy to install for a lint step.
 Usage: check_deploy.py {kubernetes,skypilot,workflow} [--root DIR]
 Exit status 0 when every check passes, 1 otherwise (all problems listed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,18 +56,19 @@ def load_all(path: Path) -> list[dict]:
 
 def _check_job_spec(p: Problems, where: str, spec: dict, container_name: str) -> None:
     pod = spec.get("template", {}).get("spec", {})
-    p.check(pod.get("restartPolicy") == "Never",
-            f"{where}: restartPolicy must be Never (required by podFailurePolicy)")
+    p.check(pod.get("restartPolicy") == "Never", f"{where}: restartPolicy must be Never (required by podFailurePolicy)")
     p.check(isinstance(spec.get("backoffLimit"), int), f"{where}: set backoffLimit")
-    p.check(isinstance(spec.get("activeDeadlineSeconds"), int),
-            f"{where}: set activeDeadlineSeconds")
-    p.check(isinstance(spec.get("ttlSecondsAfterFinished"), int),
-            f"{where}: set ttlSecondsAfterFinished")
-    p.check(spec.get("podReplacementPolicy") == "Failed",
-            f"{where}: podReplacementPolicy must be Failed (no two pods on one output dir)")
+    p.check(isinstance(spec.get("activeDeadlineSeconds"), int), f"{where}: set activeDeadlineSeconds")
+    p.check(isinstance(spec.get("ttlSecondsAfterFinished"), int), f"{where}: set ttlSecondsAfterFinished")
+    p.check(
+        spec.get("podReplacementPolicy") == "Failed",
+        f"{where}: podReplacementPolicy must be Failed (no two pods on one output dir)",
+    )
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    p.check(grace >= 120, f"{where}: terminationGracePeriodSeconds {grace} too short "
-            "to finish a step and write a checkpoint (>= 120)")
+    p.check(
+        grace >= 120,
+        f"{where}: terminationGracePeriodSeconds {grace} too short to finish a step and write a checkpoint (>= 120)",
+    )
 
     # podFailurePolicy: first matching rule wins, so look at the first rule
     # that matches each exit code / condition.
@@ -93,13 +95,18 @@ def _check_job_spec(p: Problems, where: str, spec: dict, container_name: str) ->
         return "Count"
 
     for code in sorted(NO_RETRY_EXITS):
-        p.check(action_for_exit(code) == "FailJob",
-                f"{where}: exit code {code} must FailJob, got {action_for_exit(code)}")
-    p.check(action_for_exit(RETRY_EXIT) == "Ignore",
-            f"{where}: exit code {RETRY_EXIT} must be Ignore (resume without "
-            f"burning backoffLimit), got {action_for_exit(RETRY_EXIT)}")
-    p.check(action_for_condition("DisruptionTarget") == "Ignore",
-            f"{where}: DisruptionTarget (preemption/eviction) must be Ignore")
+        p.check(
+            action_for_exit(code) == "FailJob", f"{where}: exit code {code} must FailJob, got {action_for_exit(code)}"
+        )
+    p.check(
+        action_for_exit(RETRY_EXIT) == "Ignore",
+        f"{where}: exit code {RETRY_EXIT} must be Ignore (resume without "
+        f"burning backoffLimit), got {action_for_exit(RETRY_EXIT)}",
+    )
+    p.check(
+        action_for_condition("DisruptionTarget") == "Ignore",
+        f"{where}: DisruptionTarget (preemption/eviction) must be Ignore",
+    )
     p.check(action_for_exit(1) == "Count", f"{where}: unexpected crashes (exit 1) must Count")
 
     sc = pod.get("securityContext", {})
@@ -112,8 +119,10 @@ def _check_job_spec(p: Problems, where: str, spec: dict, container_name: str) ->
     p.check(c is not None, f"{where}: no container named {container_name}")
     if c is None:
         return
-    p.check(c.get("securityContext", {}).get("allowPrivilegeEscalation") is False,
-            f"{where}: allowPrivilegeEscalation must be false")
+    p.check(
+        c.get("securityContext", {}).get("allowPrivilegeEscalation") is False,
+        f"{where}: allowPrivilegeEscalation must be false",
+    )
     env = {e.get("name"): e for e in c.get("env", [])}
     token = env.get("HF_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
     p.check(bool(token), f"{where}: HF_TOKEN must come from a Secret (secretKeyRef)")
@@ -127,22 +136,28 @@ def _check_job_spec(p: Problems, where: str, spec: dict, container_name: str) ->
         return (m, volumes.get(m.get("name"))) if m else (None, None)
 
     m, v = volume_at("/outputs")
-    p.check(bool(v and "persistentVolumeClaim" in v),
-            f"{where}: /outputs must be a PersistentVolumeClaim")
+    p.check(bool(v and "persistentVolumeClaim" in v), f"{where}: /outputs must be a PersistentVolumeClaim")
     if container_name == "train":
-        p.check(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu") is not None,
-                f"{where}: set a nvidia.com/gpu limit")
+        p.check(
+            c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu") is not None,
+            f"{where}: set a nvidia.com/gpu limit",
+        )
         m, v = volume_at("/cache")
-        p.check(bool(v and "persistentVolumeClaim" in v),
-                f"{where}: the HF cache (/cache) must be a PersistentVolumeClaim")
+        p.check(
+            bool(v and "persistentVolumeClaim" in v), f"{where}: the HF cache (/cache) must be a PersistentVolumeClaim"
+        )
         m, v = volume_at("/data")
         p.check(bool(m and m.get("readOnly") is True), f"{where}: /data must be mounted readOnly")
         p.check(bool(v and "persistentVolumeClaim" in v), f"{where}: /data must be a PVC")
         m, v = volume_at("/dev/shm")
-        p.check(bool(v and v.get("emptyDir", {}).get("medium") == "Memory"),
-                f"{where}: /dev/shm must be an emptyDir with medium Memory")
-        p.check(env.get("SAUDIAL_RESUME", {}).get("value") == "auto",
-                f"{where}: SAUDIAL_RESUME must be auto so restarted pods resume")
+        p.check(
+            bool(v and v.get("emptyDir", {}).get("medium") == "Memory"),
+            f"{where}: /dev/shm must be an emptyDir with medium Memory",
+        )
+        p.check(
+            env.get("SAUDIAL_RESUME", {}).get("value") == "auto",
+            f"{where}: SAUDIAL_RESUME must be auto so restarted pods resume",
+        )
         outdir = env.get("SAUDIAL_OUTPUT_DIR", {}).get("value", "")
         p.check(outdir.startswith("/outputs"), f"{where}: SAUDIAL_OUTPUT_DIR must be under /outputs")
 
@@ -164,13 +179,14 @@ def check_kubernetes(root: Path) -> int:
         _check_job_spec(p, job[0], job[1]["spec"], "train")
     if cron:
         cspec = cron[1]["spec"]
-        p.check(cspec.get("concurrencyPolicy") == "Forbid",
-                f"{cron[0]}: concurrencyPolicy must be Forbid")
+        p.check(cspec.get("concurrencyPolicy") == "Forbid", f"{cron[0]}: concurrencyPolicy must be Forbid")
         jspec = cspec.get("jobTemplate", {}).get("spec", {})
         _check_job_spec(p, cron[0], jspec, "train")
         if job:
-            p.check(jspec == job[1]["spec"],
-                    f"{cron[0]}: jobTemplate.spec differs from job.yaml's spec; keep them identical")
+            p.check(
+                jspec == job[1]["spec"],
+                f"{cron[0]}: jobTemplate.spec differs from job.yaml's spec; keep them identical",
+            )
     if push:
         pspec = push[1]["spec"]
         pod = pspec.get("template", {}).get("spec", {})
@@ -181,8 +197,10 @@ def check_kubernetes(root: Path) -> int:
     secrets = [(f, d) for (k, _), (f, d) in docs.items() if k == "Secret"]
     for f, d in secrets:
         values = list((d.get("stringData") or {}).values()) + list((d.get("data") or {}).values())
-        p.check(all("REPLACE" in str(v) for v in values),
-                f"{f}: Secret must only hold placeholder values (found a real-looking value)")
+        p.check(
+            all("REPLACE" in str(v) for v in values),
+            f"{f}: Secret must only hold placeholder values (found a real-looking value)",
+        )
     return p.report()
 
 
@@ -242,10 +260,14 @@ _RESOURCES = {
     "additionalProperties": False,
     "properties": {
         **_RESOURCE_PROPS,
-        "any_of": {"type": "array", "items": {"type": "object", "additionalProperties": False,
-                                               "properties": _RESOURCE_PROPS}},
-        "ordered": {"type": "array", "items": {"type": "object", "additionalProperties": False,
-                                                "properties": _RESOURCE_PROPS}},
+        "any_of": {
+            "type": "array",
+            "items": {"type": "object", "additionalProperties": False, "properties": _RESOURCE_PROPS},
+        },
+        "ordered": {
+            "type": "array",
+            "items": {"type": "object", "additionalProperties": False, "properties": _RESOURCE_PROPS},
+        },
     },
 }
 _FILE_MOUNT = {
@@ -304,8 +326,7 @@ def _shell_ok(p: Problems, label: str, script: str) -> None:
     except FileNotFoundError:
         pass
     try:
-        r = subprocess.run(["shellcheck", "-s", "bash", "-"], input=script, text=True,
-                           capture_output=True)
+        r = subprocess.run(["shellcheck", "-s", "bash", "-"], input=script, text=True, capture_output=True)
         p.check(r.returncode == 0, f"{label}: shellcheck:\n{r.stdout.strip()}")
     except FileNotFoundError:
         print(f"note [{label}] shellcheck not found; only bash -n was run")
@@ -333,15 +354,21 @@ def check_skypilot(root: Path) -> int:
         codes = jr.get("recover_on_exit_codes")
         codes = [codes] if isinstance(codes, int) else (codes or [])
         p.check(RETRY_EXIT in codes, f"job_recovery.recover_on_exit_codes must include {RETRY_EXIT}")
-        p.check(not (set(codes) & NO_RETRY_EXITS),
-                f"job_recovery.recover_on_exit_codes must not include {sorted(NO_RETRY_EXITS)}")
-        p.check(jr.get("max_restarts_on_errors", 0) == 0,
-                "job_recovery.max_restarts_on_errors must be 0 (exit 2/3 are never retried)")
+        p.check(
+            not (set(codes) & NO_RETRY_EXITS),
+            f"job_recovery.recover_on_exit_codes must not include {sorted(NO_RETRY_EXITS)}",
+        )
+        p.check(
+            jr.get("max_restarts_on_errors", 0) == 0,
+            "job_recovery.max_restarts_on_errors must be 0 (exit 2/3 are never retried)",
+        )
     p.check("HF_TOKEN" in (task.get("secrets") or {}), "HF_TOKEN must be declared under secrets")
     p.check("HF_TOKEN" not in (task.get("envs") or {}), "HF_TOKEN must not be a plain env")
     outputs = (task.get("file_mounts") or {}).get("/outputs")
-    p.check(isinstance(outputs, dict) and outputs.get("mode") in ("MOUNT", "MOUNT_CACHED"),
-            "file_mounts./outputs must be a bucket in MOUNT or MOUNT_CACHED mode")
+    p.check(
+        isinstance(outputs, dict) and outputs.get("mode") in ("MOUNT", "MOUNT_CACHED"),
+        "file_mounts./outputs must be a bucket in MOUNT or MOUNT_CACHED mode",
+    )
     run = task.get("run") or ""
     p.check("docker run" in run and "--gpus" in run, "run must start the image with docker run --gpus")
     p.check("/outputs:/outputs" in run, "run must bind-mount /outputs into the container")
@@ -363,8 +390,10 @@ def check_workflow(root: Path) -> int:
     live = root / ".github" / "workflows" / "publish-image.yml"
     p.check(src.exists(), f"{src} missing")
     if live.exists() and src.exists():
-        p.check(live.read_text() == src.read_text(),
-                ".github/workflows/publish-image.yml differs from deploy/github/workflows/publish-image.yml")
+        p.check(
+            live.read_text() == src.read_text(),
+            ".github/workflows/publish-image.yml differs from deploy/github/workflows/publish-image.yml",
+        )
     if not src.exists():
         return p.report()
     wf = yaml.safe_load(src.read_text())
@@ -377,21 +406,31 @@ def check_workflow(root: Path) -> int:
         uses = [s.get("uses", "") for s in steps if "uses" in s]
         for u in uses:
             ref = u.partition("@")[2]
-            p.check(bool(ref) and ref not in ("main", "master", "latest"),
-                    f"jobs.{name}: {u} must be pinned to a major tag or a commit SHA")
+            p.check(
+                bool(ref) and ref not in ("main", "master", "latest"),
+                f"jobs.{name}: {u} must be pinned to a major tag or a commit SHA",
+            )
         bp = [s for s in steps if s.get("uses", "").startswith("docker/build-push-action@")]
         if bp:
             p.check(perms.get("packages") == "write", f"jobs.{name}: needs permissions packages: write")
             w = bp[0].get("with") or {}
             p.check(str(w.get("push")).lower() == "true", f"jobs.{name}: build-push-action must push")
             p.check("labels" in w, f"jobs.{name}: build-push-action must set labels")
-            p.check(str(w.get("provenance", "")).lower() not in ("", "false"),
-                    f"jobs.{name}: build-push-action must set provenance")
-            p.check(any(u.startswith("docker/login-action@") for u in uses),
-                    f"jobs.{name}: must log in to the registry")
-    p.check(any(s.get("uses", "").startswith("docker/build-push-action@")
-                for j in (wf.get("jobs") or {}).values() for s in (j.get("steps") or [])),
-            "workflow must use docker/build-push-action")
+            p.check(
+                str(w.get("provenance", "")).lower() not in ("", "false"),
+                f"jobs.{name}: build-push-action must set provenance",
+            )
+            p.check(
+                any(u.startswith("docker/login-action@") for u in uses), f"jobs.{name}: must log in to the registry"
+            )
+    p.check(
+        any(
+            s.get("uses", "").startswith("docker/build-push-action@")
+            for j in (wf.get("jobs") or {}).values()
+            for s in (j.get("steps") or [])
+        ),
+        "workflow must use docker/build-push-action",
+    )
     return p.report()
 
 
@@ -401,8 +440,7 @@ def main() -> int:
     ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent)
     a = ap.parse_args()
     try:
-        return {"kubernetes": check_kubernetes, "skypilot": check_skypilot,
-                "workflow": check_workflow}[a.what](a.root)
+        return {"kubernetes": check_kubernetes, "skypilot": check_skypilot, "workflow": check_workflow}[a.what](a.root)
     except (yaml.YAMLError, OSError, KeyError, TypeError, AttributeError) as exc:
         print(f"FAIL [{a.what}] could not check: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -53,7 +53,6 @@ def tiny_config(vocab_size: int, hidden_size: int = 64, layers: int = 4) -> Lfm2
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
-        block_ff_dim=2 * hidden_size,
         block_auto_adjust_ff_dim=False,
         num_hidden_layers=layers,
         num_attention_heads=4,

@@ -83,11 +83,13 @@ def train(settings: Settings, dry_run: bool = False, dataset: data_mod.Dataset |
         processing_class=tokenizer,
         peft_config=lora_config(settings),
     )
+    peft_model = trainer.model  # the base model wrapped with the LoRA adapter by TRL
+    assert peft_model is not None
     if dtype == torch.float16:
         # TRL casts a quantized model's LoRA weights to bf16; fp16 mixed precision needs fp32 master
         # weights (the grad scaler cannot unscale bf16 grads: "_amp_foreach_non_finite_check_and_unscale_cuda"
         # not implemented for 'BFloat16', seen with trl 1.16 + torch 2.11).
-        for param in trainer.model.parameters():
+        for param in peft_model.parameters():
             if param.requires_grad:
                 param.data = param.data.float()
     if settings.padding_free:
@@ -97,13 +99,13 @@ def train(settings: Settings, dry_run: bool = False, dataset: data_mod.Dataset |
     if settings.torch_compile:
         log.info(
             "compiling %d decoder layers (the first steps are slow while it compiles)",
-            speed.compile_decoder_layers(trainer.model),
+            speed.compile_decoder_layers(peft_model),
         )
     meter = speed.ThroughputMeter()
     trainer.add_callback(meter)
     trainer.add_callback(checkpoints.CheckpointCallback(settings, fingerprint))
     trainer.add_callback(stopper)
-    trainable, total = count_parameters(trainer.model)
+    trainable, total = count_parameters(peft_model)
     log.info(
         "LoRA on %s: %s trainable of %s parameters", ",".join(settings.target_modules), f"{trainable:,}", f"{total:,}"
     )
@@ -170,7 +172,7 @@ def train(settings: Settings, dry_run: bool = False, dataset: data_mod.Dataset |
     )
     log.info("adapter saved to %s", settings.output_dir.resolve())
     # 6. Evaluation (SAUDIAL_EVAL) with the in-memory adapter, then the Hub upload (SAUDIAL_PUSH_TO_HUB).
-    finish.after_training(settings, trainer.model, tokenizer, split.eval, metrics)
+    finish.after_training(settings, peft_model, tokenizer, split.eval, metrics)
     return metrics
 
 
