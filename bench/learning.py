@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ SCHEDULES = {
         "SAUDIAL_NUM_TRAIN_EPOCHS": "1",
     },
     "defaults (bs 32, lr 2e-4, 1 epoch)": {},
+    "bs 32, lr 6e-4, 1 epoch": {"SAUDIAL_LEARNING_RATE": "6e-4"},
+    "bs 32, lr 1e-3, 1 epoch": {"SAUDIAL_LEARNING_RATE": "1e-3"},
     "bs 32, lr 6e-4, 2 epochs": {"SAUDIAL_LEARNING_RATE": "6e-4", "SAUDIAL_NUM_TRAIN_EPOCHS": "2"},
 }
 
@@ -42,7 +45,10 @@ def main() -> None:
     model = tiny.build(work / "model", hidden_size=128, layers=4)
     data = synthetic.write(synthetic.make_rows(1000, seed=5, paragraph_share=0.0), work / "rows.xlsx")
     rows = []
+    only = os.environ.get("LEARNING_ONLY")
     for name, extra in SCHEDULES.items():
+        if only and not re.search(only, name):
+            continue
         out = work / "".join(c if c.isalnum() else "-" for c in name)
         env = (
             {k: v for k, v in os.environ.items() if not k.startswith("SAUDIAL_")}

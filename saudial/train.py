@@ -177,9 +177,7 @@ def train(settings: Settings, dry_run: bool = False, dataset: data_mod.Dataset |
 
 
 def to_prompt_completion(rows: pd.DataFrame) -> datasets.Dataset:
-    records = [
-        build_example(r.dialect, r.english, r.translation, r.context or None) for r in rows.itertuples(index=False)
-    ]
+    records = [build_example(r.dialect, r.english, r.translation, r.context or None) for r in data_mod.iter_rows(rows)]
     return datasets.Dataset.from_list(
         records,
         features=datasets.Features({"prompt": datasets.Value("string"), "completion": datasets.Value("string")}),

@@ -30,11 +30,11 @@ def test_defaults_are_the_corrected_seed_recipe() -> None:
     assert s.max_length == 512
     # Batching retuned for speed (docs/benchmarks.md): 32 examples per padding-free micro-batch.
     assert (s.per_device_train_batch_size, s.gradient_accumulation_steps, s.padding_free) == (32, 1, True)
-    assert (s.learning_rate, s.num_train_epochs, s.seed, s.eval_size) == (2e-4, 1.0, 42, 0.1)
+    assert (s.learning_rate, s.num_train_epochs, s.seed, s.eval_size) == (6e-4, 2.0, 42, 0.1)
 
 
 def test_precedence_default_env_flag(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert load_settings({}).learning_rate == 2e-4
+    assert load_settings({}).learning_rate == 6e-4
     monkeypatch.setenv("SAUDIAL_LEARNING_RATE", "1e-3")
     assert load_settings({}).learning_rate == 1e-3
     assert load_settings({"learning_rate": "5e-5"}).learning_rate == 5e-5
@@ -119,3 +119,12 @@ def test_redacted_is_json_and_complete() -> None:
     assert json.loads(json.dumps(dumped)) == dumped
     assert set(dumped) == set(Settings.model_fields)
     assert not any("hf_token" in key or "secret" in key for key in dumped)
+
+
+def test_readme_settings_table_is_current() -> None:
+    from pathlib import Path
+
+    from saudial.config import settings_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert settings_table() in readme, "regenerate the README's table: python -m saudial.config"

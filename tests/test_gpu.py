@@ -119,16 +119,12 @@ def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path) -> 
 
     from saudial import speed
     from saudial.model import load_model
-    from tests.test_padding_free import _examples, _per_example_loss
+    from tests.test_padding_free import _examples, _padded_batch, _per_example_loss
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = load_model(Settings(model_name_or_path=str(tiny_model), quantization="4bit")).eval()
     examples = _examples(workbook, tokenizer)
-    width = max(map(len, examples))
-    ids = torch.full((len(examples), width), tokenizer.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, e in enumerate(examples):
-        ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
+    ids, mask = _padded_batch(examples, tokenizer.pad_token_id)
     speed.install_boundary_aware_conv()
     batch = speed.padding_free_collator(tokenizer.pad_token_id, 256)([{"input_ids": e} for e in examples])
     with torch.no_grad():

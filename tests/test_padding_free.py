@@ -19,6 +19,15 @@ def _examples(workbook: Path, tokenizer, n: int = 6) -> list[list[int]]:
     return [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
 
 
+def _padded_batch(examples: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: a right-padded batch and its attention mask."""
+    ids = torch.full((len(examples), max(map(len, examples))), pad_id)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(examples):
+        ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
+    return ids, mask
+
+
 def _per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     # Next-token loss per position, then averaged within each example by the caller.
     return torch.nn.functional.cross_entropy(logits[:-1].float(), labels[1:], reduction="none")
@@ -50,12 +59,7 @@ def test_padding_free_losses_equal_padded(tiny_model: Path, workbook: Path, rest
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     examples = _examples(workbook, tokenizer)
 
-    # Reference: a right-padded batch with an attention mask.
-    width = max(map(len, examples))
-    ids = torch.full((len(examples), width), tokenizer.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, e in enumerate(examples):
-        ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
+    ids, mask = _padded_batch(examples, tokenizer.pad_token_id)
     with torch.no_grad():
         padded_logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     reference = [_per_example_loss(padded_logits[i, : len(e)], torch.tensor(e)).mean() for i, e in enumerate(examples)]

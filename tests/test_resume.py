@@ -120,7 +120,7 @@ def test_other_settings_or_data_are_refused(
     code, log = run_job(env)
     assert code == EXIT_CONFIG, log[-4000:]
     assert "holds an unfinished run with other training settings or data" in log
-    assert "learning_rate: 0.0002 -> 0.0001" in log and "data sha256:" in log
+    assert "learning_rate: 0.0006 -> 0.0001" in log and "data sha256:" in log
     assert "SAUDIAL_OVERWRITE_OUTPUT_DIR=true" in log
     assert "Traceback" not in log
     assert {p.name for p in out.iterdir()} == {p.name for p in source.iterdir()}  # nothing touched
