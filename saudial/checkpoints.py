@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -34,6 +33,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from saudial import distributed
 from saudial.config import Settings
+from saudial.data import sha256_of
 from saudial.errors import ConfigError
 from saudial.manifest import (
     MANIFEST,
@@ -82,21 +82,13 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_marker(checkpoint: Path, step: int, fingerprint: str) -> None:
     """Declare `checkpoint` complete: the list of its files with sizes and hashes, written last, atomically."""
     files: dict[str, dict[str, Any]] = {}
     for path in sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != MARKER):
         with path.open("rb") as handle:
             os.fsync(handle.fileno())  # the data is on disk before the marker that vouches for it
-        files[path.relative_to(checkpoint).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        files[path.relative_to(checkpoint).as_posix()] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
     write_json(
         checkpoint / MARKER,
         {"saudial_checkpoint": 1, "step": step, "fingerprint": fingerprint, "written": now(), "files": files},
@@ -122,7 +114,7 @@ def problem(checkpoint: Path, fingerprint: str | None = None) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != expected.get("size"):
             return f"{name} has {path.stat().st_size} bytes, expected {expected.get('size')}"
-        if _sha256(path) != expected.get("sha256"):
+        if sha256_of(path) != expected.get("sha256"):
             return f"{name} does not match its sha256"
     return None
 
