@@ -28,8 +28,6 @@ from saudial.prompts import build_example
 
 log = logging.getLogger(__name__)
 
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-
 
 def train(settings: Settings, dry_run: bool = False, dataset: data_mod.Dataset | None = None) -> dict[str, Any]:
     """Run one training job as configured; return its metrics. `dataset`: already loaded, if it was."""
