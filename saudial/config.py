@@ -129,7 +129,9 @@ class Settings(BaseSettings):
     )
     torch_compile: bool = Field(False, description="torch.compile each decoder layer (pays off on long runs).")
     gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in the backward pass: less memory, slower."
+        False,
+        description="Recompute activations in the backward pass: less memory, slower "
+        "(left unset, it is turned on for GPUs under 24 GiB).",
     )
     optim: str = Field("adamw_torch", description="Optimizer name as transformers spells it.")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")

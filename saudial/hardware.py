@@ -54,3 +54,27 @@ def compute_dtype(settings: Settings) -> torch.dtype:
     if not torch.cuda.is_available():
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+# Measured on an H100 (docs/benchmarks.md): the default micro-batch of 32 examples without gradient
+# checkpointing peaks at 17.1 GiB reserved. On a GPU with less memory than this, the default turns
+# checkpointing on (recomputed activations: slower, far smaller) unless the user set it either way.
+CHECKPOINTING_BELOW_GIB = 24.0
+
+
+def gpu_memory_gib() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+
+
+def fit_to_gpu(settings: Settings, memory_gib: float | None) -> Settings:
+    """Settings adjusted to a small GPU: gradient checkpointing on when it was left at its default."""
+    if (
+        memory_gib is None
+        or memory_gib >= CHECKPOINTING_BELOW_GIB
+        or settings.gradient_checkpointing
+        or "gradient_checkpointing" in settings.model_fields_set
+    ):
+        return settings
+    return settings.model_copy(update={"gradient_checkpointing": True})

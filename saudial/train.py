@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
-from saudial import checkpoints, distributed, finish, hub, reproducibility, speed
+from saudial import checkpoints, distributed, finish, hardware, hub, reproducibility, speed
 from saudial import data as data_mod
 from saudial.checkpoints import prepare_output_dir
 from saudial.config import Settings
@@ -45,6 +45,14 @@ def train(settings: Settings, dry_run: bool = False, dataset: data_mod.Dataset |
     if settings.push_to_hub:  # a push that would fail must fail now, not after hours of training (exit 2)
         hub.preflight(settings)
     if not dry_run:
+        fitted = hardware.fit_to_gpu(settings, hardware.gpu_memory_gib())
+        if fitted is not settings:
+            log.info(
+                "the GPU has %.0f GiB: gradient checkpointing on (the default batch needs ~17 GiB without it; "
+                "SAUDIAL_GRADIENT_CHECKPOINTING=false keeps it off)",
+                hardware.gpu_memory_gib(),
+            )
+            settings = fitted
         # Fresh start, resume from a checkpoint, or refuse (exit 2): rank 0 decides before any model is
         # loaded (checkpoints.prepare_output_dir) and writes the manifest with the run's fingerprint.
         distributed.init()

@@ -128,3 +128,16 @@ def test_readme_settings_table_is_current() -> None:
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert settings_table() in readme, "regenerate the README's table: python -m saudial.config"
+
+
+def test_small_gpus_get_gradient_checkpointing_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from saudial.hardware import fit_to_gpu
+
+    default = Settings()
+    assert not default.gradient_checkpointing
+    assert fit_to_gpu(default, 8.0).gradient_checkpointing  # an 8 GB card
+    assert fit_to_gpu(default, 80.0) is default  # an H100: the measured default stands
+    assert fit_to_gpu(default, None) is default  # the CPU
+    monkeypatch.setenv("SAUDIAL_GRADIENT_CHECKPOINTING", "false")
+    explicit = load_settings({})
+    assert fit_to_gpu(explicit, 8.0) is explicit  # the user's word wins
