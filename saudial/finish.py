@@ -7,20 +7,16 @@ loads nothing again. Only the main process evaluates and uploads when training r
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
+from saudial import distributed
 from saudial.config import Settings
 
 log = logging.getLogger(__name__)
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def after_training(
@@ -36,7 +32,7 @@ def after_training(
     Returns the evaluation results (also merged into metrics.json). A failed upload raises
     PushError (exit code 4) after the adapter and the evaluation are safely on disk.
     """
-    if not is_main_process():
+    if not distributed.is_main_process():
         return {}
     output_dir = output_dir or settings.output_dir
     results: dict[str, Any] = {}

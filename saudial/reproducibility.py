@@ -12,9 +12,10 @@ adds in attention backward kernels, NCCL reduction order with several GPUs); we 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
+
+from saudial.data import sha256_of
 
 LOCK_FILE = "requirements.lock"
 
@@ -41,5 +42,5 @@ def lock_sha256() -> str | None:
     for folder in (Path(__file__).resolve().parent.parent, Path.cwd()):
         path = folder / LOCK_FILE
         if path.is_file():
-            return hashlib.sha256(path.read_bytes()).hexdigest()
+            return sha256_of(path)
     return None
