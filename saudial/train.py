@@ -45,12 +45,13 @@ def train(settings: Settings, dry_run: bool = False, dataset: data_mod.Dataset |
     if settings.push_to_hub:  # a push that would fail must fail now, not after hours of training (exit 2)
         hub.preflight(settings)
     if not dry_run:
-        fitted = hardware.fit_to_gpu(settings, hardware.gpu_memory_gib())
+        gpu_gib = hardware.gpu_memory_gib()
+        fitted = hardware.fit_to_gpu(settings, gpu_gib)
         if fitted is not settings:
             log.info(
                 "the GPU has %.0f GiB: gradient checkpointing on (the default batch needs ~17 GiB without it; "
                 "SAUDIAL_GRADIENT_CHECKPOINTING=false keeps it off)",
-                hardware.gpu_memory_gib(),
+                gpu_gib,
             )
             settings = fitted
         # Fresh start, resume from a checkpoint, or refuse (exit 2): rank 0 decides before any model is
