@@ -72,20 +72,25 @@ SEED = {
 }
 
 
+# The throughput recipe for large data sets: micro-batches of 64 (the step is bound by per-step host
+# overhead, so bigger batches are faster per token) and compiled decoder layers (~80 s warm-up).
+THROUGHPUT = {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64", "SAUDIAL_TORCH_COMPILE": "true"}
+
+
 def configurations(smoke: bool) -> list[tuple[str, dict[str, str], int]]:
     """(name, settings that differ from the defaults, optimizer steps to time)."""
     steps = 4 if smoke else 0
+    compiled = {"SAUDIAL_TORCH_COMPILE": "true"}
     return [
-        ("seed as written (bs 1x8)", SEED, steps or 5),
+        ("seed as written (bs 1x8)", SEED, steps or 4),
         ("seed, batch 8x8", SEED | {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "8"}, steps or 4),
         ("saudial defaults", {}, steps or 40),
-        ("defaults, bs 64, GC on", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64",
-                                     "SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 25),
-        ("defaults, bs 64, GC off", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64",
-                                      "SAUDIAL_GRADIENT_CHECKPOINTING": "false"}, steps or 25),
-        ("defaults, bs 128, GC on", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "128",
-                                      "SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 15),
-        ("defaults + torch.compile", {"SAUDIAL_TORCH_COMPILE": "true"}, steps or 60),
+        ("defaults, GC on (8 GiB GPUs)", {"SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 30),
+        ("defaults, SDPA + mask, no varlen", {"SAUDIAL_ATTN_IMPLEMENTATION": "sdpa"}, steps or 40),
+        ("defaults, fused AdamW", {"SAUDIAL_OPTIM": "adamw_torch_fused"}, steps or 40),
+        ("defaults, bs 64", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64"}, steps or 25),
+        ("defaults + compile (long runs)", compiled, steps or 80),
+        ("defaults + compile, bs 64", compiled | {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64"}, steps or 50),
     ]  # fmt: skip
 
 
@@ -157,11 +162,14 @@ def write_rows(path: Path, rows: int, seed: int = 3, **shape: Any) -> Path:
     return synthetic.write(synthetic.make_rows(rows, seed=seed, **(ROWS | shape)), path)
 
 
-def run_config(
-    name: str, extra: dict[str, str], data: Path, model: Path, work: Path, smoke: bool, max_steps: int | None
-) -> dict[str, Any]:
-    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-    out = work / "runs" / slug
+def slug_of(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def config_env(
+    extra: dict[str, str], data: Path, model: Path, out: Path, smoke: bool, max_steps: int | None
+) -> dict[str, str]:
+    """The environment of one entrypoint.py run: the bench's fixed settings, then the configuration's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAUDIAL_")}
     env.update(
         {
@@ -187,6 +195,15 @@ def run_config(
     if smoke:
         env.pop("SAUDIAL_TORCH_DTYPE", None)
         env.pop("SAUDIAL_TORCH_COMPILE", None)
+    return env
+
+
+def run_config(
+    name: str, extra: dict[str, str], data: Path, model: Path, work: Path, smoke: bool, max_steps: int | None
+) -> dict[str, Any]:
+    slug = slug_of(name)
+    out = work / "runs" / slug
+    env = config_env(extra, data, model, out, smoke, max_steps)
     log = work / "logs" / f"{slug}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     code, wall = sh([sys.executable, str(REPO / "entrypoint.py")], env, log, timeout=600)
@@ -271,11 +288,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/saudial-bench"))
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model: check the script, not the speed")
     parser.add_argument(
-        "--sections", default="configs,wholerun,scaling,maxlen", help="comma list: configs,wholerun,scaling,maxlen"
+        "--sections",
+        default="configs,wholerun,scaling,maxlen",
+        help="comma list, run in this order: configs,throughput,wholerun,scaling,maxlen,profile,multigpu,unsloth",
     )
-    parser.add_argument("--only", default="", help="comma list of configuration-name prefixes to run")
+    parser.add_argument("--only", default="", help="configuration-name prefixes to run, separated by ;")
+    parser.add_argument("--skip", default="", help="configuration-name prefixes not to run, separated by ;")
     args = parser.parse_args()
-    sections = set(args.sections.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -317,31 +336,82 @@ def main() -> None:
     def run(name: str, extra: dict[str, str], data: Path, steps: int | None) -> dict[str, Any]:
         return record(run_config(name, extra, data, model, args.work, args.smoke, steps))
 
-    if "configs" in sections:
-        for name, extra, steps in configurations(args.smoke):
-            if args.only and not any(name.startswith(p) for p in args.only.split(",")):
-                continue
-            run(name, extra, data_900, steps)
-    if "wholerun" in sections:
-        # One epoch of 900 training rows, start to adapter saved, with the defaults.
-        run("defaults, whole 900-row run", {}, data_900, 4 if args.smoke else None)
-    if "scaling" in sections:
-        data_9k = write_rows(args.work / "rows-10000.xlsx", 10000)
-        steps_9k = run("defaults, 9,000 rows", {}, data_9k, None).get("train_steps")
-        data_90k = write_rows(args.work / "rows-100000.xlsx", 100000)
-        run("defaults, 90,000 rows (capped)", {}, data_90k, steps_9k)
-    if "maxlen" in sections:
-        long_rows = write_rows(args.work / "rows-long.xlsx", 400, paragraph_share=1.0, paragraph_sentences=60)
-        for length in (512, 2048):
-            extra = {"SAUDIAL_MAX_LENGTH": str(length), "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "16"}
-            run(f"long rows, max_length {length}", extra, long_rows, 8)
-    if "multigpu" in sections:
-        multigpu(run, data_900, model, args.work)
-    if "unsloth" in sections:
-        record(run_unsloth(data_900, model, args.work))
+    for section in args.sections.split(","):  # in the order given
+        if section == "configs":
+            for name, extra, steps in configurations(args.smoke):
+                if args.only and not any(name.startswith(p) for p in args.only.split(";")):
+                    continue
+                if args.skip and any(name.startswith(p) for p in args.skip.split(";")):
+                    continue
+                run(name, extra, data_900, steps)
+        elif section == "throughput":
+            # The recipe for large data sets (docs/benchmarks.md): bigger micro-batches amortize the per-step
+            # host overhead, and compiling pays back over long runs.
+            run("throughput: bs 64 + compile", THROUGHPUT, data_900, 4 if args.smoke else 50)
+        elif section == "wholerun":
+            # Two epochs of 900 training rows (the defaults), start to adapter saved.
+            run("defaults, whole 900-row run", {}, data_900, 4 if args.smoke else None)
+        elif section == "scaling":
+            data_9k = write_rows(args.work / "rows-10000.xlsx", 10000)
+            steps_9k = run("defaults, 9,000 rows", {}, data_9k, None).get("train_steps")
+            data_90k = write_rows(args.work / "rows-100000.xlsx", 100000)
+            run("defaults, 90,000 rows (capped)", {}, data_90k, steps_9k)
+        elif section == "maxlen":
+            long_rows = write_rows(args.work / "rows-long.xlsx", 400, paragraph_share=1.0, paragraph_sentences=60)
+            for length in (512, 2048):
+                extra = {"SAUDIAL_MAX_LENGTH": str(length), "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "16"}
+                run(f"long rows, max_length {length}", extra, long_rows, 8)
+        elif section == "profile":
+            for name, extra in (("defaults", {}), ("defaults + compile", {"SAUDIAL_TORCH_COMPILE": "true"})):
+                profile_config(name, extra, data_900, model, args.work, args.out)
+        elif section == "multigpu":
+            multigpu(run, data_900, model, args.work)
+        elif section == "unsloth":
+            record(run_unsloth(data_900, model, args.work))
+        else:
+            parser.error(f"unknown section {section!r}")
 
     plot(results, args.out / "bench.png")
     print("\n" + table(results, n_params, tflops))
+    ratios = peer_ratios(results)
+    report["ratios"] = ratios
+    (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    if ratios:
+        print("\n" + "\n".join(f"{k}: {v:.2f}x" for k, v in ratios.items()))
+
+
+def profile_config(name: str, extra: dict[str, str], data: Path, model: Path, work: Path, out: Path) -> None:
+    """bench/profile_step.py on one configuration: GPU busy time against wall time per step."""
+    slug = slug_of(name)
+    env = config_env(extra, data, model, work / "profile" / slug, False, None)
+    report = out / f"profile-{slug}.txt"
+    log = work / "logs" / f"profile-{slug}.log"
+    code, wall = sh([sys.executable, str(REPO / "bench" / "profile_step.py"), str(report)], env, log, timeout=400)
+    summary = report.read_text().splitlines()[1] if code == 0 and report.exists() else log.read_text()[-1500:]
+    print(f"  profile {name}: exit {code}, wall {wall:.1f}s: {summary}", flush=True)
+
+
+def peer_ratios(results: list[dict[str, Any]]) -> dict[str, float]:
+    """The side-by-side numbers the issues ask for, from the results of this run."""
+    by_name = {r["name"]: r for r in results}
+
+    def tps(name: str) -> float | None:
+        return by_name.get(name, {}).get("steady_tokens_per_second")
+
+    ratios: dict[str, float] = {}
+    default, throughput = tps("defaults, whole 900-row run"), tps("throughput: bs 64 + compile")
+    for label, mine in (("defaults", default), ("throughput recipe", throughput)):
+        for peer in ("seed as written (bs 1x8)", "seed, batch 8x8", UNSLOTH):
+            if mine and tps(peer):
+                ratios[f"{label} / {peer} tok/s"] = mine / tps(peer)  # type: ignore[operator]
+    whole = by_name.get("defaults, whole 900-row run", {}).get("wall_s")
+    peer_whole = by_name.get(UNSLOTH, {}).get("whole_run_900_s")
+    if whole and peer_whole:
+        ratios["defaults / Unsloth whole 900-row run wall time"] = whole / peer_whole
+    return ratios
+
+
+UNSLOTH = "Unsloth, bs 64, GC off"
 
 
 def run_unsloth(data: Path, model: Path, work: Path) -> dict[str, Any]:
@@ -358,8 +428,8 @@ def run_unsloth(data: Path, model: Path, work: Path) -> dict[str, Any]:
     log = work / "logs" / "unsloth.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     script = REPO / "bench" / "unsloth_peer.py"
-    code, wall = sh([sys.executable, str(script), str(model), str(data), str(out)], env, log, timeout=420)
-    result: dict[str, Any] = {"name": "Unsloth, bs 64, GC off", "settings": {}, "exit_code": code, "wall_s": wall}
+    code, wall = sh([sys.executable, str(script), str(model), str(data), str(out)], env, log, timeout=300)
+    result: dict[str, Any] = {"name": UNSLOTH, "settings": {}, "exit_code": code, "wall_s": wall}
     if code == 0 and (out / "metrics.json").exists():
         result.update(json.loads((out / "metrics.json").read_text()))
     else:
@@ -369,35 +439,52 @@ def run_unsloth(data: Path, model: Path, work: Path) -> dict[str, Any]:
 
 
 def multigpu(run: Any, data: Path, model: Path, work: Path) -> None:
-    """The same configuration on 1 and 2 GPUs; per-GPU memory sampled to show each rank's placement."""
+    """The same configuration on 1 and 2 GPUs, at the default effective batch and at a larger one.
+
+    Per-GPU memory is sampled during a 2-GPU run (each rank must hold its own 4-bit copy), and the
+    adapter the 2-GPU run wrote is loaded back onto a fresh 4-bit base (bench/reload_check.py).
+    """
     import torch
 
     if torch.cuda.device_count() < 2:
         print("  multigpu: fewer than 2 GPUs, skipped", flush=True)
         return
     data_9k = write_rows(work / "rows-10000.xlsx", 10000)
-    run("1 GPU, bs 32", {"SAUDIAL_NUM_PROCESSES": "1"}, data_9k, 60)
-    sampler = subprocess.Popen(
-        ["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits", "-lms", "500"],
-        stdout=(work / "gpu-memory.csv").open("w"),
-    )
-    try:
-        two = run(
-            "2 GPUs, bs 16 each",
-            {"SAUDIAL_NUM_PROCESSES": "2", "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "16"},
-            data_9k,
-            60,
+    pairs = [
+        ("1 GPU, bs 32", {"SAUDIAL_NUM_PROCESSES": "1", "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "32"},
+         "2 GPUs, bs 16 each (same effective batch)", "16"),
+        ("1 GPU, bs 64", {"SAUDIAL_NUM_PROCESSES": "1", "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64"},
+         "2 GPUs, bs 64 each", "64"),
+    ]  # fmt: skip
+    for one_name, one_settings, two_name, per_gpu in pairs:
+        one = run(one_name, one_settings, data_9k, 40)
+        sampler = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits", "-lms", "500"],
+            stdout=(work / "gpu-memory.csv").open("w"),
         )
-    finally:
-        sampler.terminate()
-    peak: dict[str, int] = {}
-    for line in (work / "gpu-memory.csv").read_text().splitlines():
-        index, used = (x.strip() for x in line.split(","))
-        peak[index] = max(peak.get(index, 0), int(used))
-    two["gpu_memory_peak_mib"] = peak
-    out = work / "runs" / "2-gpus--bs-16-each"
-    two["outputs"] = sorted(p.name for p in out.iterdir()) if out.exists() else []
-    print(f"  multigpu: peak MiB per GPU {peak}, outputs {two['outputs']}", flush=True)
+        try:
+            settings = {"SAUDIAL_NUM_PROCESSES": "2", "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": per_gpu}
+            two = run(two_name, settings, data_9k, 40)
+        finally:
+            sampler.terminate()
+        peak: dict[str, int] = {}
+        for line in (work / "gpu-memory.csv").read_text().splitlines():
+            index, used = (x.strip() for x in line.split(","))
+            peak[index] = max(peak.get(index, 0), int(used))
+        out = work / "runs" / slug_of(two_name)
+        two["gpu_memory_peak_mib"] = peak
+        two["outputs"] = sorted(p.name for p in out.iterdir()) if out.exists() else []
+        if one.get("steady_tokens_per_second") and two.get("steady_tokens_per_second"):
+            two["scaling_vs_1_gpu"] = two["steady_tokens_per_second"] / one["steady_tokens_per_second"]
+        log = work / "logs" / f"reload-{slug_of(two_name)}.log"
+        env = dict(os.environ) | {"CUDA_VISIBLE_DEVICES": "0", "HF_HUB_OFFLINE": "1"}
+        code, _ = sh([sys.executable, str(REPO / "bench" / "reload_check.py"), str(model), str(out)], env, log, 300)
+        two["adapter_reload_4bit"] = {"exit_code": code, "result": log.read_text().strip().splitlines()[-1:]}
+        print(
+            f"  multigpu: {two_name}: scaling {two.get('scaling_vs_1_gpu')}, peak MiB per GPU {peak}, "
+            f"outputs {two['outputs']}, reload onto 4-bit base: {two['adapter_reload_4bit']}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

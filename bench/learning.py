@@ -28,11 +28,22 @@ SCHEDULES = {
         "SAUDIAL_LEARNING_RATE": "2e-4",
         "SAUDIAL_NUM_TRAIN_EPOCHS": "1",
     },
-    "defaults (bs 32, lr 2e-4, 1 epoch)": {},
-    "bs 32, lr 6e-4, 1 epoch": {"SAUDIAL_LEARNING_RATE": "6e-4"},
-    "bs 32, lr 1e-3, 1 epoch": {"SAUDIAL_LEARNING_RATE": "1e-3"},
-    "bs 32, lr 6e-4, 2 epochs": {"SAUDIAL_LEARNING_RATE": "6e-4", "SAUDIAL_NUM_TRAIN_EPOCHS": "2"},
-}
+    "bs 32, lr 2e-4, 1 epoch": {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "32", "SAUDIAL_LEARNING_RATE": "2e-4",
+                                "SAUDIAL_NUM_TRAIN_EPOCHS": "1"},
+    "bs 32, lr 6e-4, 1 epoch": {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "32", "SAUDIAL_LEARNING_RATE": "6e-4",
+                                "SAUDIAL_NUM_TRAIN_EPOCHS": "1"},
+    "bs 32, lr 1e-3, 1 epoch": {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "32", "SAUDIAL_LEARNING_RATE": "1e-3",
+                                "SAUDIAL_NUM_TRAIN_EPOCHS": "1"},
+    "bs 32, lr 6e-4, 2 epochs": {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "32", "SAUDIAL_LEARNING_RATE": "6e-4",
+                                 "SAUDIAL_NUM_TRAIN_EPOCHS": "2"},
+    "bs 64, lr 6e-4, 3 epochs": {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64", "SAUDIAL_LEARNING_RATE": "6e-4",
+                                 "SAUDIAL_NUM_TRAIN_EPOCHS": "3"},
+    "bs 64, lr 1e-3, 2 epochs": {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64", "SAUDIAL_LEARNING_RATE": "1e-3",
+                                 "SAUDIAL_NUM_TRAIN_EPOCHS": "2"},
+    "bs 64, lr 1e-3, 3 epochs": {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64", "SAUDIAL_LEARNING_RATE": "1e-3",
+                                 "SAUDIAL_NUM_TRAIN_EPOCHS": "3"},
+    "the defaults": {},
+}  # fmt: skip
 
 
 def main() -> None:

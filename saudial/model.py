@@ -72,7 +72,8 @@ def load_model(settings: Settings, device_map: Any = None) -> Any:
             dtype=dtype,
             quantization_config=quant,
             device_map=device_map,
-            attn_implementation=settings.attn_implementation,
+            # "auto" loads SDPA; training switches padding-free runs to the varlen kernel (speed.py).
+            attn_implementation="sdpa" if settings.attn_implementation == "auto" else settings.attn_implementation,
         )
     except OSError as exc:
         raise ConfigError(_load_failure("model", settings.model_name_or_path, exc)) from None

@@ -10,19 +10,32 @@
    `boundary_aware_causal_conv1d` honours `seq_idx`; it replaces the fallback in modeling_lfm2.
    Attention layers keep samples apart through `position_ids` (transformers builds a block-diagonal
    mask from them). tests/test_padding_free.py checks per-example losses against padded batches.
-3. Optional regional compilation: each decoder layer compiled by torch.compile. It cuts the Python
+3. No cuDNN attention. PyTorch's SDPA picks the cuDNN backend on Hopper, whose CPU cost per call is
+   ~3.4 ms forward and ~5 ms backward when the masked shape changes (profiled on an H100 with torch
+   2.11: ~60 ms of a 280 ms step for 6 attention layers; docs/benchmarks.md). The memory-efficient
+   backend takes the same block-diagonal mask for microseconds of CPU.
+4. Variable-length attention (`varlen_attention`, on CUDA with padding-free batches). With SDPA, a flat
+   row of 32 examples is one 3,840-token sequence under a block-diagonal mask: the kernel computes
+   every pair of tokens in the row and masks most away, so attention costs grow with the square of the
+   micro-batch. PyTorch's own flash-attention varlen kernel (`torch.nn.attention.varlen`) takes the
+   sequence boundaries TRL's collator already sends (`cu_seq_lens_q`) and computes each example alone.
+5. Optional regional compilation: each decoder layer compiled by torch.compile. It cuts the Python
    and kernel-launch overhead that bounds a QLoRA step of a 1.2B model, but costs a warm-up.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
+
+if TYPE_CHECKING:
+    from saudial.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +79,95 @@ def install_boundary_aware_conv() -> None:
         modeling_lfm2.causal_conv1d_fn = boundary_aware_causal_conv1d
 
 
+def avoid_cudnn_attention() -> None:
+    """Let SDPA use the memory-efficient (or flash) kernels instead of cuDNN's; see point 3 above."""
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+VARLEN = "saudial_varlen"
+
+
+def varlen_available() -> bool:
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (torch >= 2.10)
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def varlen_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """A transformers attention function: flash varlen for padding-free rows, SDPA for anything else.
+
+    query [1, heads, tokens, dim], key/value [1, kv_heads, tokens, dim]; returns [1, tokens, heads, dim].
+    """
+    from torch.nn.attention.varlen import varlen_attn
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    if cu_seq_lens is None:  # a padded batch (evaluation, generation): SDPA with transformers' mask
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else query.dtype
+    if query.shape[0] != 1 or dtype not in (torch.bfloat16, torch.float16) or dropout:
+        # Unreachable through train.py (use_varlen_attention is called only for bf16/fp16 padding-free runs);
+        # SDPA without a mask here would let the examples of the row attend to each other.
+        raise RuntimeError("varlen attention needs one bf16/fp16 padding-free row and no attention dropout")
+    q, k, v = (t[0].transpose(0, 1).to(dtype) for t in (query, key, value))  # [tokens, heads, dim]
+    options: dict[str, Any] = {"scale": scaling}
+    if q.shape[1] != k.shape[1]:  # grouped-query attention: 32 query heads share 8 key/value heads in LFM2
+        if _VARLEN_PARAMS.get("enable_gqa", False):
+            options["enable_gqa"] = True
+        else:
+            k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    # torch 2.10 spells causal `is_causal=True`, later versions `window_size=(-1, 0)`.
+    options |= {"window_size": (-1, 0)} if _VARLEN_PARAMS.get("window_size") else {"is_causal": True}
+    max_len = int(kwargs["max_length_q"])
+    out = varlen_attn(q, k, v, cu_seq_lens, cu_seq_lens, max_len, max_len, **options)
+    assert isinstance(out, torch.Tensor)  # a tuple only when the logsumexp is asked for (return_aux)
+    return out.unsqueeze(0), None
+
+
+def _varlen_params() -> dict[str, bool]:
+    try:
+        import inspect
+
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return {}
+    return {name: True for name in inspect.signature(varlen_attn).parameters}
+
+
+_VARLEN_PARAMS = _varlen_params()
+
+
+def _varlen_mask(attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
+    """No mask without padding (varlen reads the boundaries; SDPA alone is causal); SDPA's for padded batches."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None:
+        return None
+    return sdpa_mask(attention_mask=attention_mask, **kwargs)
+
+
+def use_varlen_attention(model: Any) -> None:
+    """Switch `model` (a transformers model, PEFT-wrapped or not) to `varlen_attention`."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(VARLEN, varlen_attention)
+    AttentionMaskInterface.register(VARLEN, _varlen_mask)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.set_attn_implementation(VARLEN)
+
+
 def padding_free_collator(pad_token_id: int, pad_to_multiple_of: int | None) -> Any:
     """TRL's own collator, flattening each micro-batch into one row with position_ids and seq_idx."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -73,6 +175,34 @@ def padding_free_collator(pad_token_id: int, pad_to_multiple_of: int | None) -> 
     return DataCollatorForLanguageModeling(
         pad_token_id=pad_token_id, padding_free=True, pad_to_multiple_of=pad_to_multiple_of
     )
+
+
+# Measured on an H100 with torch 2.11 (docs/benchmarks.md): compiling the decoder layers takes ~80 s
+# (cold cache, 16 CPU cores; the AOTAutograd cache is bypassed for these graphs, so it is paid every run)
+# and saves ~0.1 s per step of 32 examples: it pays back after ~800 optimizer steps.
+COMPILE_MIN_STEPS = 800
+
+
+def planned_steps(settings: Settings, train_examples: int, processes: int) -> int:
+    """Optimizer steps the run will take, as the Trainer counts them."""
+    if settings.max_steps > 0:
+        return settings.max_steps
+    batches = math.ceil(train_examples / (settings.per_device_train_batch_size * processes))
+    per_epoch = max(1, batches // settings.gradient_accumulation_steps)
+    return math.ceil(settings.num_train_epochs * per_epoch)
+
+
+def decide_compile(settings: Settings, steps: int, on_gpu: bool) -> tuple[bool, str]:
+    """Whether to compile the decoder layers, and why (for the log)."""
+    if settings.torch_compile is not True and settings.torch_compile is not False:  # "auto"
+        if not on_gpu:
+            return False, "auto: no GPU"
+        if settings.gradient_checkpointing:
+            return False, "auto: gradient checkpointing is on"
+        if steps < COMPILE_MIN_STEPS:
+            return False, f"auto: {steps} steps < {COMPILE_MIN_STEPS}, the ~80 s compile would not pay back"
+        return True, f"auto: {steps} steps >= {COMPILE_MIN_STEPS}"
+    return bool(settings.torch_compile), "set"
 
 
 def compile_decoder_layers(model: torch.nn.Module) -> int:

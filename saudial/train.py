@@ -49,7 +49,7 @@ def train(settings: Settings, dry_run: bool = False, dataset: data_mod.Dataset |
         fitted = hardware.fit_to_gpu(settings, gpu_gib)
         if fitted is not settings:
             log.info(
-                "the GPU has %.0f GiB: gradient checkpointing on (the default batch needs ~17 GiB without it; "
+                "the GPU has %.0f GiB: gradient checkpointing on (the default batch peaks at ~49 GiB without it; "
                 "SAUDIAL_GRADIENT_CHECKPOINTING=false keeps it off)",
                 gpu_gib,
             )
@@ -82,32 +82,9 @@ def train(settings: Settings, dry_run: bool = False, dataset: data_mod.Dataset |
     timings["load_s"] = time.perf_counter() - tick
 
     # 4. TRL's SFTTrainer: prompt/completion pairs, loss on the completion and its EOS only.
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(settings, dtype),
-        train_dataset=train_ds,
-        eval_dataset=eval_ds if len(eval_ds) else None,
-        processing_class=tokenizer,
-        peft_config=lora_config(settings),
-    )
+    trainer = build_trainer(settings, model, tokenizer, train_ds, eval_ds, dtype)
     peft_model = trainer.model  # the base model wrapped with the LoRA adapter by TRL
     assert peft_model is not None
-    if dtype == torch.float16:
-        # TRL casts a quantized model's LoRA weights to bf16; fp16 mixed precision needs fp32 master
-        # weights (the grad scaler cannot unscale bf16 grads: "_amp_foreach_non_finite_check_and_unscale_cuda"
-        # not implemented for 'BFloat16', seen with trl 1.16 + torch 2.11).
-        for param in peft_model.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
-    if settings.padding_free:
-        # One flat row per micro-batch, no compute on padding; see speed.py for why the conv is replaced.
-        speed.install_boundary_aware_conv()
-        trainer.data_collator = speed.padding_free_collator(tokenizer.pad_token_id, settings.pad_to_multiple_of)
-    if settings.torch_compile:
-        log.info(
-            "compiling %d decoder layers (the first steps are slow while it compiles)",
-            speed.compile_decoder_layers(peft_model),
-        )
     meter = speed.ThroughputMeter()
     trainer.add_callback(meter)
     trainer.add_callback(checkpoints.CheckpointCallback(settings, fingerprint))
@@ -181,6 +158,50 @@ def train(settings: Settings, dry_run: bool = False, dataset: data_mod.Dataset |
     # 6. Evaluation (SAUDIAL_EVAL) with the in-memory adapter, then the Hub upload (SAUDIAL_PUSH_TO_HUB).
     finish.after_training(settings, peft_model, tokenizer, split.eval, metrics)
     return metrics
+
+
+def build_trainer(
+    settings: Settings,
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    train_ds: datasets.Dataset,
+    eval_ds: datasets.Dataset,
+    dtype: torch.dtype,
+) -> SFTTrainer:
+    """TRL's SFTTrainer with the LoRA adapter on `model`, set up for speed as configured (saudial/speed.py)."""
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(settings, dtype),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds if len(eval_ds) else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings),
+    )
+    peft_model = trainer.model
+    assert peft_model is not None
+    if dtype == torch.float16:
+        # TRL casts a quantized model's LoRA weights to bf16; fp16 mixed precision needs fp32 master
+        # weights (the grad scaler cannot unscale bf16 grads: "_amp_foreach_non_finite_check_and_unscale_cuda"
+        # not implemented for 'BFloat16', seen with trl 1.16 + torch 2.11).
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+    speed.avoid_cudnn_attention()
+    if settings.padding_free:
+        # One flat row per micro-batch, no compute on padding; see speed.py for why the conv is replaced.
+        speed.install_boundary_aware_conv()
+        trainer.data_collator = speed.padding_free_collator(tokenizer.pad_token_id, settings.pad_to_multiple_of)
+        if settings.attn_implementation == "auto" and dtype != torch.float32 and speed.varlen_available():
+            speed.use_varlen_attention(peft_model)  # each example attends only to itself, no L^2 mask
+            log.info("attention: flash varlen over the examples of each padding-free row")
+    steps = speed.planned_steps(settings, len(train_ds), distributed.world_size())
+    compile_layers, why = speed.decide_compile(settings, steps, torch.cuda.is_available())
+    if compile_layers:
+        count = speed.compile_decoder_layers(peft_model)
+        log.info("torch.compile: %d decoder layers (%s); the first steps are slow while it compiles", count, why)
+    else:
+        log.info("torch.compile: off (%s)", why)
+    return trainer
 
 
 def to_prompt_completion(rows: pd.DataFrame) -> datasets.Dataset:

@@ -28,15 +28,15 @@ def test_defaults_are_the_corrected_seed_recipe() -> None:
     assert (s.lora_r, s.lora_alpha, s.lora_dropout) == (8, 16, 0.05)
     assert s.target_modules == LFM2_LINEAR_MODULES
     assert s.max_length == 512
-    # Batching retuned for speed (docs/benchmarks.md): 32 examples per padding-free micro-batch.
-    assert (s.per_device_train_batch_size, s.gradient_accumulation_steps, s.padding_free) == (32, 1, True)
-    assert (s.learning_rate, s.num_train_epochs, s.seed, s.eval_size) == (6e-4, 2.0, 42, 0.1)
+    # Batching retuned for speed (docs/benchmarks.md): 64 examples per padding-free micro-batch.
+    assert (s.per_device_train_batch_size, s.gradient_accumulation_steps, s.padding_free) == (64, 1, True)
+    assert (s.learning_rate, s.num_train_epochs, s.seed, s.eval_size) == (1e-3, 3.0, 42, 0.1)
 
 
 def test_precedence_default_env_flag(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert load_settings({}).learning_rate == 6e-4
-    monkeypatch.setenv("SAUDIAL_LEARNING_RATE", "1e-3")
     assert load_settings({}).learning_rate == 1e-3
+    monkeypatch.setenv("SAUDIAL_LEARNING_RATE", "3e-4")
+    assert load_settings({}).learning_rate == 3e-4
     assert load_settings({"learning_rate": "5e-5"}).learning_rate == 5e-5
 
 
@@ -83,6 +83,31 @@ def test_contradictory_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SAUDIAL_PUSH_TO_HUB")
     with pytest.raises(ConfigError, match="float32"):
         load_settings({"quantization": "4bit", "torch_dtype": "float32"})
+    with pytest.raises(ConfigError, match="SAUDIAL_TORCH_COMPILE / SAUDIAL_GRADIENT_CHECKPOINTING"):
+        load_settings({"torch_compile": "true", "gradient_checkpointing": "true"})
+    assert load_settings({"torch_compile": "auto", "gradient_checkpointing": "true"}).torch_compile == "auto"
+
+
+def test_compile_only_when_it_pays_back() -> None:
+    from saudial.speed import COMPILE_MIN_STEPS, decide_compile, planned_steps
+
+    default = Settings()
+    assert default.torch_compile == "auto"
+    # The 900-row SauDial run: 3 epochs of 64-example batches, far too short for the compile warm-up.
+    steps = planned_steps(default, 900, processes=1)
+    assert steps == 3 * 15
+    assert decide_compile(default, steps, on_gpu=True)[0] is False
+    assert decide_compile(default, planned_steps(default, 90_000, 1), on_gpu=True) == (
+        True,
+        f"auto: 4221 steps >= {COMPILE_MIN_STEPS}",
+    )
+    assert decide_compile(default, 10_000, on_gpu=False)[0] is False
+    assert decide_compile(default.model_copy(update={"gradient_checkpointing": True}), 10_000, True)[0] is False
+    assert decide_compile(default.model_copy(update={"torch_compile": True}), 5, on_gpu=True)[0] is True
+    assert decide_compile(default.model_copy(update={"torch_compile": False}), 10_000, on_gpu=True)[0] is False
+    # Gradient accumulation, several processes and max_steps change the count as the Trainer counts it.
+    assert planned_steps(default.model_copy(update={"gradient_accumulation_steps": 2}), 900, 2) == 3 * 4
+    assert planned_steps(default.model_copy(update={"max_steps": 17}), 900, 1) == 17
 
 
 def test_flag_errors_name_the_flag() -> None:
@@ -136,8 +161,12 @@ def test_small_gpus_get_gradient_checkpointing_unless_set(monkeypatch: pytest.Mo
     default = Settings()
     assert not default.gradient_checkpointing
     assert fit_to_gpu(default, 8.0).gradient_checkpointing  # an 8 GB card
+    assert fit_to_gpu(default, 44.4).gradient_checkpointing  # an L40S: the default batch peaks at ~49 GiB
     assert fit_to_gpu(default, 80.0) is default  # an H100: the measured default stands
     assert fit_to_gpu(default, None) is default  # the CPU
     monkeypatch.setenv("SAUDIAL_GRADIENT_CHECKPOINTING", "false")
     explicit = load_settings({})
     assert fit_to_gpu(explicit, 8.0) is explicit  # the user's word wins
+    monkeypatch.delenv("SAUDIAL_GRADIENT_CHECKPOINTING")
+    compiled = load_settings({"torch_compile": "true"})
+    assert fit_to_gpu(compiled, 8.0) is compiled  # compiled layers cannot be checkpointed

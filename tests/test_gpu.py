@@ -113,8 +113,12 @@ def test_full_size_architecture_4bit(
     print("full-size 4-bit:", {k: metrics.get(k) for k in ("steady_tokens_per_second", "peak_reserved_gib")}, losses)
 
 
-def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path) -> None:
-    """Per-example losses of a 4-bit bf16 model: padding-free row vs padded batch, to bf16 noise."""
+@pytest.mark.parametrize("varlen", [False, True], ids=["sdpa-mask", "flash-varlen"])
+def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path, varlen: bool) -> None:
+    """Per-example losses of a 4-bit bf16 model: padding-free row vs padded batch, to bf16 noise.
+
+    With SDPA and a block-diagonal mask, and with the flash varlen kernel training uses (speed.py).
+    """
     from transformers import AutoTokenizer
 
     from saudial import speed
@@ -127,22 +131,30 @@ def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path) -> 
     ids, mask = _padded_batch(examples, tokenizer.pad_token_id)
     speed.install_boundary_aware_conv()
     batch = speed.padding_free_collator(tokenizer.pad_token_id, 256)([{"input_ids": e} for e in examples])
+    if varlen:
+        speed.use_varlen_attention(model)
+    inputs = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         padded = model(input_ids=ids.cuda(), attention_mask=mask.cuda(), use_cache=False).logits.float().cpu()
-        flat = (
-            model(
-                input_ids=batch["input_ids"].cuda(),
-                position_ids=batch["position_ids"].cuda(),
-                seq_idx=batch["seq_idx"].cuda(),
-                use_cache=False,
-            )
-            .logits[0]
-            .float()
-            .cpu()
-        )
+        flat = model(**inputs, use_cache=False).logits[0].float().cpu()
     start = 0
     for i, e in enumerate(examples):
         a = _per_example_loss(padded[i, : len(e)], torch.tensor(e)).mean()
         b = _per_example_loss(flat[start : start + len(e)], torch.tensor(e)).mean()
         assert abs(a - b) < 2e-2 * max(1.0, float(a)), (i, float(a), float(b))
         start += len(e)
+
+
+def test_compiled_layers_train_on_gpu(tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry) -> None:
+    """SAUDIAL_TORCH_COMPILE=true on the 4-bit model: same first losses as eager (bf16 noise), loss falls."""
+    curves = {}
+    for compiled in ("false", "true"):
+        out = tmp_path / f"compile-{compiled}"
+        env = _gpu_env(tiny_model, workbook, out, SAUDIAL_TORCH_COMPILE=compiled, SAUDIAL_LOGGING_STEPS="1")
+        result = run_entry(env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        curves[compiled] = _losses(out)
+    eager, compiled_curve = curves["false"], curves["true"]
+    assert all(math.isfinite(x) for x in compiled_curve)
+    assert abs(compiled_curve[0] - eager[0]) < 2e-2 * max(1.0, eager[0]), (eager[:3], compiled_curve[:3])
+    assert sum(compiled_curve[-3:]) / 3 < sum(compiled_curve[:3]) / 3, compiled_curve

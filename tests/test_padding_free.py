@@ -80,3 +80,67 @@ def test_padding_free_losses_equal_padded(tiny_model: Path, workbook: Path, rest
         loss = _per_example_loss(flat_logits[start : start + len(e)], torch.tensor(e)).mean()
         torch.testing.assert_close(loss, reference[i], rtol=1e-4, atol=1e-4)
         start += len(e)
+
+
+def test_compiled_layers_train_like_eager(tiny_model: Path, workbook: Path, restore_conv) -> None:
+    """torch.compile of the decoder layers (SAUDIAL_TORCH_COMPILE) changes speed, not the numbers.
+
+    LoRA on every linear, a padding-free batch with the boundary-aware conv: the loss and the LoRA
+    gradients of the compiled layers equal the eager ones (fp32 on the CPU, inductor's C++ backend).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    examples = _examples(workbook, tokenizer)
+    speed.install_boundary_aware_conv()
+    batch = speed.padding_free_collator(tokenizer.pad_token_id, pad_to_multiple_of=64)(
+        [{"input_ids": e} for e in examples]
+    )
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "seq_idx")}
+    labels = batch["input_ids"].masked_fill(batch["input_ids"] == tokenizer.pad_token_id, -100)
+    targets = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"]
+
+    def loss_and_grads(compiled: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets))
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # nonzero B, so that every LoRA weight gets a gradient
+                torch.nn.init.normal_(param, std=0.02)
+        if compiled:
+            assert speed.compile_decoder_layers(model) == base.config.num_hidden_layers
+        loss = model(**inputs, labels=labels, use_cache=False).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    torch._dynamo.reset()
+    eager_loss, eager_grads = loss_and_grads(compiled=False)
+    compiled_loss, compiled_grads = loss_and_grads(compiled=True)
+    torch._dynamo.reset()
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-4, atol=1e-4)
+    assert eager_grads.keys() == compiled_grads.keys() and len(eager_grads) > 0
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_varlen_attention_falls_back_to_sdpa_for_padded_batches(tiny_model: Path, workbook: Path, restore_conv) -> None:
+    """Switched to saudial's varlen attention, a padded batch (evaluation, generation) is scored as by SDPA.
+
+    The flash varlen kernel itself needs CUDA: tests/test_gpu.py checks padding-free losses through it.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    examples = _examples(workbook, tokenizer)
+    ids, mask = _padded_batch(examples, tokenizer.pad_token_id)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    switched = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    speed.use_varlen_attention(switched)
+    assert switched.config._attn_implementation == speed.VARLEN
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        got = switched(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    torch.testing.assert_close(got, expected)
+    # A padding-free row in fp32 cannot go through the kernel; it must fail, not attend across examples.
+    speed.install_boundary_aware_conv()
+    batch = speed.padding_free_collator(tokenizer.pad_token_id, 64)([{"input_ids": e} for e in examples])
+    with pytest.raises(RuntimeError, match="varlen attention needs"):
+        switched(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)

@@ -1,0 +1,116 @@
+"""Where a training step's time goes: torch.profiler over a few steady-state steps of the real trainer.
+
+    SAUDIAL_DATA=... SAUDIAL_MODEL_NAME_OR_PATH=... python bench/profile_step.py OUT.txt [--steps 3]
+
+Settings come from the environment exactly as for entrypoint.py (SAUDIAL_*), and the trainer is the one
+`saudial.train.build_trainer` makes. It prints, per step: wall time, GPU busy time (sum of kernel times),
+kernel launches and CPU-side operator calls, then the top kernels and the top CPU operators. A step whose
+wall time is far above its GPU busy time is bound by the host (Python, dispatch, launches), not the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from transformers import TrainerCallback
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from saudial import data, speed
+from saudial.config import Settings
+from saudial.model import compute_dtype, load_model, load_tokenizer
+from saudial.train import build_trainer, to_prompt_completion
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class StepProfiler(TrainerCallback):
+    """Profile optimizer steps [start, start + count) and keep the profiler's summary."""
+
+    def __init__(self, start: int, count: int) -> None:
+        self.start, self.count = start, count
+        self.prof: Any = None
+        self.wall = 0.0
+        self._t0 = 0.0
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.start:
+            sync()
+            self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            self.prof.__enter__()
+            self._t0 = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.prof is not None and state.global_step == self.start + self.count:
+            sync()
+            self.wall = time.perf_counter() - self._t0
+            self.prof.__exit__(None, None, None)
+            control.should_training_stop = True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=8, help="steps before profiling (compile warm-up included)")
+    args = parser.parse_args()
+
+    settings = Settings()
+    assert settings.data is not None, "set SAUDIAL_DATA"
+    dataset = data.load(settings.data, settings.sheet_name, settings.dialects)
+    split = data.split(dataset.rows, settings.eval_size, settings.seed)
+    tokenizer = load_tokenizer(settings)
+    dtype = compute_dtype(settings)
+    trainer = build_trainer(
+        settings.model_copy(update={"max_steps": args.warmup + args.steps + 1}),
+        load_model(settings),
+        tokenizer,
+        to_prompt_completion(split.train),
+        to_prompt_completion(split.eval),
+        dtype,
+    )
+    profiler = StepProfiler(args.warmup, args.steps)
+    trainer.add_callback(profiler)
+    meter = speed.ThroughputMeter()
+    trainer.add_callback(meter)
+    trainer.train()
+
+    events = profiler.prof.key_averages()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    gpu_us = sum(e.self_device_time_total for e in kernels)
+    launches = sum(e.count for e in kernels)
+    cpu_ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    n = args.steps
+    head = (
+        f"{settings.per_device_train_batch_size=} {settings.torch_compile=} {settings.gradient_checkpointing=}\n"
+        f"per step: wall {profiler.wall / n * 1e3:.1f} ms, GPU busy {gpu_us / n / 1e3:.1f} ms "
+        f"({gpu_us / 1e6 / profiler.wall:.0%} of wall), {launches / n:,.0f} kernels, {cpu_ops / n:,.0f} aten ops\n"
+    )
+    text = (
+        head
+        + "\ntop GPU kernels\n"
+        + events.table(sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=70)
+        + "\ntop CPU operators\n"
+        + events.table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=70)
+    )
+    if settings.torch_compile is True:
+        from torch._dynamo.utils import compile_times, counters
+
+        text += "\ncompile times\n" + str(compile_times(repr="str", aggregate=True))
+        text += "\ncache counters\n" + "\n".join(f"{k}: {dict(v)}" for k, v in counters.items() if v)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(head, flush=True)
+
+
+if __name__ == "__main__":
+    main()
