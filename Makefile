@@ -9,7 +9,7 @@ SAMPLE := samples/saudial_synthetic_sample.xlsx
 SAUDIAL_DATA ?= $(SAMPLE)
 DEMO_DIR ?= outputs/demo
 
-.PHONY: help setup setup-dev train demo test test-gpu lint bench
+.PHONY: help setup setup-dev train demo test test-gpu lint bench bench-peers
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,5 +43,8 @@ lint: setup-dev lint-docker ## ruff check, ruff format --check, mypy, and the co
 
 bench: setup ## The GPU benchmark (docs/benchmarks.md); results in bench/results/
 	$(PY) bench/bench.py --out bench/results
+
+bench-peers: setup ## On a GPU machine with network: Unsloth's own stack in .unsloth-site (bench --sections unsloth)
+	ONLINE=1 UNSLOTH_SITE="$(CURDIR)/.unsloth-site" PYTHON="$(PY)" bash bench/gpu-wheels/install-unsloth.sh
 
 include mk/docker.mk

@@ -416,7 +416,9 @@ UNSLOTH = "Unsloth, bs 64, GC off"
 
 def run_unsloth(data: Path, model: Path, work: Path) -> dict[str, Any]:
     """Unsloth as a peer, in its own package folder (UNSLOTH_SITE), same model, data and prompt."""
-    site = os.environ.get("UNSLOTH_SITE", "/tmp/unsloth_site")
+    # `make bench-peers` fills .unsloth-site; the offline wheel folder installs into /tmp/unsloth_site.
+    local = REPO / ".unsloth-site"
+    site = os.environ.get("UNSLOTH_SITE", str(local) if local.exists() else "/tmp/unsloth_site")
     env = dict(os.environ) | {
         "PYTHONPATH": f"{site}:{REPO}",
         "UNSLOTH_DISABLE_STATISTICS": "1",

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from saudial import checkpoints, synthetic
+from saudial.config import Settings
 from saudial.errors import EXIT_CONFIG, EXIT_INTERRUPTED
 from tests.jobs import ADAPTER, Job, adapter, assert_bitwise_equal, job_env, run_job
 
@@ -120,7 +121,7 @@ def test_other_settings_or_data_are_refused(
     code, log = run_job(env)
     assert code == EXIT_CONFIG, log[-4000:]
     assert "holds an unfinished run with other training settings or data" in log
-    assert "learning_rate: 0.0006 -> 0.0001" in log and "data sha256:" in log
+    assert f"learning_rate: {Settings().learning_rate} -> 0.0001" in log and "data sha256:" in log
     assert "SAUDIAL_OVERWRITE_OUTPUT_DIR=true" in log
     assert "Traceback" not in log
     assert {p.name for p in out.iterdir()} == {p.name for p in source.iterdir()}  # nothing touched
@@ -149,7 +150,6 @@ def test_hub_checkpoint_round_trip(
     """
     import huggingface_hub
 
-    from saudial.config import Settings
     from saudial.errors import ConfigError
 
     source, step, _ = interrupted

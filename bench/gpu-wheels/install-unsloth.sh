@@ -2,6 +2,7 @@
 # Offline install of the Unsloth peer stack into its own folder, kept apart from the project stack.
 #   bash .unsloth-wheels/install.sh                 # -> /tmp/unsloth_site
 #   UNSLOTH_SITE=/elsewhere GPUWHEELS=/path/to/.gpuwheels bash .unsloth-wheels/install.sh
+#   ONLINE=1 bash bench/gpu-wheels/install-unsloth.sh    # a GPU machine with network: from PyPI (make bench-peers)
 # Then run with:  PYTHONPATH=/tmp/unsloth_site UNSLOTH_DISABLE_STATISTICS=1 HF_HUB_OFFLINE=1 python3 ...
 # bitsandbytes, peft, accelerate, dill, multiprocess (and any support library the machine lacks) come from
 # .gpuwheels, so both folders must travel.
@@ -35,9 +36,10 @@ EOF
 [ -n "$EXTRA" ] && echo "unsloth stack: also taking into $TARGET: $EXTRA"
 
 mkdir -p "$TARGET"
+if [ "${ONLINE:-0}" = 1 ]; then SOURCE=(); else SOURCE=(--no-index --find-links "$HERE" --find-links "$A"); fi
 # shellcheck disable=SC2086
-"$PY" -m pip install -q --no-index --no-deps --no-cache-dir --disable-pip-version-check --upgrade \
-  --target "$TARGET" --find-links "$HERE" --find-links "$A" \
+"$PY" -m pip install -q --no-deps --no-cache-dir --disable-pip-version-check --upgrade \
+  --target "$TARGET" "${SOURCE[@]}" \
   unsloth==2026.10.9 unsloth-zoo==2026.10.9 trl==1.15.0 datasets==4.8.5 transformers==5.17.0 \
   huggingface-hub==1.33.0 fsspec==2026.2.0 cut-cross-entropy==25.1.1 \
   peft==0.21.2 accelerate==1.15.0 bitsandbytes==0.50.2 dill==0.4.1 multiprocess==0.70.19 $EXTRA
