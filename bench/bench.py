@@ -349,7 +349,7 @@ def main() -> None:
             # host overhead, and compiling pays back over long runs.
             run("throughput: bs 64 + compile", THROUGHPUT, data_900, 4 if args.smoke else 50)
         elif section == "wholerun":
-            # Two epochs of 900 training rows (the defaults), start to adapter saved.
+            # The defaults on 900 training rows, start to adapter saved.
             run("defaults, whole 900-row run", {}, data_900, 4 if args.smoke else None)
         elif section == "scaling":
             data_9k = write_rows(args.work / "rows-10000.xlsx", 10000)
@@ -441,7 +441,7 @@ def run_unsloth(data: Path, model: Path, work: Path) -> dict[str, Any]:
 
 
 def multigpu(run: Any, data: Path, model: Path, work: Path) -> None:
-    """The same configuration on 1 and 2 GPUs, at the default effective batch and at a larger one.
+    """1 GPU against 2: at the same effective batch (32), and at 64 examples per GPU.
 
     Per-GPU memory is sampled during a 2-GPU run (each rank must hold its own 4-bit copy), and the
     adapter the 2-GPU run wrote is loaded back onto a fresh 4-bit base (bench/reload_check.py).

@@ -22,26 +22,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+
+def schedule(batch_size: int, learning_rate: str, epochs: int) -> dict[str, str]:
+    return {
+        "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": str(batch_size),
+        "SAUDIAL_LEARNING_RATE": learning_rate,
+        "SAUDIAL_NUM_TRAIN_EPOCHS": str(epochs),
+    }
+
+
+# (batch size, learning rate, epochs); the seed's is batch 8 x lr 2e-4 x 1 epoch.
 SCHEDULES = {
-    "seed schedule (bs 8, lr 2e-4, 1 epoch)": {
-        "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "8",
-        "SAUDIAL_LEARNING_RATE": "2e-4",
-        "SAUDIAL_NUM_TRAIN_EPOCHS": "1",
+    "seed schedule (bs 8, lr 2e-4, 1 epoch)": schedule(8, "2e-4", 1),
+    **{
+        f"bs {bs}, lr {lr}, {n} epoch{'s' if n > 1 else ''}": schedule(bs, lr, n)
+        for bs, lr, n in [(32, "2e-4", 1), (32, "6e-4", 1), (32, "1e-3", 1), (32, "6e-4", 2),
+                          (64, "6e-4", 3), (64, "1e-3", 2), (64, "1e-3", 3)]
     },
-    "bs 32, lr 2e-4, 1 epoch": {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "32", "SAUDIAL_LEARNING_RATE": "2e-4",
-                                "SAUDIAL_NUM_TRAIN_EPOCHS": "1"},
-    "bs 32, lr 6e-4, 1 epoch": {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "32", "SAUDIAL_LEARNING_RATE": "6e-4",
-                                "SAUDIAL_NUM_TRAIN_EPOCHS": "1"},
-    "bs 32, lr 1e-3, 1 epoch": {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "32", "SAUDIAL_LEARNING_RATE": "1e-3",
-                                "SAUDIAL_NUM_TRAIN_EPOCHS": "1"},
-    "bs 32, lr 6e-4, 2 epochs": {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "32", "SAUDIAL_LEARNING_RATE": "6e-4",
-                                 "SAUDIAL_NUM_TRAIN_EPOCHS": "2"},
-    "bs 64, lr 6e-4, 3 epochs": {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64", "SAUDIAL_LEARNING_RATE": "6e-4",
-                                 "SAUDIAL_NUM_TRAIN_EPOCHS": "3"},
-    "bs 64, lr 1e-3, 2 epochs": {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64", "SAUDIAL_LEARNING_RATE": "1e-3",
-                                 "SAUDIAL_NUM_TRAIN_EPOCHS": "2"},
-    "bs 64, lr 1e-3, 3 epochs": {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64", "SAUDIAL_LEARNING_RATE": "1e-3",
-                                 "SAUDIAL_NUM_TRAIN_EPOCHS": "3"},
     "the defaults": {},
 }  # fmt: skip
 

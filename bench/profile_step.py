@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from saudial import data, speed
+from saudial import data
 from saudial.config import Settings
 from saudial.model import compute_dtype, load_model, load_tokenizer
 from saudial.train import build_trainer, to_prompt_completion
@@ -80,8 +80,6 @@ def main() -> None:
     )
     profiler = StepProfiler(args.warmup, args.steps)
     trainer.add_callback(profiler)
-    meter = speed.ThroughputMeter()
-    trainer.add_callback(meter)
     trainer.train()
 
     events = profiler.prof.key_averages()

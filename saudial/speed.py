@@ -88,11 +88,7 @@ VARLEN = "saudial_varlen"
 
 
 def varlen_available() -> bool:
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (torch >= 2.10)
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+    return bool(_VARLEN_PARAMS) and torch.cuda.is_available()  # torch.nn.attention.varlen: torch >= 2.10
 
 
 def varlen_attention(
@@ -194,7 +190,7 @@ def planned_steps(settings: Settings, train_examples: int, processes: int) -> in
 
 def decide_compile(settings: Settings, steps: int, on_gpu: bool) -> tuple[bool, str]:
     """Whether to compile the decoder layers, and why (for the log)."""
-    if settings.torch_compile is not True and settings.torch_compile is not False:  # "auto"
+    if settings.torch_compile == "auto":
         if not on_gpu:
             return False, "auto: no GPU"
         if settings.gradient_checkpointing:
