@@ -24,7 +24,7 @@ train: setup ## Train LFM2-1.2B in 4-bit on a CUDA GPU, on SAUDIAL_DATA (default
 	SAUDIAL_DATA="$(SAUDIAL_DATA)" $(PY) entrypoint.py
 
 demo: setup ## The whole pipeline offline on the CPU in about a minute, with a tiny LFM2 built locally
-	$(PY) -m saudial.tiny $(DEMO_DIR)/tiny-lfm2
+	$(PY) -m saudial.devtools.tiny $(DEMO_DIR)/tiny-lfm2
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 SAUDIAL_DATA="$(SAMPLE)" SAUDIAL_MODEL_NAME_OR_PATH=$(DEMO_DIR)/tiny-lfm2 \
 	SAUDIAL_QUANTIZATION=none SAUDIAL_OUTPUT_DIR=$(DEMO_DIR)/adapter SAUDIAL_OVERWRITE_OUTPUT_DIR=true \
 	SAUDIAL_LEARNING_RATE=2e-3 SAUDIAL_NUM_TRAIN_EPOCHS=2 SAUDIAL_MAX_EVAL_SAMPLES=16 SAUDIAL_MAX_NEW_TOKENS=48 \

@@ -6,7 +6,7 @@ Settings come from SAUDIAL_* environment variables and the matching --flags (see
 
 import sys
 
-from saudial.cli import main
+from saudial.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

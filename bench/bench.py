@@ -134,7 +134,7 @@ def build_model(work: Path, smoke: bool) -> tuple[Path, int]:
     import torch
     from transformers import Lfm2Config, Lfm2ForCausalLM
 
-    from saudial import synthetic, tiny
+    from saudial.devtools import synthetic, tiny
 
     model_dir = work / "model"
     if smoke:
@@ -157,7 +157,7 @@ def build_model(work: Path, smoke: bool) -> tuple[Path, int]:
 
 
 def write_rows(path: Path, rows: int, seed: int = 3, **shape: Any) -> Path:
-    from saudial import synthetic
+    from saudial.devtools import synthetic
 
     return synthetic.write(synthetic.make_rows(rows, seed=seed, **(ROWS | shape)), path)
 
@@ -298,7 +298,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
 
-    from saudial.manifest import device_name, versions
+    from saudial.run.record import device_name, versions
 
     tflops = matmul_tflops()
     model, n_params = build_model(args.work, args.smoke)
@@ -314,7 +314,7 @@ def main() -> None:
     data_900 = write_rows(args.work / "rows-1000.xlsx", 1000)  # 900 train + 100 eval rows
     results: list[dict[str, Any]] = report["results"]
 
-    from saudial.config import Settings
+    from saudial.config.settings import Settings
 
     defaults = Settings()
 

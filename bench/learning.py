@@ -47,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results-learning")
     args = parser.parse_args()
-    from saudial import synthetic, tiny
+    from saudial.devtools import synthetic, tiny
 
     work = args.out / "work"
     model = tiny.build(work / "model", hidden_size=128, layers=4)

@@ -3,7 +3,7 @@
     SAUDIAL_DATA=... SAUDIAL_MODEL_NAME_OR_PATH=... python bench/profile_step.py OUT.txt [--steps 3]
 
 Settings come from the environment exactly as for entrypoint.py (SAUDIAL_*), and the trainer is the one
-`saudial.train.build_trainer` makes. It prints, per step: wall time, GPU busy time (sum of kernel times),
+`saudial.run.trainer.build_trainer` makes. It prints, per step: wall time, GPU busy time (sum of kernel times),
 kernel launches and CPU-side operator calls, then the top kernels and the top CPU operators. A step whose
 wall time is far above its GPU busy time is bound by the host (Python, dispatch, launches), not the GPU.
 """
@@ -22,10 +22,13 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from saudial import data
-from saudial.config import Settings
-from saudial.model import compute_dtype, load_model, load_tokenizer
-from saudial.train import build_trainer, to_prompt_completion
+from saudial.config.settings import Settings
+from saudial.data.examples import to_prompt_completion
+from saudial.data.split import split as data_split
+from saudial.data.workbook import load
+from saudial.model.hardware import compute_dtype
+from saudial.model.loading import load_model, load_tokenizer
+from saudial.run.trainer import build_trainer
 
 
 def sync() -> None:
@@ -66,8 +69,8 @@ def main() -> None:
 
     settings = Settings()
     assert settings.data is not None, "set SAUDIAL_DATA"
-    dataset = data.load(settings.data, settings.sheet_name, settings.dialects)
-    split = data.split(dataset.rows, settings.eval_size, settings.seed)
+    dataset = load(settings.data, settings.sheet_name, settings.dialects)
+    split = data_split(dataset.rows, settings.eval_size, settings.seed)
     tokenizer = load_tokenizer(settings)
     dtype = compute_dtype(settings)
     trainer = build_trainer(

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from peft import PeftModel
 
-from saudial.config import Settings
-from saudial.model import load_model
+from saudial.config.settings import Settings
+from saudial.model.loading import load_model
 
 
 def main() -> None:

@@ -25,8 +25,9 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
-from saudial import data  # noqa: E402  (pandas only)
-from saudial.prompts import build_example  # noqa: E402
+from saudial.data.prompts import build_example  # noqa: E402
+from saudial.data.split import split  # noqa: E402  (pandas only)
+from saudial.data.workbook import iter_rows, load  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"]
 BATCH, STEPS = 64, 45  # ~3 epochs of 900 rows: one epoch gives the whole-run time, the rest the steady state
@@ -52,8 +53,8 @@ def main() -> None:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     tick = time.perf_counter()
-    rows = data.split(data.load(data_path).rows, 0.1, 42).train
-    records = [build_example(r.dialect, r.english, r.translation, r.context or None) for r in data.iter_rows(rows)]
+    rows = split(load(data_path).rows, 0.1, 42).train
+    records = [build_example(r.dialect, r.english, r.translation, r.context or None) for r in iter_rows(rows)]
     train_ds = datasets.Dataset.from_list(records)
     data_s = time.perf_counter() - tick
     epoch_steps = -(-len(train_ds) // BATCH)

@@ -2,6 +2,6 @@
 
 import sys
 
-from saudial.cli import main
+from saudial.cli.main import main
 
 sys.exit(main())

@@ -31,7 +31,7 @@ say "scratch folder $WORK (image $image, container user $uid:$gid)"
 
 if [ ! -f "$WORK/tiny/config.json" ]; then
     say "making a tiny random LFM2 in $WORK/tiny"
-    "$py" -m saudial.tiny "$WORK/tiny"
+    "$py" -m saudial.devtools.tiny "$WORK/tiny"
 fi
 mkdir -p "$WORK/data"
 if [ ! -f "$WORK/data/SauDial Dataset.xlsx" ]; then
@@ -40,7 +40,7 @@ if [ ! -f "$WORK/data/SauDial Dataset.xlsx" ]; then
         cp samples/saudial_synthetic_sample.xlsx "$WORK/data/SauDial Dataset.xlsx"
     else
         say "making a synthetic workbook"
-        "$py" -m saudial.synthetic "$WORK/data/SauDial Dataset.xlsx" --rows 40
+        "$py" -m saudial.devtools.synthetic "$WORK/data/SauDial Dataset.xlsx" --rows 40
     fi
 fi
 rm -rf "$WORK/outputs"

@@ -5,7 +5,7 @@
 OUT="${OUT:-/tmp/saudial-mgpu}"; mkdir -p "$OUT"
 set -u
 nvidia-smi -L; python3 -c "import torch,pandas,pyarrow;print(torch.__version__, pandas.__version__, torch.cuda.device_count())"
-python3 -m saudial.tiny /tmp/tiny >/dev/null
+python3 -m saudial.devtools.tiny /tmp/tiny >/dev/null
 python3 -c "from saudial import synthetic; from pathlib import Path; synthetic.write(synthetic.make_rows(200, seed=0), Path('/tmp/data.xlsx'))"
 export SAUDIAL_DATA=/tmp/data.xlsx SAUDIAL_MODEL_NAME_OR_PATH=/tmp/tiny SAUDIAL_MAX_STEPS=6 SAUDIAL_SAVE_STEPS=1 SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE=2 SAUDIAL_GRADIENT_ACCUMULATION_STEPS=1 SAUDIAL_LOGGING_STEPS=1 SAUDIAL_REPORT_TO=none SAUDIAL_EVAL=loss HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 SAUDIAL_OUTPUT_DIR=/tmp/o1 timeout 240 python3 entrypoint.py > $OUT/run1.log 2>&1; echo rc1=$?

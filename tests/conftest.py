@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from saudial import synthetic, tiny
+from saudial.devtools import synthetic, tiny
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRYPOINT = REPO / "entrypoint.py"

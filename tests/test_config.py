@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from saudial.cli import main
-from saudial.config import LFM2_LINEAR_MODULES, Settings, load_settings
+from saudial.cli.main import main
+from saudial.config.loading import load_settings
+from saudial.config.settings import LFM2_LINEAR_MODULES, Settings
 from saudial.errors import ConfigError
 
 
@@ -89,7 +90,7 @@ def test_contradictory_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_compile_only_when_it_pays_back() -> None:
-    from saudial.speed import COMPILE_MIN_STEPS, decide_compile, planned_steps
+    from saudial.model.patches import COMPILE_MIN_STEPS, decide_compile, planned_steps
 
     default = Settings()
     assert default.torch_compile == "auto"
@@ -149,14 +150,14 @@ def test_redacted_is_json_and_complete() -> None:
 def test_readme_settings_table_is_current() -> None:
     from pathlib import Path
 
-    from saudial.config import settings_table
+    from saudial.config.loading import settings_table
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert settings_table() in readme, "regenerate the README's table: python -m saudial.config"
 
 
 def test_small_gpus_get_gradient_checkpointing_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    from saudial.hardware import fit_to_gpu
+    from saudial.model.hardware import fit_to_gpu
 
     default = Settings()
     assert not default.gradient_checkpointing

@@ -7,9 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from saudial import data, synthetic
+from saudial.data import split as data_split
+from saudial.data import workbook as data
+from saudial.data.prompts import build_prompt
+from saudial.devtools import synthetic
 from saudial.errors import DataError
-from saudial.prompts import build_prompt
 
 
 def test_workbook_fixture_has_the_published_quirks(workbook: Path) -> None:
@@ -112,9 +114,9 @@ def test_dialect_filter(workbook: Path) -> None:
 
 def test_split_is_deterministic_stratified_and_sentence_disjoint(workbook: Path) -> None:
     rows = data.load(workbook).rows
-    first, again = data.split(rows, 0.1, seed=42), data.split(rows, 0.1, seed=42)
+    first, again = data_split.split(rows, 0.1, seed=42), data_split.split(rows, 0.1, seed=42)
     pd.testing.assert_frame_equal(first.eval, again.eval)
-    other = data.split(rows, 0.1, seed=7)
+    other = data_split.split(rows, 0.1, seed=7)
     assert set(first.eval["english"]) != set(other.eval["english"])
     assert len(first.train) + len(first.eval) == len(rows)
     assert not set(first.train["english"]) & set(first.eval["english"])
@@ -123,11 +125,11 @@ def test_split_is_deterministic_stratified_and_sentence_disjoint(workbook: Path)
         assert abs(counts["eval"] - round(0.1 * total)) <= 1, dialect
     # Every English text that occurs more than once stays on one side, for any seed.
     for seed in range(5):
-        s = data.split(rows, 0.1, seed)
+        s = data_split.split(rows, 0.1, seed)
         assert not set(s.train["english"]) & set(s.eval["english"])
 
 
 def test_split_zero_keeps_everything_for_training(workbook: Path) -> None:
     rows = data.load(workbook).rows
-    s = data.split(rows, 0.0, seed=1)
+    s = data_split.split(rows, 0.0, seed=1)
     assert len(s.train) == len(rows) and s.eval.empty

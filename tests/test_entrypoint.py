@@ -13,7 +13,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from saudial import synthetic
+from saudial.devtools import synthetic
 from tests.conftest import RunEntry, base_env
 
 

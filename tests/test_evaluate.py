@@ -12,10 +12,13 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from saudial import data as data_mod
-from saudial.config import Settings
-from saudial.evaluate import OVERALL, cap, evaluate, normalize, score, score_by_dialect
-from saudial.model import load_model, load_tokenizer, lora_config
+from saudial.config.settings import Settings
+from saudial.data.split import split
+from saudial.data.text import clean_text
+from saudial.inference.evaluate import cap, evaluate
+from saudial.inference.scoring import OVERALL, normalize, score, score_by_dialect
+from saudial.model.loading import load_model, load_tokenizer
+from saudial.model.lora import lora_config
 from tests.adapter_run import copy_run, trained_adapter
 from tests.conftest import RunEntry, base_env
 
@@ -46,7 +49,7 @@ def test_score_by_dialect_counts_each_dialect() -> None:
 
 
 def test_cap_is_deterministic_and_keeps_dialects(saudial_frame: pd.DataFrame) -> None:
-    rows = data_mod.split(_rows(saudial_frame), 0.3, 0).eval
+    rows = split(_rows(saudial_frame), 0.3, 0).eval
     capped = cap(rows, 12, seed=1)
     assert len(capped) == 12 and capped.equals(cap(rows, 12, seed=1))
     assert set(capped["dialect"]) == set(rows["dialect"])
@@ -64,7 +67,7 @@ def _rows(frame: pd.DataFrame) -> pd.DataFrame:
         }
     )[["dialect", "english", "translation", "context", "msa"]]
     for column in renamed.columns:
-        renamed[column] = [data_mod.clean_text(v) for v in renamed[column]]
+        renamed[column] = [clean_text(v) for v in renamed[column]]
     return renamed.drop_duplicates().reset_index(drop=True)
 
 
@@ -96,7 +99,7 @@ def test_evaluate_writes_metrics_table_and_predictions(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     model, tokenizer, settings = peft_model
-    rows = data_mod.split(_rows(saudial_frame), 0.2, 0).eval
+    rows = split(_rows(saudial_frame), 0.2, 0).eval
     (tmp_path / "metrics.json").write_text(json.dumps({"train_loss": 1.5}))
 
     results = evaluate(settings, model, tokenizer, rows, tmp_path)
@@ -125,7 +128,7 @@ def test_eval_loss_mode_and_none(
     peft_model: tuple[Any, Any, Settings], saudial_frame: pd.DataFrame, tmp_path: Path
 ) -> None:
     model, tokenizer, settings = peft_model
-    rows = data_mod.split(_rows(saudial_frame), 0.2, 0).eval
+    rows = split(_rows(saudial_frame), 0.2, 0).eval
     assert evaluate(settings.model_copy(update={"eval": "none"}), model, tokenizer, rows, tmp_path) == {}
     assert not (tmp_path / "metrics.json").exists()
     results = evaluate(settings.model_copy(update={"eval": "loss"}), model, tokenizer, rows, tmp_path)
@@ -137,11 +140,11 @@ def test_eval_loss_equals_the_trainers_completion_loss(
     peft_model: tuple[Any, Any, Settings], saudial_frame: pd.DataFrame
 ) -> None:
     """Our per-token loss over response+EOS matches a direct computation with TRL-style masking."""
-    from saudial.evaluate import eval_loss
-    from saudial.prompts import build_prompt
+    from saudial.data.prompts import build_prompt
+    from saudial.inference.evaluate import eval_loss
 
     model, tokenizer, settings = peft_model
-    rows = data_mod.split(_rows(saudial_frame), 0.2, 0).eval.head(3)
+    rows = split(_rows(saudial_frame), 0.2, 0).eval.head(3)
     model.eval()  # no LoRA dropout
     total, count = 0.0, 0
     for r in rows.itertuples(index=False):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from saudial.config import Settings
+from saudial.config.settings import Settings
 from tests.conftest import RunEntry, base_env
 
 pytestmark = pytest.mark.gpu
@@ -35,7 +35,7 @@ def full_size_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import Lfm2Config, Lfm2ForCausalLM
 
     from bench.bench import LFM2_1_2B, PARAMS_1_2B
-    from saudial import synthetic, tiny
+    from saudial.devtools import synthetic, tiny
 
     path = tmp_path_factory.mktemp("lfm2-1.2b-random")
     frame = synthetic.make_rows(400)
@@ -55,7 +55,7 @@ def full_size_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_4bit_load_is_nf4_with_double_quant(tiny_model: Path) -> None:
     import bitsandbytes as bnb
 
-    from saudial.model import load_model
+    from saudial.model.loading import load_model
 
     model = load_model(Settings(model_name_or_path=str(tiny_model), quantization="4bit"))
     linear4 = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -78,7 +78,7 @@ def test_4bit_training_small_model(tiny_model: Path, workbook: Path, tmp_path: P
     # The adapter loads back onto a 4-bit base and changes its output.
     from peft import PeftModel
 
-    from saudial.model import load_model
+    from saudial.model.loading import load_model
 
     base = load_model(Settings(model_name_or_path=str(tiny_model), quantization="4bit"))
     ids = torch.tensor([[1, 20, 30, 40, 50]], device="cuda")
@@ -117,12 +117,13 @@ def test_full_size_architecture_4bit(
 def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path, varlen: bool) -> None:
     """Per-example losses of a 4-bit bf16 model: padding-free row vs padded batch, to bf16 noise.
 
-    With SDPA and a block-diagonal mask, and with the flash varlen kernel training uses (speed.py).
+    With SDPA and a block-diagonal mask, and with the flash varlen kernel training uses (model/patches.py).
     """
     from transformers import AutoTokenizer
 
-    from saudial import speed
-    from saudial.model import load_model
+    from saudial.model import patches as speed
+    from saudial.model.loading import load_model
+    from saudial.run.trainer import padding_free_collator
     from tests.test_padding_free import _examples, _padded_batch, _per_example_loss
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
@@ -130,7 +131,7 @@ def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path, var
     examples = _examples(workbook, tokenizer)
     ids, mask = _padded_batch(examples, tokenizer.pad_token_id)
     speed.install_boundary_aware_conv()
-    batch = speed.padding_free_collator(tokenizer.pad_token_id, 256)([{"input_ids": e} for e in examples])
+    batch = padding_free_collator(tokenizer.pad_token_id, 256)([{"input_ids": e} for e in examples])
     if varlen:
         speed.use_varlen_attention(model)
     inputs = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in batch.items() if k != "labels"}

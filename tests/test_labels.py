@@ -8,20 +8,24 @@ import pytest
 import torch
 from trl import SFTTrainer
 
-from saudial import data, train
-from saudial.config import Settings
+from saudial.config.settings import Settings
+from saudial.data.examples import to_prompt_completion
+from saudial.data.workbook import load, load_configured
 from saudial.errors import TrainingError
-from saudial.model import load_model, load_tokenizer, lora_config
+from saudial.model.loading import load_model, load_tokenizer
+from saudial.model.lora import lora_config
+from saudial.run.train import train
+from saudial.run.trainer import sft_config
 
 
 def test_labels_mask_exactly_the_prompt(tiny_model: Path, workbook: Path, tmp_path: Path) -> None:
     settings = Settings(data=workbook, model_name_or_path=str(tiny_model), quantization="none", output_dir=tmp_path)
     tokenizer = load_tokenizer(settings)
-    rows = data.load(workbook).rows.head(8)
-    ds = train.to_prompt_completion(rows)
+    rows = load(workbook).rows.head(8)
+    ds = to_prompt_completion(rows)
     trainer = SFTTrainer(
         model=load_model(settings),
-        args=train.sft_config(settings, torch.float32),
+        args=sft_config(settings, torch.float32),
         train_dataset=ds,
         processing_class=tokenizer,
         peft_config=lora_config(settings),
@@ -59,6 +63,6 @@ def test_out_of_memory_becomes_exit_code_3(
         report_to="none",
     )
     with pytest.raises(TrainingError) as info:
-        train.train(settings)
+        train(settings, load_configured(settings))
     assert info.value.exit_code == 3
     assert "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE" in str(info.value)

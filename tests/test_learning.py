@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from saudial import synthetic, tiny
+from saudial.devtools import synthetic, tiny
 from tests.conftest import RunEntry, base_env
 
 MARGIN = 2.0

@@ -12,8 +12,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from saudial import checkpoints
 from saudial.errors import EXIT_INTERRUPTED
+from saudial.run import checkpoints
 from tests.jobs import Job, job_env, run_job
 
 pytestmark = pytest.mark.slow

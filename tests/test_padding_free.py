@@ -9,8 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.lfm2 import modeling_lfm2
 
-from saudial import data, speed
-from saudial.prompts import build_prompt
+from saudial.data import workbook as data
+from saudial.data.prompts import build_prompt
+from saudial.model import patches as speed
+from saudial.run.trainer import padding_free_collator
 
 
 def _examples(workbook: Path, tokenizer, n: int = 6) -> list[list[int]]:
@@ -65,7 +67,7 @@ def test_padding_free_losses_equal_padded(tiny_model: Path, workbook: Path, rest
     reference = [_per_example_loss(padded_logits[i, : len(e)], torch.tensor(e)).mean() for i, e in enumerate(examples)]
 
     speed.install_boundary_aware_conv()
-    collator = speed.padding_free_collator(tokenizer.pad_token_id, pad_to_multiple_of=64)
+    collator = padding_free_collator(tokenizer.pad_token_id, pad_to_multiple_of=64)
     batch = collator([{"input_ids": e} for e in examples])
     assert batch["input_ids"].shape[0] == 1 and batch["input_ids"].shape[1] % 64 == 0
     with torch.no_grad():
@@ -93,9 +95,7 @@ def test_compiled_layers_train_like_eager(tiny_model: Path, workbook: Path, rest
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     examples = _examples(workbook, tokenizer)
     speed.install_boundary_aware_conv()
-    batch = speed.padding_free_collator(tokenizer.pad_token_id, pad_to_multiple_of=64)(
-        [{"input_ids": e} for e in examples]
-    )
+    batch = padding_free_collator(tokenizer.pad_token_id, pad_to_multiple_of=64)([{"input_ids": e} for e in examples])
     inputs = {k: batch[k] for k in ("input_ids", "position_ids", "seq_idx")}
     labels = batch["input_ids"].masked_fill(batch["input_ids"] == tokenizer.pad_token_id, -100)
     targets = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"]
@@ -141,6 +141,6 @@ def test_varlen_attention_falls_back_to_sdpa_for_padded_batches(tiny_model: Path
     torch.testing.assert_close(got, expected)
     # A padding-free row in fp32 cannot go through the kernel; it must fail, not attend across examples.
     speed.install_boundary_aware_conv()
-    batch = speed.padding_free_collator(tokenizer.pad_token_id, 64)([{"input_ids": e} for e in examples])
+    batch = padding_free_collator(tokenizer.pad_token_id, 64)([{"input_ids": e} for e in examples])
     with pytest.raises(RuntimeError, match="varlen attention needs"):
         switched(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)

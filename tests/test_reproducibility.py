@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from saudial.manifest import run_fingerprint
+from saudial.run.record import run_fingerprint
 from tests.jobs import adapter, assert_bitwise_equal, job_env, run_job
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_same_seed_is_bitwise_identical_and_another_seed_differs(
     lock = REPO / "requirements.lock"
     expected_lock = hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None
     assert manifest["lock_sha256"] == expected_lock
-    from saudial.config import Settings
+    from saudial.config.settings import Settings
 
     settings = Settings(**manifest["config"])
     assert manifest["fingerprint"] == run_fingerprint(settings, manifest["data"]["sha256"])

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from saudial import checkpoints, synthetic
-from saudial.config import Settings
+from saudial.config.settings import Settings
+from saudial.devtools import synthetic
 from saudial.errors import EXIT_CONFIG, EXIT_INTERRUPTED
+from saudial.publish import hub
+from saudial.run import checkpoints
+from saudial.run.outputs import prepare_output_dir
 from tests.jobs import ADAPTER, Job, adapter, assert_bitwise_equal, job_env, run_job
 
 pytestmark = pytest.mark.slow
@@ -172,7 +175,6 @@ def test_hub_checkpoint_round_trip(
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    monkeypatch.setattr(checkpoints, "running_manifest", lambda *a: {"status": "running"})
     fingerprint = json.loads((source / f"checkpoint-{step}" / checkpoints.MARKER).read_text())["fingerprint"]
 
     def settings(out: Path) -> Settings:
@@ -187,14 +189,18 @@ def test_hub_checkpoint_round_trip(
         )
 
     # No repo yet: a fresh start.
-    assert checkpoints.prepare_output_dir(settings(tmp_path / "first"), fingerprint, "sha").checkpoint is None
-    assert checkpoints.upload_checkpoint(settings(source), source / f"checkpoint-{step}")
+    def prepare(out: Path, fingerprint: str) -> Path | None:
+        s = settings(out)
+        return prepare_output_dir(s, fingerprint, "sha", lambda: hub.download_checkpoint(s, fingerprint)).checkpoint
+
+    assert prepare(tmp_path / "first", fingerprint) is None
+    assert hub.upload_checkpoint(settings(source), source / f"checkpoint-{step}")
 
     out = tmp_path / "elsewhere"
-    plan = checkpoints.prepare_output_dir(settings(out), fingerprint, "sha")
-    assert plan.checkpoint == out / f"checkpoint-{step}" and plan.step == step
-    assert checkpoints.problem(plan.checkpoint, fingerprint) is None
+    checkpoint = prepare(out, fingerprint)
+    assert checkpoint == out / f"checkpoint-{step}"
+    assert checkpoints.problem(checkpoint, fingerprint) is None
     assert not (out / ".hub-checkpoint").exists()
 
     with pytest.raises(ConfigError, match="other training settings"):
-        checkpoints.prepare_output_dir(settings(tmp_path / "third"), "another-fingerprint", "sha")
+        prepare(tmp_path / "third", "another-fingerprint")

@@ -12,9 +12,10 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from saudial.config import Settings
-from saudial.generate import Request, postprocess, translate
-from saudial.model import load_model, load_tokenizer, lora_config
+from saudial.config.settings import Settings
+from saudial.inference.generate import Request, postprocess, translate
+from saudial.model.loading import load_model, load_tokenizer
+from saudial.model.lora import lora_config
 from tests.adapter_run import copy_run, trained_adapter
 from tests.conftest import RunEntry, base_env
 

@@ -1,0 +1,245 @@
+"""Every setting of a run, typed and documented in one place.
+
+Each field is read from the environment variable ``SAUDIAL_<NAME>`` and from the CLI flag ``--<name>``
+(the flag wins; `loading.py` resolves them). Names follow the libraries underneath (TRL's `SFTConfig`,
+PEFT's `LoraConfig`, transformers' `TrainingArguments`) so that their documentation applies as is.
+Hugging Face's own variables (`HF_TOKEN`, `HF_HOME`, `HF_HUB_OFFLINE`, `HF_ENDPOINT`) keep their
+names and meaning and are read by huggingface_hub itself, never copied into these settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "SAUDIAL_"
+
+# LFM2's linear layers, by module name: attention (q/k/v/out_proj, 6 of 16 layers), the short-conv
+# blocks' projections (in_proj/out_proj, the other 10 layers) and every layer's SwiGLU MLP (w1/w2/w3).
+# The seed recipe's `q_proj,v_proj` reaches only the 6 attention layers; LiquidAI's own SFT recipe
+# targets all of these. (LFM2 has no `o_proj`; PEFT matches `out_proj` in both block kinds.)
+LFM2_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"]
+
+# Variables with the SAUDIAL_ prefix that are not settings but are allowed in the environment:
+# the image records its source revision, compose passes the host user's ids, the multi-process
+# launcher (distributed.py) marks the processes it started.
+NON_SETTING_VARIABLES = {"SAUDIAL_IMAGE_REVISION", "SAUDIAL_UID", "SAUDIAL_GID", "SAUDIAL_LAUNCHER_PID"}
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """The resolved configuration of one run. Defaults are the seed recipe, corrected where it was wrong."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # --- data -------------------------------------------------------------------------------------
+    data: Path | None = Field(
+        None,
+        description="SauDial data file: .xlsx (as published), .csv, .jsonl or .parquet. Required.",
+    )
+    sheet_name: str | None = Field(
+        None, description="Excel sheet to read (default: 'SADGLD' if present, else the first sheet)."
+    )
+    dialects: CommaList | None = Field(
+        None, description="Comma-separated dialects to keep, e.g. 'Najdi,Hijazi' (default: all)."
+    )
+    eval_size: float = Field(
+        0.1,  # 10% held out, stratified by dialect, no English sentence on both sides (see data.split)
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of rows held out for evaluation (0 disables the split).",
+    )
+
+    # --- model ------------------------------------------------------------------------------------
+    model_name_or_path: str = Field(
+        "LiquidAI/LFM2-1.2B", description="Base model: a Hugging Face Hub id or a local directory."
+    )
+    model_revision: str = Field("main", description="Hub revision (branch, tag or commit) of the base model.")
+    tokenizer_name_or_path: str | None = Field(None, description="Tokenizer to use (default: the base model's).")
+    quantization: Literal["4bit", "8bit", "none"] = Field(
+        "4bit",
+        description="Base-model weights: 4bit (QLoRA, NF4 + double quant), 8bit, or none (bf16/fp32 LoRA).",
+    )
+    # The seed's bare `load_in_4bit=True` silently gives FP4 without double quantization (bitsandbytes'
+    # defaults); QLoRA's NF4 + double quant is both more accurate and smaller.
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    bnb_4bit_use_double_quant: bool = Field(True, description="Quantize the 4-bit scales too.")
+    torch_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        # auto: bf16 where the GPU supports it, fp16 (with fp32 trainable weights) on older GPUs, fp32 on
+        # the CPU. The seed's fp16=True crashes with a 4-bit model on the current stack: TRL casts LoRA
+        # weights to bf16 and the fp16 grad scaler cannot unscale bf16 gradients.
+        description="Compute dtype: auto, bfloat16, float16 or float32.",
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="Attention kernel: auto = PyTorch's flash varlen kernel for padding-free training on a GPU "
+        "(each example attends only to itself), SDPA otherwise; sdpa = SDPA with a block-diagonal mask.",
+    )
+
+    # --- LoRA (PEFT LoraConfig names) ----------------------------------------------------------------
+    lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: CommaList = Field(
+        default_factory=lambda: list(LFM2_LINEAR_MODULES),
+        description="Comma-separated module names to adapt (default: all LFM2 linear layers).",
+    )
+
+    # --- training (TRL SFTConfig / transformers TrainingArguments names) ----------------------------
+    output_dir: Path = Field(Path("outputs"), description="Where the adapter, logs and manifest go.")
+    overwrite_output_dir: bool = Field(
+        False, description="Allow writing into a non-empty output directory from an earlier run."
+    )
+    # 1e-3 x 3 epochs with batch 64 (45 steps on 900 rows) instead of the seed's 2e-4 x 1 epoch with
+    # batch 8 (113 steps): the faster batching makes fewer, larger steps, and this schedule learns better
+    # than the seed's on the learnable synthetic task (held-out loss 6.15 vs 6.41; bench/learning.py).
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Peak learning rate (AdamW).")
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    num_train_epochs: float = Field(3.0, gt=0.0, description="Passes over the training split.")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    # Batching retuned from the seed's 1 x 8 (docs/benchmarks.md): each micro-batch costs a roughly fixed
+    # CPU overhead (~0.15-0.25 s on an H100), so more examples per micro-batch (one padding-free row) is what
+    # makes QLoRA fast: 64 gave 1.5-2.5x the tokens/s of 32.
+    per_device_train_batch_size: int = Field(64, ge=1, description="Examples per micro-batch per GPU.")
+    per_device_eval_batch_size: int = Field(8, ge=1, description="Examples per evaluation batch per GPU.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_length: int = Field(
+        512, ge=16, description="Tokens per example; longer examples are truncated (the summary counts them)."
+    )
+    padding_free: bool = Field(
+        True,
+        # Measured on an H100 (docs/benchmarks.md): no compute on padding, and per-example losses equal to
+        # padded batches thanks to the boundary-aware conv of speed.py (tests/test_padding_free.py).
+        description="Flatten each micro-batch into one row without padding (TRL padding_free).",
+    )
+    pad_to_multiple_of: int = Field(
+        256, ge=1, description="Pad each padding-free row to a multiple of this many tokens (few kernel shapes)."
+    )
+    torch_compile: bool | Literal["auto"] = Field(
+        "auto",
+        # Measured on an H100 (docs/benchmarks.md): compiling costs ~80 s once per run and saves ~0.1 s a step,
+        # so `auto` compiles only runs long enough to pay it back (speed.COMPILE_MIN_STEPS).
+        description="torch.compile each decoder layer: true, false, or auto (on a GPU, for runs of at least "
+        "800 optimizer steps, without gradient checkpointing).",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass: less memory, slower "
+        "(left unset, it is turned on for GPUs under 56 GiB).",
+    )
+    optim: str = Field("adamw_torch", description="Optimizer name as transformers spells it.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
+    logging_steps: int = Field(10, ge=1, description="Log the loss every this many optimizer steps.")
+    seed: int = Field(42, ge=0, description="Seed for the split, LoRA init, dropout and data order.")
+    report_to: Literal["tensorboard", "none"] = Field(
+        "tensorboard", description="Where training logs go besides the console (logs/ in the output dir)."
+    )
+    dataloader_num_workers: int = Field(0, ge=0, description="Data loader worker processes.")
+
+    # --- checkpoints and resume (scheduled / preemptible jobs) --------------------------------------
+    save_steps: int = Field(50, ge=1, description="Write a checkpoint every this many optimizer steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the newest).")
+    resume: Literal["auto", "never"] = Field(
+        "auto",
+        description="auto: continue from the newest valid checkpoint of the same run; never: start fresh.",
+    )
+    num_processes: int | None = Field(
+        None, ge=1, description="Data-parallel processes on this machine (default: all visible GPUs, 1 on CPU)."
+    )
+
+    # --- evaluation ----------------------------------------------------------------------------------
+    eval: Literal["full", "loss", "none"] = Field(
+        "full",
+        description="After training: full (eval loss + chrF++/BLEU of base and adapter), loss, or none.",
+    )
+    max_eval_samples: int | None = Field(
+        None, ge=1, description="Cap on evaluated examples for quick runs (default: the whole eval split)."
+    )
+    max_new_tokens: int = Field(256, ge=1, description="Generation limit per translation.")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(0.3, gt=0.0, description="Sampling temperature (with do_sample).")
+    min_p: float = Field(0.15, ge=0.0, le=1.0, description="Sampling min_p (with do_sample).")
+    repetition_penalty: float = Field(1.05, ge=1.0, description="Generation repetition penalty.")
+
+    # --- Hugging Face Hub ------------------------------------------------------------------------------
+    push_to_hub: bool = Field(False, description="Upload the adapter and model card after training.")
+    hub_model_id: str | None = Field(None, description="Target repo 'owner/name' (needed with push_to_hub).")
+    hub_private: bool = Field(True, description="Create the Hub repo as private.")
+    hub_strategy: Literal["end", "checkpoint"] = Field(
+        "end", description="end: upload once at the end; checkpoint: also upload each checkpoint."
+    )
+
+    @field_validator("dialects", "target_modules", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            return items or None
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _nonempty_modules(cls, value: list[str] | None) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one module name, e.g. q_proj,v_proj")
+        return value
+
+    @field_validator("hub_model_id")
+    @classmethod
+    def _repo_id_shape(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_repo_id(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id: set SAUDIAL_HUB_MODEL_ID=owner/name")
+        if self.torch_compile is True and self.gradient_checkpointing:
+            # torch 2.11's inductor fails on checkpointed compiled layers ("Node add_345 was invalid, but is
+            # output" in min_cut_rematerialization_partition), seen on an H100 with the full-size model.
+            raise ValueError(
+                "torch_compile=true does not work with gradient_checkpointing=true: set one of "
+                "SAUDIAL_TORCH_COMPILE / SAUDIAL_GRADIENT_CHECKPOINTING to false"
+            )
+        if self.quantization != "none" and self.torch_dtype == "float32":
+            raise ValueError(
+                "torch_dtype=float32 cannot be the compute dtype of a quantized model: "
+                "use auto/bfloat16/float16, or SAUDIAL_QUANTIZATION=none"
+            )
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """JSON-ready settings. Holds no secret by construction: tokens are never settings."""
+        return self.model_dump(mode="json")
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def check_repo_id(repo_id: str) -> str:
+    """'owner/name' by the Hub's own rules (huggingface_hub's validator); ValueError says what is wrong."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if repo_id.count("/") != 1:
+        raise ValueError("it is not a valid Hub repo id: it must be 'owner/name' (the Hub repo to create or update)")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:  # huggingface_hub's reason, without the value it repeats at the end
+        reason = str(exc).split(": '")[0]
+        raise ValueError(f"it is not a valid Hub repo id: {reason}") from None
+    return repo_id

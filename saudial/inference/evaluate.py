@@ -1,0 +1,153 @@
+"""Is the adapter any better than the base model? chrF++ and BLEU per dialect, base vs adapter.
+
+For every held-out example, the base model (the same PeftModel with its adapter switched off by
+`disable_adapter()`, so nothing is loaded twice) and the adapter translate with the training prompt;
+sacrebleu scores both against the dialect reference, per dialect and overall. Where the data has an
+MSA column, that column is scored against the dialect reference too: what a perfect Modern Standard
+Arabic translation would get, the line between "writes dialect" and "writes MSA".
+
+Scores and their table are `scoring.py`.
+
+Results go to metrics.json (merged with what training wrote), eval_results.md and
+eval_predictions.jsonl in the output directory, and the table is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from saudial.data.prompts import build_prompt
+from saudial.data.workbook import iter_rows
+from saudial.inference.generate import Request, translate
+from saudial.inference.scoring import OVERALL, SYSTEMS, markdown_table, score_by_dialect, signatures
+from saudial.run import record
+
+if TYPE_CHECKING:
+    from saudial.config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def cap(rows: pd.DataFrame, max_samples: int | None, seed: int) -> pd.DataFrame:
+    """At most `max_samples` rows, sampled per dialect in proportion (deterministic for a seed)."""
+    if max_samples is None or len(rows) <= max_samples:
+        return rows.reset_index(drop=True)
+    sampled = rows.groupby("dialect", group_keys=False).sample(frac=max_samples / len(rows), random_state=seed)
+    sampled = sampled.sample(frac=1.0, random_state=seed).head(max_samples).sort_index()
+    if len(sampled) < max_samples:  # rounding: top up
+        rest = rows.drop(index=sampled.index).sample(n=max_samples - len(sampled), random_state=seed)
+        sampled = pd.concat([sampled, rest]).sort_index()
+    return sampled.head(max_samples).reset_index(drop=True)
+
+
+def eval_loss(model: Any, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, settings: Settings) -> float:
+    """Mean cross-entropy per translation token (the response and its EOS), as training computes it."""
+    device = model.get_input_embeddings().weight.device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for r in iter_rows(rows):
+            prompt = build_prompt(r.dialect, r.english, r.context or None)
+            prompt_ids = tokenizer(prompt)["input_ids"]
+            ids = tokenizer(prompt + r.translation)["input_ids"][: settings.max_length - 1]
+            ids = [*ids, tokenizer.eos_token_id]
+            labels = [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids) :]
+            if all(label == -100 for label in labels[1:]):
+                continue
+            with torch.inference_mode():
+                out = model(input_ids=torch.tensor([ids], device=device))
+            logits = out.logits[0, :-1].float()
+            target = torch.tensor(labels[1:], device=device)
+            losses = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum")
+            total += float(losses)
+            count += int((target != -100).sum())
+    finally:
+        model.train(was_training)
+    return total / count if count else math.nan
+
+
+def evaluate(
+    settings: Settings,
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_rows: pd.DataFrame,
+    output_dir: Path,
+    loss: float | None = None,
+) -> dict[str, Any]:
+    """Evaluate as `settings.eval` says; write metrics.json, eval_results.md and the predictions.
+
+    `model` is a PeftModel (the adapter is switched off for the base model's scores). `loss` is the
+    eval loss when the caller already has it (the trainer computed it); else it is computed here.
+    """
+    if settings.eval == "none":
+        log.info("evaluation skipped (SAUDIAL_EVAL=none)")
+        return {}
+    if eval_rows.empty:
+        log.warning("no eval split (SAUDIAL_EVAL_SIZE=0): nothing to evaluate")
+        return {}
+    rows = cap(eval_rows, settings.max_eval_samples, settings.seed)
+    results: dict[str, Any] = {}
+    clock = time.perf_counter()
+    if loss is None:
+        loss = eval_loss(model, tokenizer, rows, settings)
+    results["eval_loss"] = loss
+    if settings.eval == "full":
+        results["evaluation"] = generate_and_score(settings, model, tokenizer, rows, output_dir)
+        for system in SYSTEMS:
+            overall = results["evaluation"]["scores"][system][OVERALL]
+            results[f"eval_chrf++_{system}"] = overall["chrf++"]
+            results[f"eval_bleu_{system}"] = overall["bleu"]
+    results["eval_runtime_s"] = round(time.perf_counter() - clock, 2)
+
+    record.update(output_dir, metrics=results)
+    if "evaluation" in results:
+        table = markdown_table(results["evaluation"], loss)
+        (output_dir / record.RESULTS_MD).write_text(table, encoding="utf-8")
+        print(table, flush=True)
+        log.info("evaluation written to %s and %s", output_dir / record.METRICS, output_dir / record.RESULTS_MD)
+    else:
+        log.info(
+            "eval loss %.4f (SAUDIAL_EVAL=loss: no translations scored), written to %s",
+            loss,
+            output_dir / record.METRICS,
+        )
+    return results
+
+
+def generate_and_score(
+    settings: Settings, model: Any, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, output_dir: Path
+) -> dict[str, Any]:
+    requests = [Request(r.dialect, r.english, r.context or None) for r in iter_rows(rows)]
+    outputs: dict[str, list[str]] = {}
+    with model.disable_adapter():
+        outputs["base"] = translate(model, tokenizer, requests, settings, description="base model")
+    outputs["adapter"] = translate(model, tokenizer, requests, settings, description="with adapter")
+    scores: dict[str, Any] = {system: score_by_dialect(rows, outputs[system]) for system in SYSTEMS}
+    msa_rows = rows[rows["msa"].astype(str).str.strip() != ""]
+    if len(msa_rows):
+        scores["msa_reference"] = score_by_dialect(msa_rows, list(msa_rows["msa"]))
+    with (output_dir / record.PREDICTIONS).open("w", encoding="utf-8") as handle:
+        for i, r in enumerate(iter_rows(rows)):
+            line = {"dialect": r.dialect, "english": r.english, "context": r.context, "reference": r.translation}
+            line |= {system: outputs[system][i] for system in SYSTEMS}
+            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return {
+        "samples": len(rows),
+        "generation": {
+            k: getattr(settings, k)
+            for k in ("max_new_tokens", "do_sample", "temperature", "min_p", "repetition_penalty")
+        },
+        "normalization": "NFC; wrapping quotes and surrounding whitespace removed; whitespace runs collapsed",
+        "signatures": signatures(),
+        "scores": scores,
+    }

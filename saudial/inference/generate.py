@@ -1,0 +1,166 @@
+"""Inference: load base model + adapter the way training did, and translate in batches.
+
+The prompt is `prompts.build_prompt` with the response left empty: exactly what training put before
+the translation. Batches are left-padded (so every row's next token follows its own prompt) and
+generation stops at the tokenizer's EOS, the token training taught the model to end with.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from saudial.config.settings import Settings
+from saudial.data.prompts import build_prompt
+from saudial.errors import ConfigError
+from saudial.model.loading import load_model, load_tokenizer
+from saudial.run.record import MANIFEST, NOT_TRAINING, read_json
+
+log = logging.getLogger(__name__)
+
+# If a model does not stop at EOS it tends to go on with the next prompt section; cut it there.
+NEXT_SECTION = "\n### "
+
+
+@dataclass(frozen=True)
+class Request:
+    """One sentence to translate."""
+
+    dialect: str
+    english: str
+    context: str | None = None
+
+
+def settings_for_adapter(settings: Settings, adapter_dir: Path) -> Settings:
+    """The adapter's training settings (from its run_manifest.json), with what the user set on top.
+
+    An adapter remembers its base model, quantization, data file and split; a later `evaluate`,
+    `translate` or `merge` reuses them unless a flag or SAUDIAL_* variable says otherwise. Evaluation,
+    generation and Hub settings are not inherited: they are this command's own.
+    """
+    check_adapter_dir(adapter_dir)
+    recorded: dict[str, Any] = {}
+    manifest = read_json(adapter_dir / MANIFEST)
+    if manifest and isinstance(manifest.get("config"), dict):
+        # What decides the model and the split; not how to evaluate, generate or publish this time.
+        recorded = {
+            k: v
+            for k, v in manifest["config"].items()
+            if k in Settings.model_fields and (k not in NOT_TRAINING or k == "data")
+        }
+    else:
+        config = read_json(adapter_dir / "adapter_config.json") or {}
+        if config.get("base_model_name_or_path"):
+            recorded["model_name_or_path"] = config["base_model_name_or_path"]
+    explicit = {name: getattr(settings, name) for name in settings.model_fields_set}
+    merged = {**recorded, **explicit}
+    # Settings() would read SAUDIAL_* again; model_validate on the merged values keeps this explicit.
+    return Settings.model_validate({**settings.model_dump(), **merged})
+
+
+def check_adapter_dir(adapter_dir: Path) -> None:
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"--adapter {str(adapter_dir)!r} holds no adapter_config.json: point it at the output directory "
+            "of a training run (SAUDIAL_OUTPUT_DIR)"
+        )
+
+
+def inference_settings(settings: Settings) -> Settings:
+    """4-bit on a GPU as in training; on a machine without CUDA the base model loads unquantized."""
+    if settings.quantization != "none" and not torch.cuda.is_available():
+        log.info("no CUDA GPU: loading the base model unquantized for inference (quantization=none)")
+        return settings.model_copy(update={"quantization": "none"})
+    return settings
+
+
+def load_for_inference(settings: Settings, adapter_dir: Path) -> tuple[Any, PreTrainedTokenizerBase]:
+    """Base model (loaded as in training) + the trained adapter, and the adapter's tokenizer."""
+    settings = inference_settings(settings)
+    tokenizer = load_tokenizer(settings, source=str(adapter_dir))
+    base = load_model(settings)
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model.eval()
+    return model, tokenizer
+
+
+def generation_kwargs(settings: Settings, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": settings.max_new_tokens,
+        "do_sample": settings.do_sample,
+        "repetition_penalty": settings.repetition_penalty,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "use_cache": True,  # training switched it off; generation wants it
+    }
+    if settings.do_sample:
+        kwargs.update(temperature=settings.temperature, min_p=settings.min_p)
+    else:  # greedy: no sampling knobs, so transformers does not warn that they are ignored
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+def postprocess(text: str) -> str:
+    """The translation the model wrote: up to the next prompt section, trimmed."""
+    cut = text.find(NEXT_SECTION)
+    if cut >= 0:
+        text = text[:cut]
+    return text.strip()
+
+
+def translate(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[Request],
+    settings: Settings,
+    batch_size: int | None = None,
+    progress: bool = True,
+    description: str = "translating",
+) -> list[str]:
+    """Translate `requests` in batches of prompts of similar length; results in input order."""
+    from tqdm.auto import tqdm
+
+    batch_size = batch_size or settings.per_device_eval_batch_size
+    prompts = [build_prompt(r.dialect, r.english, r.context or None) for r in requests]
+    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i], reverse=True)  # longest first: OOM shows early
+    results: list[str] = [""] * len(prompts)
+    kwargs = generation_kwargs(settings, tokenizer)
+    device = _input_device(model)
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    try:
+        batches = list(_chunks(order, batch_size))
+        for batch in tqdm(batches, desc=description, unit="batch", disable=not progress or not batches):
+            encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True)
+            encoded = {k: v.to(device) for k, v in encoded.items()}
+            with torch.inference_mode():
+                output = model.generate(**encoded, **kwargs)
+            new_tokens = output[:, encoded["input_ids"].shape[1] :]
+            for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+                results[i] = postprocess(text)
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return results
+
+
+def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _input_device(model: Any) -> torch.device:
+    try:
+        return model.get_input_embeddings().weight.device
+    except AttributeError:
+        return next(model.parameters()).device

@@ -1,0 +1,43 @@
+"""`saudial evaluate`: score a trained adapter against its base model on its run's eval split."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from saudial.config.settings import Settings
+from saudial.data.split import split
+from saudial.data.workbook import load_configured
+from saudial.errors import ConfigError
+from saudial.inference.evaluate import evaluate
+from saudial.inference.generate import load_for_inference, settings_for_adapter
+
+log = logging.getLogger(__name__)
+
+
+def eval_split(settings: Settings) -> pd.DataFrame:
+    """The held-out rows of the adapter's run: same data file, dialect filter, eval_size and seed."""
+    dataset = load_configured(settings)
+    rows = split(dataset.rows, settings.eval_size, settings.seed).eval
+    if rows.empty:
+        raise ConfigError(
+            f"the eval split of {settings.data} is empty (SAUDIAL_EVAL_SIZE={settings.eval_size}): raise it to evaluate"
+        )
+    return rows
+
+
+def run_evaluate(settings: Settings, adapter_dir: Path) -> dict[str, Any]:
+    """`saudial evaluate --adapter DIR`: evaluate a trained adapter on its run's eval split."""
+    explicit_output = "output_dir" in settings.model_fields_set
+    settings = settings_for_adapter(settings, adapter_dir)
+    if settings.eval == "none":
+        log.info("SAUDIAL_EVAL=none: nothing to do")
+        return {}
+    output_dir = settings.output_dir if explicit_output else adapter_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = eval_split(settings)
+    model, tokenizer = load_for_inference(settings, adapter_dir)
+    return evaluate(settings, model, tokenizer, rows, output_dir)

@@ -1,0 +1,85 @@
+"""What the hardware can do: is CUDA usable, and which dtype to compute in. Needs torch only.
+
+Kept apart from loading.py so that a GPU run on a machine without a usable GPU fails in seconds,
+before transformers, PEFT and TRL are even imported.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from saudial.errors import ConfigError
+
+if TYPE_CHECKING:
+    from saudial.config.settings import Settings
+
+# torch's CUDA 13 wheels need an NVIDIA driver of the R580 branch or newer (see docs/docker.md).
+MIN_DRIVER = "580"
+
+
+def check_cuda() -> None:
+    """Fail early, and say why, when a run needs a GPU that is not usable."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        usable = torch.cuda.is_available()
+    if usable:
+        return
+    reasons = " ".join(str(w.message).splitlines()[0] for w in caught)
+    if "too old" in reasons:
+        raise ConfigError(
+            f"the NVIDIA driver is too old for this build of torch (CUDA {torch.version.cuda}): "
+            f"install driver >= {MIN_DRIVER} or use an image built for an older CUDA (docs/docker.md). {reasons}"
+        )
+    in_container = Path("/.dockerenv").exists() or os.environ.get("NVIDIA_VISIBLE_DEVICES") is not None
+    hint = (
+        "no GPU is visible in the container: run it with `--gpus all` (docker run) or keep the GPU "
+        "reservation of compose.yaml, on a host with the NVIDIA Container Toolkit"
+        if in_container
+        else "no CUDA GPU is visible"
+    )
+    if torch.version.cuda is None:
+        hint = f"this torch build ({torch.__version__}) has no CUDA support"
+    raise ConfigError(
+        f"SAUDIAL_QUANTIZATION needs a CUDA GPU, but {hint}. "
+        "Use a GPU, or set SAUDIAL_QUANTIZATION=none to train unquantized (slow on the CPU)"
+    )
+
+
+def compute_dtype(settings: Settings) -> torch.dtype:
+    """The dtype matmuls run in: bf16 where the GPU has it, else fp16; fp32 on the CPU."""
+    if settings.torch_dtype != "auto":
+        return getattr(torch, settings.torch_dtype)
+    if not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+# Measured on an H100 (docs/benchmarks.md): the default micro-batch of 64 examples without gradient
+# checkpointing peaks at 49 GiB reserved (39-42 GiB allocated), 5 GiB with it. On a GPU with less memory
+# than this, the default turns checkpointing on (recomputed activations: ~30% slower, far smaller) unless
+# the user set it either way.
+CHECKPOINTING_BELOW_GIB = 56.0
+
+
+def gpu_memory_gib() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+
+
+def fit_to_gpu(settings: Settings, memory_gib: float | None) -> Settings:
+    """Settings adjusted to a small GPU: gradient checkpointing on when it was left at its default."""
+    if (
+        memory_gib is None
+        or memory_gib >= CHECKPOINTING_BELOW_GIB
+        or settings.gradient_checkpointing
+        or "gradient_checkpointing" in settings.model_fields_set
+        or settings.torch_compile is True  # compiled layers cannot be checkpointed (config/settings.py says why)
+    ):
+        return settings
+    return settings.model_copy(update={"gradient_checkpointing": True})

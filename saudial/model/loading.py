@@ -1,0 +1,96 @@
+"""Load the tokenizer and the (optionally quantized) base model.
+
+Training, evaluation, translation and merging all load the base model through `load_model`, so a
+model behaves the same in each of them: 4-bit NF4 on a GPU by default, unquantized on the CPU.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+
+from saudial.config.huggingface import hub_offline
+from saudial.errors import ConfigError
+from saudial.model.hardware import check_cuda, compute_dtype
+
+if TYPE_CHECKING:
+    from saudial.config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def bnb_fields(settings: Settings) -> dict[str, Any]:
+    """Settings named like a BitsAndBytesConfig argument (bnb_4bit_quant_type, ...), passed as they are."""
+    accepted = set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"}
+    return {name: getattr(settings, name) for name in type(settings).model_fields if name in accepted}
+
+
+def quantization_config(settings: Settings, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    if settings.quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, **bnb_fields(settings))
+    if settings.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_tokenizer(settings: Settings, source: str | None = None) -> PreTrainedTokenizerBase:
+    """Load the tokenizer; give it a pad token distinct from EOS where it has none.
+
+    A pad token equal to EOS was once how EOS got masked out of the labels, so models never learned
+    to stop. TRL masks padding by position now, but a distinct pad token keeps that failure away.
+    """
+    name = source or settings.tokenizer_name_or_path or settings.model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=settings.model_revision)
+    except OSError as exc:
+        raise ConfigError(_load_failure("tokenizer", name, exc)) from None
+    if tokenizer.eos_token is None:
+        raise ConfigError(f"the tokenizer of {name} has no EOS token: set SAUDIAL_TOKENIZER_NAME_OR_PATH")
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_model(settings: Settings, device_map: Any = None) -> Any:
+    """The base model, quantized as configured, through the real `from_pretrained` path."""
+    dtype = compute_dtype(settings)
+    quant = quantization_config(settings, dtype)
+    if quant is not None:
+        check_cuda()
+        if device_map is None:
+            # QLoRA under data parallelism: each process puts its 4-bit copy on its own GPU.
+            device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            settings.model_name_or_path,
+            revision=settings.model_revision,
+            dtype=dtype,
+            quantization_config=quant,
+            device_map=device_map,
+            # "auto" loads SDPA; training switches padding-free runs to the varlen kernel (patches.py).
+            attn_implementation="sdpa" if settings.attn_implementation == "auto" else settings.attn_implementation,
+        )
+    except OSError as exc:
+        raise ConfigError(_load_failure("model", settings.model_name_or_path, exc)) from None
+    model.config.use_cache = False  # the KV cache is useless in training and warns with checkpointing
+    return model
+
+
+def _load_failure(what: str, name: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = (
+        "HF_HUB_OFFLINE is set, so it must already be in the Hugging Face cache (HF_HOME) or be a local directory"
+        if hub_offline()
+        else "check SAUDIAL_MODEL_NAME_OR_PATH (a Hub id or a local directory), the network, and HF_TOKEN for "
+        "gated or private models"
+    )
+    return f"cannot load the {what} {name!r}: {first}. {hint}"

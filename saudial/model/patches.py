@@ -1,0 +1,221 @@
+"""Changes to how transformers runs LFM2 that make training fast without changing what is learned.
+
+Each one works around a named upstream behaviour; tests/test_upstream.py fails the day that behaviour
+changes, so the patch can be dropped then. Measured in bench/ (docs/benchmarks.md).
+
+1. Boundary-aware short convolution (`install_boundary_aware_conv`). Padding-free batches put all
+   examples of a micro-batch in one flat row (run/trainer.py); LFM2's short conv must not read the last
+   tokens of the previous example. Upstream: transformers' torch fallback for `causal_conv1d_fn` (used
+   without the `causal_conv1d` CUDA package) ignores TRL's `seq_idx` and lets every example's first
+   tokens see the previous example's last ones (5.17 and 5.23; some builds refuse `seq_idx` instead). The patch
+   replaces that module-level function in `modeling_lfm2` (process-wide; it equals the upstream one
+   when `seq_idx` is absent). Attention layers keep samples apart through `position_ids`.
+   tests/test_padding_free.py checks per-example losses against padded batches.
+2. No cuDNN attention (`avoid_cudnn_attention`). Upstream: PyTorch's SDPA picks the cuDNN backend on
+   Hopper, whose CPU cost per call is ~3.4 ms forward and ~5 ms backward when the masked shape
+   changes (H100, torch 2.11: ~60 ms of a 280 ms step for 6 attention layers). The memory-efficient
+   backend takes the same block-diagonal mask for microseconds of CPU.
+3. Variable-length attention (`use_varlen_attention`, CUDA, padding-free batches). Upstream:
+   transformers' SDPA path treats a flat row of 64 examples as one ~8,000-token sequence under a
+   block-diagonal mask, computing every pair of tokens and masking most away. PyTorch's own flash
+   varlen kernel (`torch.nn.attention.varlen`) takes the boundaries TRL's collator already sends
+   (`cu_seq_lens_q`) and computes each example alone; it is registered as a transformers attention
+   function (`AttentionInterface`), not patched in.
+4. Optional regional compilation (`compile_decoder_layers`): each decoder layer compiled by
+   torch.compile. It cuts the Python and kernel-launch overhead that bounds a QLoRA step of a 1.2B
+   model, but costs a warm-up (`decide_compile`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from saudial.config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def boundary_aware_causal_conv1d(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    seq_idx: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Depthwise causal conv, [batch, channels, time] with weight [channels, kernel].
+
+    out[t] = sum_k weight[:, K-1-k] * x[t-k], counting x[t-k] only when token t-k belongs to the
+    same sequence as token t (`seq_idx` equal). Without `seq_idx` it is the plain causal conv.
+    """
+    x = hidden_states.to(weight.dtype)
+    seq_len, kernel = x.shape[-1], weight.shape[-1]
+    if seq_idx is None:
+        out = F.conv1d(x, weight.unsqueeze(1), bias, padding=kernel - 1, groups=x.shape[1])[..., :seq_len]
+    else:
+        seq_idx = seq_idx.to(x.device)
+        out = x * weight[:, kernel - 1, None]
+        for lag in range(1, kernel):
+            shifted = F.pad(x, (lag, 0))[..., :seq_len]
+            same = F.pad(seq_idx, (lag, 0), value=-1)[..., :seq_len] == seq_idx  # [batch, time]
+            out = out + shifted * weight[:, kernel - 1 - lag, None] * same[:, None, :].to(x.dtype)
+        if bias is not None:
+            out = out + bias[:, None]
+    if activation is not None:
+        out = F.silu(out) if activation in ("silu", "swish") else getattr(F, activation)(out)
+    return out.to(hidden_states.dtype)
+
+
+# transformers' own causal_conv1d_fn, kept when the patch replaces it (tests/test_upstream.py checks it).
+_UPSTREAM: dict[str, Any] = {}
+
+
+def upstream_causal_conv1d() -> Any:
+    """transformers' LFM2 `causal_conv1d_fn`, patched or not."""
+    from transformers.models.lfm2 import modeling_lfm2
+
+    return _UPSTREAM.get("causal_conv1d_fn", modeling_lfm2.causal_conv1d_fn)
+
+
+def install_boundary_aware_conv() -> None:
+    """Route LFM2's short conv through the boundary-aware version (idempotent)."""
+    from transformers.models.lfm2 import modeling_lfm2
+
+    if modeling_lfm2.causal_conv1d_fn is not boundary_aware_causal_conv1d:
+        _UPSTREAM.setdefault("causal_conv1d_fn", modeling_lfm2.causal_conv1d_fn)
+        modeling_lfm2.causal_conv1d_fn = boundary_aware_causal_conv1d
+
+
+def avoid_cudnn_attention() -> None:
+    """Let SDPA use the memory-efficient (or flash) kernels instead of cuDNN's; see point 3 above."""
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+VARLEN = "saudial_varlen"
+
+
+def varlen_available() -> bool:
+    return bool(_VARLEN_PARAMS) and torch.cuda.is_available()  # torch.nn.attention.varlen: torch >= 2.10
+
+
+def varlen_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """A transformers attention function: flash varlen for padding-free rows, SDPA for anything else.
+
+    query [1, heads, tokens, dim], key/value [1, kv_heads, tokens, dim]; returns [1, tokens, heads, dim].
+    """
+    from torch.nn.attention.varlen import varlen_attn
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    if cu_seq_lens is None:  # a padded batch (evaluation, generation): SDPA with transformers' mask
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else query.dtype
+    if query.shape[0] != 1 or dtype not in (torch.bfloat16, torch.float16) or dropout:
+        # Unreachable through train.py (use_varlen_attention is called only for bf16/fp16 padding-free runs);
+        # SDPA without a mask here would let the examples of the row attend to each other.
+        raise RuntimeError("varlen attention needs one bf16/fp16 padding-free row and no attention dropout")
+    q, k, v = (t[0].transpose(0, 1).to(dtype) for t in (query, key, value))  # [tokens, heads, dim]
+    options: dict[str, Any] = {"scale": scaling}
+    if q.shape[1] != k.shape[1]:  # grouped-query attention: 32 query heads share 8 key/value heads in LFM2
+        if _VARLEN_PARAMS.get("enable_gqa", False):
+            options["enable_gqa"] = True
+        else:
+            k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    # torch 2.10 spells causal `is_causal=True`, later versions `window_size=(-1, 0)`.
+    options |= {"window_size": (-1, 0)} if _VARLEN_PARAMS.get("window_size") else {"is_causal": True}
+    max_len = int(kwargs["max_length_q"])
+    out = varlen_attn(q, k, v, cu_seq_lens, cu_seq_lens, max_len, max_len, **options)
+    assert isinstance(out, torch.Tensor)  # a tuple only when the logsumexp is asked for (return_aux)
+    return out.unsqueeze(0), None
+
+
+def _varlen_params() -> dict[str, bool]:
+    try:
+        import inspect
+
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return {}
+    return {name: True for name in inspect.signature(varlen_attn).parameters}
+
+
+_VARLEN_PARAMS = _varlen_params()
+
+
+def _varlen_mask(attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
+    """No mask without padding (varlen reads the boundaries; SDPA alone is causal); SDPA's for padded batches."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None:
+        return None
+    return sdpa_mask(attention_mask=attention_mask, **kwargs)
+
+
+def use_varlen_attention(model: Any) -> None:
+    """Switch `model` (a transformers model, PEFT-wrapped or not) to `varlen_attention`."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(VARLEN, varlen_attention)
+    AttentionMaskInterface.register(VARLEN, _varlen_mask)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.set_attn_implementation(VARLEN)
+
+
+# Measured on an H100 with torch 2.11 (docs/benchmarks.md): compiling the decoder layers takes ~80 s
+# (cold cache, 16 CPU cores; the AOTAutograd cache is bypassed for these graphs, so it is paid every run)
+# and saves ~0.1 s per step of 32 examples: it pays back after ~800 optimizer steps.
+COMPILE_MIN_STEPS = 800
+
+
+def planned_steps(settings: Settings, train_examples: int, processes: int) -> int:
+    """Optimizer steps the run will take, as the Trainer counts them."""
+    if settings.max_steps > 0:
+        return settings.max_steps
+    batches = math.ceil(train_examples / (settings.per_device_train_batch_size * processes))
+    per_epoch = max(1, batches // settings.gradient_accumulation_steps)
+    return math.ceil(settings.num_train_epochs * per_epoch)
+
+
+def decide_compile(settings: Settings, steps: int, on_gpu: bool) -> tuple[bool, str]:
+    """Whether to compile the decoder layers, and why (for the log)."""
+    if settings.torch_compile == "auto":
+        if not on_gpu:
+            return False, "auto: no GPU"
+        if settings.gradient_checkpointing:
+            return False, "auto: gradient checkpointing is on"
+        if steps < COMPILE_MIN_STEPS:
+            return False, f"auto: {steps} steps < {COMPILE_MIN_STEPS}, the ~80 s compile would not pay back"
+        return True, f"auto: {steps} steps >= {COMPILE_MIN_STEPS}"
+    return bool(settings.torch_compile), "set"
+
+
+def compile_decoder_layers(model: torch.nn.Module) -> int:
+    """torch.compile each decoder layer in place (regional compilation); returns how many."""
+    layers = _find_layers(model)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def _find_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    for module in model.modules():
+        layers = getattr(module, "layers", None)
+        if isinstance(layers, torch.nn.ModuleList) and len(layers) > 0:
+            return list(layers)
+    raise RuntimeError("no decoder layers found to compile")

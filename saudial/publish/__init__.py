@@ -1,0 +1,1 @@
+"""Publishing: the model card and all Hugging Face Hub I/O."""

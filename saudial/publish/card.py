@@ -1,0 +1,173 @@
+"""The model card (README.md) uploaded with the adapter, made with huggingface_hub's ModelCard support.
+
+YAML metadata (base_model, library_name peft, pipeline_tag, languages, datasets, tags, and a
+model-index with chrF++/BLEU), then: what it was trained on, the evaluation table, the full training
+configuration, the versions, and a snippet to load and use the adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from saudial.inference.scoring import OVERALL
+from saudial.run.record import MANIFEST, METRICS, RESULTS_MD, read_json
+
+CARD = "README.md"
+DATASET_NAME = "SauDial"
+DATASET_ID = "SauDial"  # not on the Hub: the workbook of the SauDial data article (Data in Brief, 2025)
+TAGS = ["saudial", "lora", "qlora", "peft", "trl", "sft", "translation", "arabic", "saudi-dialect", "lfm2"]
+
+
+def eval_results(metrics: dict[str, Any]) -> list[EvalResult]:
+    """chrF++ and BLEU of the adapter, overall and per dialect, as model-index entries."""
+    scores = ((metrics.get("evaluation") or {}).get("scores") or {}).get("adapter") or {}
+    results = []
+    for dialect, values in scores.items():
+        config = None if dialect == OVERALL else dialect
+        name = DATASET_NAME if config is None else f"{DATASET_NAME} ({dialect})"
+        for metric_type, metric_name in (("chrf", "chrF++"), ("bleu", "BLEU")):
+            key = "chrf++" if metric_type == "chrf" else "bleu"
+            results.append(
+                EvalResult(
+                    task_type="translation",
+                    task_name="English to Saudi dialect translation",
+                    dataset_type=DATASET_ID,
+                    dataset_name=name,
+                    dataset_config=config,
+                    dataset_split="held-out",
+                    metric_type=metric_type,
+                    metric_name=metric_name,
+                    metric_value=values[key],
+                )
+            )
+    return results
+
+
+def build_card(output_dir: Path, repo_id: str) -> ModelCard:
+    manifest = read_json(output_dir / MANIFEST) or {}
+    metrics = read_json(output_dir / METRICS) or {}
+    config: dict[str, Any] = manifest.get("config") or {}
+    base_model = str(config.get("model_name_or_path") or _adapter_base(output_dir) or "LiquidAI/LFM2-1.2B")
+    results = eval_results(metrics)
+    data = ModelCardData(
+        base_model=base_model,
+        library_name="peft",
+        pipeline_tag="text-generation",
+        language=["en", "ar"],
+        license="other",
+        datasets=[DATASET_ID],
+        tags=TAGS,
+        model_name=repo_id.split("/")[-1],
+        eval_results=results or None,
+        metrics=["chrf", "bleu"] if results else None,
+    )
+    body = render_body(output_dir, repo_id, base_model, manifest, metrics)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def render_body(
+    output_dir: Path, repo_id: str, base_model: str, manifest: dict[str, Any], metrics: dict[str, Any]
+) -> str:
+    config = manifest.get("config") or {}
+    data = manifest.get("data") or {}
+    dialects = ", ".join(data.get("per_dialect") or {}) or "Najdi, Hijazi, Eastern, Southern"
+    quant = config.get("quantization", "4bit")
+    method = "QLoRA (4-bit NF4 base)" if quant == "4bit" else f"LoRA ({quant} base)"
+    sections = [
+        f"# {repo_id.split('/')[-1]}",
+        f"A {method} adapter for [{base_model}](https://huggingface.co/{base_model}) that translates English "
+        f"game text into Saudi dialects ({dialects}), trained with TRL's `SFTTrainer` by "
+        "saudial on the SauDial workbook.",
+        "## Training data",
+        _data_section(data),
+        "## Evaluation",
+        _evaluation_section(output_dir, metrics),
+        "## Usage",
+        usage_snippet(repo_id, base_model),
+        "The prompt must be exactly the training prompt (the response part empty); "
+        '`python -m saudial translate --adapter DIR --dialect Najdi "..."` does it for you, and '
+        "`python -m saudial merge` writes a merged bf16 model for vLLM or llama.cpp.",
+        "## Training configuration",
+        "```json\n" + json.dumps(config, indent=2, ensure_ascii=False, default=str) + "\n```",
+        "## Training results",
+        _training_results(metrics),
+        "## Versions",
+        "\n".join(f"- {k}: {v}" for k, v in (manifest.get("versions") or {}).items() if v)
+        + f"\n- device: {manifest.get('device', 'unknown')}"
+        + f"\n- git revision: {manifest.get('git_revision') or 'unknown'}",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def _adapter_base(output_dir: Path) -> str | None:
+    return (read_json(output_dir / "adapter_config.json") or {}).get("base_model_name_or_path")
+
+
+def _data_section(data: dict[str, Any]) -> str:
+    if not data:
+        return "See run_manifest.json."
+    lines = [
+        f"File `{Path(str(data.get('file', ''))).name}` (sha256 `{str(data.get('sha256', ''))[:16]}…`): "
+        f"{data.get('rows_read')} rows read, {data.get('dropped_empty')} empty dropped, "
+        f"{data.get('duplicates_removed')} exact duplicates removed; held-out split without any English "
+        "sentence on both sides.",
+        "",
+        "| Dialect | train | eval |",
+        "|---|---:|---:|",
+    ]
+    for dialect, counts in (data.get("per_dialect") or {}).items():
+        lines.append(f"| {dialect} | {counts.get('train')} | {counts.get('eval')} |")
+    return "\n".join(lines)
+
+
+def _evaluation_section(output_dir: Path, metrics: dict[str, Any]) -> str:
+    table = output_dir / RESULTS_MD
+    if table.is_file():
+        return table.read_text(encoding="utf-8").strip()
+    if "eval_loss" in metrics:
+        return f"Eval loss: {metrics['eval_loss']:.4f} (translations were not scored in this run)."
+    return "Not evaluated in this run (`python -m saudial evaluate --adapter DIR` does it)."
+
+
+def _training_results(metrics: dict[str, Any]) -> str:
+    keys = ["train_loss", "eval_loss", "train_steps", "train_samples", "train_runtime_s", "train_tokens_per_second"]
+    rows = [
+        f"| {k} | {metrics[k]:.4g} |" if isinstance(metrics[k], float) else f"| {k} | {metrics[k]} |"
+        for k in keys
+        if k in metrics
+    ]
+    return "\n".join(["| metric | value |", "|---|---:|", *rows]) if rows else "See metrics.json."
+
+
+def usage_snippet(repo_id: str, base_model: str) -> str:
+    return f'''```python
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+model = AutoModelForCausalLM.from_pretrained("{base_model}", dtype=torch.bfloat16, device_map="auto")
+model = PeftModel.from_pretrained(model, "{repo_id}").eval()
+
+# The training prompt, character for character, with the response left empty.
+prompt = (
+    "### Instruction:\\n"
+    "Translate the following English text to Saudi Dialect (Najdi).\\n"
+    "Context: Shop dialogue\\n"  # leave this line out when there is no context
+    "\\n### Input:\\nWelcome, traveller! What would you like to buy?\\n\\n### Response:\\n"
+)
+inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
+output = model.generate(**inputs, max_new_tokens=256, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```'''
+
+
+def write_card(output_dir: Path, repo_id: str) -> Path:
+    card = build_card(output_dir, repo_id)
+    path = output_dir / CARD
+    path.write_text(str(card), encoding="utf-8")
+    return path

@@ -1,0 +1,300 @@
+"""All Hugging Face Hub I/O: a pre-flight check before training, the upload after it, and the Hub copy
+of the newest checkpoint (SAUDIAL_HUB_STRATEGY=checkpoint). One retry policy serves them all
+(`_with_retries`: connection errors, 5xx and 429 are retried after 1, 3 and 9 s).
+
+The token is huggingface_hub's own business: it reads HF_TOKEN (or the saved login) and sends it in
+the Authorization header. saudial only asks whether there is one (`get_token()`) and never prints,
+logs or stores it; error messages are built from status codes and the server's message only.
+
+Before training (`preflight`), a push bound to fail stops the run at once with exit code 2: no token,
+a bad repo id, HF_HUB_OFFLINE set, no Hub reachable, a token the Hub rejects, a read-only token, or a
+namespace the token's owner cannot write to. A 5xx or 429 answer only warns: likely passing.
+
+After training (`push`), the adapter, tokenizer, run record, eval_results.md and model card go up in
+one commit; a failure that outlasts the retries raises PushError (exit code 4) naming the cause and
+the command that retries: `python -m saudial push --output-dir DIR`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from saudial.config.huggingface import hub_endpoint, hub_offline
+from saudial.config.settings import check_repo_id as settings_check_repo_id
+from saudial.errors import ConfigError, PushError
+from saudial.run.checkpoints import MARKER, PREFIX, problem
+from saudial.run.record import MANIFEST, METRICS, RESULTS_MD, read_json
+
+if TYPE_CHECKING:
+    from saudial.config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The Hub folder that holds the newest checkpoint of a run with hub_strategy=checkpoint.
+HUB_FOLDER = "last-checkpoint"
+# Seconds to wait before each retry of a transient failure (connection error, 5xx, 429).
+RETRY_DELAYS_S = (1.0, 3.0, 9.0)
+# What a run's directory holds that goes to the Hub: the adapter, the tokenizer's files, the run record,
+# the evaluation table and the model card (never checkpoints, logs or training_args.bin).
+ADAPTER = ["adapter_model.safetensors", "adapter_config.json"]
+TOKENIZER = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"]
+TOKENIZER += ["chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model"]
+UPLOAD_PATTERNS = [*ADAPTER, *TOKENIZER, MANIFEST, METRICS, RESULTS_MD, "README.md"]
+
+
+def retry_command(output_dir: Path) -> str:
+    return f"python -m saudial push --output-dir {output_dir}"
+
+
+def check_repo_id(repo_id: str | None) -> str:
+    if not repo_id:
+        raise ConfigError("SAUDIAL_PUSH_TO_HUB=true needs SAUDIAL_HUB_MODEL_ID=owner/name (the Hub repo to create)")
+    try:
+        return settings_check_repo_id(repo_id)
+    except ValueError as exc:
+        raise ConfigError(f"SAUDIAL_HUB_MODEL_ID={repo_id!r}: {exc}") from None
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    import httpx2
+
+    return isinstance(exc, httpx2.TransportError | ConnectionError | TimeoutError) and _status(exc) is None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    status = _status(exc)
+    return _is_connection_error(exc) or (status is not None and (status >= 500 or status == 429))
+
+
+def _server_message(exc: BaseException) -> str:
+    """The first line of the Hub's answer, without anything from the request (headers hold the token)."""
+    server = getattr(exc, "server_message", None)
+    text = str(server or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def preflight(settings: Settings) -> None:
+    """Before anything heavy: would an upload at the end of this run work? ConfigError (exit 2) if not."""
+    if not settings.push_to_hub:
+        return
+    from huggingface_hub import HfApi, get_token
+
+    repo_id = check_repo_id(settings.hub_model_id)
+    if hub_offline():
+        raise ConfigError(
+            "SAUDIAL_PUSH_TO_HUB=true cannot upload while HF_HUB_OFFLINE is set: unset HF_HUB_OFFLINE, or set "
+            "SAUDIAL_PUSH_TO_HUB=false and push later with `python -m saudial push --output-dir DIR`"
+        )
+    token = get_token()
+    if not token:
+        raise ConfigError(
+            "SAUDIAL_PUSH_TO_HUB=true needs a Hugging Face token with write access: set HF_TOKEN "
+            "(https://huggingface.co/settings/tokens), or set SAUDIAL_PUSH_TO_HUB=false"
+        )
+    endpoint = hub_endpoint()
+    try:
+        who = _with_retries(lambda: HfApi().whoami(token=token), "checking HF_TOKEN", delays=RETRY_DELAYS_S[:1])
+    except Exception as exc:
+        status = _status(exc)
+        if status == 401:
+            raise ConfigError(
+                f"HF_TOKEN was rejected by {endpoint} (401 Unauthorized: invalid or expired): create a new token "
+                "with write access at https://huggingface.co/settings/tokens, or set SAUDIAL_PUSH_TO_HUB=false"
+            ) from None
+        if _is_connection_error(exc):
+            raise ConfigError(
+                f"cannot reach {endpoint} to check HF_TOKEN ({_server_message(exc)}): the upload at the end would "
+                "fail too. Fix the network (or HF_ENDPOINT), or set SAUDIAL_PUSH_TO_HUB=false and push later"
+            ) from None
+        if status is not None and _is_transient(exc):
+            log.warning("could not verify HF_TOKEN now (%s %s); training anyway", status, _server_message(exc))
+            return
+        raise ConfigError(f"checking HF_TOKEN with {endpoint} failed: {_server_message(exc)}") from None
+    check_write_access(who, repo_id)
+    log.info("Hub pre-flight ok: token of %r can write to %s", who.get("name"), repo_id)
+
+
+def check_write_access(who: dict[str, Any], repo_id: str) -> None:
+    """A read token, or a namespace that is neither the user nor one of their orgs, cannot push. (Fine-grained
+    tokens carry per-repo scopes: the Hub decides at upload time, and a refusal then ends in exit code 4.)"""
+    access = (who.get("auth") or {}).get("accessToken") or {}
+    role = access.get("role")
+    if role == "read":
+        raise ConfigError(
+            "HF_TOKEN is a read-only token: the upload needs a token with write access "
+            "(https://huggingface.co/settings/tokens), or set SAUDIAL_PUSH_TO_HUB=false"
+        )
+    owner = repo_id.split("/")[0]
+    names = {who.get("name")} | {org.get("name") for org in who.get("orgs") or [] if isinstance(org, dict)}
+    if who.get("name") and owner not in names:
+        raise ConfigError(
+            f"SAUDIAL_HUB_MODEL_ID={repo_id!r}: the token belongs to {who.get('name')!r}, who is not "
+            f"{owner!r} nor a member of it (namespaces: {', '.join(sorted(str(n) for n in names if n))})"
+        )
+
+
+def _with_retries(call: Callable[[], T], what: str, delays: tuple[float, ...] = RETRY_DELAYS_S) -> T:
+    """Run `call`; retry transient failures after each of `delays` seconds (plus jitter)."""
+    for attempt in range(len(delays) + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == len(delays) or not _is_transient(exc):
+                raise
+            wait, why = delays[attempt] * (1 + 0.1 * random.random()), _status(exc) or _server_message(exc)
+            log.warning("%s failed (%s): retrying in %.0fs (%d/%d)", what, why, wait, attempt + 1, len(delays))
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def hub_settings(settings: Settings, output_dir: Path) -> tuple[str, bool]:
+    """Repo id and visibility: the flags/variables of this command, else what the run recorded."""
+    if not (output_dir / "adapter_config.json").is_file():
+        raise ConfigError(f"{output_dir} holds no adapter (adapter_config.json): is it a training output directory?")
+    recorded = (read_json(output_dir / MANIFEST) or {}).get("config") or {}
+    repo_id = settings.hub_model_id if "hub_model_id" in settings.model_fields_set else None
+    repo_id = repo_id or recorded.get("hub_model_id") or settings.hub_model_id
+    private = settings.hub_private if "hub_private" in settings.model_fields_set else recorded.get("hub_private", True)
+    return check_repo_id(repo_id), bool(private)
+
+
+def push(settings: Settings, output_dir: Path) -> str:
+    """Upload a finished run's directory (its model card written already: jobs/push.py); returns the repo URL.
+
+    PushError (exit 4) if it fails."""
+    from huggingface_hub import HfApi, get_token
+
+    repo_id, private = hub_settings(settings, output_dir)
+    retry = retry_command(output_dir)
+    if hub_offline():
+        raise PushError(
+            f"cannot upload while HF_HUB_OFFLINE is set; the adapter is in {output_dir}: unset it and run `{retry}`"
+        )
+    if not get_token():
+        raise PushError(f"no Hugging Face token: set HF_TOKEN (write access) and run `{retry}`")
+    api = HfApi()
+    endpoint = hub_endpoint()
+    files = sorted(p.name for p in output_dir.iterdir() if p.is_file() and p.name in UPLOAD_PATTERNS)
+    log.info("uploading %s to %s/%s (%s)", ", ".join(files), endpoint, repo_id, "private" if private else "public")
+    try:
+        url = _with_retries(
+            lambda: api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model"), "creating the repo"
+        )
+        _with_retries(
+            lambda: api.upload_folder(
+                repo_id=repo_id,
+                folder_path=output_dir,
+                allow_patterns=UPLOAD_PATTERNS,
+                commit_message="Upload LFM2 SauDial LoRA adapter (saudial)",
+                repo_type="model",
+            ),
+            "uploading",
+        )
+    except Exception as exc:
+        raise PushError(explain_failure(exc, repo_id, output_dir, endpoint)) from None
+    log.info("uploaded to %s", url)
+    return str(url)
+
+
+def explain_failure(exc: BaseException, repo_id: str, output_dir: Path, endpoint: str) -> str:
+    status = _status(exc)
+    retry = f"the adapter is safe in {output_dir}; retry the upload with: {retry_command(output_dir)}"
+    if status == 401:
+        cause = "401 Unauthorized: HF_TOKEN is invalid or expired (create a new one with write access)"
+    elif status == 403:
+        cause = f"403 Forbidden: HF_TOKEN has no write access to {repo_id!r} (use a write token, or another repo id)"
+    elif status == 404:
+        cause = f"404 Not Found: {repo_id!r} does not exist or is not visible to this token"
+    elif status is not None:
+        cause = f"{status} {_server_message(exc)}"
+        if _is_transient(exc):
+            cause += f" (still failing after {len(RETRY_DELAYS_S)} retries)"
+    elif _is_connection_error(exc):
+        cause = f"cannot reach {endpoint} ({_server_message(exc)}; retried {len(RETRY_DELAYS_S)} times)"
+    else:
+        cause = f"{type(exc).__name__}: {_server_message(exc)}"
+    return f"upload to {endpoint}/{repo_id} failed: {cause}; {retry}"
+
+
+# --- the Hub copy of the latest checkpoint (SAUDIAL_HUB_STRATEGY=checkpoint) ----------------------------
+
+
+def upload_checkpoint(settings: Settings, checkpoint: Path) -> bool:
+    """Replace `last-checkpoint/` in the Hub repo with `checkpoint` in one commit. Failures only warn."""
+    from huggingface_hub import HfApi
+
+    repo_id = settings.hub_model_id
+    assert repo_id is not None  # push_to_hub requires it (config validation)
+    api = HfApi()
+    try:
+        _with_retries(
+            lambda: api.create_repo(repo_id, private=settings.hub_private, exist_ok=True), "creating the repo"
+        )
+        _with_retries(
+            lambda: api.upload_folder(
+                repo_id=repo_id,
+                folder_path=checkpoint,
+                path_in_repo=HUB_FOLDER,
+                commit_message=f"saudial {checkpoint.name}",
+                delete_patterns="*",  # files of the previous checkpoint that this one does not have
+            ),
+            f"uploading {checkpoint.name}",
+        )
+    except Exception as exc:  # network, auth, quota: training goes on, the local checkpoint is intact
+        log.warning("could not upload %s to %s: %s", checkpoint.name, repo_id, _server_message(exc))
+        return False
+    log.info("uploaded %s to %s/%s", checkpoint.name, settings.hub_model_id, HUB_FOLDER)
+    return True
+
+
+def download_checkpoint(settings: Settings, fingerprint: str) -> Path | None:
+    """Fetch the Hub repo's `last-checkpoint/` into the output dir as checkpoint-N if it is this run's."""
+    from huggingface_hub import snapshot_download
+
+    repo_id = settings.hub_model_id
+    assert repo_id is not None
+    staging = settings.output_dir / ".hub-checkpoint"
+    try:
+        _with_retries(
+            lambda: snapshot_download(repo_id, allow_patterns=[f"{HUB_FOLDER}/*"], local_dir=staging),
+            "downloading the Hub's last checkpoint",
+        )
+    except Exception as exc:  # no repo yet, offline, no access: start from step 0
+        log.info("no checkpoint on the Hub to resume from (%s: %s)", type(exc).__name__, _server_message(exc))
+        shutil.rmtree(staging, ignore_errors=True)
+        return None
+    source = staging / HUB_FOLDER
+    marker = read_json(source / MARKER)
+    try:
+        if marker is None:
+            log.info("no checkpoint on the Hub to resume from (%s/%s has none)", settings.hub_model_id, HUB_FOLDER)
+            return None
+        if marker.get("fingerprint") != fingerprint:
+            raise ConfigError(
+                f"the checkpoint in {settings.hub_model_id}/{HUB_FOLDER} is of a run with other training settings "
+                "or data: use another SAUDIAL_HUB_MODEL_ID, or delete that folder from the repo"
+            )
+        target = settings.output_dir / f"{PREFIX}{int(marker['step'])}"
+        shutil.rmtree(target, ignore_errors=True)
+        source.rename(target)
+        reason = problem(target, fingerprint)
+        if reason is not None:
+            log.warning("the Hub's checkpoint is incomplete (%s): starting from step 0", reason)
+            shutil.rmtree(target, ignore_errors=True)
+            return None
+        return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""The training run: recipe, trainer, run record, output directory, checkpoints, signals, processes."""

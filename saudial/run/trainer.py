@@ -1,0 +1,144 @@
+"""TRL's SFTTrainer as saudial runs it: the settings passed through by their names, the LoRA adapter,
+padding-free batches, and the speed patches of model/patches.py.
+
+`sft_config` passes every setting that is an `SFTConfig` field (TRL's and transformers' own names) as
+it is, except the few that saudial handles itself (`HANDLED_HERE`, each with its reason) and the two
+that transformers 5 renamed (`RENAMED`). tests/test_settings_flow.py fails when a setting reaches no
+consumer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import datasets
+import torch
+from transformers import PreTrainedTokenizerBase
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from saudial.model import patches
+from saudial.model.lora import lora_config
+from saudial.run import distributed
+
+if TYPE_CHECKING:
+    from saudial.config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SFT_FIELDS = frozenset(f.name for f in dataclasses.fields(SFTConfig))
+
+# Settings whose SFTConfig field has another name in transformers 5 (the settings keep the names of
+# TRL's documentation).
+RENAMED = {
+    "gradient_checkpointing": "activation_checkpointing",  # `gradient_checkpointing` is its deprecated alias
+    "warmup_ratio": "warmup_steps",  # transformers 5 reads a value below 1 in warmup_steps as a ratio
+}
+
+# SFTConfig fields that saudial sets itself instead of passing the setting of that name, and why.
+HANDLED_HERE = {
+    "padding_free": "TRL refuses padding_free without packing when max_length is set; saudial keeps TRL's "
+    "truncation (padding_free=False) and gives the Trainer TRL's padding-free collator itself",
+    "pad_to_multiple_of": "an argument of that collator",
+    "torch_compile": "saudial compiles the decoder layers one by one (model/patches.py), not the whole model",
+    "save_total_limit": "run/checkpoints.py rotates, and only once the new checkpoint is complete",
+    "push_to_hub": "saudial uploads once, after evaluation (publish/hub.py); the Trainer would upload every save",
+    "hub_model_id": "used by publish/hub.py",
+    "hub_strategy": "used by publish/hub.py",
+}
+
+
+def sft_fields(settings: Settings) -> dict[str, Any]:
+    """The settings that SFTConfig takes, under SFTConfig's names."""
+    fields: dict[str, Any] = {}
+    for name in type(settings).model_fields:
+        if name in HANDLED_HERE:
+            continue
+        if name in RENAMED:
+            fields[RENAMED[name]] = getattr(settings, name)
+        elif name in SFT_FIELDS:
+            fields[name] = getattr(settings, name)
+    fields["output_dir"] = str(fields["output_dir"])
+    return fields
+
+
+def sft_config(settings: Settings, dtype: torch.dtype) -> SFTConfig:
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(settings.output_dir / "logs"))
+    return SFTConfig(
+        **sft_fields(settings),
+        data_seed=settings.seed,  # the data order repeats with the seed too
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=not torch.cuda.is_available(),
+        completion_only_loss=True,  # loss on the translation (and EOS), not on the prompt
+        padding_free=False,  # see HANDLED_HERE: the collator is given to the trainer (build_trainer)
+        logging_first_step=True,
+        save_strategy="steps",  # checkpoint-N every save_steps (resume after preemption: run/checkpoints.py)
+        save_total_limit=None,
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient every step
+        eval_strategy="no",
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=False,
+    )
+
+
+def padding_free_collator(pad_token_id: int, pad_to_multiple_of: int | None) -> DataCollatorForLanguageModeling:
+    """TRL's own collator, flattening each micro-batch into one row with position_ids and seq_idx."""
+    return DataCollatorForLanguageModeling(
+        pad_token_id=pad_token_id, padding_free=True, pad_to_multiple_of=pad_to_multiple_of
+    )
+
+
+def build_trainer(
+    settings: Settings,
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    train_ds: datasets.Dataset,
+    eval_ds: datasets.Dataset,
+    dtype: torch.dtype,
+) -> SFTTrainer:
+    """TRL's SFTTrainer with the LoRA adapter on `model`, set up for speed as configured (model/patches.py)."""
+    collator = None
+    if settings.padding_free:  # one flat row per micro-batch, no compute on padding
+        collator = padding_free_collator(tokenizer.pad_token_id, settings.pad_to_multiple_of)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(settings, dtype),
+        data_collator=collator,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds if len(eval_ds) else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings),
+    )
+    peft_model = trainer.model
+    assert peft_model is not None
+    if dtype == torch.float16:
+        # Upstream: TRL casts a quantized model's LoRA weights to bf16, but fp16 mixed precision needs fp32
+        # master weights (the grad scaler cannot unscale bf16 grads: "_amp_foreach_non_finite_check_and_unscale_cuda"
+        # not implemented for 'BFloat16', trl 1.16 + torch 2.11). tests/test_upstream.py watches the cast.
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+    patches.avoid_cudnn_attention()
+    if settings.padding_free:
+        patches.install_boundary_aware_conv()  # examples of one flat row must not see each other in the conv
+        if settings.attn_implementation == "auto" and dtype != torch.float32 and patches.varlen_available():
+            patches.use_varlen_attention(peft_model)  # each example attends only to itself, no L^2 mask
+            log.info("attention: flash varlen over the examples of each padding-free row")
+    steps = patches.planned_steps(settings, len(train_ds), distributed.world_size())
+    compile_layers, why = patches.decide_compile(settings, steps, torch.cuda.is_available())
+    if compile_layers:
+        count = patches.compile_decoder_layers(peft_model)
+        log.info("torch.compile: %d decoder layers (%s); the first steps are slow while it compiles", count, why)
+    else:
+        log.info("torch.compile: off (%s)", why)
+    return trainer
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
