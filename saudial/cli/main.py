@@ -1,7 +1,8 @@
 """Command line: settings as flags that mirror the SAUDIAL_* variables, one subcommand per job.
 
-`main()` turns every `SaudialError` into one line on stderr and its exit code; any other exception
-is a bug in saudial and keeps its traceback.
+`main()` turns every `SaudialError`, and every fault of the machine (disk full, read-only output, out of
+memory), into one line on stderr and its exit code; any other exception is a bug in saudial: one line
+and exit 1. `--debug` or SAUDIAL_DEBUG=1 prints the traceback too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 from saudial import __version__
 from saudial.config.loading import load_settings
 from saudial.config.settings import Settings, env_name, flag_name
-from saudial.errors import EXIT_OK, SaudialError
+from saudial.errors import EXIT_BUG, EXIT_OK, OOM_ANY, as_user_error, unexpected
 from saudial.run import distributed
 
 log = logging.getLogger("saudial")
@@ -194,6 +196,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug (anywhere before a `--`) or SAUDIAL_DEBUG=1: a fault also prints its traceback.
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end] or os.environ.get("SAUDIAL_DEBUG", "").strip().lower() in ("1", "true", "yes")
+    argv = [a for i, a in enumerate(argv) if a != "--debug" or i >= end]
     parser, commands = build_parser()
     # `train` is the default: `entrypoint.py --learning-rate 1e-4` means `entrypoint.py train --learning-rate 1e-4`.
     if not argv or (argv[0] not in commands and argv[0] != "--version"):
@@ -207,7 +213,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if distributed.is_main_process() and not distributed.launched_by_us():  # the launcher printed it
             print_config(settings)
         return commands[args.command](args, settings)
-    except SaudialError as exc:
-        if distributed.is_main_process() or not getattr(exc, "shared", False):  # rank 0's, said once
-            print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except (Exception, KeyboardInterrupt) as exc:
+        # Every fault ends here as one line and a documented exit code (README, Exit codes): an error the
+        # user can act on, a fault of the machine (disk, memory: errors.as_user_error), else a bug (1).
+        error = as_user_error(exc, oom_advice=OOM_ANY) if isinstance(exc, Exception) else None
+        if debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        if isinstance(exc, KeyboardInterrupt):
+            print("error: interrupted (Ctrl-C)", file=sys.stderr)
+            return 130
+        if error is None:
+            print(f"error: {unexpected(exc)}", file=sys.stderr)
+            return EXIT_BUG
+        if distributed.is_main_process() or not getattr(error, "shared", False):  # rank 0's, said once
+            print(f"error: {error}", file=sys.stderr)
+        return error.exit_code

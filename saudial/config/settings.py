@@ -25,8 +25,14 @@ LFM2_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1"
 
 # Variables with the SAUDIAL_ prefix that are not settings but are allowed in the environment:
 # the image records its source revision, compose passes the host user's ids, the multi-process
-# launcher (distributed.py) marks the processes it started.
-NON_SETTING_VARIABLES = {"SAUDIAL_IMAGE_REVISION", "SAUDIAL_UID", "SAUDIAL_GID", "SAUDIAL_LAUNCHER_PID"}
+# launcher (distributed.py) marks the processes it started, SAUDIAL_DEBUG=1 prints tracebacks (cli/main.py).
+NON_SETTING_VARIABLES = {
+    "SAUDIAL_IMAGE_REVISION",
+    "SAUDIAL_UID",
+    "SAUDIAL_GID",
+    "SAUDIAL_LAUNCHER_PID",
+    "SAUDIAL_DEBUG",
+}
 
 CommaList = Annotated[list[str], NoDecode]
 

@@ -27,9 +27,10 @@ from transformers import PreTrainedTokenizerBase
 
 from saudial.data.prompts import build_prompt
 from saudial.data.workbook import iter_rows
+from saudial.errors import OOM_INFERENCE, faults
 from saudial.inference.generate import Request, translate
 from saudial.inference.scoring import OVERALL, SYSTEMS, markdown_table, score_by_dialect, signatures
-from saudial.run import record
+from saudial.run import record, signals
 
 if TYPE_CHECKING:
     from saudial.config.settings import Settings
@@ -50,29 +51,42 @@ def cap(rows: pd.DataFrame, max_samples: int | None, seed: int) -> pd.DataFrame:
 
 
 def eval_loss(model: Any, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, settings: Settings) -> float:
-    """Mean cross-entropy per translation token (the response and its EOS), as training computes it."""
+    """Mean cross-entropy per translation token (the response and its EOS), as training computes it: each
+    example cut to max_length tokens, as training cuts it."""
     device = model.get_input_embeddings().weight.device
-    total, count = 0.0, 0
+    total, count, cut = 0.0, 0, 0
     was_training = model.training
     model.eval()
     try:
         for r in iter_rows(rows):
+            signals.check()  # SIGTERM during evaluation: stop here (exit 75)
             prompt = build_prompt(r.dialect, r.english, r.context or None)
-            prompt_ids = tokenizer(prompt)["input_ids"]
-            ids = tokenizer(prompt + r.translation)["input_ids"][: settings.max_length - 1]
-            ids = [*ids, tokenizer.eos_token_id]
+            prompt_ids = tokenizer(prompt)["input_ids"][: settings.max_length]
+            ids = tokenizer(prompt + r.translation)["input_ids"]
+            cut += len(ids) + 1 > settings.max_length
+            ids = [*ids[: settings.max_length - 1], tokenizer.eos_token_id]
             labels = [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids) :]
             if all(label == -100 for label in labels[1:]):
                 continue
-            with torch.inference_mode():
+            with (
+                faults(oom_advice=f"one example of {len(ids)} tokens ran out; {OOM_INFERENCE}"),
+                torch.inference_mode(),
+            ):
                 out = model(input_ids=torch.tensor([ids], device=device))
-            logits = out.logits[0, :-1].float()
-            target = torch.tensor(labels[1:], device=device)
-            losses = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum")
+                logits = out.logits[0, :-1].float()
+                target = torch.tensor(labels[1:], device=device)
+                losses = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum")
             total += float(losses)
             count += int((target != -100).sum())
     finally:
         model.train(was_training)
+    if cut:
+        log.info(
+            "eval loss: %d of %d examples cut to SAUDIAL_MAX_LENGTH=%d tokens, as in training",
+            cut,
+            len(rows),
+            settings.max_length,
+        )
     return total / count if count else math.nan
 
 
@@ -112,6 +126,7 @@ def evaluate(
     record.update(output_dir, metrics=results)
     if "evaluation" in results:
         table = markdown_table(results["evaluation"], loss)
+        record.own(output_dir, record.RESULTS_MD)  # in a run's directory: listed as the run's before it exists
         (output_dir / record.RESULTS_MD).write_text(table, encoding="utf-8")
         print(table, flush=True)
         log.info("evaluation written to %s and %s", output_dir / record.METRICS, output_dir / record.RESULTS_MD)
@@ -136,6 +151,7 @@ def generate_and_score(
     msa_rows = rows[rows["msa"].astype(str).str.strip() != ""]
     if len(msa_rows):
         scores["msa_reference"] = score_by_dialect(msa_rows, list(msa_rows["msa"]))
+    record.own(output_dir, record.PREDICTIONS)
     with (output_dir / record.PREDICTIONS).open("w", encoding="utf-8") as handle:
         for i, r in enumerate(iter_rows(rows)):
             line = {"dialect": r.dialect, "english": r.english, "context": r.context, "reference": r.translation}
