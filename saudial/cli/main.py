@@ -194,6 +194,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     return parser, commands
 
 
+def close_progress_bars() -> None:
+    """A progress bar cut short by an exception leaves the cursor mid-line: end it first."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug (anywhere before a `--`) or SAUDIAL_DEBUG=1: a fault also prints its traceback.
@@ -217,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Every fault ends here as one line and a documented exit code (README, Exit codes): an error the
         # user can act on, a fault of the machine (disk, memory: errors.as_user_error), else a bug (1).
         error = as_user_error(exc, oom_advice=OOM_ANY) if isinstance(exc, Exception) else None
+        close_progress_bars()  # the line goes on a line of its own, the last one
         if debug:
             traceback.print_exception(exc, file=sys.stderr)
         if isinstance(exc, KeyboardInterrupt):

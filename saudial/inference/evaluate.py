@@ -69,7 +69,7 @@ def eval_loss(model: Any, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame
             if all(label == -100 for label in labels[1:]):
                 continue
             with (
-                faults(oom_advice=f"one example of {len(ids)} tokens ran out; {OOM_INFERENCE}"),
+                faults(oom_advice=f"computing the loss of one example of {len(ids)} tokens: {OOM_INFERENCE}"),
                 torch.inference_mode(),
             ):
                 out = model(input_ids=torch.tensor([ids], device=device))

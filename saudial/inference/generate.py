@@ -205,7 +205,7 @@ def translate(
             signals.check()  # SIGTERM during evaluation: stop here (exit 75)
             input_ids, attention_mask = left_padded([prompts[i] for i in batch], tokenizer.pad_token_id)
             width = input_ids.shape[1]
-            advice = f"a batch of {len(batch)} prompts of up to {width} tokens ran out; {OOM_INFERENCE}"
+            advice = f"generating for {len(batch)} prompts of up to {width} tokens at once: {OOM_INFERENCE}"
             with faults(oom_advice=advice), torch.inference_mode():
                 output = model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs

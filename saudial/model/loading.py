@@ -56,7 +56,7 @@ def load_tokenizer(
     pinned = revision if name == settings.model_name_or_path and revision else settings.model_revision
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, revision=pinned, trust_remote_code=False)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # missing, unreadable or not a tokenizer transformers can load
         raise ConfigError(_load_failure("tokenizer", name, exc)) from None
     if tokenizer.eos_token is None:
         raise ConfigError(f"the tokenizer of {name} has no EOS token: set SAUDIAL_TOKENIZER_NAME_OR_PATH")
@@ -91,7 +91,7 @@ def load_model(settings: Settings, device_map: Any = None, revision: str | None 
             # "auto" loads SDPA; training switches padding-free runs to the varlen kernel (patches.py).
             attn_implementation="sdpa" if settings.attn_implementation == "auto" else settings.attn_implementation,
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # missing, unreadable, pickle-only, or needs its own code
         raise ConfigError(_load_failure("model", settings.model_name_or_path, exc)) from None
     model.config.use_cache = False  # the KV cache is useless in training and warns with checkpointing
     return model
@@ -102,7 +102,12 @@ def _load_failure(what: str, name: str, exc: Exception) -> str:
     if "safetensors" in str(exc) and Path(name).is_dir() and any(Path(name).glob("*.bin")):
         return (
             f"cannot load the {what} {name!r}: it has only pickle (.bin) weights, which saudial does not load (a "
-            "pickle can run code): save it with save_pretrained(..., safe_serialization=True) to get .safetensors"
+            "pickle can run code): load it once yourself and save it with save_pretrained, which writes .safetensors"
+        )
+    if "trust_remote_code" in str(exc):
+        return (
+            f"cannot load the {what} {name!r}: it needs code from its own repository (trust_remote_code), which "
+            "saudial never runs: use a model that transformers supports itself (LFM2 is)"
         )
     hint = (
         "HF_HUB_OFFLINE is set, so it must already be in the Hugging Face cache (HF_HOME) or be a local directory"

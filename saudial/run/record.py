@@ -136,8 +136,10 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     try:
         tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write() does not say where
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
