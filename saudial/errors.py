@@ -144,7 +144,10 @@ def storage_error(exc: BaseException, path: Path | None, code: int) -> StorageEr
     """One line: what failed, where, the free space there, and the fix."""
     where = Path(getattr(exc, "filename", None) or path or Path.cwd())
     if code == -1:  # torch.save lost the errno: a full disk is by far the most common cause
-        code = errno.ENOSPC if shutil.disk_usage(_existing(where)).free < 1 << 20 else errno.EIO
+        try:
+            code = errno.ENOSPC if shutil.disk_usage(_existing(where)).free < 1 << 20 else errno.EIO
+        except OSError:
+            code = errno.EIO
     reason = f"{errno.errorcode.get(code, 'EIO')} ({os.strerror(code)})"
     return StorageError(
         f"cannot write {where}: {reason}; {free_space(where)} there: {IO_FIXES.get(code, IO_FIXES[errno.EIO])}"

@@ -405,3 +405,88 @@ def test_a_bug_is_one_line_and_debug_shows_the_traceback(tiny_model: Path, workb
     debug = run(env, "--debug")
     assert debug.returncode == EXIT_BUG and "Traceback (most recent call last)" in debug.stderr
     assert "ValueError: an unexpected value" in debug.stderr
+
+
+# --- the move into place, killed at every step; merge's output directory ------------------------------
+
+
+def _runs(output: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """A finished run A in `output` and a finished run B in its staging (as `promote` finds them)."""
+    from saudial.run import record
+
+    output.mkdir()
+    for name, text in {"adapter_model.safetensors": "A", "old_only.md": "A", "metrics.json": "{}"}.items():
+        (output / name).write_text(text)
+    (output / "checkpoint-4").mkdir()
+    (output / "checkpoint-4" / "optimizer.pt").write_text("A")
+    files = ["adapter_model.safetensors", "checkpoint-4", "metrics.json", "old_only.md"]
+    record.update(output, {"saudial_run": 1, "status": "finished", record.FILES: files}, replace=True)
+    staging = output / "staging"
+    staging.mkdir()
+    record.update(staging, {"saudial_run": 1, "status": "evaluated", record.FILES: []}, replace=True)
+    for name, text in {"adapter_model.safetensors": "B", "new_only.md": "B"}.items():
+        (staging / name).write_text(text)
+    (staging / "checkpoint-4").mkdir()
+    (staging / "checkpoint-4" / "optimizer.pt").write_text("B")
+    record.update(staging, metrics={"train_loss": 1.0})
+    expected = tree(staging)
+    return expected, tree(output, skip="staging")
+
+
+def test_a_move_into_place_killed_at_any_step_is_completed_by_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from saudial.run import staging
+
+    real_replace, step = os.replace, 0
+    while True:
+        output = tmp_path / f"out{step}"
+        new, _old = _runs(output)
+        calls = [0]
+
+        def dying_replace(src: object, dst: object, limit: int = step, calls: list[int] = calls) -> None:
+            if calls[0] == limit:
+                raise OSError(5, "killed here")
+            calls[0] += 1
+            real_replace(src, dst)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "replace", dying_replace)  # every rename: the record's writes and the moves
+        try:
+            staging.promote(output)
+            finished_early = True
+        except OSError:
+            finished_early = False
+        monkeypatch.setattr(os, "replace", real_replace)
+        if not finished_early and not staging.resume_promotion(output):  # what the next start does:
+            staging.promote(output)  # no journal yet: the record still says evaluated (or finished): move again
+        result = tree(output)
+        assert {k: v for k, v in result.items() if k != "run_manifest.json"} == {
+            k: v for k, v in new.items() if k != "run_manifest.json"
+        }, step
+        manifest = json.loads((output / "run_manifest.json").read_text())
+        assert manifest["status"] == "finished" and "old_only.md" not in manifest["files"], step
+        assert not (output / "old_only.md").exists() and not (output / "staging").exists(), step
+        if finished_early:
+            break
+        step += 1
+    assert step >= 6  # two record writes and every move of this run: each a place to die
+
+
+def test_merge_output_follows_the_same_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from saudial.config.settings import Settings
+    from saudial.inference.merge import prepare
+
+    settings = Settings.model_validate({"overwrite_output_dir": True})
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds files that no saudial merge wrote there \('notes.txt'\)"):
+        prepare(merged, settings)
+    assert [p.name for p in merged.iterdir()] == ["notes.txt"]
+    monkeypatch.chdir(merged)
+    with pytest.raises(ConfigError, match="is the current directory"):
+        prepare(Path("."), settings)
+    work = prepare(tmp_path / "fresh", settings)
+    assert (
+        work == tmp_path / "fresh" / "staging" and json.loads((work / "run_manifest.json").read_text())["saudial_merge"]
+    )
