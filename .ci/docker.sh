@@ -218,7 +218,7 @@ ok "hadolint, compose schema (compose.yaml), docker compose config (compose.yaml
 
 step "CPU flavour: checks inside $CPU_IMAGE"
 tiny="$CI_WORK/run/tiny"
-if [ ! -f "$tiny/config.json" ]; then "$ROOT/.venv/bin/python" -m saudial.tiny "$tiny" >/dev/null; fi
+if [ ! -f "$tiny/config.json" ]; then "$ROOT/.venv/bin/python" -m saudial.devtools.tiny "$tiny" >/dev/null; fi
 chmod -R a+rX "$CI_WORK/run"
 MODEL_DIR="$tiny" bash .ci/image-checks.sh "$CPU_IMAGE" cpu || fail "checks of $CPU_IMAGE (above)"
 ok "$CPU_IMAGE: all image checks passed"

@@ -6,7 +6,7 @@
 #   bash .ci/image-checks.sh IMAGE cuda|cpu
 #
 # Environment: MODEL_DIR, a local model folder (tokenizer) for the --dry-run check where the Hugging Face
-# Hub cannot be reached (CI: the tiny LFM2 of saudial.tiny); without it the check reads the default model
+# Hub cannot be reached (CI: the tiny LFM2 of saudial.devtools.tiny); without it the check reads the default model
 # from the Hub.
 #
 #   both flavours  the image's user is not root; exec-form ENTRYPOINT; nothing outside /tmp is
