@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 import zipfile
 from typing import Any
 
@@ -58,6 +59,14 @@ def read_excel(data: bytes, shown: str, sheet_name: str | None, max_bytes: int) 
             "download the original file again, or give CSV data a .csv name"
         )
     _check_zip(data, shown, max_bytes)
+    with warnings.catch_warnings():
+        # openpyxl warns about workbook features it drops on reading (data validation, conditional formats,
+        # odd styles): none of them changes a cell's text, and each would add lines to the run's output.
+        warnings.filterwarnings("ignore", category=UserWarning, module="openpyxl")
+        return _parse_workbook(data, shown, sheet_name, max_bytes)
+
+
+def _parse_workbook(data: bytes, shown: str, sheet_name: str | None, max_bytes: int) -> pd.DataFrame:
     from openpyxl import load_workbook
 
     try:
