@@ -31,18 +31,23 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def printable(text: str) -> str:
+    """`text` with its unprintable characters (control, bidi, ...) escaped, as Python writes them."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def read_bytes(path: Path, max_mb: int, setting: str = DATA_SETTING) -> tuple[bytes, str]:
     """The bytes of a regular file of at most `max_mb` MB, and how to name it; anything else is a DataError."""
-    shown = str(path)
+    shown, linked = printable(str(path)), False
     try:
         info = os.lstat(path)
-        if stat.S_ISLNK(info.st_mode):
-            shown = f"{path} (a symlink to {os.path.realpath(path)})"
+        if stat.S_ISLNK(info.st_mode):  # where a link points is anyone's choice of name: escaped too
+            shown, linked = f"{shown} (a symlink to {printable(os.path.realpath(path))})", True
             info = os.stat(path)  # the target's type, not yet opened
     except FileNotFoundError:
-        if shown != str(path):
+        if linked:
             raise DataError(f"{shown} points to nothing: fix the link or set {setting} to the file itself") from None
-        raise DataError(f"data file not found: {path} (set {setting} to an existing file)") from None
+        raise DataError(f"data file not found: {shown} (set {setting} to an existing file)") from None
     except OSError as exc:
         raise DataError(f"cannot look at {shown}: {exc.strerror} (set {setting} to a readable file)") from None
     _check_kind(info.st_mode, shown, setting)

@@ -114,14 +114,21 @@ def header_key(column: object) -> str:
     return strip_controls(str(column))[0].strip().casefold()
 
 
+def find_column(frame: pd.DataFrame, header: str, shown: str) -> pd.Series | None:
+    """The column whose header reads as `header` (see `header_key`), None if there is none; two is an error."""
+    keys = [header_key(col) for col in frame.columns]
+    if keys.count(header.casefold()) > 1:
+        raise DataError(f"{shown} has more than one {header!r} column: keep one, or rename the others")
+    return frame.iloc[:, keys.index(header.casefold())] if header.casefold() in keys else None
+
+
 def _match_columns(frame: pd.DataFrame, shown: str) -> pd.DataFrame:
-    """Rename the published headers to canonical names, forgiving case and surrounding spaces."""
-    by_key = {header_key(col): col for col in frame.columns}
-    renames, missing = {}, []
+    """The published columns under canonical names, forgiving case, surrounding spaces and controls."""
+    columns, missing = {}, []
     for canonical, header in (REQUIRED_COLUMNS | OPTIONAL_COLUMNS).items():
-        found = by_key.get(header.casefold())
+        found = find_column(frame, header, shown)
         if found is not None:
-            renames[found] = canonical
+            columns[canonical] = found
         elif canonical in REQUIRED_COLUMNS:
             missing.append(header)
     if missing:
@@ -129,11 +136,11 @@ def _match_columns(frame: pd.DataFrame, shown: str) -> pd.DataFrame:
             f"{shown} lacks column(s) {missing}: expected {list(REQUIRED_COLUMNS.values())} "
             f"(plus optional {list(OPTIONAL_COLUMNS.values())}), found {describe_names(frame.columns)}"
         )
-    frame = frame.rename(columns=renames)
+    matched = pd.DataFrame(columns, index=frame.index)
     for canonical in OPTIONAL_COLUMNS:
-        if canonical not in frame.columns:
-            frame[canonical] = None
-    return frame[list(REQUIRED_COLUMNS) + list(OPTIONAL_COLUMNS)]
+        if canonical not in matched.columns:
+            matched[canonical] = None
+    return matched[list(REQUIRED_COLUMNS) + list(OPTIONAL_COLUMNS)]
 
 
 def load_configured(settings: Settings) -> Dataset:

@@ -89,23 +89,27 @@ def read_inputs(path: Path, max_mb: int) -> tuple[pd.DataFrame, list[InputRow]]:
     """Rows of a .csv/.xlsx/.jsonl/.parquet file: English text (required), dialect and context (optional)."""
     table = read_table(path, max_mb=max_mb, setting="--input")
     frame = table.frame
-    by_key = {workbook.header_key(c): c for c in frame.columns}
-    english_col = by_key.get(workbook.REQUIRED_COLUMNS["english"].casefold()) or by_key.get("english")
-    if english_col is None:
+    headers = workbook.REQUIRED_COLUMNS | workbook.OPTIONAL_COLUMNS
+    english = workbook.find_column(frame, headers["english"], table.shown)
+    if english is None:
+        english = workbook.find_column(frame, "english", table.shown)
+    if english is None:
         raise DataError(
-            f"{table.shown} has no '{workbook.REQUIRED_COLUMNS['english']}' column "
+            f"{table.shown} has no '{headers['english']}' column "
             f"(found {describe_names(frame.columns)}): name the column of English text so"
         )
-    columns = {"english": english_col}
+    columns = {"english": english}
     for name in ("dialect", "context"):
-        header = (workbook.REQUIRED_COLUMNS | workbook.OPTIONAL_COLUMNS)[name]
-        if header.casefold() in by_key:
-            columns[name] = by_key[header.casefold()]
-    used = pd.DataFrame({name: frame[column] for name, column in columns.items()}, index=frame.index)
-    workbook.check_text(table, used, {name: str(columns[name]) for name in columns})
+        found = workbook.find_column(frame, headers[name], table.shown)
+        if found is not None:
+            columns[name] = found
+    used = pd.DataFrame(columns, index=frame.index)
+    workbook.check_text(table, used, {name: headers[name] for name in columns})  # named as published
     used, removed = workbook.clean_columns(used)
     if removed:
-        log.warning("removed %d invisible control character(s) (NUL, bidi, zero-width, ...) from %s", removed, path)
+        log.warning(
+            "removed %d invisible control character(s) (NUL, bidi, zero-width, ...) from %s", removed, table.shown
+        )
     if "dialect" in used:
         workbook.check_dialects(table, used["dialect"])
     rows = [
