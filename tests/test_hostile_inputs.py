@@ -728,3 +728,24 @@ def test_write_table_escapes_every_text_cell_of_a_spreadsheet(tmp_path: Path) ->
     assert pd.read_json(tmp_path / "t.jsonl", lines=True)["Model Translation"].tolist() == ["@x", "\rb", "c"]
     with pytest.raises(FileExistsError):
         write_table(frame, tmp_path / "t.csv")  # never over an existing file
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet", ".xlsx"])
+def test_control_characters_are_counted_in_every_format(suffix: str, tiny_model: Path, tmp_path: Path) -> None:
+    """In-process: the count reaches the data summary (and so the manifest); NUL only where XML allows it."""
+    from saudial.data import workbook
+    from saudial.data.examples import summarize, to_prompt_completion
+    from saudial.data.split import split
+    from saudial.model.loading import load_tokenizer
+
+    frame = FRAME.copy()
+    nul = "" if suffix == ".xlsx" else "\x00"
+    frame.at[0, "English Text"] = f'\u202e"Open{nul} the door."\u2069'
+    dataset = workbook.load(synthetic.write(frame, tmp_path / f"controls{suffix}"))
+    assert dataset.control_chars_removed == (2 if suffix == ".xlsx" else 3)
+    row = dataset.rows.iloc[0]
+    assert row.english == "Open the door."  # the quotes are stripped once the controls are gone
+    parts = split(dataset.rows, 0.1, seed=1)
+    tokenizer = load_tokenizer(Settings.model_validate({"model_name_or_path": str(tiny_model)}))
+    summary = summarize(dataset, parts, tokenizer, 64, to_prompt_completion(parts.train))
+    assert summary["control_chars_removed"] == dataset.control_chars_removed
