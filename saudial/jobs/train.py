@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saudial.config.settings import Settings
 from saudial.data.workbook import load_configured
 from saudial.errors import EXIT_OK
-from saudial.jobs.push import push
-from saudial.model.hardware import check_cuda
-from saudial.publish import hub
 from saudial.run import distributed
-from saudial.run.checkpoints import CheckpointStore
-from saudial.run.train import Trained, train
+
+if TYPE_CHECKING:
+    from saudial.run.checkpoints import CheckpointStore
+    from saudial.run.train import Trained
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +29,11 @@ log = logging.getLogger(__name__)
 def run(settings: Settings, dry_run: bool = False) -> int:
     """Check, train, evaluate, publish; return the exit code."""
     dataset = load_configured(settings)
+    # The slow imports (torch, transformers, PEFT, TRL: seconds) only once the data is known to be good.
+    from saudial.model.hardware import check_cuda
+    from saudial.publish import hub
+    from saudial.run.train import train
+
     if settings.quantization != "none" and not dry_run:
         check_cuda()
     if settings.push_to_hub:  # a push that would fail must fail now, not after hours of training (exit 2)
@@ -46,6 +50,9 @@ def checkpoint_store(settings: Settings) -> CheckpointStore | None:
     """The Hub copy of the newest checkpoint, with SAUDIAL_HUB_STRATEGY=checkpoint."""
     if not (settings.push_to_hub and settings.hub_strategy == "checkpoint"):
         return None
+    from saudial.publish import hub
+    from saudial.run.checkpoints import CheckpointStore
+
     return CheckpointStore(
         upload=partial(hub.upload_checkpoint, settings), download=partial(hub.download_checkpoint, settings)
     )
@@ -72,5 +79,7 @@ def after_training(trained: Trained) -> dict[str, Any]:
         )
         trained.metrics.update(results)
     if settings.push_to_hub:
+        from saudial.jobs.push import push
+
         push(settings, settings.output_dir)
     return results
