@@ -110,7 +110,11 @@ class Settings(BaseSettings):
     # CPU overhead (~0.15-0.25 s on an H100), so more examples per micro-batch (one padding-free row) is what
     # makes QLoRA fast: 64 gave 1.5-2.5x the tokens/s of 32.
     per_device_train_batch_size: int = Field(64, ge=1, description="Examples per micro-batch per GPU.")
-    per_device_eval_batch_size: int = Field(8, ge=1, description="Examples per evaluation batch per GPU.")
+    # Generation is bound by a fixed cost per decode step (~17.5 ms for LFM2-1.2B on an H200, docs/benchmarks.md),
+    # so its rate grows with the batch: 8 -> 64 gave ~10x the generated tokens/s of evaluation.
+    per_device_eval_batch_size: int = Field(
+        64, ge=1, description="Examples per evaluation and generation batch per GPU."
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_length: int = Field(
         512, ge=16, description="Tokens per example; longer examples are truncated (the summary counts them)."
