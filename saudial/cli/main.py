@@ -17,6 +17,7 @@ from typing import Any
 
 from saudial import __version__
 from saudial.config.loading import load_settings
+from saudial.config.runtime import configure_allocator
 from saudial.config.settings import Settings, env_name, flag_name
 from saudial.errors import EXIT_OK, SaudialError
 from saudial.run import distributed
@@ -193,6 +194,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_allocator()  # before anything initializes CUDA
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, commands = build_parser()
     # `train` is the default: `entrypoint.py --learning-rate 1e-4` means `entrypoint.py train --learning-rate 1e-4`.

@@ -8,6 +8,7 @@ generation stops at the tokenizer's EOS, the token training taught the model to 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +124,11 @@ def translate(
     batch_size: int | None = None,
     progress: bool = True,
     description: str = "translating",
+    stats: dict[str, float] | None = None,
 ) -> list[str]:
-    """Translate `requests` in batches of prompts of similar length; results in input order."""
+    """Translate `requests` in batches of prompts of similar length; results in input order.
+
+    `stats`, when given, receives the tokens generated, the seconds and the rate."""
     from tqdm.auto import tqdm
 
     batch_size = batch_size or settings.per_device_eval_batch_size
@@ -138,6 +142,7 @@ def translate(
     tokenizer.padding_side = "left"
     was_training = model.training
     model.eval()
+    generated, clock = 0, time.perf_counter()
     try:
         batches = list(_chunks(order, batch_size))
         for batch in tqdm(batches, desc=description, unit="batch", disable=not progress or not batches):
@@ -146,11 +151,16 @@ def translate(
             with torch.inference_mode():
                 output = model.generate(**encoded, **kwargs)
             new_tokens = output[:, encoded["input_ids"].shape[1] :]
+            generated += int((new_tokens != tokenizer.pad_token_id).sum())
             for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
                 results[i] = postprocess(text)
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
+    seconds = time.perf_counter() - clock
+    if stats is not None:
+        stats.update(tokens=generated, seconds=round(seconds, 3), tokens_per_second=round(generated / seconds, 1))
+    log.info("%s: %d texts, %d tokens generated in %.1f s", description, len(results), generated, seconds)
     return results
 
 
