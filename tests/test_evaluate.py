@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,7 @@ def test_evaluate_command(trained: Path, tiny_model: Path, workbook: Path, tmp_p
     assert "train_loss" in metrics and "eval_loss" in metrics
     assert metrics["evaluation"]["scores"]["adapter"][OVERALL]["n"] == 5
     assert (out / "eval_results.md").is_file()
-    assert "%|" in result.stderr  # a progress bar during generation
+    assert re.search(r"saudial\.progress: with adapter: +100% ", result.stderr)  # generation's progress, as lines
 
 
 def test_evaluate_command_needs_an_adapter(

@@ -20,6 +20,7 @@ from saudial.errors import EXIT_OK
 from saudial.jobs.push import push
 from saudial.model.hardware import check_cuda
 from saudial.publish import hub
+from saudial.publish.card import write_card
 from saudial.run import distributed
 from saudial.run.checkpoints import CheckpointStore
 from saudial.run.train import Trained, train
@@ -71,6 +72,7 @@ def after_training(trained: Trained) -> dict[str, Any]:
             loss=trained.metrics.get("eval_loss"),
         )
         trained.metrics.update(results)
+    write_card(settings.output_dir, settings.hub_model_id)  # saudial's card replaces TRL's placeholder README.md
     if settings.push_to_hub:
         push(settings, settings.output_dir)
     return results
