@@ -7,7 +7,8 @@
   it. tests/test_logs.py checks that the filters still match upstream's text and drop nothing else.
 - `line_progress`: tqdm draws a bar in place with carriage returns; in a log file (CI, `docker compose run`
   without a TTY, Kubernetes) that becomes one ever-growing line. In line mode a bar prints a line each
-  10% (or every 30 s) and its last one, through logging.
+  10% (at most one per 2 s, at least one per 30 s) and its last one, through logging; a bar that was
+  over within 2 s prints nothing.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def fold_transformers_handler() -> None:
 # --- progress bars as lines -----------------------------------------------------------------------
 
 EVERY_PERCENT = 10  # a line each time a bar passes the next 10%,
-MIN_GAP_S = 2.0  # at least this long after the previous one,
+MIN_GAP_S = 2.0  # at least this long after the previous one (a bar over sooner than this prints nothing),
 EVERY_S = 30.0  # and one at least this often (bars without a total, slow steps)
 _UPSTREAM: dict[str, Any] = {}
 
@@ -148,9 +149,10 @@ def _emit(bar: Any, final: bool = False) -> None:
     # (10% bucket, time and count of the last line); the clock starts at the bar's first display
     last_bucket, last_time, last_n = getattr(bar, "_saudial_line", (0, now, -1))
     bucket = int(bar.n * 100 / bar.total) // EVERY_PERCENT if bar.total else 0
-    # A bar that ends within MIN_GAP_S of its start (a quick map over the data) prints its last line only.
     due = (bucket > last_bucket and now - last_time >= MIN_GAP_S) or now - last_time >= EVERY_S
-    due = due or (final and bar.n != last_n)
+    # The last line, unless the bar was over within MIN_GAP_S (a quick map over the data, a small load): a
+    # line for what took no time at all is noise.
+    due = due or (final and bar.n != last_n and (last_n >= 0 or now - last_time >= MIN_GAP_S))
     if due and bar.n > 0:
         progress_log.info("%s", _line(bar))
         last_bucket, last_time, last_n = bucket, now, bar.n

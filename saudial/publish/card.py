@@ -11,6 +11,7 @@ the training results and the versions.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from saudial.config.loading import default_of
 from saudial.config.settings import Settings
 from saudial.inference.scoring import OVERALL
 from saudial.run.record import MANIFEST, METRICS, RESULTS_MD, read_json
+
+log = logging.getLogger(__name__)
 
 CARD = "README.md"
 DATASET_NAME = "SauDial"
@@ -211,4 +214,5 @@ def write_card(output_dir: Path, repo_id: str | None = None) -> Path:
     card = build_card(output_dir, repo_id)
     path = output_dir / CARD
     path.write_text(str(card), encoding="utf-8")
+    log.info("model card written to %s", path)
     return path
