@@ -95,6 +95,12 @@ def test_help_needs_neither_torch_nor_the_network() -> None:
     print(f"four --help screens in one process: {elapsed:.2f} s")
 
 
+def test_every_command_in_the_help_runs() -> None:
+    from saudial.cli.main import COMMANDS
+
+    assert list(COMMANDS) == list(SUMMARY)
+
+
 def test_every_setting_is_in_exactly_one_help_group() -> None:
     placed = [name for names in GROUPS.values() for name in names]
     assert sorted(placed) == sorted(Settings.model_fields), set(placed) ^ set(Settings.model_fields)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from saudial.cli import logs
-from saudial.cli.parser import commands, parse
+from saudial.cli.parser import parse
 from saudial.config.loading import changed_settings, load_settings
 from saudial.config.settings import Settings
 from saudial.errors import EXIT_OK, SaudialError
@@ -90,7 +90,6 @@ def print_settings(settings: Settings, cli_values: dict[str, Any], args: argpars
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = with_default_command(list(sys.argv[1:] if argv is None else argv))
-    assert set(COMMANDS) == set(commands())
     args = parse(argv)
     logs.setup()
     distributed.quiet_other_ranks()

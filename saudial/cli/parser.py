@@ -245,10 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def commands() -> list[str]:
-    return list(SUMMARY)
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     """The arguments; a flag this command does not take is an error that says which command does."""
     parser = build_parser()

@@ -146,8 +146,8 @@ def changed_settings(
 ) -> list[tuple[str, Any, str]]:
     """(name, value, origin) of every setting whose value is not its default, in the settings' order.
 
-    The origin is where the value came from: flag, env, the recipe file, or default (the last only for a
-    setting a recipe or variable set to its default value is never listed: it is not a change).
+    The origin is where the value came from: "flag", "env" or the recipe file. (A setting given its
+    default value explicitly is not listed: it changes nothing.)
     """
     environ = os.environ if environ is None else environ
     recipe = read_recipe(config_file) if config_file is not None else {}
