@@ -78,6 +78,9 @@ def after_training(trained: Trained) -> dict[str, Any]:
             loss=trained.metrics.get("eval_loss"),
         )
         trained.metrics.update(results)
+    from saudial.publish.card import write_card
+
+    write_card(settings.output_dir, settings.hub_model_id)  # saudial's card replaces TRL's placeholder README.md
     if settings.push_to_hub:
         from saudial.jobs.push import push
 

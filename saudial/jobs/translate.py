@@ -212,4 +212,10 @@ def run_translate(
         frame[TRANSLATION_COLUMN] = results
         write_table(frame, target)
         log.info("%d translation(s) written to %s", len(results), target)
+    if empty := sum(not text for text in results):
+        log.warning(
+            "%s: the model wrote only whitespace or its end-of-text token. An untrained or barely trained adapter "
+            "does this (make demo's tiny random model does): train longer, or on the real SauDial data",
+            "the translation is empty" if input_path is None else f"{empty} of {len(results)} translations are empty",
+        )
     return results

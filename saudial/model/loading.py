@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
-from saudial.config.huggingface import hub_offline
+from saudial.config.huggingface import check_model_access, hub_offline
 from saudial.errors import ConfigError
 from saudial.model.hardware import check_cuda, compute_dtype
 
@@ -45,6 +45,8 @@ def load_tokenizer(settings: Settings, source: str | None = None) -> PreTrainedT
     to stop. TRL masks padding by position now, but a distinct pad token keeps that failure away.
     """
     name = source or settings.tokenizer_name_or_path or settings.model_name_or_path
+    setting = "SAUDIAL_TOKENIZER_NAME_OR_PATH" if settings.tokenizer_name_or_path else "SAUDIAL_MODEL_NAME_OR_PATH"
+    check_model_access(name, settings.model_revision, setting, "tokenizer_config.json")  # no Hub: one line, at once
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, revision=settings.model_revision)
     except OSError as exc:
@@ -69,6 +71,7 @@ def load_model(settings: Settings, device_map: Any = None) -> Any:
         if device_map is None:
             # QLoRA under data parallelism: each process puts its 4-bit copy on its own GPU.
             device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    check_model_access(settings.model_name_or_path, settings.model_revision)  # no Hub: one line, at once
     try:
         model = AutoModelForCausalLM.from_pretrained(
             settings.model_name_or_path,
