@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from saudial.data.prompts import build_prompt
 from saudial.data.workbook import iter_rows
 from saudial.errors import OOM_INFERENCE, faults
+from saudial.inference.dense import dequantize_base_weights
 from saudial.inference.generate import Request, translate
 from saudial.inference.scoring import OVERALL, SYSTEMS, markdown_table, score_by_dialect, signatures
 from saudial.run import record, signals
@@ -100,7 +101,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate as `settings.eval` says; write metrics.json, eval_results.md and the predictions.
 
-    `model` is a PeftModel (the adapter is switched off for the base model's scores). `loss` is the
+    `model` is a PeftModel (the adapter is switched off for the base model's scores); a 4-bit base is
+    dequantized in place for generation, so the model is not for training afterwards. `loss` is the
     eval loss when the caller already has it (the trainer computed it); else it is computed here.
     """
     if settings.eval == "none":
@@ -143,10 +145,14 @@ def generate_and_score(
     settings: Settings, model: Any, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, output_dir: Path
 ) -> dict[str, Any]:
     requests = [Request(r.dialect, r.english, r.context or None) for r in iter_rows(rows)]
+    dequantize_base_weights(model)  # a 4-bit base decodes ~3x faster dense, same tokens (inference/dense.py)
     outputs: dict[str, list[str]] = {}
+    rates: dict[str, dict[str, float]] = {system: {} for system in SYSTEMS}
     with model.disable_adapter():
-        outputs["base"] = translate(model, tokenizer, requests, settings, description="base model")
-    outputs["adapter"] = translate(model, tokenizer, requests, settings, description="with adapter")
+        outputs["base"] = translate(model, tokenizer, requests, settings, description="base model", stats=rates["base"])
+    outputs["adapter"] = translate(
+        model, tokenizer, requests, settings, description="with adapter", stats=rates["adapter"]
+    )
     scores: dict[str, Any] = {system: score_by_dialect(rows, outputs[system]) for system in SYSTEMS}
     msa_rows = rows[rows["msa"].astype(str).str.strip() != ""]
     if len(msa_rows):
@@ -163,6 +169,7 @@ def generate_and_score(
             k: getattr(settings, k)
             for k in ("max_new_tokens", "do_sample", "temperature", "min_p", "repetition_penalty")
         },
+        "generation_speed": rates,
         "normalization": "NFC; wrapping quotes and surrounding whitespace removed; whitespace runs collapsed",
         "signatures": signatures(),
         "scores": scores,

@@ -12,6 +12,7 @@ fits in the model's context after the longest prompt.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,8 +176,11 @@ def translate(
     batch_size: int | None = None,
     progress: bool = True,
     description: str = "translating",
+    stats: dict[str, float] | None = None,
 ) -> list[str]:
-    """Translate `requests` in batches of prompts of similar length; results in input order."""
+    """Translate `requests` in batches of prompts of similar length; results in input order.
+
+    `stats`, when given, receives the tokens generated, the seconds and the rate."""
     from tqdm.auto import tqdm
 
     batch_size = batch_size or settings.per_device_eval_batch_size
@@ -199,6 +203,7 @@ def translate(
     device = _input_device(model)
     was_training = model.training
     model.eval()
+    generated, clock = 0, time.perf_counter()
     try:
         batches = list(_chunks(order, batch_size))
         for batch in tqdm(batches, desc=description, unit="batch", disable=not progress or not batches):
@@ -211,10 +216,15 @@ def translate(
                     input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs
                 )
             new_tokens = output[:, width:]
+            generated += int((new_tokens != tokenizer.pad_token_id).sum())
             for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
                 results[i] = postprocess(text)
     finally:
         model.train(was_training)
+    seconds = time.perf_counter() - clock
+    if stats is not None:
+        stats.update(tokens=generated, seconds=round(seconds, 3), tokens_per_second=round(generated / seconds, 1))
+    log.info("%s: %d texts, %d tokens generated in %.1f s", description, len(results), generated, seconds)
     return results
 
 

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saudial.config.settings import Settings
 from saudial.data.workbook import load_configured
 from saudial.errors import EXIT_OK, OOM_INFERENCE, faults
-from saudial.jobs.push import push
-from saudial.model.hardware import check_cuda
-from saudial.publish import hub
-from saudial.run import distributed, record, signals, staging
-from saudial.run.checkpoints import CheckpointStore
-from saudial.run.train import Trained, train
+from saudial.run import distributed
+
+if TYPE_CHECKING:
+    from saudial.run.checkpoints import CheckpointStore
+    from saudial.run.train import Trained
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +31,11 @@ log = logging.getLogger(__name__)
 def run(settings: Settings, dry_run: bool = False) -> int:
     """Check, train, evaluate, publish; return the exit code."""
     dataset = load_configured(settings)
+    # The slow imports (torch, transformers, PEFT, TRL: seconds) only once the data is known to be good.
+    from saudial.model.hardware import check_cuda
+    from saudial.publish import hub
+    from saudial.run.train import train
+
     if settings.quantization != "none" and not dry_run:
         check_cuda()
     if settings.push_to_hub:  # a push that would fail must fail now, not after hours of training (exit 2)
@@ -48,17 +52,24 @@ def checkpoint_store(settings: Settings) -> CheckpointStore | None:
     """The Hub copy of the newest checkpoint, with SAUDIAL_HUB_STRATEGY=checkpoint."""
     if not (settings.push_to_hub and settings.hub_strategy == "checkpoint"):
         return None
+    from saudial.publish import hub
+    from saudial.run.checkpoints import CheckpointStore
+
     return CheckpointStore(
         upload=partial(hub.upload_checkpoint, settings), download=partial(hub.download_checkpoint, settings)
     )
 
 
 def after_training(trained: Trained) -> dict[str, Any]:
-    """What is left after training: evaluate, move the run into place, push when SAUDIAL_PUSH_TO_HUB is on.
+    """What is left after training: evaluate, move the run into place, write the model card, push when
+    SAUDIAL_PUSH_TO_HUB is on.
 
     Returns the evaluation results (also merged into metrics.json). A failed upload raises PushError
     (exit code 4) after the adapter and the evaluation are safely in place.
     """
+    from saudial.publish.card import CARD, write_card
+    from saudial.run import record, staging
+
     settings, output_dir = trained.settings, trained.settings.output_dir
     results: dict[str, Any] = {}
     if trained.stage == "evaluate":
@@ -66,8 +77,12 @@ def after_training(trained: Trained) -> dict[str, Any]:
     if trained.stage in ("evaluate", "promote"):
         with faults(output_dir, note=f"the finished run is complete in {trained.run_dir}: restart to move it"):
             staging.promote(output_dir)
+            record.own(output_dir, CARD)  # the run's card (it names OUTPUT_DIR, so it is written in place)
+            write_card(output_dir, settings.hub_model_id)  # saudial's card replaces TRL's placeholder README.md
         log.info("the finished run is in %s", output_dir.resolve())
     if settings.push_to_hub:
+        from saudial.jobs.push import push
+
         push(settings, output_dir)
         record.advance(output_dir, record.PUSHED, hub_model_id=settings.hub_model_id)
     return results
@@ -75,6 +90,8 @@ def after_training(trained: Trained) -> dict[str, Any]:
 
 def evaluate_run(trained: Trained) -> dict[str, Any]:
     """Evaluate the adapter in staging (in memory after training, else loaded again); status evaluated."""
+    from saudial.run import record, signals
+
     settings, run_dir = trained.settings, trained.run_dir
     results: dict[str, Any] = {}
     if settings.eval != "none" and not trained.eval_rows.empty:

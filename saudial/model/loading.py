@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
-from saudial.config.huggingface import hub_offline
+from saudial.config.huggingface import check_model_access, hub_offline
 from saudial.errors import ConfigError
 from saudial.model.hardware import check_cuda, compute_dtype
 
@@ -54,6 +54,8 @@ def load_tokenizer(
     """
     name = source or settings.tokenizer_name_or_path or settings.model_name_or_path
     pinned = revision if name == settings.model_name_or_path and revision else settings.model_revision
+    setting = "SAUDIAL_TOKENIZER_NAME_OR_PATH" if settings.tokenizer_name_or_path else "SAUDIAL_MODEL_NAME_OR_PATH"
+    check_model_access(name, pinned, setting, "tokenizer_config.json")  # no Hub: one line, at once
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, revision=pinned, trust_remote_code=False)
     except (OSError, ValueError) as exc:  # missing, unreadable or not a tokenizer transformers can load
@@ -79,6 +81,7 @@ def load_model(settings: Settings, device_map: Any = None, revision: str | None 
         if device_map is None:
             # QLoRA under data parallelism: each process puts its 4-bit copy on its own GPU.
             device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    check_model_access(settings.model_name_or_path, revision or settings.model_revision)  # no Hub: one line, at once
     try:
         model = AutoModelForCausalLM.from_pretrained(
             settings.model_name_or_path,

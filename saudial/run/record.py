@@ -80,6 +80,7 @@ NOT_TRAINING = {
     "hub_private",
     "hub_strategy",
     "data",
+    "max_data_file_mb",  # how large a file may be read; the data sha256 says what was read
 }
 
 
