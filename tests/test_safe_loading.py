@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from saudial.config.settings import Settings
 from saudial.data.prompts import RESPONSE_MARKER
 from saudial.errors import ConfigError
-from saudial.inference.generate import check_adapter_dir, encode
+from saudial.inference.generate import check_adapter_weights, encode
 from saudial.model.loading import load_model, load_tokenizer, resolve_revision
 from tests.adapter_run import copy_run, trained_adapter
 from tests.conftest import ENTRYPOINT, REPO, base_env
@@ -41,10 +41,10 @@ def test_a_pickle_only_adapter_is_refused(
     tiny_model: Path, workbook: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     adapter = copy_run(trained_adapter(tiny_model, workbook, tmp_path_factory), tmp_path_factory.mktemp("a") / "run")
-    check_adapter_dir(adapter)  # as trained: fine
+    check_adapter_weights(adapter)  # as trained: fine
     (adapter / "adapter_model.safetensors").rename(adapter / "adapter_model.bin")
     with pytest.raises(ConfigError, match=r"only adapter_model\.bin, a pickle, which saudial never loads"):
-        check_adapter_dir(adapter)
+        check_adapter_weights(adapter)
 
 
 def test_a_model_that_needs_its_own_code_is_refused_without_running_it(tmp_path: Path) -> None:

@@ -84,6 +84,10 @@ def check_adapter_dir(adapter_dir: Path) -> None:
             f"--adapter {str(adapter_dir)!r} holds no adapter_config.json: point it at the output directory "
             "of a training run (SAUDIAL_OUTPUT_DIR)"
         )
+
+
+def check_adapter_weights(adapter_dir: Path) -> None:
+    """The adapter's weights are safetensors: a pickle (adapter_model.bin) is never loaded."""
     if not (adapter_dir / "adapter_model.safetensors").is_file():
         pickle = (adapter_dir / "adapter_model.bin").is_file()
         raise ConfigError(
@@ -111,6 +115,7 @@ def load_for_inference(
     """Base model (loaded as in training, at `revision` when given) + the trained adapter (safetensors
     only), and the adapter's tokenizer."""
     check_adapter_dir(adapter_dir)
+    check_adapter_weights(adapter_dir)
     settings = inference_settings(settings)
     tokenizer = load_tokenizer(settings, source=str(adapter_dir))
     base = load_model(settings, revision=revision)

@@ -20,7 +20,7 @@ from peft import PeftModel
 
 from saudial.config.settings import Settings
 from saudial.errors import ConfigError, faults
-from saudial.inference.generate import check_adapter_dir, settings_for_adapter
+from saudial.inference.generate import check_adapter_weights, settings_for_adapter
 from saudial.model.loading import load_model, load_tokenizer
 from saudial.run import record, staging
 from saudial.run.record import MANIFEST, now, read_json, versions, write_json
@@ -40,7 +40,7 @@ def merge(settings: Settings, adapter_dir: Path, output: Path) -> Path:
     with faults(work, oom_advice=OOM_MERGE, note=f"nothing in {output} outside {work} was changed"):
         tokenizer = load_tokenizer(merge_settings, source=str(adapter_dir))
         base = load_model(merge_settings, device_map="cpu")
-        check_adapter_dir(adapter_dir)
+        check_adapter_weights(adapter_dir)
         model: Any = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True).merge_and_unload()
         model.config.use_cache = True  # training switched the KV cache off; inference wants it
         model.save_pretrained(work)
