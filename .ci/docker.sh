@@ -281,8 +281,6 @@ build ci-cuda
 ok "image $CUDA_IMAGE built from the same Dockerfile and build arguments as the published image"
 
 step "CUDA flavour: checks inside $CUDA_IMAGE (no GPU)"
-# TODO(issue 13): replace the --dry-run/no-GPU start checks of .ci/image-checks.sh with `saudial check`
-# (no GPU: exit 2, one screen naming `make demo`) once issue 13 adds it.
 MODEL_DIR="$tiny" bash .ci/image-checks.sh "$CUDA_IMAGE" cuda || fail "checks of $CUDA_IMAGE (above)"
 ok "$CUDA_IMAGE: all image checks passed"
 
