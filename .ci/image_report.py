@@ -41,6 +41,8 @@ def short(created_by: str) -> str:
     s = re.sub(r"\s+", " ", s).strip()
     if "pip install" in s and "requirement" in s:
         s = "RUN pip install --require-hashes -r requirements.lock && pip check"
+    elif "pip install" in s and "/src" in s:
+        s = "RUN pip install --no-deps /src (saudial itself: the saudial command)"
     elif "pip install" in s:
         s = "RUN pip install $TORCH_SPEC (torch and the wheels it requires)"
     elif "apt-get install" in s:
