@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create or update the project's virtual environment from the lock files (called by `make setup`).
 #
-#   scripts/setup.sh            runtime: torch, then requirements.lock (hash-checked)
+#   scripts/setup.sh            runtime: torch, then requirements.lock (hash-checked), then saudial itself
 #   DEV=1 scripts/setup.sh      + requirements-dev.lock (pytest, ruff, mypy, hadolint, check-jsonschema)
 #
 # Environment: VENV (default .venv), PYTHON (default python3, >= 3.11), TORCH_INDEX_URL (optional
@@ -13,7 +13,14 @@
 # pinned by version in requirements-torch.txt and installed first; everything else comes from
 # requirements.lock with --require-hashes, with torch already present.
 #
-# Idempotent: a stamp in the venv records the hash of the inputs; when nothing changed it exits at once.
+# saudial itself is installed editable (`pip install --no-deps --no-build-isolation -e .`): the `saudial`
+# command lands in $VENV/bin and runs this checkout's code, edits included. --no-deps: every dependency
+# came from the lock above; --no-build-isolation: the build backend (setuptools) is the locked one too,
+# so this step adds nothing unpinned and needs no network.
+#
+# Idempotent: a stamp in the venv records what was installed (one hash for the runtime, one for the dev
+# tools); when nothing changed it exits at once. A venv with the dev tools also satisfies a plain
+# `make setup`, so `make demo` after `make test` (or the other way round) reinstalls nothing.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,7 +31,8 @@ STAMP="$VENV/.saudial-setup.stamp"
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
-inputs=(requirements-torch.txt requirements.lock)
+runtime_inputs=(requirements-torch.txt requirements.lock pyproject.toml)
+inputs=("${runtime_inputs[@]}")
 [ "$DEV" = 1 ] && inputs+=(requirements-dev.lock)
 for f in "${inputs[@]}"; do
     [ -f "$f" ] || { say "missing $f (run from a complete checkout)"; exit 1; }
@@ -38,25 +46,49 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 py="$VENV/bin/python"
 
-want=$( { cat "${inputs[@]}"; echo "DEV=$DEV TORCH_INDEX_URL=${TORCH_INDEX_URL:-}"; "$py" -VV; } | sha256sum | cut -d' ' -f1)
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
-    say "$VENV is up to date (delete $STAMP to force a reinstall)"
+# The stamp holds two lines: the runtime's hash, and the dev tools' hash (or "-" when they are not
+# installed, or were installed for an older runtime).
+runtime=$( { cat "${runtime_inputs[@]}"; echo "TORCH_INDEX_URL=${TORCH_INDEX_URL:-}"; "$py" -VV; } | sha256sum | cut -d' ' -f1)
+dev=$( { echo "$runtime"; cat requirements-dev.lock 2>/dev/null; } | sha256sum | cut -d' ' -f1)
+have_runtime=$(sed -n 1p "$STAMP" 2>/dev/null || true)
+have_dev=$(sed -n 2p "$STAMP" 2>/dev/null || true)
+need_runtime=$([ "$have_runtime" = "$runtime" ] && echo 0 || echo 1)
+need_dev=$([ "$DEV" = 1 ] && [ "$have_dev" != "$dev" ] && echo 1 || echo 0)
+if [ "$need_runtime" = 0 ] && [ "$need_dev" = 0 ]; then
+    say "$VENV is up to date$([ "$have_dev" = "$dev" ] && echo ', dev tools included') (delete $STAMP to force a reinstall)"
     exit 0
 fi
 rm -f "$STAMP"
 
-torch_req=$(grep -E '^torch[=<>!~ ]' requirements-torch.txt)
-say "installing $torch_req${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}"
-"$py" -m pip install --disable-pip-version-check ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$torch_req"
+if [ "$need_runtime" = 1 ]; then
+    torch_req=$(grep -E '^torch[=<>!~ ]' requirements-torch.txt)
+    say "installing $torch_req${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}"
+    "$py" -m pip install --disable-pip-version-check ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$torch_req"
 
-say "installing requirements.lock (hash-checked)"
-"$py" -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+    say "installing requirements.lock (hash-checked)"
+    "$py" -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+fi
 if [ "$DEV" = 1 ]; then
     say "installing requirements-dev.lock (hash-checked)"
     "$py" -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
 fi
+if [ "$need_runtime" = 1 ]; then
+    say "installing saudial itself (editable, no dependencies, the locked setuptools): the saudial command"
+    "$py" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --editable .
+fi
 "$py" -m pip check
-"$py" -c 'import torch, transformers, trl, peft; print(f"setup: torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}")'
+"$py" -c 'from saudial.cli.logs import install_filters; install_filters()  # the known-harmless warnings
+import torch, transformers, trl, peft, saudial
+print(f"setup: torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}, saudial {saudial.__version__}")'
+[ -x "$VENV/bin/saudial" ] || { say "$VENV/bin/saudial is missing after the install"; exit 1; }
 
-echo "$want" > "$STAMP"
-say "done: $VENV"
+# Dev tools stay valid while the runtime is unchanged; a runtime reinstall without DEV=1 leaves them stale.
+if [ "$DEV" = 1 ]; then
+    kept_dev=$dev
+elif [ "$need_runtime" = 0 ]; then
+    kept_dev=$have_dev
+else
+    kept_dev=-
+fi
+printf '%s\n%s\n' "$runtime" "$kept_dev" > "$STAMP"
+say "done: $VENV (the saudial command: $VENV/bin/saudial, or \`source $VENV/bin/activate\` then saudial)"

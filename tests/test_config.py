@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -126,13 +127,14 @@ def test_cli_prints_config_without_the_token(
     out = capsys.readouterr()
     assert code == 2
     assert secret not in out.out + out.err + caplog.text
-    assert "set (redacted)" in caplog.text and '"learning_rate": 0.0003' in caplog.text
+    assert "HF_TOKEN set (never shown)" in caplog.text
+    assert re.search(r"^ {2}learning_rate +0\.0003 +flag$", caplog.text, re.M)
     assert "SAUDIAL_DATA" in out.err  # the missing-data error names the setting
 
 
-def test_help_lists_every_setting(capsys: pytest.CaptureFixture) -> None:
+def test_train_help_lists_every_setting(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["--help"])
+        main(["train", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
     for name in Settings.model_fields:

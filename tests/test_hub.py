@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from tests.adapter_run import trained_adapter
-from tests.conftest import RunEntry, base_env
+from tests.conftest import REPO, RunEntry, base_env
 
 TOKEN = "hf_saudialFAKEtoken0123456789abcdefXYZ"
 REPO_ID = "tester/lfm2-saudial-test"
@@ -85,6 +87,8 @@ def _kind(method: str, path: str) -> str:
         return "preupload"
     if path.startswith("/api/models/") and "/commit/" in path:
         return "commit"
+    if path.startswith("/api/models/") and "/tree/" in path:
+        return "tree"
     return "other"
 
 
@@ -95,7 +99,7 @@ def _handler(state: StandIn) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:  # keep pytest output clean
             pass
 
-        def _reply(self, status: int, payload: dict[str, Any]) -> None:
+        def _reply(self, status: int, payload: Any) -> None:
             body = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -141,6 +145,8 @@ def _handler(state: StandIn) -> type[BaseHTTPRequestHandler]:
                     200,
                     {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
                 )
+            elif kind == "tree":  # the repo's files (upload_folder's delete_patterns): none yet
+                self._reply(200, [])
             elif kind == "commit":
                 self._reply(200, {"commitUrl": f"{state.url}/{REPO_ID}/commit/{'a' * 40}", "commitOid": "a" * 40})
             else:
@@ -389,3 +395,22 @@ def test_preflight_unreachable_hub(run_entry: RunEntry, tiny_model: Path, workbo
     result = preflight_run(run_entry, tiny_model, workbook, tmp_path, closed)
     assert result.returncode == 2
     assert "cannot reach http://127.0.0.1:9" in result.stderr
+
+
+@pytest.mark.slow
+def test_checkpoint_upload_never_sends_the_trainers_pickle(trained: Path, tmp_path: Path, hub: StandIn) -> None:
+    """hub_strategy=checkpoint uploads a checkpoint without training_args.bin (a pickle: loading one runs code)."""
+    checkpoint = trained / "checkpoint-4"
+    assert (checkpoint / "training_args.bin").is_file()  # the Trainer's, in its checkpoint
+    env = hub_env(Path("unused"), Path("unused"), tmp_path / "out", hub, tmp_path)
+    script = (
+        "import sys; from pathlib import Path; from saudial.config.settings import Settings; "
+        "from saudial.publish.hub import upload_checkpoint; "
+        f"s = Settings.model_validate({{'push_to_hub': True, 'hub_model_id': {REPO_ID!r}}}); "
+        "sys.exit(0 if upload_checkpoint(s, Path(sys.argv[1])) else 1)"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(checkpoint)], env=env, cwd=REPO, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    files = hub.files()
+    assert {"last-checkpoint/adapter_model.safetensors", "last-checkpoint/saudial_checkpoint.json"} <= set(files)
+    assert "last-checkpoint/optimizer.pt" in files and not [f for f in files if f.endswith("training_args.bin")]

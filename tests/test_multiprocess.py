@@ -63,5 +63,5 @@ def test_sigterm_reaches_both_ranks_and_they_stop_at_the_same_step(
     stopped = re.findall(r"stopped by \S+ at step (\d+)", job.output)
     assert len(stopped) == 1, job.output[-6000:]  # said once, by rank 0
     step = int(stopped[0])
-    assert checkpoints.problem(out / f"checkpoint-{step}") is None
+    assert checkpoints.problem(out / "staging" / f"checkpoint-{step}") is None
     assert not (out / "adapter_model.safetensors").exists()

@@ -52,13 +52,14 @@ def interrupted(tiny_model: Path, workbook: Path, tmp_path_factory: pytest.TempP
 
 def test_sigterm_stops_with_a_checkpoint_and_exit_75(interrupted: tuple[Path, int, str]) -> None:
     out, step, log = interrupted
+    run = out / "staging"  # the run in progress (docs/resume.md, Layout)
     assert "SIGTERM received: stopping after the current step" in log
-    assert checkpoints.problem(out / f"checkpoint-{step}") is None  # complete and marked
-    assert not (out / ADAPTER).exists()  # no final adapter from an interrupted run
-    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert checkpoints.problem(run / f"checkpoint-{step}") is None  # complete and marked
+    assert not (out / ADAPTER).exists() and not (run / ADAPTER).exists()  # no final adapter from an interrupted run
+    manifest = json.loads((run / "run_manifest.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["stopped_at_step"] == step
     # save_total_limit=2: only the two newest checkpoints are kept
-    assert [s for s, _ in checkpoints.list_checkpoints(out)] == [step - 1, step]
+    assert [s for s, _ in checkpoints.list_checkpoints(run)] == [step - 1, step]
 
 
 def test_resume_continues_and_equals_an_uninterrupted_run(
@@ -83,8 +84,8 @@ def test_checkpoint_broken_mid_save_is_skipped(
     source, step, _ = interrupted
     out = tmp_path / "out"
     shutil.copytree(source, out)
-    broken = out / f"checkpoint-{step + 1}"
-    shutil.copytree(out / f"checkpoint-{step}", broken)
+    broken = out / "staging" / f"checkpoint-{step + 1}"
+    shutil.copytree(out / "staging" / f"checkpoint-{step}", broken)
     (broken / checkpoints.MARKER).unlink()
     weights = broken / ADAPTER
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -100,7 +101,7 @@ def test_checkpoint_validation(interrupted: tuple[Path, int, str], tmp_path: Pat
     """A marker whose files no longer match (lost writes) is as invalid as a missing marker."""
     source, step, _ = interrupted
     copy = tmp_path / "checkpoint-9"
-    shutil.copytree(source / f"checkpoint-{step}", copy)
+    shutil.copytree(source / "staging" / f"checkpoint-{step}", copy)
     assert checkpoints.problem(copy) is None
     optimizer = copy / "optimizer.pt"
     data = optimizer.read_bytes()
@@ -175,7 +176,9 @@ def test_hub_checkpoint_round_trip(
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    fingerprint = json.loads((source / f"checkpoint-{step}" / checkpoints.MARKER).read_text())["fingerprint"]
+    fingerprint = json.loads((source / "staging" / f"checkpoint-{step}" / checkpoints.MARKER).read_text())[
+        "fingerprint"
+    ]
 
     def settings(out: Path) -> Settings:
         return Settings.model_validate(
@@ -194,13 +197,13 @@ def test_hub_checkpoint_round_trip(
         return prepare_output_dir(s, fingerprint, "sha", lambda: hub.download_checkpoint(s, fingerprint)).checkpoint
 
     assert prepare(tmp_path / "first", fingerprint) is None
-    assert hub.upload_checkpoint(settings(source), source / f"checkpoint-{step}")
+    assert hub.upload_checkpoint(settings(source), source / "staging" / f"checkpoint-{step}")
 
     out = tmp_path / "elsewhere"
     checkpoint = prepare(out, fingerprint)
-    assert checkpoint == out / f"checkpoint-{step}"
+    assert checkpoint == out / "staging" / f"checkpoint-{step}"
     assert checkpoints.problem(checkpoint, fingerprint) is None
-    assert not (out / ".hub-checkpoint").exists()
+    assert not (out / "staging" / ".hub-checkpoint").exists()
 
     with pytest.raises(ConfigError, match="other training settings"):
         prepare(tmp_path / "third", "another-fingerprint")

@@ -23,6 +23,7 @@ SAUDIAL_OWN = {
     "data": "data/workbook.py",
     "sheet_name": "data/workbook.py",
     "dialects": "data/workbook.py",
+    "max_data_file_mb": "data/workbook.py",  # and jobs/translate.py for --input
     "eval_size": "run/train.py",
     "model_name_or_path": "model/loading.py",
     "model_revision": "model/loading.py",

@@ -1,79 +1,47 @@
-"""Command line: settings as flags that mirror the SAUDIAL_* variables, one subcommand per job.
+"""Command line: `saudial COMMAND [flags]`, the settings as flags that mirror the SAUDIAL_* variables.
 
-`main()` turns every `SaudialError` into one line on stderr and its exit code; any other exception
-is a bug in saudial and keeps its traceback.
+`saudial` (the installed command), `python -m saudial` and `python entrypoint.py` are the same program.
+`main()` turns every `SaudialError`, and every fault of the machine (disk full, read-only output, out of
+memory), into one line on stderr and its exit code; any other exception is a bug in saudial: one line and
+exit 1. `--debug` or SAUDIAL_DEBUG=1 prints the traceback too. The parser and its help are `parser.py`;
+what the run prints (log format, filtered warnings, progress lines, the settings table) is `logs.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from saudial import __version__
-from saudial.config.loading import load_settings
-from saudial.config.settings import Settings, env_name, flag_name
-from saudial.errors import EXIT_OK, SaudialError
+from saudial.cli import logs
+from saudial.cli.parser import parse
+from saudial.config.loading import changed_settings, load_settings
+from saudial.config.runtime import configure_allocator
+from saudial.config.settings import Settings
+from saudial.errors import EXIT_BUG, EXIT_OK, OOM_ANY, as_user_error, unexpected
 from saudial.run import distributed
-
-log = logging.getLogger("saudial")
-
-
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting; --help shows its variable, default and meaning."""
-    group = parser.add_argument_group("settings (flag > SAUDIAL_* environment variable > default)")
-    for name, info in Settings.model_fields.items():
-        default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
-        if isinstance(default, list):
-            default = ",".join(default)
-        help_text = f"{info.description} [{env_name(name)}; default: {default}]"
-        is_bool = info.annotation is bool
-        group.add_argument(
-            flag_name(name),
-            flag_name(name).replace("-", "_").replace("__", "--", 1),  # --learning_rate works too
-            dest=name,
-            default=argparse.SUPPRESS,  # absent flags fall through to the environment
-            nargs="?" if is_bool else None,
-            const="true" if is_bool else None,
-            metavar="BOOL" if is_bool else name.upper(),
-            help=help_text,
-        )
-
-
-def setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    logging.getLogger("saudial").setLevel(logging.INFO)
-    # Library chatter below WARNING hides our own progress lines.
-    for noisy in ("transformers", "datasets", "peft", "trl", "httpx", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def print_config(settings: Settings) -> None:
-    shown = settings.redacted()
-    shown["HF_TOKEN"] = "set (redacted)" if os.environ.get("HF_TOKEN") else "not set"
-    log.info("configuration:\n%s", json.dumps(shown, indent=2, ensure_ascii=False, default=str))
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
     from saudial.jobs import train
 
+    logs.fold_transformers_handler()
     return train.run(settings, dry_run=args.dry_run)
+
+
+def run_check(args: argparse.Namespace, settings: Settings) -> int:
+    from saudial.jobs.check import run_check as check
+
+    return check(settings, quiet=args.quiet)
 
 
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from saudial.jobs.evaluate import run_evaluate as evaluate
 
+    logs.fold_transformers_handler()
     evaluate(settings, args.adapter)
     return EXIT_OK
 
@@ -81,6 +49,7 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 def run_translate(args: argparse.Namespace, settings: Settings) -> int:
     from saudial.jobs.translate import run_translate as translate
 
+    logs.fold_transformers_handler()
     translate(settings, args.adapter, args.text, args.dialect, args.context, args.input, args.output)
     return EXIT_OK
 
@@ -88,6 +57,7 @@ def run_translate(args: argparse.Namespace, settings: Settings) -> int:
 def run_merge(args: argparse.Namespace, settings: Settings) -> int:
     from saudial.inference.merge import merge
 
+    logs.fold_transformers_handler()
     merge(settings, args.adapter, args.output)
     return EXIT_OK
 
@@ -99,115 +69,67 @@ def run_push(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def add_inference_commands(
-    sub: Any, commands: dict[str, Callable[[argparse.Namespace, Settings], int]], epilog: str | None
-) -> None:
-    """evaluate, translate, merge and push: the things to do with a trained adapter."""
-    adapter_help = "a training output directory (adapter_config.json, tokenizer, run_manifest.json)"
-    p = sub.add_parser(
-        "evaluate",
-        help="score base model vs adapter (chrF++, BLEU per dialect) on the run's eval split",
-        description="Translate the held-out split with the base model and with the adapter; write "
-        "metrics.json and eval_results.md (into --adapter, or SAUDIAL_OUTPUT_DIR when set).",
-        epilog=epilog,
-    )
-    p.add_argument("--adapter", type=Path, required=True, help=adapter_help)
-    add_settings_arguments(p)
-    commands["evaluate"] = run_evaluate
-
-    p = sub.add_parser(
-        "translate",
-        help="translate English text (or a file) with a trained adapter",
-        description="Translate one English text (printed) or a .csv/.xlsx/.jsonl/.parquet file with an "
-        "'English Text' column (written next to it as NAME.translated.EXT, never overwriting a file).",
-        epilog=epilog,
-    )
-    p.add_argument("--adapter", type=Path, required=True, help=adapter_help)
-    p.add_argument("--dialect", help="Najdi, Hijazi, Eastern or Southern (with --input: overrides the file's column)")
-    p.add_argument("--context", help="in-game context line of the prompt (optional)")
-    p.add_argument("--input", type=Path, help="file to translate instead of TEXT")
-    p.add_argument("--output", type=Path, help="where --input's translations go (default: NAME.translated.EXT)")
-    p.add_argument("text", nargs="?", metavar="TEXT", help="English text to translate")
-    add_settings_arguments(p)
-    commands["translate"] = run_translate
-
-    p = sub.add_parser(
-        "merge",
-        help="merge the adapter into the base model (bf16) for vLLM / llama.cpp",
-        description="Write base model + adapter as one bf16 model with its tokenizer, loadable by "
-        "AutoModelForCausalLM.from_pretrained.",
-        epilog=epilog,
-    )
-    p.add_argument("--adapter", type=Path, required=True, help=adapter_help)
-    p.add_argument("--output", type=Path, required=True, help="directory for the merged model (new or empty)")
-    add_settings_arguments(p)
-    commands["merge"] = run_merge
-
-    p = sub.add_parser(
-        "push",
-        help="upload a training output directory to the Hugging Face Hub (retries a failed upload)",
-        description="Upload adapter, tokenizer, run_manifest.json, metrics.json and a model card to "
-        "SAUDIAL_HUB_MODEL_ID (default: the run's). Needs HF_TOKEN with write access.",
-        epilog=epilog,
-    )
-    # The run's directory, as the retry message names it; not SAUDIAL_OUTPUT_DIR's setting.
-    p.add_argument("--output-dir", dest="output_dir_arg", type=Path, required=True, help="the run's output directory")
-    for name in ("hub_model_id", "hub_private"):
-        info = Settings.model_fields[name]
-        is_bool = info.annotation is bool
-        p.add_argument(
-            flag_name(name),
-            dest=name,
-            default=argparse.SUPPRESS,
-            nargs="?" if is_bool else None,
-            const="true" if is_bool else None,
-            help=f"{info.description} [{env_name(name)}]",
-        )
-    commands["push"] = run_push
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "train": run_train,
+    "check": run_check,
+    "translate": run_translate,
+    "evaluate": run_evaluate,
+    "merge": run_merge,
+    "push": run_push,
+}
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace, Settings], int]]]:
-    parser = argparse.ArgumentParser(
-        prog="entrypoint.py",
-        description="Fine-tune LFM2-1.2B with QLoRA on the SauDial workbook (English -> Saudi dialects).",
-        epilog="Exit codes: 0 ok, 2 bad settings or data, 3 training failed, 4 Hub upload failed, "
-        "75 interrupted after saving a checkpoint (restart to resume).",
-    )
-    parser.add_argument("--version", action="version", version=f"saudial {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}
+def with_default_command(argv: list[str]) -> list[str]:
+    """`train` is the default: `saudial --learning-rate 1e-4` means `saudial train --learning-rate 1e-4`."""
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        return ["train", *argv]
+    return argv
 
-    train_parser = sub.add_parser(
-        "train",
-        help="train an adapter (the default command)",
-        description=parser.description,
-        epilog=parser.epilog,
-    )
-    train_parser.add_argument(
-        "--dry-run", action="store_true", help="validate settings and data, print the summary, load no model"
-    )
-    add_settings_arguments(train_parser)
-    commands["train"] = run_train
-    add_inference_commands(sub, commands, parser.epilog)
-    return parser, commands
+
+def print_settings(settings: Settings, cli_values: dict[str, Any], args: argparse.Namespace) -> None:
+    config = getattr(args, "config", None)
+    sources = " > ".join(["flag", "SAUDIAL_* variable", *([str(config)] if config else []), "default"])
+    logs.print_settings(changed_settings(settings, cli_values, config_file=config), sources)
+
+
+def close_progress_bars() -> None:
+    """A progress bar cut short by an exception leaves the cursor mid-line: end it first."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_allocator()  # before anything initializes CUDA
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, commands = build_parser()
-    # `train` is the default: `entrypoint.py --learning-rate 1e-4` means `entrypoint.py train --learning-rate 1e-4`.
-    if not argv or (argv[0] not in commands and argv[0] != "--version"):
-        argv.insert(0, "train")
-    args = parser.parse_args(argv)
-    setup_logging()
+    # --debug (anywhere before a `--`) or SAUDIAL_DEBUG=1: a fault also prints its traceback.
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end] or os.environ.get("SAUDIAL_DEBUG", "").strip().lower() in ("1", "true", "yes")
+    argv = with_default_command([a for i, a in enumerate(argv) if a != "--debug" or i >= end])
+    args = parse(argv)
+    logs.setup()
     distributed.quiet_other_ranks()
     cli_values: dict[str, Any] = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     try:
-        settings = load_settings(cli_values)
-        if distributed.is_main_process() and not distributed.launched_by_us():  # the launcher printed it
-            print_config(settings)
-        return commands[args.command](args, settings)
-    except SaudialError as exc:
-        if distributed.is_main_process() or not getattr(exc, "shared", False):  # rank 0's, said once
-            print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        settings = load_settings(cli_values, config_file=getattr(args, "config", None))
+        # Once per run, by the process that starts it (the launcher printed it for its ranks); inference
+        # commands print no training settings.
+        if args.command == "train" and distributed.is_main_process() and not distributed.launched_by_us():
+            print_settings(settings, cli_values, args)
+        return COMMANDS[args.command](args, settings)
+    except (Exception, KeyboardInterrupt) as exc:
+        # Every fault ends here as one line and a documented exit code (README, Exit codes): an error the
+        # user can act on, a fault of the machine (disk, memory: errors.as_user_error), else a bug (1).
+        error = as_user_error(exc, oom_advice=OOM_ANY) if isinstance(exc, Exception) else None
+        close_progress_bars()  # the line goes on a line of its own, the last one
+        if debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        if isinstance(exc, KeyboardInterrupt):
+            print("error: interrupted (Ctrl-C)", file=sys.stderr)
+            return 130
+        if error is None:
+            print(f"error: {unexpected(exc)}", file=sys.stderr)
+            return EXIT_BUG
+        if distributed.is_main_process() or not getattr(error, "shared", False):  # rank 0's, said once
+            print(f"error: {error}", file=sys.stderr)
+        return error.exit_code

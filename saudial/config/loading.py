@@ -1,20 +1,26 @@
-"""Where settings come from: CLI flags > SAUDIAL_* environment variables > defaults.
+"""Where settings come from: CLI flags > SAUDIAL_* environment variables > a recipe file > defaults.
 
-`load_settings` is the one way a command gets its `Settings`; a typo in a SAUDIAL_* name and an
-invalid value both end as one `ConfigError` line that names the variable or flag and the fix.
+`load_settings` is the one way a command gets its `Settings`. The recipe (`--config recipe.yaml`) is
+read by pydantic-settings' own YAML source, placed below the environment in its list of sources; a
+typo in a SAUDIAL_* name or a recipe key, and an invalid value anywhere, all end as one `ConfigError`
+line that names the variable, flag or file and the fix.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from saudial.config.settings import ENV_PREFIX, NON_SETTING_VARIABLES, Settings, env_name, flag_name
 from saudial.errors import ConfigError
+
+RECIPE_SUFFIXES = (".yaml", ".yml")
 
 
 def check_unknown_env(environ: Mapping[str, str]) -> None:
@@ -22,23 +28,96 @@ def check_unknown_env(environ: Mapping[str, str]) -> None:
     known = {env_name(name) for name in Settings.model_fields} | NON_SETTING_VARIABLES
     for key in sorted(environ):
         if key.startswith(ENV_PREFIX) and key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else "see `python entrypoint.py --help` for the settings"
-            raise ConfigError(f"unknown setting {key}: {hint} (unset it or fix the name)")
+            raise ConfigError(f"unknown setting {key}: {_closest(key, known)} (unset it or fix the name)")
 
 
-def load_settings(cli_values: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
-    """Defaults < SAUDIAL_* environment < CLI flags. Raises ConfigError with one actionable line."""
+def _closest(name: str, known: Iterable[str], prefix: str = "") -> str:
+    by_key = {k.casefold(): k for k in known}
+    close = difflib.get_close_matches(name.casefold().replace("-", "_"), sorted(by_key), n=1, cutoff=0.6)
+    return f"did you mean {prefix}{by_key[close[0]]}?" if close else "`saudial train --help` lists the settings"
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """A recipe's keys and values, checked: an existing YAML mapping of known setting names."""
+    import yaml
+
+    if path.suffix.lower() not in RECIPE_SUFFIXES:
+        raise ConfigError(f"--config {path}: a recipe is a .yaml file (see recipes/)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: file not found (recipes/ holds the shipped recipes)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({type(exc).__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"--config {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path} must be a mapping of `setting: value` lines, e.g. `learning_rate: 2.0e-4`")
+    for key in data:
+        if str(key) not in Settings.model_fields:
+            raise ConfigError(
+                f"--config {path}: unknown setting {str(key)!r}: {_closest(str(key), Settings.model_fields)} "
+                "(fix or remove it)"
+            )
+    return {str(k): v for k, v in data.items()}
+
+
+def _with_recipe(path: Path) -> type[Settings]:
+    """Settings whose sources are flags, the environment, then `path` through pydantic-settings' YAML source."""
+
+    class RecipeSettings(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": path})
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            # Highest first: flags (init arguments), SAUDIAL_* variables, the recipe. (No .env or secrets
+            # directory: saudial reads neither.)
+            return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
+
+    return RecipeSettings
+
+
+def load_settings(
+    cli_values: Mapping[str, Any], environ: Mapping[str, str] | None = None, config_file: Path | None = None
+) -> Settings:
+    """Defaults < recipe file < SAUDIAL_* environment < CLI flags. Raises ConfigError with one actionable line."""
     environ = os.environ if environ is None else environ
     check_unknown_env(environ)
+    recipe = read_recipe(config_file) if config_file is not None else {}
+    cls = Settings if config_file is None else _with_recipe(config_file)
     try:
-        # Init arguments take precedence over the environment in pydantic-settings.
-        return Settings(**dict(cli_values))
+        # Init arguments take precedence over every other source in pydantic-settings.
+        loaded = cls(**dict(cli_values))
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, cli_values, environ)) from None
+        raise ConfigError(_explain(exc, cli_values, environ, recipe, config_file)) from None
+    if cls is Settings:
+        return loaded
+    # A plain Settings again (what every consumer and test expects), with the same explicitly set fields.
+    values = {name: getattr(loaded, name) for name in Settings.model_fields}
+    return Settings.model_construct(_fields_set=set(loaded.model_fields_set), **values)
 
 
-def _explain(exc: ValidationError, cli_values: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+def _explain(
+    exc: ValidationError,
+    cli_values: Mapping[str, Any],
+    environ: Mapping[str, str],
+    recipe: Mapping[str, Any],
+    config_file: Path | None,
+) -> str:
     error = exc.errors()[0]
     field = str(error["loc"][0]) if error["loc"] else ""
     message = error["msg"].removeprefix("Value error, ")
@@ -46,18 +125,54 @@ def _explain(exc: ValidationError, cli_values: Mapping[str, Any], environ: Mappi
         return f"invalid settings: {message}"
     if field in cli_values:
         where, value = flag_name(field), cli_values[field]
-    else:
+    elif env_name(field) in environ or field not in recipe:
         where, value = env_name(field), environ.get(env_name(field), error.get("input"))
-    info = Settings.model_fields[field]
-    default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
-    return f"{where}={value!r} is invalid: {message}. Fix it or unset it (default: {default!r}; {info.description})"
+    else:
+        where, value = f"{config_file}: {field}", recipe[field]
+    about = f"default: {default_of(field)!r}; {Settings.model_fields[field].description}"
+    return f"{where}={value!r} is invalid: {message}. Fix it or unset it ({about})"
+
+
+def default_of(name: str) -> Any:
+    info = Settings.model_fields[name]
+    return info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
+
+
+def changed_settings(
+    settings: Settings,
+    cli_values: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> list[tuple[str, Any, str]]:
+    """(name, value, origin) of every setting whose value is not its default, in the settings' order.
+
+    The origin is where the value came from: "flag", "env" or the recipe file. (A setting given its
+    default value explicitly is not listed: it changes nothing.)
+    """
+    environ = os.environ if environ is None else environ
+    recipe = read_recipe(config_file) if config_file is not None else {}
+    dumped = settings.redacted()
+    rows = []
+    for name in Settings.model_fields:
+        if getattr(settings, name) == default_of(name):
+            continue
+        if name in cli_values:
+            where = "flag"
+        elif env_name(name) in environ:
+            where = "env"
+        elif name in recipe:
+            where = str(config_file)
+        else:
+            where = "default"
+        rows.append((name, dumped[name], where))
+    return rows
 
 
 def settings_table() -> str:
     """The README's settings table, made from the fields (tests/test_config.py keeps the README in step)."""
     lines = ["| variable (flag) | default | meaning |", "|---|---|---|"]
     for name, info in Settings.model_fields.items():
-        default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
+        default = default_of(name)
         if isinstance(default, list):
             default = ",".join(default)
         lines.append(f"| `{env_name(name)}` (`{flag_name(name)}`) | `{default}` | {info.description} |")

@@ -3,8 +3,8 @@
 Each field is read from the environment variable ``SAUDIAL_<NAME>`` and from the CLI flag ``--<name>``
 (the flag wins; `loading.py` resolves them). Names follow the libraries underneath (TRL's `SFTConfig`,
 PEFT's `LoraConfig`, transformers' `TrainingArguments`) so that their documentation applies as is.
-Hugging Face's own variables (`HF_TOKEN`, `HF_HOME`, `HF_HUB_OFFLINE`, `HF_ENDPOINT`) keep their
-names and meaning and are read by huggingface_hub itself, never copied into these settings.
+Hugging Face's own variables (`HF_TOKEN`, `HF_HOME`, `HF_HUB_OFFLINE`, `HF_ENDPOINT`) keep their names
+and meaning: huggingface_hub reads them, they are never copied into these settings.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ LFM2_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1"
 
 # Variables with the SAUDIAL_ prefix that are not settings but are allowed in the environment:
 # the image records its source revision, compose passes the host user's ids, the multi-process
-# launcher (distributed.py) marks the processes it started.
-NON_SETTING_VARIABLES = {"SAUDIAL_IMAGE_REVISION", "SAUDIAL_UID", "SAUDIAL_GID", "SAUDIAL_LAUNCHER_PID"}
+# launcher (distributed.py) marks the processes it started; SAUDIAL_DEBUG=1 prints tracebacks (cli/main.py).
+NON_SETTING_VARIABLES = {f"SAUDIAL_{name}" for name in ("IMAGE_REVISION", "UID", "GID", "LAUNCHER_PID", "DEBUG")}
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -34,7 +34,8 @@ CommaList = Annotated[list[str], NoDecode]
 class Settings(BaseSettings):
     """The resolved configuration of one run. Defaults are the seed recipe, corrected where it was wrong."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    # allow_inf_nan=False: NaN, inf and 1e309 are refused for every float (they pass every gt/le check, then crash).
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, allow_inf_nan=False)
 
     # --- data -------------------------------------------------------------------------------------
     data: Path | None = Field(
@@ -46,6 +47,16 @@ class Settings(BaseSettings):
     )
     dialects: CommaList | None = Field(
         None, description="Comma-separated dialects to keep, e.g. 'Najdi,Hijazi' (default: all)."
+    )
+    max_data_file_mb: int = Field(
+        # The published workbook is under 1 MB; 200 MB is ~1M rows of text, far beyond any SauDial-shaped
+        # file, yet small enough to refuse /dev/zero-like inputs and zip bombs before they exhaust memory.
+        # The file is read into memory once, so the upper bound (16 GiB) is what a rented host can hold.
+        200,
+        ge=1,
+        le=16384,
+        description="Largest data file read, in MB (for .xlsx/.xlsm also its unpacked size); larger files "
+        "are refused (data and translate --input).",
     )
     eval_size: float = Field(
         0.1,  # 10% held out, stratified by dialect, no English sentence on both sides (see data.split)
@@ -83,7 +94,9 @@ class Settings(BaseSettings):
 
     # --- LoRA (PEFT LoraConfig names) ----------------------------------------------------------------
     lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
-    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    # Upper bounds on numbers below: generous limits far past any sensible run, so that a typo such as
+    # 1e30 is refused here (exit 2, one line) rather than overflowing inside torch or the scheduler hours later.
+    lora_alpha: int = Field(16, ge=1, le=8192, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: CommaList = Field(
         default_factory=lambda: list(LFM2_LINEAR_MODULES),
@@ -103,17 +116,30 @@ class Settings(BaseSettings):
         "linear", description="Learning-rate schedule after warmup."
     )
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    num_train_epochs: float = Field(3.0, gt=0.0, description="Passes over the training split.")
-    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0, description="AdamW weight decay.")
+    num_train_epochs: float = Field(3.0, gt=0.0, le=10_000, description="Passes over the training split.")
+    max_steps: int = Field(
+        -1,  # up to 10M steps: at one step a second, four months of training
+        ge=-1,
+        le=10_000_000,
+        description="Stop after this many optimizer steps (-1: use epochs).",
+    )
     # Batching retuned from the seed's 1 x 8 (docs/benchmarks.md): each micro-batch costs a roughly fixed
     # CPU overhead (~0.15-0.25 s on an H100), so more examples per micro-batch (one padding-free row) is what
     # makes QLoRA fast: 64 gave 1.5-2.5x the tokens/s of 32.
-    per_device_train_batch_size: int = Field(64, ge=1, description="Examples per micro-batch per GPU.")
-    per_device_eval_batch_size: int = Field(8, ge=1, description="Examples per evaluation batch per GPU.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    # Batch bounds (65,536 examples) are far past what any GPU holds even at 16 tokens an example.
+    per_device_train_batch_size: int = Field(64, ge=1, le=65_536, description="Examples per micro-batch per GPU.")
+    # Generation is bound by a fixed cost per decode step (~17.5 ms for LFM2-1.2B on an H200, docs/benchmarks.md),
+    # so its rate grows with the batch: 8 -> 64 gave ~10x the generated tokens/s of evaluation.
+    per_device_eval_batch_size: int = Field(
+        64, ge=1, le=65_536, description="Examples per evaluation and generation batch per GPU."
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1, le=65_536, description="Micro-batches per optimizer step.")
     max_length: int = Field(
-        512, ge=16, description="Tokens per example; longer examples are truncated (the summary counts them)."
+        512,  # at most 131,072 tokens: 4x LFM2's context window, room for longer-context base models
+        ge=16,
+        le=131_072,
+        description="Tokens per example; longer examples are truncated (the summary counts them).",
     )
     padding_free: bool = Field(
         True,
@@ -122,7 +148,10 @@ class Settings(BaseSettings):
         description="Flatten each micro-batch into one row without padding (TRL padding_free).",
     )
     pad_to_multiple_of: int = Field(
-        256, ge=1, description="Pad each padding-free row to a multiple of this many tokens (few kernel shapes)."
+        256,
+        ge=1,
+        le=65_536,
+        description="Pad each padding-free row to a multiple of this many tokens (few kernel shapes).",
     )
     torch_compile: bool | Literal["auto"] = Field(
         "auto",
@@ -137,23 +166,31 @@ class Settings(BaseSettings):
         "(left unset, it is turned on for GPUs under 56 GiB).",
     )
     optim: str = Field("adamw_torch", description="Optimizer name as transformers spells it.")
-    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
-    logging_steps: int = Field(10, ge=1, description="Log the loss every this many optimizer steps.")
-    seed: int = Field(42, ge=0, description="Seed for the split, LoRA init, dropout and data order.")
+    max_grad_norm: float = Field(1.0, gt=0.0, le=1e6, description="Gradient clipping norm.")  # 1e6: no clipping
+    logging_steps: int = Field(10, ge=1, le=10_000_000, description="Log the loss every this many optimizer steps.")
+    seed: int = Field(
+        42,  # numpy's generators (seeded by transformers' set_seed) take at most 2**32 - 1
+        ge=0,
+        le=2**32 - 1,
+        description="Seed for the split, LoRA init, dropout and data order.",
+    )
     report_to: Literal["tensorboard", "none"] = Field(
         "tensorboard", description="Where training logs go besides the console (logs/ in the output dir)."
     )
-    dataloader_num_workers: int = Field(0, ge=0, description="Data loader worker processes.")
+    dataloader_num_workers: int = Field(0, ge=0, le=256, description="Data loader worker processes.")
 
     # --- checkpoints and resume (scheduled / preemptible jobs) --------------------------------------
-    save_steps: int = Field(50, ge=1, description="Write a checkpoint every this many optimizer steps.")
-    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the newest).")
+    save_steps: int = Field(50, ge=1, le=10_000_000, description="Write a checkpoint every this many optimizer steps.")
+    save_total_limit: int = Field(2, ge=1, le=1000, description="Checkpoints kept (the newest).")
     resume: Literal["auto", "never"] = Field(
         "auto",
         description="auto: continue from the newest valid checkpoint of the same run; never: start fresh.",
     )
     num_processes: int | None = Field(
-        None, ge=1, description="Data-parallel processes on this machine (default: all visible GPUs, 1 on CPU)."
+        None,  # 64: more GPUs than any single machine has
+        ge=1,
+        le=64,
+        description="Data-parallel processes on this machine (default: all visible GPUs, 1 on CPU).",
     )
 
     # --- evaluation ----------------------------------------------------------------------------------
@@ -162,13 +199,16 @@ class Settings(BaseSettings):
         description="After training: full (eval loss + chrF++/BLEU of base and adapter), loss, or none.",
     )
     max_eval_samples: int | None = Field(
-        None, ge=1, description="Cap on evaluated examples for quick runs (default: the whole eval split)."
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Cap on evaluated examples for quick runs (default: the whole eval split).",
     )
-    max_new_tokens: int = Field(256, ge=1, description="Generation limit per translation.")
+    max_new_tokens: int = Field(256, ge=1, le=131_072, description="Generation limit per translation.")
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
-    temperature: float = Field(0.3, gt=0.0, description="Sampling temperature (with do_sample).")
+    temperature: float = Field(0.3, gt=0.0, le=100.0, description="Sampling temperature (with do_sample).")
     min_p: float = Field(0.15, ge=0.0, le=1.0, description="Sampling min_p (with do_sample).")
-    repetition_penalty: float = Field(1.05, ge=1.0, description="Generation repetition penalty.")
+    repetition_penalty: float = Field(1.05, ge=1.0, le=10.0, description="Generation repetition penalty.")
 
     # --- Hugging Face Hub ------------------------------------------------------------------------------
     push_to_hub: bool = Field(False, description="Upload the adapter and model card after training.")
@@ -184,6 +224,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             items = [item.strip() for item in value.split(",") if item.strip()]
             return items or None
+        return value
+
+    @field_validator("data", "output_dir", mode="before")
+    @classmethod
+    def _nonempty_path(cls, value: Any) -> Any:
+        # Path("") is Path("."): an empty or blank SAUDIAL_OUTPUT_DIR= would silently mean the current directory.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("it is empty (an empty path would mean the current directory): set a path")
+        return value
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        if value == 0:  # transformers reads 0 as "use epochs", which would silently train for num_train_epochs
+            raise ValueError("0 steps trains nothing: use -1 to train for num_train_epochs, or a positive count")
         return value
 
     @field_validator("target_modules")

@@ -2,7 +2,8 @@
 
 `to_prompt_completion` formats every row with the seed's prompt (`prompts.py`); TRL computes the loss on
 the completion (the translation) and the EOS it appends. `summarize` counts rows per dialect and split
-and tokens per example as trained, including how many examples `max_length` will truncate.
+(and the control characters the loader removed) and tokens per example as trained, including how many
+examples `max_length` will truncate.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def summarize(
         "rows_read": dataset.rows_read,
         "dropped_empty": dataset.dropped_empty,
         "duplicates_removed": dataset.duplicates_removed,
+        "control_chars_removed": dataset.control_chars_removed,
         "rows_used": len(dataset.rows),
         "train_rows": len(split.train),
         "eval_rows": len(split.eval),
@@ -72,7 +74,8 @@ def log_summary(summary: dict[str, Any]) -> None:
     lines = [
         f"data: {summary['file']} (sha256 {summary['sha256'][:12]})",
         f"  rows read {summary['rows_read']}, dropped empty {summary['dropped_empty']}, "
-        f"exact duplicates removed {summary['duplicates_removed']}, used {summary['rows_used']}",
+        f"exact duplicates removed {summary['duplicates_removed']}, used {summary['rows_used']}; "
+        f"invisible control characters removed {summary['control_chars_removed']}",
         f"  {'dialect':<12}{'train':>7}{'eval':>7}",
     ]
     for dialect, counts in summary["per_dialect"].items():

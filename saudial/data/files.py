@@ -1,21 +1,26 @@
-"""Reading a data file into a table of strings: which formats, and what a bad file says.
+"""Which files are read at all, and how much of them: the bytes of a data file, or one line saying why not.
 
-`.xlsx` as published (and `.xlsm`), `.csv`, `.jsonl`, `.parquet`. Every failure is a `DataError` that
-names the file and what to do; `sha256_of` identifies the exact file a run trained on.
+Only a regular file is read (a symlink is followed to one, and said so); a directory, device, FIFO or
+socket is refused before anything is opened for reading. The file is read once, whole, and at most
+SAUDIAL_MAX_DATA_FILE_MB of it; the readers of `formats.py` parse those bytes and `workbook.read_table`
+hashes them, so the sha256 a run records is that of exactly what it trained on.
 """
 
 from __future__ import annotations
 
 import hashlib
-import zipfile
+import os
+import stat
 from pathlib import Path
 
-import pandas as pd
-
+from saudial.config.settings import Settings, env_name
 from saudial.errors import DataError
 
-DEFAULT_SHEET = "SADGLD"
 SUFFIXES = (".xlsx", ".xlsm", ".csv", ".jsonl", ".parquet")
+DEFAULT_MAX_MB: int = Settings.model_fields["max_data_file_mb"].default
+DATA_SETTING = "SAUDIAL_DATA / --data"
+CAP_SETTING = env_name("max_data_file_mb")
+MB = 1 << 20
 
 
 def sha256_of(path: Path) -> str:
@@ -26,53 +31,66 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_table(path: Path, sheet_name: str | None = None) -> pd.DataFrame:
-    """Read any supported file as strings; errors name the file and what to do."""
-    if not path.exists():
-        raise DataError(f"data file not found: {path} (set SAUDIAL_DATA / --data to an existing file)")
-    if path.is_dir():
-        raise DataError(f"data path is a directory, not a file: {path} (point SAUDIAL_DATA at the .xlsx file)")
+def printable(text: str) -> str:
+    """`text` with its unprintable characters (control, bidi, ...) escaped, as Python writes them."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def read_bytes(path: Path, max_mb: int, setting: str = DATA_SETTING) -> tuple[bytes, str]:
+    """The bytes of a regular file of at most `max_mb` MB, and how to name it; anything else is a DataError."""
+    shown, linked = printable(str(path)), False
+    try:
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):  # where a link points is anyone's choice of name: escaped too
+            shown, linked = f"{shown} (a symlink to {printable(os.path.realpath(path))})", True
+            info = os.stat(path)  # the target's type, not yet opened
+    except FileNotFoundError:
+        if linked:
+            raise DataError(f"{shown} points to nothing: fix the link or set {setting} to the file itself") from None
+        raise DataError(f"data file not found: {shown} (set {setting} to an existing file)") from None
+    except OSError as exc:
+        raise DataError(f"cannot look at {shown}: {exc.strerror} (set {setting} to a readable file)") from None
+    _check_kind(info.st_mode, shown, setting)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise DataError(f"unsupported data file type {suffix!r}: {path} (use one of {', '.join(SUFFIXES)})")
+        raise DataError(f"unsupported data file type {suffix!r}: {shown} (use one of {', '.join(SUFFIXES)})")
+    limit = max_mb * MB
+    if info.st_size > limit:
+        raise too_big(shown, info.st_size, max_mb)
     try:
-        if suffix in (".xlsx", ".xlsm"):
-            return _read_excel(path, sheet_name)
-        if sheet_name is not None:
-            raise DataError(f"SAUDIAL_SHEET_NAME={sheet_name!r} applies to Excel files only, not {path.name}")
-        if suffix == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=True)
-        if suffix == ".jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
-        return pd.read_parquet(path)
-    except DataError:
-        raise
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read {path} as {suffix}: {first_line} (is the file complete and valid?)") from None
+        # O_NONBLOCK: should the path have become a FIFO since the check, opening it must not wait for a
+        # writer; the open file's own type is checked again before a byte is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as handle:
+            _check_kind(os.fstat(handle.fileno()).st_mode, shown, setting)
+            data = handle.read(limit + 1)  # files that report no size (/proc) are cut here too
+    except PermissionError:
+        raise DataError(f"cannot read {shown}: permission denied (make it readable by user id {os.getuid()})") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {shown}: {exc.strerror} (set {setting} to a readable file)") from None
+    if len(data) > limit:
+        raise too_big(shown, len(data), max_mb)
+    return data, shown
 
 
-def _read_excel(path: Path, sheet_name: str | None) -> pd.DataFrame:
-    # An .xlsx file is a zip archive; say so plainly when a CSV or HTML page was saved under that name.
-    if not zipfile.is_zipfile(path):
-        with path.open("rb") as handle:
-            head = handle.read(16)
-        raise DataError(
-            f"{path} is not an Excel workbook (an .xlsx file is a zip archive; this one starts with {head!r}): "
-            "download the original file again, or give CSV data a .csv name"
-        )
-    try:
-        with pd.ExcelFile(path, engine="openpyxl") as book:
-            sheets = [str(name) for name in book.sheet_names]
-            if sheet_name is None:
-                sheet_name = DEFAULT_SHEET if DEFAULT_SHEET in sheets else sheets[0]
-            elif sheet_name not in sheets:
-                raise DataError(
-                    f"SAUDIAL_SHEET_NAME={sheet_name!r} is not a sheet of {path.name} "
-                    f"(sheets: {', '.join(sheets)}): fix the name or unset it"
-                )
-            frame = book.parse(sheet_name)
-            assert isinstance(frame, pd.DataFrame)  # one sheet name in, one frame out
-            return frame
-    except (zipfile.BadZipFile, KeyError) as exc:
-        raise DataError(f"{path} is a corrupt Excel workbook ({exc}): download the original file again") from None
+def _check_kind(mode: int, shown: str, setting: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kinds = {
+        stat.S_ISDIR: "a directory",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISFIFO: "a named pipe (FIFO)",
+        stat.S_ISSOCK: "a socket",
+    }
+    kind = next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+    raise DataError(
+        f"{shown} is {kind}, not a data file: set {setting} to the .xlsx, .csv, .jsonl or .parquet file itself"
+    )
+
+
+def too_big(shown: str, size: int, max_mb: int) -> DataError:
+    return DataError(
+        f"{shown} is {size / MB:,.0f} MB, over {CAP_SETTING}={max_mb}: check that it is the right file, "
+        f"or raise {CAP_SETTING}"
+    )

@@ -3,11 +3,15 @@
 The loader takes the published file unchanged (the quirks are listed in `devtools/synthetic.py`): it
 finds the columns by their published headers, strips the literal quotes around English and dialect
 cells, treats the one empty context as "no context", and keeps exact duplicates once and alternative
-translations all. Reading the file itself is `files.py`; the split is `split.py`.
+translations all. The columns it reads must hold text: a number, bytes, a list or a date there is
+refused with the column and first row named (other columns, e.g. the integer Localization Difficulty,
+are never read); a dialect must look like a name. `read_table` reads any supported file: the bytes
+(`files.py`), then the format's reader (`formats.py`); one cell is `text.py`; the split is `split.py`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +19,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
 
-from saudial.data.files import read_table, sha256_of
-from saudial.data.text import clean_text
+from saudial.data import files, formats
+from saudial.data.files import DATA_SETTING, DEFAULT_MAX_MB, read_bytes
+from saudial.data.text import clean_cell, describe_names, kind_of, name_problem, strip_controls
 from saudial.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -34,6 +39,45 @@ OPTIONAL_COLUMNS = {
     "context": "In-Game Context",
     "msa": "Modern Standard Arabic (MSA) Translation",
 }
+
+
+@dataclass(frozen=True)
+class Table:
+    """A data file as read: its cells (index: the row or line number the user sees), and where it came from."""
+
+    frame: pd.DataFrame
+    shown: str  # how messages name the file: 'a.csv', or 'a.csv (a symlink to /data/b.csv)'
+    sha256: str  # of exactly the bytes parsed
+    row_word: str  # "row" (a spreadsheet row, counting the header) or "line" (of a JSONL file)
+    suffix: str
+
+
+# How to store a cell as text, per format (a CSV holds nothing but text).
+TEXT_HINT = {
+    ".xlsx": "format the column as Text in Excel and type it again",
+    ".xlsm": "format the column as Text in Excel and type it again",
+    ".jsonl": "write it as a JSON string, in quotes",
+    ".parquet": "write the column as strings",
+}
+
+
+def read_table(
+    path: Path, sheet_name: str | None = None, max_mb: int = DEFAULT_MAX_MB, setting: str = DATA_SETTING
+) -> Table:
+    """Read any supported file as it is; `setting` is what the user set to name it (for the messages)."""
+    data, shown = read_bytes(path, max_mb, setting)
+    suffix = path.suffix.lower()
+    if suffix in (".xlsx", ".xlsm"):
+        frame = formats.read_excel(data, shown, sheet_name, max_mb * files.MB)
+    elif sheet_name is not None:
+        raise DataError(f"SAUDIAL_SHEET_NAME={sheet_name!r} applies to Excel files only, not {shown}: unset it")
+    elif suffix == ".csv":
+        frame = formats.read_csv(data, shown)
+    elif suffix == ".jsonl":
+        frame = formats.read_jsonl(data, shown)
+    else:
+        frame = formats.read_parquet(data, shown, max_mb * files.MB)
+    return Table(frame, shown, hashlib.sha256(data).hexdigest(), "line" if suffix == ".jsonl" else "row", suffix)
 
 
 class Row(NamedTuple):
@@ -62,44 +106,100 @@ class Dataset:
     dropped_empty: int
     duplicates_removed: int
     dialect_filter: list[str] | None = None
+    control_chars_removed: int = 0  # invisible control characters stripped from the cells (text.CONTROL)
 
 
-def _match_columns(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Rename the published headers to canonical names, forgiving case and surrounding spaces."""
-    by_key = {str(col).strip().casefold(): col for col in frame.columns}
-    renames, missing = {}, []
+def header_key(column: object) -> str:
+    """How a header is matched: case, surrounding spaces and invisible control characters forgiven."""
+    return strip_controls(str(column))[0].strip().casefold()
+
+
+def find_column(frame: pd.DataFrame, header: str, shown: str) -> pd.Series | None:
+    """The column whose header reads as `header` (see `header_key`), None if there is none; two is an error."""
+    keys = [header_key(col) for col in frame.columns]
+    if keys.count(header.casefold()) > 1:
+        raise DataError(f"{shown} has more than one {header!r} column: keep one, or rename the others")
+    return frame.iloc[:, keys.index(header.casefold())] if header.casefold() in keys else None
+
+
+def _match_columns(frame: pd.DataFrame, shown: str) -> pd.DataFrame:
+    """The published columns under canonical names, forgiving case, surrounding spaces and controls."""
+    columns, missing = {}, []
     for canonical, header in (REQUIRED_COLUMNS | OPTIONAL_COLUMNS).items():
-        found = by_key.get(header.casefold())
+        found = find_column(frame, header, shown)
         if found is not None:
-            renames[found] = canonical
+            columns[canonical] = found
         elif canonical in REQUIRED_COLUMNS:
             missing.append(header)
     if missing:
         raise DataError(
-            f"{path.name} lacks column(s) {missing}: expected {list(REQUIRED_COLUMNS.values())} "
-            f"(plus optional {list(OPTIONAL_COLUMNS.values())}), found {[str(c) for c in frame.columns]}"
+            f"{shown} lacks column(s) {missing}: expected {list(REQUIRED_COLUMNS.values())} "
+            f"(plus optional {list(OPTIONAL_COLUMNS.values())}), found {describe_names(frame.columns)}"
         )
-    frame = frame.rename(columns=renames)
+    matched = pd.DataFrame(columns, index=frame.index)
     for canonical in OPTIONAL_COLUMNS:
-        if canonical not in frame.columns:
-            frame[canonical] = None
-    return frame[list(REQUIRED_COLUMNS) + list(OPTIONAL_COLUMNS)]
+        if canonical not in matched.columns:
+            matched[canonical] = None
+    return matched[list(REQUIRED_COLUMNS) + list(OPTIONAL_COLUMNS)]
 
 
 def load_configured(settings: Settings) -> Dataset:
     """The data file the settings name (SAUDIAL_DATA), loaded; the one place a missing setting is caught."""
     if settings.data is None:
         raise ConfigError("no data file: set SAUDIAL_DATA (or --data) to the SauDial .xlsx, .csv, .jsonl or .parquet")
-    return load(settings.data, settings.sheet_name, settings.dialects)
+    return load(settings.data, settings.sheet_name, settings.dialects, settings.max_data_file_mb)
 
 
-def load(path: Path, sheet_name: str | None = None, dialects: list[str] | None = None) -> Dataset:
-    """Read, normalise and de-duplicate the data; filter dialects. Raises DataError on bad input."""
-    raw = read_table(path, sheet_name)
-    frame = _match_columns(raw, path)
-    rows_read = len(frame)
+def check_text(table: Table, frame: pd.DataFrame, headers: dict[str, str]) -> None:
+    """Every cell of these columns (canonical name -> header as shown) is text or empty, else a DataError."""
+    for column, header in headers.items():
+        for number, value in frame[column].items():
+            kind = kind_of(value)
+            if kind is not None:
+                raise DataError(
+                    f"{table.shown} {table.row_word} {number}: the {header} cell is {kind}, not text: "
+                    f"{TEXT_HINT.get(table.suffix, 'store it as text')}, or empty the cell"
+                )
+
+
+def clean_columns(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Every cell through `text.clean_cell`; the number of control characters removed in all."""
+    removed = 0
     for column in frame.columns:
-        frame[column] = [clean_text(v) for v in frame[column]]
+        cells = [clean_cell(v) for v in frame[column]]
+        frame[column] = [text for text, _ in cells]
+        removed += sum(n for _, n in cells)
+    return frame, removed
+
+
+def check_dialects(table: Table, dialects: pd.Series) -> None:
+    """Each non-empty dialect looks like a name; the message names the row and what is wrong, not the value."""
+    for number, dialect in dialects.items():
+        problem = name_problem(dialect) if dialect else None
+        if problem:
+            raise DataError(
+                f"{table.shown} {table.row_word} {number}: the Dialect value is not a dialect name ({problem}; "
+                "a name has letters, spaces and hyphens): fix the cell"
+            )
+
+
+def load(
+    path: Path,
+    sheet_name: str | None = None,
+    dialects: list[str] | None = None,
+    max_mb: int = DEFAULT_MAX_MB,
+) -> Dataset:
+    """Read, normalise and de-duplicate the data; filter dialects. Raises DataError on bad input."""
+    table = read_table(path, sheet_name, max_mb, setting=DATA_SETTING)
+    frame = _match_columns(table.frame, table.shown)
+    rows_read = len(frame)
+    check_text(table, frame, REQUIRED_COLUMNS | OPTIONAL_COLUMNS)
+    frame, control_chars = clean_columns(frame)
+    if control_chars:
+        log.warning(
+            "removed %d invisible control character(s) (NUL, bidi, zero-width, ...) from the cells", control_chars
+        )
+    check_dialects(table, frame["dialect"])
 
     empty = (frame["english"] == "") | (frame["translation"] == "") | (frame["dialect"] == "")
     dropped = int(empty.sum())
@@ -114,7 +214,7 @@ def load(path: Path, sheet_name: str | None = None, dialects: list[str] | None =
         unknown = [d for d in dialects if d.casefold() not in by_key]
         if unknown:
             raise DataError(
-                f"SAUDIAL_DIALECTS names {unknown}, not in {path.name} (its dialects: {', '.join(present)})"
+                f"SAUDIAL_DIALECTS names {unknown}, not in {table.shown} (its dialects: {', '.join(present)})"
             )
         wanted = {by_key[d.casefold()] for d in dialects}
         frame = frame[frame["dialect"].isin(wanted)]
@@ -125,15 +225,16 @@ def load(path: Path, sheet_name: str | None = None, dialects: list[str] | None =
     frame = frame[~duplicated].reset_index(drop=True)
     if frame.empty:
         raise DataError(
-            f"{path} has no usable rows (read {rows_read}, {dropped} without English text or translation): "
+            f"{table.shown} has no usable rows (read {rows_read}, {dropped} without English text or translation): "
             "check that it is the SauDial file and that the dialect filter matches"
         )
     return Dataset(
         rows=frame,
         path=path,
-        sha256=sha256_of(path),
+        sha256=table.sha256,
         rows_read=rows_read,
         dropped_empty=dropped,
         duplicates_removed=duplicates,
         dialect_filter=dialects,
+        control_chars_removed=control_chars,
     )

@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--layers", type=int, default=4)
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one shard of a few hundred kB: its progress bar is noise
     build(args.output, hidden_size=args.hidden_size, layers=args.layers)
     print(f"wrote a tiny LFM2 to {args.output}")
 

@@ -27,9 +27,11 @@ from transformers import PreTrainedTokenizerBase
 
 from saudial.data.prompts import build_prompt
 from saudial.data.workbook import iter_rows
+from saudial.errors import OOM_INFERENCE, faults
+from saudial.inference.dense import dequantize_base_weights
 from saudial.inference.generate import Request, translate
 from saudial.inference.scoring import OVERALL, SYSTEMS, markdown_table, score_by_dialect, signatures
-from saudial.run import record
+from saudial.run import record, signals
 
 if TYPE_CHECKING:
     from saudial.config.settings import Settings
@@ -50,29 +52,42 @@ def cap(rows: pd.DataFrame, max_samples: int | None, seed: int) -> pd.DataFrame:
 
 
 def eval_loss(model: Any, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, settings: Settings) -> float:
-    """Mean cross-entropy per translation token (the response and its EOS), as training computes it."""
+    """Mean cross-entropy per translation token (the response and its EOS), as training computes it: each
+    example cut to max_length tokens, as training cuts it."""
     device = model.get_input_embeddings().weight.device
-    total, count = 0.0, 0
+    total, count, cut = 0.0, 0, 0
     was_training = model.training
     model.eval()
     try:
         for r in iter_rows(rows):
+            signals.check()  # SIGTERM during evaluation: stop here (exit 75)
             prompt = build_prompt(r.dialect, r.english, r.context or None)
-            prompt_ids = tokenizer(prompt)["input_ids"]
-            ids = tokenizer(prompt + r.translation)["input_ids"][: settings.max_length - 1]
-            ids = [*ids, tokenizer.eos_token_id]
+            prompt_ids = tokenizer(prompt)["input_ids"][: settings.max_length]
+            ids = tokenizer(prompt + r.translation)["input_ids"]
+            cut += len(ids) + 1 > settings.max_length
+            ids = [*ids[: settings.max_length - 1], tokenizer.eos_token_id]
             labels = [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids) :]
             if all(label == -100 for label in labels[1:]):
                 continue
-            with torch.inference_mode():
+            with (
+                faults(oom_advice=f"computing the loss of one example of {len(ids)} tokens: {OOM_INFERENCE}"),
+                torch.inference_mode(),
+            ):
                 out = model(input_ids=torch.tensor([ids], device=device))
-            logits = out.logits[0, :-1].float()
-            target = torch.tensor(labels[1:], device=device)
-            losses = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum")
+                logits = out.logits[0, :-1].float()
+                target = torch.tensor(labels[1:], device=device)
+                losses = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum")
             total += float(losses)
             count += int((target != -100).sum())
     finally:
         model.train(was_training)
+    if cut:
+        log.info(
+            "eval loss: %d of %d examples cut to SAUDIAL_MAX_LENGTH=%d tokens, as in training",
+            cut,
+            len(rows),
+            settings.max_length,
+        )
     return total / count if count else math.nan
 
 
@@ -86,7 +101,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate as `settings.eval` says; write metrics.json, eval_results.md and the predictions.
 
-    `model` is a PeftModel (the adapter is switched off for the base model's scores). `loss` is the
+    `model` is a PeftModel (the adapter is switched off for the base model's scores); a 4-bit base is
+    dequantized in place for generation, so the model is not for training afterwards. `loss` is the
     eval loss when the caller already has it (the trainer computed it); else it is computed here.
     """
     if settings.eval == "none":
@@ -112,6 +128,7 @@ def evaluate(
     record.update(output_dir, metrics=results)
     if "evaluation" in results:
         table = markdown_table(results["evaluation"], loss)
+        record.own(output_dir, record.RESULTS_MD)  # in a run's directory: listed as the run's before it exists
         (output_dir / record.RESULTS_MD).write_text(table, encoding="utf-8")
         print(table, flush=True)
         log.info("evaluation written to %s and %s", output_dir / record.METRICS, output_dir / record.RESULTS_MD)
@@ -128,14 +145,19 @@ def generate_and_score(
     settings: Settings, model: Any, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, output_dir: Path
 ) -> dict[str, Any]:
     requests = [Request(r.dialect, r.english, r.context or None) for r in iter_rows(rows)]
+    dequantize_base_weights(model)  # a 4-bit base decodes ~3x faster dense, same tokens (inference/dense.py)
     outputs: dict[str, list[str]] = {}
+    rates: dict[str, dict[str, float]] = {system: {} for system in SYSTEMS}
     with model.disable_adapter():
-        outputs["base"] = translate(model, tokenizer, requests, settings, description="base model")
-    outputs["adapter"] = translate(model, tokenizer, requests, settings, description="with adapter")
+        outputs["base"] = translate(model, tokenizer, requests, settings, description="base model", stats=rates["base"])
+    outputs["adapter"] = translate(
+        model, tokenizer, requests, settings, description="with adapter", stats=rates["adapter"]
+    )
     scores: dict[str, Any] = {system: score_by_dialect(rows, outputs[system]) for system in SYSTEMS}
     msa_rows = rows[rows["msa"].astype(str).str.strip() != ""]
     if len(msa_rows):
         scores["msa_reference"] = score_by_dialect(msa_rows, list(msa_rows["msa"]))
+    record.own(output_dir, record.PREDICTIONS)
     with (output_dir / record.PREDICTIONS).open("w", encoding="utf-8") as handle:
         for i, r in enumerate(iter_rows(rows)):
             line = {"dialect": r.dialect, "english": r.english, "context": r.context, "reference": r.translation}
@@ -147,6 +169,7 @@ def generate_and_score(
             k: getattr(settings, k)
             for k in ("max_new_tokens", "do_sample", "temperature", "min_p", "repetition_penalty")
         },
+        "generation_speed": rates,
         "normalization": "NFC; wrapping quotes and surrounding whitespace removed; whitespace runs collapsed",
         "signatures": signatures(),
         "scores": scores,

@@ -3,67 +3,98 @@
 The base model is loaded unquantized (merging into 4-bit weights would round the LoRA update away),
 the adapter is merged with PEFT's `merge_and_unload`, and the result is saved with `save_pretrained`,
 so plain `AutoModelForCausalLM.from_pretrained(DIR)` loads it (what vLLM and llama.cpp's converter take).
+
+Like a training run, a merge is written into --output/staging and moved into --output only once it is
+complete (run/staging.py): a merge that fails (disk full, out of memory) leaves the previous merged
+model as it was. Its run_manifest.json (the adapter's, with the merge's own list of files) says what
+a later merge with SAUDIAL_OVERWRITE_OUTPUT_DIR=true may replace; nothing else there is touched.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 from peft import PeftModel
 
 from saudial.config.settings import Settings
-from saudial.errors import ConfigError
-from saudial.inference.generate import settings_for_adapter
+from saudial.errors import ConfigError, faults
+from saudial.inference.generate import check_adapter_weights, settings_for_adapter
 from saudial.model.loading import load_model, load_tokenizer
-from saudial.run.record import MANIFEST, now, versions, write_json
+from saudial.run import record, staging
+from saudial.run.record import MANIFEST, now, read_json, versions, write_json
 
 log = logging.getLogger(__name__)
 
 MERGE_INFO = "merge_info.json"
+# Out of memory while merging: the whole base model is in host memory, unquantized (bf16).
+OOM_MERGE = "merging holds the whole base model in host memory in bf16 (about 2.5 GB for LFM2-1.2B): free memory"
 
 
 def merge(settings: Settings, adapter_dir: Path, output: Path) -> Path:
     settings = settings_for_adapter(settings, adapter_dir)
-    prepare(output, settings.overwrite_output_dir)
+    work = prepare(output, settings)
     merge_settings = settings.model_copy(update={"quantization": "none", "torch_dtype": "bfloat16"})
     log.info("loading %s unquantized (bf16) and merging %s into it", settings.model_name_or_path, adapter_dir)
-    tokenizer = load_tokenizer(merge_settings, source=str(adapter_dir))
-    base = load_model(merge_settings, device_map="cpu")
-    model: Any = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    model.config.use_cache = True  # training switched the KV cache off; inference wants it
-    model.save_pretrained(output)
-    tokenizer.save_pretrained(output)
-    if (adapter_dir / MANIFEST).is_file():
-        shutil.copy2(adapter_dir / MANIFEST, output / MANIFEST)
-    write_json(
-        output / MERGE_INFO,
-        {
-            "base_model": settings.model_name_or_path,
-            "base_model_revision": settings.model_revision,
-            "adapter": str(adapter_dir.resolve()),
-            "dtype": "bfloat16",
-            "merged": now(),
-            "versions": versions(),
-        },
-    )
+    with faults(work, oom_advice=OOM_MERGE, note=f"nothing in {output} outside {work} was changed"):
+        tokenizer = load_tokenizer(merge_settings, source=str(adapter_dir))
+        base = load_model(merge_settings, device_map="cpu")
+        check_adapter_weights(adapter_dir)
+        model: Any = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True).merge_and_unload()
+        model.config.use_cache = True  # training switched the KV cache off; inference wants it
+        model.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        write_json(
+            work / MERGE_INFO,
+            {
+                "base_model": settings.model_name_or_path,
+                "base_model_revision": settings.model_revision,
+                "adapter": str(adapter_dir.resolve()),
+                "dtype": "bfloat16",
+                "merged": now(),
+                "versions": versions(),
+            },
+        )
+        # The adapter's record (its settings, data, versions) with the merge's own files.
+        manifest = read_json(adapter_dir / MANIFEST) or {"saudial_run": 1}
+        files = [name for name in staging.contents(work) if name != MANIFEST]
+        record.update(work, {**manifest, "saudial_merge": 1, record.FILES: files}, replace=True)
+        staging.promote(output)
     log.info("merged model written to %s", output.resolve())
     return output
 
 
-def prepare(output: Path, overwrite: bool) -> None:
+def prepare(output: Path, settings: Settings) -> Path:
+    """An empty --output/staging to write the merge into; refuse an --output that is not for a merge."""
+    where = f"--output {str(output)!r}"
+    staging.check_not_protected(output, "--output", settings.data)
     if output.exists() and not output.is_dir():
-        raise ConfigError(f"--output {str(output)!r} is a file, not a directory")
-    if output.is_dir() and any(output.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                f"--output {str(output)!r} is not empty: choose another directory, or set "
-                "SAUDIAL_OVERWRITE_OUTPUT_DIR=true to replace its contents"
-            )
-        shutil.rmtree(output)
-    try:
+        raise ConfigError(f"{where} is a file, not a directory")
+    work = staging.staging_dir(output)
+    with faults(output):
         output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create --output {str(output)!r}: {exc.strerror}") from None
+        staging.resume_promotion(output)
+        damage = record.damaged(output / MANIFEST)
+        earlier = None if damage else read_json(output / MANIFEST)
+        in_work = read_json(work / MANIFEST) if work.is_dir() else None
+        work_is_ours = not work.exists() or (
+            work.is_dir() and (not staging.contents(work) or bool(in_work and in_work.get("saudial_merge")))
+        )
+        strangers = [n for n in staging.foreign(output, earlier) if n != staging.STAGING or not work_is_ours]
+        if strangers or damage:
+            raise ConfigError(
+                f"{where} holds files that no saudial merge wrote there ({staging.listing(strangers or [MANIFEST])}): "
+                "saudial never replaces or deletes those, not even with SAUDIAL_OVERWRITE_OUTPUT_DIR=true; choose a "
+                "new or empty directory, or move those files elsewhere"
+            )
+        if earlier is not None and not settings.overwrite_output_dir:
+            kept = staging.listing(sorted(staging.ours(output, earlier)))
+            raise ConfigError(
+                f"{where} is not empty: it holds an earlier merge ({kept}): choose another directory, or set "
+                "SAUDIAL_OVERWRITE_OUTPUT_DIR=true to replace those files once the new merge is written"
+            )
+        staging.remove(work, staging.contents(work))  # an earlier merge that did not finish: saudial's own
+        work.mkdir(exist_ok=True)
+        record.update(work, {"saudial_merge": 1, record.FILES: []}, replace=True)  # the folder is saudial's
+    return work

@@ -14,6 +14,7 @@ from saudial.data.workbook import load_configured
 from saudial.errors import ConfigError
 from saudial.inference.evaluate import evaluate
 from saudial.inference.generate import load_for_inference, settings_for_adapter
+from saudial.run import signals
 
 log = logging.getLogger(__name__)
 
@@ -40,4 +41,5 @@ def run_evaluate(settings: Settings, adapter_dir: Path) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = eval_split(settings)
     model, tokenizer = load_for_inference(settings, adapter_dir)
-    return evaluate(settings, model, tokenizer, rows, output_dir)
+    with signals.interruptible("evaluation", f"nothing was written; run `evaluate --adapter {adapter_dir}` again"):
+        return evaluate(settings, model, tokenizer, rows, output_dir)

@@ -3,26 +3,27 @@
 1. Cheap checks first, so a wrong path or a missing GPU fails in seconds, not after the slow imports of
    transformers, PEFT and TRL: the data (pandas only), the GPU (torch only), the Hub upload.
 2. With several GPUs, this same command as one process per GPU (run/distributed.py).
-3. Training (run/train.py): the adapter, tokenizer and run record on disk.
-4. After training, in this order: evaluation (SAUDIAL_EVAL) with the adapter still in memory, then the
-   Hub upload (SAUDIAL_PUSH_TO_HUB). Only the main process does these.
+3. Training (run/train.py): the adapter, tokenizer and run record in OUTPUT_DIR/staging (status trained).
+4. After training, in this order, each recorded in the run record so that a restart with the same
+   settings does only what is left: evaluation (SAUDIAL_EVAL; SIGTERM stops it with exit 75) -> evaluated;
+   the run's files moved into OUTPUT_DIR (run/staging.py) -> finished; the Hub upload (SAUDIAL_PUSH_TO_HUB)
+   -> pushed. Only the main process does these.
 """
 
 from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saudial.config.settings import Settings
 from saudial.data.workbook import load_configured
-from saudial.errors import EXIT_OK
-from saudial.jobs.push import push
-from saudial.model.hardware import check_cuda
-from saudial.publish import hub
+from saudial.errors import EXIT_OK, OOM_INFERENCE, faults
 from saudial.run import distributed
-from saudial.run.checkpoints import CheckpointStore
-from saudial.run.train import Trained, train
+
+if TYPE_CHECKING:
+    from saudial.run.checkpoints import CheckpointStore
+    from saudial.run.train import Trained
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,11 @@ log = logging.getLogger(__name__)
 def run(settings: Settings, dry_run: bool = False) -> int:
     """Check, train, evaluate, publish; return the exit code."""
     dataset = load_configured(settings)
+    # The slow imports (torch, transformers, PEFT, TRL: seconds) only once the data is known to be good.
+    from saudial.model.hardware import check_cuda
+    from saudial.publish import hub
+    from saudial.run.train import train
+
     if settings.quantization != "none" and not dry_run:
         check_cuda()
     if settings.push_to_hub:  # a push that would fail must fail now, not after hours of training (exit 2)
@@ -46,31 +52,60 @@ def checkpoint_store(settings: Settings) -> CheckpointStore | None:
     """The Hub copy of the newest checkpoint, with SAUDIAL_HUB_STRATEGY=checkpoint."""
     if not (settings.push_to_hub and settings.hub_strategy == "checkpoint"):
         return None
+    from saudial.publish import hub
+    from saudial.run.checkpoints import CheckpointStore
+
     return CheckpointStore(
         upload=partial(hub.upload_checkpoint, settings), download=partial(hub.download_checkpoint, settings)
     )
 
 
 def after_training(trained: Trained) -> dict[str, Any]:
-    """Evaluate the in-memory adapter as configured, then push when SAUDIAL_PUSH_TO_HUB is on.
+    """What is left after training: evaluate, move the run into place, write the model card, push when
+    SAUDIAL_PUSH_TO_HUB is on.
 
     Returns the evaluation results (also merged into metrics.json). A failed upload raises PushError
-    (exit code 4) after the adapter and the evaluation are safely on disk.
+    (exit code 4) after the adapter and the evaluation are safely in place.
     """
-    settings = trained.settings
+    from saudial.publish.card import CARD, write_card
+    from saudial.run import record, staging
+
+    settings, output_dir = trained.settings, trained.settings.output_dir
+    results: dict[str, Any] = {}
+    if trained.stage == "evaluate":
+        results = evaluate_run(trained)
+    if trained.stage in ("evaluate", "promote"):
+        with faults(output_dir, note=f"the finished run is complete in {trained.run_dir}: restart to move it"):
+            staging.promote(output_dir)
+            record.own(output_dir, CARD)  # the run's card (it names OUTPUT_DIR, so it is written in place)
+            write_card(output_dir, settings.hub_model_id)  # saudial's card replaces TRL's placeholder README.md
+        log.info("the finished run is in %s", output_dir.resolve())
+    if settings.push_to_hub:
+        from saudial.jobs.push import push
+
+        push(settings, output_dir)
+        record.advance(output_dir, record.PUSHED, hub_model_id=settings.hub_model_id)
+    return results
+
+
+def evaluate_run(trained: Trained) -> dict[str, Any]:
+    """Evaluate the adapter in staging (in memory after training, else loaded again); status evaluated."""
+    from saudial.run import record, signals
+
+    settings, run_dir = trained.settings, trained.run_dir
     results: dict[str, Any] = {}
     if settings.eval != "none" and not trained.eval_rows.empty:
         from saudial.inference.evaluate import evaluate
+        from saudial.inference.generate import load_for_inference
 
-        results = evaluate(
-            settings,
-            trained.model,
-            trained.tokenizer,
-            trained.eval_rows,
-            settings.output_dir,
-            loss=trained.metrics.get("eval_loss"),
-        )
+        then = f"the trained adapter is in {run_dir}: restart with the same settings to finish the evaluation"
+        with signals.interruptible("evaluation", then, trained.signal), faults(run_dir, OOM_INFERENCE, then):
+            signals.check()
+            model, tokenizer = trained.model, trained.tokenizer
+            if model is None:
+                log.info("evaluating the adapter trained by an earlier start, in %s", run_dir)
+                model, tokenizer = load_for_inference(settings, run_dir, revision=trained.revision)
+            results = evaluate(settings, model, tokenizer, trained.eval_rows, run_dir, trained.metrics.get("eval_loss"))
         trained.metrics.update(results)
-    if settings.push_to_hub:
-        push(settings, settings.output_dir)
+    record.advance(run_dir, record.EVALUATED)
     return results

@@ -2,29 +2,55 @@
 
 One text is printed; a .csv/.xlsx/.jsonl/.parquet file with an 'English Text' column is translated row
 by row and written next to it as NAME.translated.EXT, never over an existing file.
+
+The input file is read and checked (data/files.py, the cell rules of data/text.py) before the adapter
+or any model is looked at, so a broken file fails in a second. Spreadsheet outputs (.xlsx, .csv) escape
+every text cell that a spreadsheet would run as a formula (OWASP's CSV-injection rule): the model's
+output and the input's cells are untrusted text. JSONL and Parquet keep the text as it is.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import numbers
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import pandas as pd
 
 from saudial.config.settings import Settings
-from saudial.data import files as data_files
 from saudial.data import workbook
-from saudial.data.text import clean_text
-from saudial.errors import ConfigError
-from saudial.inference.generate import Request, load_for_inference, settings_for_adapter, translate
-from saudial.run.record import MANIFEST, read_json
+from saudial.data.files import SUFFIXES
+from saudial.data.text import describe_names, is_missing, name_problem, strip_controls
+from saudial.data.workbook import read_table
+from saudial.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from saudial.inference.generate import Request
 
 log = logging.getLogger(__name__)
 
 TRANSLATION_COLUMN = "Model Translation"
+# OWASP: a cell starting with one of these is read as a formula by spreadsheet programs; a leading
+# apostrophe makes it text. https://owasp.org/www-community/attacks/CSV_Injection
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class InputRow(NamedTuple):
+    """One row of an input file, cleaned: its number as the user sees it, and the texts it gives."""
+
+    number: int
+    english: str
+    dialect: str
+    context: str
 
 
 def known_dialects(adapter_dir: Path) -> list[str]:
     """The dialects the adapter was trained on, from its manifest (empty when unknown)."""
+    from saudial.run.record import MANIFEST, read_json
+
     manifest = read_json(adapter_dir / MANIFEST) or {}
     per_dialect = (manifest.get("data") or {}).get("per_dialect") or {}
     return sorted(per_dialect)
@@ -36,55 +62,121 @@ def resolve_dialect(dialect: str | None, known: list[str], where: str = "--diale
             f"{where} is required: one of {', '.join(known) or 'the dialects the adapter was trained on'}"
         )
     if not known:
-        return dialect
+        problem = name_problem(dialect.strip())
+        if problem:
+            raise ConfigError(f"{where} is not a dialect name ({problem}): use the name the adapter was trained on")
+        return dialect.strip()
     by_key = {d.casefold(): d for d in known}
     if dialect.strip().casefold() not in by_key:
-        raise ConfigError(f"{where} {dialect!r} is not a dialect this adapter was trained on ({', '.join(known)})")
+        shown = repr(dialect) if not name_problem(dialect.strip()) else "value"
+        raise ConfigError(f"{where} {shown} is not a dialect this adapter was trained on ({', '.join(known)})")
     return by_key[dialect.strip().casefold()]
 
 
 def output_path_for(input_path: Path, output: Path | None) -> Path:
     """`name.translated.ext` next to the input, unless given; an existing file is never overwritten."""
     target = output or input_path.with_name(f"{input_path.stem}.translated{input_path.suffix}")
-    if target.exists():
+    if target.suffix.lower() not in SUFFIXES:
+        raise ConfigError(f"--output {target} has an unsupported type: name it .xlsx, .csv, .jsonl or .parquet")
+    if os.path.lexists(target):  # a dangling symlink too: it would be followed
         raise ConfigError(f"{target} already exists: remove it or choose another file with --output")
     if target.resolve() == input_path.resolve():
         raise ConfigError("--output must differ from --input")
     return target
 
 
-def read_requests(path: Path, dialect: str | None, context: str | None, known: list[str]) -> tuple[Any, list[Request]]:
+def read_inputs(path: Path, max_mb: int) -> tuple[pd.DataFrame, list[InputRow]]:
     """Rows of a .csv/.xlsx/.jsonl/.parquet file: English text (required), dialect and context (optional)."""
-    frame = data_files.read_table(path)
-    by_key = {str(c).strip().casefold(): c for c in frame.columns}
-    english_col = by_key.get(workbook.REQUIRED_COLUMNS["english"].casefold()) or by_key.get("english")
-    if english_col is None:
-        raise ConfigError(
-            f"{path.name} has no '{workbook.REQUIRED_COLUMNS['english']}' column "
-            f"(found {[str(c) for c in frame.columns]})"
+    table = read_table(path, max_mb=max_mb, setting="--input")
+    frame = table.frame
+    headers = workbook.REQUIRED_COLUMNS | workbook.OPTIONAL_COLUMNS
+    english = workbook.find_column(frame, headers["english"], table.shown)
+    if english is None:
+        english = workbook.find_column(frame, "english", table.shown)
+    if english is None:
+        raise DataError(
+            f"{table.shown} has no '{headers['english']}' column "
+            f"(found {describe_names(frame.columns)}): name the column of English text so"
         )
-    dialect_col = by_key.get(workbook.REQUIRED_COLUMNS["dialect"].casefold())
-    context_col = by_key.get(workbook.OPTIONAL_COLUMNS["context"].casefold())
+    columns = {"english": english}
+    for name in ("dialect", "context"):
+        found = workbook.find_column(frame, headers[name], table.shown)
+        if found is not None:
+            columns[name] = found
+    used = pd.DataFrame(columns, index=frame.index)
+    workbook.check_text(table, used, {name: headers[name] for name in columns})  # named as published
+    used, removed = workbook.clean_columns(used)
+    if removed:
+        log.warning(
+            "removed %d invisible control character(s) (NUL, bidi, zero-width, ...) from %s", removed, table.shown
+        )
+    if "dialect" in used:
+        workbook.check_dialects(table, used["dialect"])
+    rows = [
+        InputRow(int(number), str(row.english), str(getattr(row, "dialect", "")), str(getattr(row, "context", "")))
+        for number, row in zip(used.index, used.itertuples(index=False), strict=True)
+    ]
+    return frame, rows
+
+
+def requests_for(
+    rows: list[InputRow], dialect: str | None, context: str | None, known: list[str], row_word: str
+) -> list[Request]:
+    from saudial.inference.generate import Request
+
     requests = []
-    for i, row in enumerate(frame.to_dict("records")):
-        row_dialect = clean_text(row[dialect_col]) if dialect_col is not None else ""
+    for row in rows:
         # --dialect / --context win over the file's columns.
-        resolved = resolve_dialect(dialect or row_dialect, known, where=f"row {i + 2}: dialect")
-        row_context = context if context is not None else clean_text(row[context_col]) if context_col else ""
-        requests.append(Request(resolved, clean_text(row[english_col]), row_context or None))
-    return frame, requests
+        resolved = resolve_dialect(dialect or row.dialect, known, where=f"{row_word} {row.number}: dialect")
+        row_context = context if context is not None else row.context
+        requests.append(Request(resolved, row.english, row_context or None))
+    return requests
 
 
-def write_table(frame: Any, path: Path) -> None:
+def escape_formula(value: Any) -> Any:
+    """'=1+1' -> "'=1+1" for text a spreadsheet would run; anything else unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _excel_value(value: Any) -> Any:
+    """A cell for openpyxl: text escaped and without the control characters XML cannot hold."""
+    if is_missing(value):
+        return None
+    if isinstance(value, bool | int | float) or (isinstance(value, numbers.Real) and hasattr(value, "item")):
+        number = value.item() if hasattr(value, "item") else value
+        return number if not isinstance(number, float) or math.isfinite(number) else str(number)
+    text = value if isinstance(value, str) else str(value)
+    kept = strip_controls(text)[0]  # XML cannot hold C0 controls; CR becomes LF
+    return "'" + kept if text.startswith(FORMULA_START) or kept.startswith(FORMULA_START) else kept
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write `frame` to a new file `path` (never an existing one) in the format its suffix names."""
     suffix = path.suffix.lower()
-    if suffix in (".xlsx", ".xlsm"):
-        frame.to_excel(path, index=False)
-    elif suffix == ".csv":
-        frame.to_csv(path, index=False)
-    elif suffix == ".jsonl":
-        frame.to_json(path, orient="records", lines=True, force_ascii=False)
-    else:
-        frame.to_parquet(path, index=False)
+    with path.open("xb") as handle:  # "x": fails rather than replace a file (or follow a link) made meanwhile
+        try:
+            if suffix in (".xlsx", ".xlsm"):
+                from openpyxl import Workbook
+
+                book = Workbook(write_only=True)
+                sheet = book.create_sheet("translations")
+                sheet.append([_excel_value(str(c)) for c in frame.columns])
+                for values in frame.itertuples(index=False, name=None):
+                    sheet.append([_excel_value(v) for v in values])
+                book.save(handle)
+            elif suffix == ".csv":
+                escaped = frame.rename(columns=lambda c: escape_formula(str(c)))
+                escaped.map(escape_formula).to_csv(handle, index=False)
+            elif suffix == ".jsonl":
+                frame.to_json(handle, orient="records", lines=True, force_ascii=False)
+            else:
+                frame.to_parquet(handle, index=False)
+        except BaseException:
+            handle.close()
+            path.unlink(missing_ok=True)  # the file this call created, half written
+            raise
 
 
 def run_translate(
@@ -99,13 +191,19 @@ def run_translate(
     """`python -m saudial translate`: one text to stdout, or a whole file to `name.translated.ext`."""
     if (text is None) == (input_path is None):
         raise ConfigError("translate needs either an English TEXT argument or --input FILE (not both)")
+    if input_path is not None:  # the file first: a broken one fails before any model is looked at
+        target = output_path_for(input_path, output)
+        frame, rows = read_inputs(input_path, settings.max_data_file_mb)
+    from saudial.inference.generate import Request, load_for_inference, settings_for_adapter, translate
+
     settings = settings_for_adapter(settings, adapter_dir)
     known = known_dialects(adapter_dir)
     if input_path is not None:
-        target = output_path_for(input_path, output)
-        frame, requests = read_requests(input_path, dialect, context, known)
+        row_word = "line" if input_path.suffix.lower() == ".jsonl" else "row"
+        requests = requests_for(rows, dialect, context, known, row_word)
     else:
-        requests = [Request(resolve_dialect(dialect, known), str(text).strip(), context or None)]
+        english = strip_controls(str(text))[0].strip()
+        requests = [Request(resolve_dialect(dialect, known), english, context or None)]
     model, tokenizer = load_for_inference(settings, adapter_dir)
     results = translate(model, tokenizer, requests, settings, progress=input_path is not None)
     if input_path is None:
@@ -114,4 +212,10 @@ def run_translate(
         frame[TRANSLATION_COLUMN] = results
         write_table(frame, target)
         log.info("%d translation(s) written to %s", len(results), target)
+    if empty := sum(not text for text in results):
+        log.warning(
+            "%s: the model wrote only whitespace or its end-of-text token. An untrained or barely trained adapter "
+            "does this (make demo's tiny random model does): train longer, or on the real SauDial data",
+            "the translation is empty" if input_path is None else f"{empty} of {len(results)} translations are empty",
+        )
     return results

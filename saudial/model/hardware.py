@@ -22,31 +22,39 @@ if TYPE_CHECKING:
 MIN_DRIVER = "580"
 
 
-def check_cuda() -> None:
-    """Fail early, and say why, when a run needs a GPU that is not usable."""
+def cuda_problem() -> str | None:
+    """Why CUDA is not usable here, in a few words (None when it is)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         usable = torch.cuda.is_available()
     if usable:
-        return
+        return None
     reasons = " ".join(str(w.message).splitlines()[0] for w in caught)
     if "too old" in reasons:
-        raise ConfigError(
+        return (
             f"the NVIDIA driver is too old for this build of torch (CUDA {torch.version.cuda}): "
             f"install driver >= {MIN_DRIVER} or use an image built for an older CUDA (docs/docker.md). {reasons}"
         )
-    in_container = Path("/.dockerenv").exists() or os.environ.get("NVIDIA_VISIBLE_DEVICES") is not None
-    hint = (
-        "no GPU is visible in the container: run it with `--gpus all` (docker run) or keep the GPU "
-        "reservation of compose.yaml, on a host with the NVIDIA Container Toolkit"
-        if in_container
-        else "no CUDA GPU is visible"
-    )
     if torch.version.cuda is None:
-        hint = f"this torch build ({torch.__version__}) has no CUDA support"
+        return f"this torch build ({torch.__version__}) has no CUDA support"
+    in_container = Path("/.dockerenv").exists() or os.environ.get("NVIDIA_VISIBLE_DEVICES") is not None
+    if in_container:
+        return (
+            "no GPU is visible in the container: run it with `--gpus all` (docker run) or keep the GPU "
+            "reservation of compose.yaml, on a host with the NVIDIA Container Toolkit"
+        )
+    return "no CUDA GPU is visible"
+
+
+def check_cuda() -> None:
+    """Fail early, and say why and what else to do, when a run needs a GPU that is not usable."""
+    problem = cuda_problem()
+    if problem is None:
+        return
     raise ConfigError(
-        f"SAUDIAL_QUANTIZATION needs a CUDA GPU, but {hint}. "
-        "Use a GPU, or set SAUDIAL_QUANTIZATION=none to train unquantized (slow on the CPU)"
+        f"a 4-bit or 8-bit base model (SAUDIAL_QUANTIZATION, 4bit by default) needs a CUDA GPU, but {problem}. "
+        "`saudial check` says what this machine can do; without a GPU, `make demo` runs the whole pipeline on "
+        "the CPU with a tiny model, and SAUDIAL_QUANTIZATION=none trains unquantized (slow on the CPU)"
     )
 
 

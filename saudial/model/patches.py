@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -207,10 +208,27 @@ def decide_compile(settings: Settings, steps: int, on_gpu: bool) -> tuple[bool, 
 
 def compile_decoder_layers(model: torch.nn.Module) -> int:
     """torch.compile each decoder layer in place (regional compilation); returns how many."""
+    enable_compile_cache()
     layers = _find_layers(model)
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
+
+
+def enable_compile_cache() -> None:
+    """Let a second run reuse the first one's compiled graphs (AOTAutograd + inductor caches).
+
+    Upstream: AOTAutograd refuses to cache graphs that contain a custom `torch.autograd.Function`, and
+    bitsandbytes' 4-bit matmul (`MatMul4Bit`) is one ("BypassAOTAutogradCache: Unsupported call_function
+    target autograd_function_apply"), so every run paid the whole compile (~80-116 s). The flag below lets
+    the cache take them (tests/test_upstream.py watches the flag). The caches go to the Hugging Face cache
+    directory (HF_HOME: the image's named volume), so they outlive the container.
+    """
+    import torch._functorch.config as functorch_config
+    from huggingface_hub import constants
+
+    functorch_config.autograd_cache_allow_custom_autograd_functions = True
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(constants.HF_HOME, "torch-compile"))
 
 
 def _find_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

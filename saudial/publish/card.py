@@ -1,20 +1,28 @@
-"""The model card (README.md) uploaded with the adapter, made with huggingface_hub's ModelCard support.
+"""The model card (README.md), made with huggingface_hub's ModelCard support: written into the output
+directory at the end of every run (replacing the placeholder TRL and PEFT leave there) and uploaded as
+it is by `saudial push`.
 
 YAML metadata (base_model, library_name peft, pipeline_tag, languages, datasets, tags, and a
-model-index with chrF++/BLEU), then: what it was trained on, the evaluation table, the full training
-configuration, the versions, and a snippet to load and use the adapter.
+model-index with chrF++/BLEU), then: what it was trained on (rows per dialect), the evaluation table,
+how to load and use the adapter, the settings (those that differ from the defaults, then all of them),
+the training results and the versions.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from saudial.config.loading import default_of
+from saudial.config.settings import Settings
 from saudial.inference.scoring import OVERALL
 from saudial.run.record import MANIFEST, METRICS, RESULTS_MD, read_json
+
+log = logging.getLogger(__name__)
 
 CARD = "README.md"
 DATASET_NAME = "SauDial"
@@ -47,11 +55,13 @@ def eval_results(metrics: dict[str, Any]) -> list[EvalResult]:
     return results
 
 
-def build_card(output_dir: Path, repo_id: str) -> ModelCard:
+def build_card(output_dir: Path, repo_id: str | None = None) -> ModelCard:
+    """The card of the run in `output_dir`; `repo_id` is its Hub repo (None: a card for the local directory)."""
     manifest = read_json(output_dir / MANIFEST) or {}
     metrics = read_json(output_dir / METRICS) or {}
     config: dict[str, Any] = manifest.get("config") or {}
     base_model = str(config.get("model_name_or_path") or _adapter_base(output_dir) or "LiquidAI/LFM2-1.2B")
+    name = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
     results = eval_results(metrics)
     data = ModelCardData(
         base_model=base_model,
@@ -61,38 +71,45 @@ def build_card(output_dir: Path, repo_id: str) -> ModelCard:
         license="other",
         datasets=[DATASET_ID],
         tags=TAGS,
-        model_name=repo_id.split("/")[-1],
+        model_name=name,
         eval_results=results or None,
         metrics=["chrf", "bleu"] if results else None,
     )
-    body = render_body(output_dir, repo_id, base_model, manifest, metrics)
+    body = render_body(output_dir, repo_id or str(output_dir), name, base_model, manifest, metrics)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
 def render_body(
-    output_dir: Path, repo_id: str, base_model: str, manifest: dict[str, Any], metrics: dict[str, Any]
+    output_dir: Path, source: str, name: str, base_model: str, manifest: dict[str, Any], metrics: dict[str, Any]
 ) -> str:
+    """`source`: where the adapter is loaded from in the usage snippet (the Hub repo id or the directory)."""
     config = manifest.get("config") or {}
     data = manifest.get("data") or {}
     dialects = ", ".join(data.get("per_dialect") or {}) or "Najdi, Hijazi, Eastern, Southern"
     quant = config.get("quantization", "4bit")
     method = "QLoRA (4-bit NF4 base)" if quant == "4bit" else f"LoRA ({quant} base)"
+    base_link = (
+        base_model
+        if Path(base_model).is_absolute() or base_model.count("/") != 1
+        else (f"[{base_model}](https://huggingface.co/{base_model})")
+    )
+    revision = (manifest.get("model") or {}).get("revision_sha")
     sections = [
-        f"# {repo_id.split('/')[-1]}",
-        f"A {method} adapter for [{base_model}](https://huggingface.co/{base_model}) that translates English "
-        f"game text into Saudi dialects ({dialects}), trained with TRL's `SFTTrainer` by "
-        "saudial on the SauDial workbook.",
+        f"# {name}",
+        f"A {method} adapter for {base_link} that translates English game text into Saudi dialects "
+        f"({dialects}), trained with TRL's `SFTTrainer` by saudial on the SauDial workbook."
+        + (f" Base model revision: `{revision}`." if revision else ""),
         "## Training data",
         _data_section(data),
         "## Evaluation",
         _evaluation_section(output_dir, metrics),
         "## Usage",
-        usage_snippet(repo_id, base_model),
+        usage_snippet(source, base_model),
         "The prompt must be exactly the training prompt (the response part empty); "
-        '`python -m saudial translate --adapter DIR --dialect Najdi "..."` does it for you, and '
-        "`python -m saudial merge` writes a merged bf16 model for vLLM or llama.cpp.",
-        "## Training configuration",
-        "```json\n" + json.dumps(config, indent=2, ensure_ascii=False, default=str) + "\n```",
+        f'`saudial translate --adapter {source if source == str(output_dir) else "DIR"} --dialect Najdi "..."` '
+        "does it for you, and `saudial merge` writes a merged bf16 model for vLLM or llama.cpp.",
+        "## Training settings",
+        _settings_section(config),
         "## Training results",
         _training_results(metrics),
         "## Versions",
@@ -101,6 +118,20 @@ def render_body(
         + f"\n- git revision: {manifest.get('git_revision') or 'unknown'}",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _settings_section(config: dict[str, Any]) -> str:
+    """The settings that differ from saudial's defaults, then all of them (folded)."""
+    if not config:
+        return "See run_manifest.json."
+    changed = []
+    for key, value in config.items():
+        if key in Settings.model_fields and value != json.loads(json.dumps(default_of(key), default=str)):
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            changed.append(f"| `{key}` | `{shown}` |")
+    table = "\n".join(["| setting | value |", "|---|---|", *changed]) if changed else "All settings at their defaults."
+    full = json.dumps(config, indent=2, ensure_ascii=False, default=str)
+    return f"{table}\n\n<details><summary>All settings</summary>\n\n```json\n{full}\n```\n\n</details>"
 
 
 def _adapter_base(output_dir: Path) -> str | None:
@@ -127,10 +158,22 @@ def _data_section(data: dict[str, Any]) -> str:
 def _evaluation_section(output_dir: Path, metrics: dict[str, Any]) -> str:
     table = output_dir / RESULTS_MD
     if table.is_file():
-        return table.read_text(encoding="utf-8").strip()
+        return table.read_text(encoding="utf-8").strip() + _samples_note(metrics)
     if "eval_loss" in metrics:
         return f"Eval loss: {metrics['eval_loss']:.4f} (translations were not scored in this run)."
-    return "Not evaluated in this run (`python -m saudial evaluate --adapter DIR` does it)."
+    return "Not evaluated in this run (`saudial evaluate --adapter DIR` does it)."
+
+
+def _samples_note(metrics: dict[str, Any]) -> str:
+    """metrics.json's `eval_samples` is the held-out split; `evaluation.samples` how many of it were scored."""
+    scored = (metrics.get("evaluation") or {}).get("samples")
+    split = metrics.get("eval_samples")
+    if isinstance(scored, int) and isinstance(split, int) and scored < split:
+        return (
+            f"\n\nTranslations scored on {scored} of the {split} held-out examples (SAUDIAL_MAX_EVAL_SAMPLES; "
+            "sampled per dialect in proportion)."
+        )
+    return ""
 
 
 def _training_results(metrics: dict[str, Any]) -> str:
@@ -143,15 +186,15 @@ def _training_results(metrics: dict[str, Any]) -> str:
     return "\n".join(["| metric | value |", "|---|---:|", *rows]) if rows else "See metrics.json."
 
 
-def usage_snippet(repo_id: str, base_model: str) -> str:
+def usage_snippet(source: str, base_model: str) -> str:
     return f'''```python
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+tokenizer = AutoTokenizer.from_pretrained("{source}")
 model = AutoModelForCausalLM.from_pretrained("{base_model}", dtype=torch.bfloat16, device_map="auto")
-model = PeftModel.from_pretrained(model, "{repo_id}").eval()
+model = PeftModel.from_pretrained(model, "{source}").eval()
 
 # The training prompt, character for character, with the response left empty.
 prompt = (
@@ -166,8 +209,10 @@ print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_to
 ```'''
 
 
-def write_card(output_dir: Path, repo_id: str) -> Path:
+def write_card(output_dir: Path, repo_id: str | None = None) -> Path:
+    """README.md in `output_dir`: the run's card (for the Hub repo `repo_id`, or for the directory itself)."""
     card = build_card(output_dir, repo_id)
     path = output_dir / CARD
     path.write_text(str(card), encoding="utf-8")
+    log.info("model card written to %s", path)
     return path

@@ -12,7 +12,7 @@ namespace the token's owner cannot write to. A 5xx or 429 answer only warns: lik
 
 After training (`push`), the adapter, tokenizer, run record, eval_results.md and model card go up in
 one commit; a failure that outlasts the retries raises PushError (exit code 4) naming the cause and
-the command that retries: `python -m saudial push --output-dir DIR`.
+the command that retries: `python -m saudial push --output-dir DIR`. No pickle goes up or down.
 """
 
 from __future__ import annotations
@@ -23,23 +23,23 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from saudial.config.huggingface import hub_endpoint, hub_offline
+from saudial.config.settings import Settings
 from saudial.config.settings import check_repo_id as settings_check_repo_id
 from saudial.errors import ConfigError, PushError
-from saudial.run.checkpoints import MARKER, PREFIX, problem
-from saudial.run.record import MANIFEST, METRICS, RESULTS_MD, read_json
-
-if TYPE_CHECKING:
-    from saudial.config.settings import Settings
+from saudial.run.checkpoints import MARKER, PREFIX, TRAINING_ARGS, problem
+from saudial.run.record import HUB_DOWNLOAD, MANIFEST, METRICS, RESULTS_MD, STAGING, read_json
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# The Hub folder that holds the newest checkpoint of a run with hub_strategy=checkpoint.
+# The Hub folder that holds the newest checkpoint of a run with hub_strategy=checkpoint; what is fetched
+# of it (never the Trainer's pickle of its arguments: resuming does not read it).
 HUB_FOLDER = "last-checkpoint"
+FETCH, NO_PICKLE = [f"{HUB_FOLDER}/*"], [f"*{TRAINING_ARGS}"]
 # Seconds to wait before each retry of a transient failure (connection error, 5xx, 429).
 RETRY_DELAYS_S = (1.0, 3.0, 9.0)
 # What a run's directory holds that goes to the Hub: the adapter, the tokenizer's files, the run record,
@@ -64,8 +64,7 @@ def check_repo_id(repo_id: str | None) -> str:
 
 
 def _status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None)
+    return getattr(getattr(exc, "response", None), "status_code", None)
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -236,9 +235,8 @@ def upload_checkpoint(settings: Settings, checkpoint: Path) -> bool:
     """Replace `last-checkpoint/` in the Hub repo with `checkpoint` in one commit. Failures only warn."""
     from huggingface_hub import HfApi
 
-    repo_id = settings.hub_model_id
+    repo_id, api = settings.hub_model_id, HfApi()
     assert repo_id is not None  # push_to_hub requires it (config validation)
-    api = HfApi()
     try:
         _with_retries(
             lambda: api.create_repo(repo_id, private=settings.hub_private, exist_ok=True), "creating the repo"
@@ -249,6 +247,7 @@ def upload_checkpoint(settings: Settings, checkpoint: Path) -> bool:
                 folder_path=checkpoint,
                 path_in_repo=HUB_FOLDER,
                 commit_message=f"saudial {checkpoint.name}",
+                ignore_patterns=NO_PICKLE,  # the Trainer's pickle: never uploaded (nor needed to resume)
                 delete_patterns="*",  # files of the previous checkpoint that this one does not have
             ),
             f"uploading {checkpoint.name}",
@@ -261,34 +260,34 @@ def upload_checkpoint(settings: Settings, checkpoint: Path) -> bool:
 
 
 def download_checkpoint(settings: Settings, fingerprint: str) -> Path | None:
-    """Fetch the Hub repo's `last-checkpoint/` into the output dir as checkpoint-N if it is this run's."""
+    """Fetch the Hub repo's `last-checkpoint/` into OUTPUT_DIR/staging as checkpoint-N if it is this run's."""
     from huggingface_hub import snapshot_download
 
-    repo_id = settings.hub_model_id
+    repo_id, run_dir = settings.hub_model_id, settings.output_dir / STAGING
     assert repo_id is not None
-    staging = settings.output_dir / ".hub-checkpoint"
+    download = run_dir / HUB_DOWNLOAD
     try:
         _with_retries(
-            lambda: snapshot_download(repo_id, allow_patterns=[f"{HUB_FOLDER}/*"], local_dir=staging),
-            "downloading the Hub's last checkpoint",
+            lambda: snapshot_download(repo_id, local_dir=download, allow_patterns=FETCH, ignore_patterns=NO_PICKLE),
+            "downloading the checkpoint",
         )
     except Exception as exc:  # no repo yet, offline, no access: start from step 0
         log.info("no checkpoint on the Hub to resume from (%s: %s)", type(exc).__name__, _server_message(exc))
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(download, ignore_errors=True)
         return None
-    source = staging / HUB_FOLDER
+    source = download / HUB_FOLDER
     marker = read_json(source / MARKER)
     try:
         if marker is None:
-            log.info("no checkpoint on the Hub to resume from (%s/%s has none)", settings.hub_model_id, HUB_FOLDER)
+            log.info("no checkpoint on the Hub to resume from (%s/%s has none)", repo_id, HUB_FOLDER)
             return None
         if marker.get("fingerprint") != fingerprint:
             raise ConfigError(
-                f"the checkpoint in {settings.hub_model_id}/{HUB_FOLDER} is of a run with other training settings "
+                f"the checkpoint in {repo_id}/{HUB_FOLDER} is of a run with other training settings "
                 "or data: use another SAUDIAL_HUB_MODEL_ID, or delete that folder from the repo"
             )
-        target = settings.output_dir / f"{PREFIX}{int(marker['step'])}"
-        shutil.rmtree(target, ignore_errors=True)
+        target = run_dir / f"{PREFIX}{int(marker['step'])}"
+        shutil.rmtree(target, ignore_errors=True)  # in staging, saudial's own folder
         source.rename(target)
         reason = problem(target, fingerprint)
         if reason is not None:
@@ -297,4 +296,4 @@ def download_checkpoint(settings: Settings, fingerprint: str) -> Path | None:
             return None
         return target
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(download, ignore_errors=True)

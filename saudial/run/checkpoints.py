@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from saudial.data.files import sha256_of
-from saudial.run import distributed
+from saudial.run import distributed, record
 from saudial.run.record import now, read_json, write_json
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ MARKER = "saudial_checkpoint.json"
 PREFIX = "checkpoint-"
 # What the Trainer needs to resume exactly; a checkpoint without one of these is not valid.
 REQUIRED = ("adapter_model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt")
+# The Trainer's pickle of its arguments: never read to resume, never uploaded (a pickle runs code when
+# loaded), so not part of what the marker vouches for.
+TRAINING_ARGS = "training_args.bin"
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
 def write_marker(checkpoint: Path, step: int, fingerprint: str) -> None:
     """Declare `checkpoint` complete: the list of its files with sizes and hashes, written last, atomically."""
     files: dict[str, dict[str, Any]] = {}
-    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != MARKER):
+    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name not in (MARKER, TRAINING_ARGS)):
         with path.open("rb") as handle:
             os.fsync(handle.fileno())  # the data is on disk before the marker that vouches for it
         files[path.relative_to(checkpoint).as_posix()] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
@@ -117,6 +120,7 @@ def rotate(output_dir: Path, keep: int) -> None:
     for step, path in list_checkpoints(output_dir):
         if path not in kept and step < newest:
             shutil.rmtree(path, ignore_errors=True)
+            record.disown(output_dir, path.name)
 
 
 # --- during training -------------------------------------------------------------------------------
@@ -136,6 +140,7 @@ class CheckpointCallback(TrainerCallback):
         distributed.barrier()  # every rank has written its part (rng_state_<rank>.pth) of the checkpoint
         if state.is_world_process_zero:
             checkpoint = self.settings.output_dir / f"{PREFIX}{state.global_step}"
+            record.own(self.settings.output_dir, checkpoint.name)
             write_marker(checkpoint, state.global_step, self.fingerprint)
             rotate(self.settings.output_dir, self.settings.save_total_limit)
             log.info("checkpoint saved: %s (step %d)", checkpoint.name, state.global_step)

@@ -1,6 +1,12 @@
-"""The run record: `run_manifest.json` (what a run needs to be repeated: settings, data hash, versions,
-device, revision, status) and `metrics.json`. This module builds both and is the only one that writes
-them, through `update`; the status moves running -> interrupted / finished.
+"""The run record: `run_manifest.json` (what a run needs to be repeated: settings, data hash, base model
+revision, versions, device, status, and the files the run wrote) and `metrics.json`. This module builds
+both and is the only one that writes them, through `update`. The status moves
+
+    running <-> interrupted -> trained -> evaluated -> finished -> pushed
+
+(running to trained in OUTPUT_DIR/staging; finished once its files are in place in OUTPUT_DIR: run/outputs.py).
+`files` lists every file and folder the run wrote into its directory: the only ones saudial may ever
+replace or delete there.
 
 `run_manifest.json` never holds a secret: the settings hold none by construction (HF_TOKEN is read
 by huggingface_hub from the environment, not copied into `Settings`), and nothing here reads the
@@ -29,6 +35,8 @@ if TYPE_CHECKING:
 MANIFEST = "run_manifest.json"
 LOCK_FILE = "requirements.lock"
 METRICS = "metrics.json"
+STAGING = "staging"  # OUTPUT_DIR/staging: the run in progress (run/staging.py)
+HUB_DOWNLOAD = ".hub-checkpoint"  # in staging while the Hub's last checkpoint downloads (publish/hub.py)
 RESULTS_MD = "eval_results.md"  # the evaluation table (inference/evaluate.py)
 PREDICTIONS = "eval_predictions.jsonl"  # every held-out translation, base and adapter
 PACKAGES = [
@@ -72,6 +80,7 @@ NOT_TRAINING = {
     "hub_private",
     "hub_strategy",
     "data",
+    "max_data_file_mb",  # how large a file may be read; the data sha256 says what was read
 }
 
 
@@ -123,10 +132,16 @@ def run_fingerprint(settings: Settings, data_sha256: str) -> str:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a reader (or a resumed run) never sees half a file."""
+    """Write atomically: a reader (or a resumed run) never sees half a file; a failed write leaves no .tmp."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write() does not say where
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -137,9 +152,27 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def damaged(path: Path) -> str | None:
+    """Why the record at `path` cannot be read (it exists but is not a JSON object), else None."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if not path.is_file():
+        return "it is not a regular file"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    except ValueError:
+        return "it is not valid JSON (cut short or edited)"
+    return None if isinstance(data, dict) else "it is not a JSON object"
+
+
 # --- the record of one run -------------------------------------------------------------------------
 
-RUNNING, INTERRUPTED, FINISHED = "running", "interrupted", "finished"
+RUNNING, INTERRUPTED, TRAINED, EVALUATED = "running", "interrupted", "trained", "evaluated"
+FINISHED, PUSHED = "finished", "pushed"
+STATUSES = [RUNNING, INTERRUPTED, TRAINED, EVALUATED, FINISHED, PUSHED]  # in the order a run goes through them
+FILES = "files"
 
 
 def update(
@@ -151,12 +184,34 @@ def update(
     """The one writer of the run record: merge `manifest` into run_manifest.json (or replace it) and
     `metrics` into metrics.json, each atomically. Returns the manifest as written."""
     current = {} if replace else read_json(output_dir / MANIFEST) or {}
+    if metrics is not None:
+        write_json(output_dir / METRICS, (read_json(output_dir / METRICS) or {}) | metrics)
+        if current and METRICS not in current.get(FILES, []):  # a run's directory: metrics.json is its file
+            manifest = {**(manifest or {}), FILES: sorted({*current.get(FILES, []), METRICS})}
     if manifest is not None:
         current.update(manifest)
         write_json(output_dir / MANIFEST, current)
-    if metrics is not None:
-        write_json(output_dir / METRICS, (read_json(output_dir / METRICS) or {}) | metrics)
     return current
+
+
+def owned(manifest: dict[str, Any]) -> set[str]:
+    """The names (in the run's directory) that the run of `manifest` wrote, its record included."""
+    files = manifest.get(FILES)
+    return {MANIFEST, *(str(f) for f in files)} if isinstance(files, list) else {MANIFEST}
+
+
+def own(output_dir: Path, *names: str) -> None:
+    """Add `names` (entries of `output_dir`) to the run's list of what it wrote, before or after writing them."""
+    current = read_json(output_dir / MANIFEST)
+    if current is not None and not set(names) <= set(current.get(FILES, [])):
+        update(output_dir, {FILES: sorted({*current.get(FILES, []), *names})})
+
+
+def disown(output_dir: Path, *names: str) -> None:
+    """`names` were deleted by the run (an old checkpoint): drop them from its list."""
+    current = read_json(output_dir / MANIFEST)
+    if current is not None and set(names) & set(current.get(FILES, [])):
+        update(output_dir, {FILES: sorted(set(current.get(FILES, [])) - set(names))})
 
 
 def lock_sha256() -> str | None:
@@ -186,8 +241,11 @@ def start(
     data_sha256: str,
     attempts: list[dict[str, Any]],
     processes: int,
+    model: dict[str, Any] | None = None,
+    files: list[str] | None = None,
 ) -> None:
-    """A run starts (or resumes) in `output_dir`: its settings and fingerprint, status running."""
+    """A run starts (or resumes) in `output_dir`: its settings and fingerprint, the base model's resolved
+    revision (`model`: name, revision, revision_sha, source), what it wrote so far, status running."""
     update(
         output_dir,
         {
@@ -196,9 +254,11 @@ def start(
             "config": settings.redacted(),
             "fingerprint": fingerprint,
             "data": {"file": str(settings.data), "sha256": data_sha256},
+            "model": model or {},
             **environment(processes),
             "started": attempts[0]["started"] if attempts else now(),
             "attempts": attempts,
+            FILES: sorted(files or []),
         },
         replace=True,
     )
@@ -209,24 +269,29 @@ def interrupted(output_dir: Path, step: int, signal_name: str) -> None:
     update(output_dir, {"status": INTERRUPTED, "stopped": now(), "stopped_at_step": step, "stopped_by": signal_name})
 
 
-def finished(
+def trained(
     output_dir: Path,
     data_summary: dict[str, Any],
     metrics: dict[str, Any],
     determinism: dict[str, Any],
     processes: int,
 ) -> None:
-    """Training finished and the adapter is saved: the data summary, the metrics, status finished."""
+    """Training finished and the adapter is saved: the data summary, the metrics, status trained."""
     data = {k: v for k, v in data_summary.items() if k != "train_tokens"} | {"tokens": data_summary["train_tokens"]}
     update(
         output_dir,
         {
-            "status": FINISHED,
+            "status": TRAINED,
             "data": data,
             **environment(processes),
             "determinism": determinism,
-            "finished": now(),
+            "trained": now(),
             "metrics": {k: v for k, v in metrics.items() if k != "timings"},
         },
         metrics=metrics,
     )
+
+
+def advance(output_dir: Path, status: str, **extra: Any) -> None:
+    """The run moved on to `status` (evaluated, finished, pushed), with a timestamp under that name."""
+    update(output_dir, {"status": status, status: now(), **extra})

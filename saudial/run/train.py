@@ -1,8 +1,8 @@
 """The training recipe, top to bottom: data -> tokenizer -> model -> SFTTrainer -> adapter on disk.
 
-Read `train()` first. It is one run of TRL's SFTTrainer on the loaded data; what happens before it
-(the cheap checks, the multi-process launch) and after it (evaluation, model card, Hub upload) is
-jobs/train.py.
+Read `train()` first. It is one run of TRL's SFTTrainer on the loaded data, in OUTPUT_DIR/staging; what
+happens before it (the cheap checks, the multi-process launch) and after it (evaluation, moving the run
+into place, model card, Hub upload) is jobs/train.py.
 """
 
 from __future__ import annotations
@@ -10,20 +10,20 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 
 from saudial.data.examples import log_summary, summarize, to_prompt_completion
 from saudial.data.split import split as split_rows
-from saudial.errors import ConfigError, Interrupted, TrainingError
+from saudial.errors import OOM_INFERENCE, ConfigError, Interrupted, faults
 from saudial.model import hardware
-from saudial.model.loading import load_model, load_tokenizer
+from saudial.model.loading import load_model, load_tokenizer, resolve_revision
 from saudial.run import distributed, record, reproducibility
-from saudial.run.checkpoints import PREFIX, CheckpointCallback, CheckpointStore
+from saudial.run.checkpoints import PREFIX, TRAINING_ARGS, CheckpointCallback, CheckpointStore
 from saudial.run.meter import ThroughputMeter
-from saudial.run.outputs import prepare_output_dir
+from saudial.run.outputs import ResumePlan, prepare_output_dir
 from saudial.run.signals import StopOnSignal
 from saudial.run.trainer import build_trainer, count_parameters
 
@@ -39,22 +39,28 @@ class Trained:
     """A finished training run, still in memory: what evaluation and publishing need."""
 
     settings: Settings  # as the run used them (e.g. gradient checkpointing turned on for a small GPU)
-    model: Any  # the PeftModel: base model + the trained adapter
+    model: Any  # the PeftModel: base model + the trained adapter (None: trained by an earlier start)
     tokenizer: Any
     eval_rows: pd.DataFrame
     metrics: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path = Path()  # where the run's files are: OUTPUT_DIR/staging (OUTPUT_DIR when only the upload is left)
+    stage: str = "evaluate"  # what is left: evaluate, promote (move into place) or push (run/outputs.py)
+    revision: str | None = None  # the base model's pinned commit, to load it again for evaluation
+    signal: str | None = None  # SIGTERM/SIGINT that arrived after the last step: evaluation stops at once
 
 
 def train(
     settings: Settings, dataset: Dataset, dry_run: bool = False, store: CheckpointStore | None = None
 ) -> Trained | None:
-    """Train an adapter on `dataset` as configured and save it in settings.output_dir.
+    """Train an adapter on `dataset` as configured and save it in OUTPUT_DIR/staging (status trained).
 
-    Returns None for a dry run, and on the processes other than rank 0 of a multi-process run.
+    Returns None for a dry run, and on the processes other than rank 0 of a multi-process run. Where an
+    earlier start trained this run already, trains nothing and returns what is left to do (`Trained.stage`).
     `store`: where else checkpoints go and come from (the Hub, with hub_strategy=checkpoint).
     """
     clock = time.perf_counter()
     timings: dict[str, float] = {}
+    revision: str | None = None  # the base model's commit, pinned when the run starts (model/loading.py)
 
     # 1. Data: the split (deterministic, stratified by dialect, each English sentence on one side).
     split = split_rows(dataset.rows, settings.eval_size, settings.seed)
@@ -70,20 +76,27 @@ def train(
                 gpu_gib,
             )
             settings = fitted
-        # Fresh start, resume from a checkpoint, or refuse (exit 2): rank 0 decides before any model is
-        # loaded (run/outputs.py) and writes the run's record with its fingerprint.
+        # Fresh start, resume, continue after training, or refuse (exit 2): rank 0 decides before any model
+        # is loaded (run/outputs.py) and writes the run's record with its fingerprint in OUTPUT_DIR/staging.
         distributed.init()
         fingerprint = record.run_fingerprint(settings, dataset.sha256)
         fetch = (lambda: store.download(fingerprint)) if store else None
-        plan = distributed.on_main_then_share(
-            lambda: prepare_output_dir(settings, fingerprint, dataset.sha256, fetch_checkpoint=fetch)
+        plan: ResumePlan = distributed.on_main_then_share(
+            lambda: prepare_output_dir(settings, fingerprint, dataset.sha256, fetch, lambda: resolve_revision(settings))
         )
+        revision = plan.model.get("revision_sha")  # None for a local directory
+        if plan.stage != "train":  # trained by an earlier start: what is left is jobs/train.py's
+            if not distributed.is_main_process():
+                return None
+            return Trained(settings, None, None, split.eval, plan.metrics, plan.run_dir, plan.stage, revision)
         determinism = reproducibility.configure()
         stopper = StopOnSignal()  # SIGTERM/SIGINT from here on: checkpoint, then exit 75
         stopper.install()
+        run_dir = plan.run_dir
+        staged = settings.model_copy(update={"output_dir": run_dir})  # the Trainer writes into staging
 
     # 2. Tokenizer, and what the data looks like through it.
-    tokenizer = load_tokenizer(settings)
+    tokenizer = load_tokenizer(settings, revision=revision)
     train_ds, eval_ds = to_prompt_completion(split.train), to_prompt_completion(split.eval)
     summary = summarize(dataset, split, tokenizer, settings.max_length, train_ds)
     log_summary(summary)
@@ -97,16 +110,16 @@ def train(
     tick = time.perf_counter()
     dtype = hardware.compute_dtype(settings)
     log.info("loading %s (%s, compute dtype %s)", settings.model_name_or_path, settings.quantization, dtype)
-    model = load_model(settings)
+    model = load_model(settings, revision=revision)
     timings["load_s"] = time.perf_counter() - tick
 
     # 4. TRL's SFTTrainer: prompt/completion pairs, loss on the completion and its EOS only.
-    trainer = build_trainer(settings, model, tokenizer, train_ds, eval_ds, dtype)
+    trainer = build_trainer(staged, model, tokenizer, train_ds, eval_ds, dtype)
     peft_model = trainer.model  # the base model wrapped with the LoRA adapter by TRL
     assert peft_model is not None
     meter = ThroughputMeter()
     trainer.add_callback(meter)
-    trainer.add_callback(CheckpointCallback(settings, fingerprint, on_saved=store.upload if store else None))
+    trainer.add_callback(CheckpointCallback(staged, fingerprint, on_saved=store.upload if store else None))
     trainer.add_callback(stopper)
     trainable, total = count_parameters(peft_model)
     log.info(
@@ -114,19 +127,21 @@ def train(
     )
 
     tick = time.perf_counter()
+    io_note = (
+        f"nothing outside {run_dir} was changed; with room again, restart with the same settings: it resumes from "
+        "the newest complete checkpoint"
+    )
     try:
-        result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
-    except torch.OutOfMemoryError:
-        raise TrainingError(
-            "CUDA out of memory: lower SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE (raise SAUDIAL_GRADIENT_ACCUMULATION_STEPS "
-            "to keep the effective batch), lower SAUDIAL_MAX_LENGTH, or set SAUDIAL_GRADIENT_CHECKPOINTING=true"
-        ) from None
-    finally:
+        with faults(run_dir, note=io_note):
+            result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
+    except BaseException:
         stopper.restore()
+        raise
     if stopper.stopped_at is not None:  # a signal stopped training: the checkpoint is written, no adapter
-        saved = settings.output_dir.resolve() / f"{PREFIX}{stopper.stopped_at}"
+        stopper.restore()
+        saved = run_dir.resolve() / f"{PREFIX}{stopper.stopped_at}"
         if trainer.is_world_process_zero():
-            record.interrupted(settings.output_dir, stopper.stopped_at, str(stopper.received))
+            record.interrupted(run_dir, stopper.stopped_at, str(stopper.received))
         interrupted = Interrupted(
             f"stopped by {stopper.received} at step {stopper.stopped_at}; checkpoint saved to {saved}; "
             "restart with the same settings to resume"
@@ -147,20 +162,33 @@ def train(
         **meter.result,
         "loss_curve": [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e],
     }
-    if len(eval_ds) and settings.eval != "none":
-        tick = time.perf_counter()
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-        timings["eval_loss_s"] = time.perf_counter() - tick
 
-    # 5. Save: the adapter, the tokenizer, the run record (manifest and metrics).
+    # 5. Save into staging: the adapter, the tokenizer, the run record (status trained). No training_args.bin
+    # (the Trainer's pickle): the run record holds the settings. Then the eval loss, on every rank.
     tick = time.perf_counter()
-    trainer.save_model(str(settings.output_dir))  # writes on rank 0 only
+    with faults(run_dir, note=io_note):
+        before = {p.name for p in run_dir.iterdir()}
+        trainer.save_model(str(run_dir))  # writes on rank 0 only
+        if trainer.is_world_process_zero():
+            (run_dir / TRAINING_ARGS).unlink(missing_ok=True)
+            tokenizer.save_pretrained(run_dir)
+            record.own(run_dir, *sorted({p.name for p in run_dir.iterdir()} - before))
+            timings["save_s"] = time.perf_counter() - tick
+            timings["total_s"] = time.perf_counter() - clock
+            metrics["timings"] = timings
+            record.trained(run_dir, summary, metrics, determinism, distributed.world_size())
+            log.info("adapter saved to %s", run_dir.resolve())
+    if len(eval_ds) and settings.eval != "none" and not distributed.any_rank(stopper.received is not None):
+        then = f"the trained adapter is in {run_dir}: restart with the same settings to finish the evaluation"
+        tick = time.perf_counter()
+        with faults(run_dir, oom_advice=OOM_INFERENCE, note=then):
+            metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        timings["eval_loss_s"] = time.perf_counter() - tick
+        if trainer.is_world_process_zero():
+            record.update(run_dir, metrics={"eval_loss": metrics["eval_loss"]})
+    stopper.restore()
     if not trainer.is_world_process_zero():  # with several processes, only rank 0 writes outputs
         return None
-    tokenizer.save_pretrained(settings.output_dir)
-    timings["save_s"] = time.perf_counter() - tick
-    timings["total_s"] = time.perf_counter() - clock
-    metrics["timings"] = timings
-    record.finished(settings.output_dir, summary, metrics, determinism, distributed.world_size())
-    log.info("adapter saved to %s", settings.output_dir.resolve())
-    return Trained(settings, peft_model, tokenizer, split.eval, metrics)
+    return Trained(
+        settings, peft_model, tokenizer, split.eval, metrics, run_dir, "evaluate", revision, stopper.received
+    )

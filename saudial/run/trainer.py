@@ -75,7 +75,9 @@ def sft_config(settings: Settings, dtype: torch.dtype) -> SFTConfig:
         use_cpu=not torch.cuda.is_available(),
         completion_only_loss=True,  # loss on the translation (and EOS), not on the prompt
         padding_free=False,  # see HANDLED_HERE: the collator is given to the trainer (build_trainer)
-        logging_first_step=True,
+        # No log after the first step: with warmup, transformers' linear schedule gives that step a learning
+        # rate of 0 (lr(step) = step / warmup_steps), so the first line would read `learning_rate 0`.
+        logging_first_step=False,
         save_strategy="steps",  # checkpoint-N every save_steps (resume after preemption: run/checkpoints.py)
         save_total_limit=None,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient every step

@@ -1,0 +1,262 @@
+"""The command line's shape: `saudial COMMAND [flags]`, and the help that goes with it.
+
+Every setting is a flag (`--learning-rate`, also accepted as `--learning_rate` and not listed twice) with
+its SAUDIAL_* variable and default in the help. Each command lists only the settings it uses, in groups
+(data / model / LoRA / training / evaluation / Hub). Building the parser imports nothing heavy, so
+`--help` answers at once, without a GPU or the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from saudial import __version__
+from saudial.config.loading import default_of
+from saudial.config.settings import Settings, env_name, flag_name
+
+# The settings in help groups, in the order the help shows them. tests/test_cli.py checks that every
+# setting is in exactly one group, so a new setting must be placed here.
+# fmt: off
+GROUPS: dict[str, list[str]] = {
+    "data": ["data", "sheet_name", "dialects", "eval_size"],
+    "model": ["model_name_or_path", "model_revision", "tokenizer_name_or_path", "quantization",
+              "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "torch_dtype", "attn_implementation"],
+    "LoRA": ["lora_r", "lora_alpha", "lora_dropout", "target_modules"],
+    "training": ["output_dir", "overwrite_output_dir", "learning_rate", "lr_scheduler_type", "warmup_ratio",
+                 "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "max_length", "padding_free", "pad_to_multiple_of", "torch_compile",
+                 "gradient_checkpointing", "optim", "max_grad_norm", "logging_steps", "seed", "report_to",
+                 "dataloader_num_workers", "save_steps", "save_total_limit", "resume", "num_processes"],
+    "evaluation": ["eval", "max_eval_samples", "per_device_eval_batch_size", "max_new_tokens", "do_sample",
+                   "temperature", "min_p", "repetition_penalty"],
+    "Hub": ["push_to_hub", "hub_model_id", "hub_private", "hub_strategy"],
+}
+# fmt: on
+ALL = [name for names in GROUPS.values() for name in names]
+GENERATION = ["per_device_eval_batch_size", "max_new_tokens", "do_sample", "temperature", "min_p", "repetition_penalty"]
+BASE_MODEL = ["model_name_or_path", "model_revision", "quantization", "torch_dtype"]
+BATCHING = ["per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "torch_compile"]
+BATCHING += ["num_processes"]
+
+# The settings each command reads (the rest still come from SAUDIAL_* variables, and are checked there).
+COMMAND_SETTINGS: dict[str, list[str]] = {
+    "train": ALL,
+    "check": [*BASE_MODEL, *BATCHING],
+    "evaluate": [*GROUPS["data"], *BASE_MODEL, "output_dir", "max_length", "seed", *GROUPS["evaluation"]],
+    "translate": [*BASE_MODEL, *GENERATION],
+    "merge": ["model_name_or_path", "model_revision", "overwrite_output_dir"],
+    "push": ["hub_model_id", "hub_private"],
+}
+
+SUMMARY = {
+    "train": "train an adapter (the default command): data -> 4-bit model + LoRA -> evaluation -> Hub",
+    "check": "what this machine can do: GPU, bf16, bitsandbytes, Hub access, the settings it would pick",
+    "translate": "translate English text (or a whole file) with a trained adapter",
+    "evaluate": "score base model vs adapter (chrF++, BLEU per dialect) on the run's held-out split",
+    "merge": "merge the adapter into the base model (bf16) for vLLM / llama.cpp",
+    "push": "upload a training output directory to the Hugging Face Hub (retries a failed upload)",
+}
+
+EXAMPLES = """\
+examples:
+  saudial check                                   what this machine can do (GPU, Hub, settings)
+  saudial train --data "data/SauDial Dataset.xlsx"
+  saudial train --config recipes/small-gpu.yaml   a recipe file; flags and SAUDIAL_* variables win over it
+  saudial translate --adapter outputs --dialect Najdi "Open the old door."
+  saudial COMMAND --help                          the settings that COMMAND reads
+
+Every setting is a flag and a SAUDIAL_* environment variable (flag > variable > recipe > default).
+Exit codes: 0 ok, 2 bad settings or data, 3 training failed, 4 Hub upload failed,
+75 interrupted after saving a checkpoint (start again to resume)."""
+
+ADAPTER_HELP = "a training output directory (adapter_config.json, tokenizer, run_manifest.json)"
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    width = min(shutil.get_terminal_size((120, 24)).columns, 120)
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=36, width=width)
+
+
+def _strip_optional(annotation: Any) -> Any:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else args
+    return annotation
+
+
+def metavar(name: str) -> str:
+    """BOOL, INT, X, PATH, LIST or {choice,...}: what the flag takes."""
+    kind = _strip_optional(Settings.model_fields[name].annotation)
+    if isinstance(kind, list):  # e.g. bool | Literal["auto"]
+        choices = ["true", "false"] if bool in kind else []
+        for part in kind:
+            if typing.get_origin(part) is Literal:
+                choices += [str(c) for c in typing.get_args(part)]
+        return "{" + ",".join(choices) + "}"
+    if typing.get_origin(kind) is Literal:
+        return "{" + ",".join(str(c) for c in typing.get_args(kind)) + "}"
+    if typing.get_origin(kind) is typing.Annotated or typing.get_origin(kind) is list:
+        return "A,B,..."
+    names = {bool: "BOOL", int: "INT", float: "X", Path: "PATH", str: "TEXT"}
+    return names.get(kind, "VALUE")
+
+
+def shown_default(name: str) -> str:
+    default = default_of(name)
+    if isinstance(default, list):
+        return ",".join(default)
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        return str(default).lower()
+    return str(default)
+
+
+def add_setting(group: Any, name: str) -> None:
+    """`--name-with-dashes`, and `--name_with_underscores` accepted but not listed."""
+    info = Settings.model_fields[name]
+    is_bool = info.annotation is bool
+    kwargs: dict[str, Any] = {
+        "dest": name,
+        "default": argparse.SUPPRESS,  # an absent flag falls through to the variable, the recipe, the default
+        "nargs": "?" if is_bool else None,
+        "const": "true" if is_bool else None,
+        "metavar": "BOOL" if is_bool else metavar(name),
+    }
+    text = f"{info.description} [{env_name(name)}; default: {shown_default(name)}]"
+    group.add_argument(flag_name(name), help=text, **kwargs)
+    alias = "--" + name
+    if alias != flag_name(name):
+        group.add_argument(alias, help=argparse.SUPPRESS, **kwargs)
+
+
+def add_settings(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    """The settings among `names`, in their help groups."""
+    for title, members in GROUPS.items():
+        chosen = [n for n in members if n in names]
+        if chosen:
+            group = parser.add_argument_group(f"{title} settings")
+            for name in chosen:
+                add_setting(group, name)
+
+
+def _command(sub: Any, name: str, description: str, usage: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        prog=f"saudial {name}",
+        help=SUMMARY[name],
+        description=description,
+        usage=usage,
+        formatter_class=_formatter,
+        epilog="Flags win over SAUDIAL_* variables, which win over a recipe, which wins over the defaults.",
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    listing = "\n".join(f"  {name:<11}{summary}" for name, summary in SUMMARY.items())
+    parser = argparse.ArgumentParser(
+        prog="saudial",
+        usage="saudial [-h] [--version] COMMAND [flags]",
+        description="Fine-tune LFM2-1.2B with QLoRA on the SauDial workbook (English -> Saudi dialects).\n\n"
+        f"commands:\n{listing}",
+        epilog=EXAMPLES,
+        formatter_class=_formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"saudial {__version__}")
+    # The commands are listed in the description above, one line each; argparse's own listing is hidden.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)
+
+    p = _command(
+        sub,
+        "train",
+        "Train a LoRA adapter on the 4-bit base model, evaluate it and (optionally) publish it. "
+        "The default command: `saudial --learning-rate 1e-4` is `saudial train --learning-rate 1e-4`.",
+        "saudial train [--config RECIPE.yaml] [--dry-run] [setting flags]",
+    )
+    p.add_argument("--config", type=Path, metavar="RECIPE.yaml", help="a recipe: settings in YAML (see recipes/)")
+    p.add_argument("--dry-run", action="store_true", help="check settings and data, print the summary, load no model")
+    add_settings(p, COMMAND_SETTINGS["train"])
+
+    p = _command(
+        sub,
+        "check",
+        "Say what this machine can do: Python, torch, CUDA and driver versions, the GPU, bf16 or fp16, "
+        "bitsandbytes, the Hub and the token (never shown), and the settings a run would pick here. "
+        "Exit 0 when training can run, 2 when it cannot.",
+        "saudial check [--config RECIPE.yaml] [--quiet] [setting flags]",
+    )
+    p.add_argument("--config", type=Path, metavar="RECIPE.yaml", help="check the settings of this recipe")
+    p.add_argument("--quiet", action="store_true", help="print nothing when training can run (make train uses it)")
+    add_settings(p, COMMAND_SETTINGS["check"])
+
+    p = _command(
+        sub,
+        "translate",
+        "Translate one English TEXT (printed) or a .csv/.xlsx/.jsonl/.parquet file with an 'English Text' "
+        "column (written next to it as NAME.translated.EXT, never over an existing file).",
+        "saudial translate --adapter DIR [--dialect D] [--context C] (TEXT | --input FILE [--output FILE])",
+    )
+    p.add_argument("--adapter", type=Path, required=True, metavar="DIR", help=ADAPTER_HELP)
+    p.add_argument("--dialect", help="Najdi, Hijazi, Eastern or Southern (with --input: overrides the file's column)")
+    p.add_argument("--context", help="in-game context line of the prompt (optional)")
+    p.add_argument("--input", type=Path, metavar="FILE", help="file to translate instead of TEXT")
+    p.add_argument("--output", type=Path, metavar="FILE", help="where --input's translations go")
+    p.add_argument("text", nargs="?", metavar="TEXT", help="English text to translate")
+    add_settings(p, COMMAND_SETTINGS["translate"])
+
+    p = _command(
+        sub,
+        "evaluate",
+        "Translate the held-out split with the base model and with the adapter; write metrics.json and "
+        "eval_results.md (into --adapter, or --output-dir when given). Data, split and base model come "
+        "from the adapter's run_manifest.json unless set here.",
+        "saudial evaluate --adapter DIR [setting flags]",
+    )
+    p.add_argument("--adapter", type=Path, required=True, metavar="DIR", help=ADAPTER_HELP)
+    add_settings(p, COMMAND_SETTINGS["evaluate"])
+
+    p = _command(
+        sub,
+        "merge",
+        "Write base model + adapter as one bf16 model with its tokenizer, loadable by "
+        "AutoModelForCausalLM.from_pretrained (vLLM, llama.cpp's converter).",
+        "saudial merge --adapter DIR --output DIR",
+    )
+    p.add_argument("--adapter", type=Path, required=True, metavar="DIR", help=ADAPTER_HELP)
+    p.add_argument("--output", type=Path, required=True, metavar="DIR", help="directory for the merged model")
+    add_settings(p, COMMAND_SETTINGS["merge"])
+
+    p = _command(
+        sub,
+        "push",
+        "Upload adapter, tokenizer, run record and model card (README.md) of a finished run to "
+        "SAUDIAL_HUB_MODEL_ID (default: the run's). Needs HF_TOKEN with write access.",
+        "saudial push --output-dir DIR [--hub-model-id OWNER/NAME] [--hub-private BOOL]",
+    )
+    # The run's directory, as the retry message names it; not SAUDIAL_OUTPUT_DIR's setting.
+    p.add_argument("--output-dir", dest="output_dir_arg", type=Path, required=True, metavar="DIR", help="the run")
+    add_settings(p, COMMAND_SETTINGS["push"])
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The arguments; a flag this command does not take is an error that says which command does."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        settings_flags = {flag_name(n): n for n in Settings.model_fields} | {"--" + n: n for n in Settings.model_fields}
+        unknown = [e for e in extra if e.startswith("-")] or extra
+        name = settings_flags.get(unknown[0].split("=")[0])
+        hint = f" (a setting of `saudial train`, also read from {env_name(name)})" if name else ""
+        parser.exit(
+            2,
+            f"saudial {args.command}: error: {unknown[0]} is not a flag of `saudial {args.command}`{hint}; "
+            f"`saudial {args.command} --help` lists its flags\n",
+        )
+    return args

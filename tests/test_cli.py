@@ -1,0 +1,251 @@
+"""The command line as a newcomer meets it: the installed command, the help, recipes, `saudial check`.
+
+Every test runs the real entry point as a subprocess (or the real setup script), as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from saudial.cli.parser import COMMAND_SETTINGS, GROUPS, SUMMARY
+from saudial.config.loading import load_settings
+from saudial.config.settings import Settings, env_name, flag_name
+from saudial.errors import ConfigError
+from tests.conftest import ENTRYPOINT, REPO, RunEntry, base_env
+
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+CLOSED = "http://127.0.0.1:9"  # the discard port: connection refused at once
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAUDIAL_") and k not in ("HF_TOKEN", "CI")}
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ENTRYPOINT), *args],
+        env=env or clean_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# --- help ------------------------------------------------------------------------------------------
+
+
+def test_top_level_help_lists_the_commands_with_an_example() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    text = result.stdout
+    assert text.startswith("usage: saudial ")
+    for command, summary in SUMMARY.items():
+        assert re.search(rf"^  {command} +{re.escape(summary)}$", text, re.M), command
+    assert "examples:" in text and "saudial translate --adapter" in text and "saudial check" in text
+    assert "--learning-rate" not in text  # the settings belong to the commands' own help
+    again = subprocess.run([sys.executable, "-m", "saudial", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert again.stdout == text
+
+
+@pytest.mark.parametrize("command", list(SUMMARY))
+def test_command_help_lists_its_settings_once_with_defaults(command: str) -> None:
+    result = run(command, "--help")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert text.startswith(f"usage: saudial {command}")
+    flags = re.findall(r"^ {2}(-[-\w]+(?:, -[-\w]+)*)", text, re.M)
+    listed = [flag for entry in flags for flag in entry.split(", ")]
+    assert len(listed) == len(set(listed)), f"duplicated option strings: {listed}"
+    assert not [flag for flag in listed if "_" in flag], "underscore spellings are accepted, not listed"
+    wanted = set(COMMAND_SETTINGS[command])
+    flat = " ".join(text.split())  # help lines wrap anywhere
+    for name in Settings.model_fields:
+        if name in wanted:
+            assert f"[{env_name(name)}; default: " in flat, name
+            assert len(re.findall(rf"^ {{2}}{re.escape(flag_name(name))}(?![-\w])", text, re.M)) == 1, name
+        else:
+            assert f"[{env_name(name)};" not in flat, f"{command} --help lists {name}, which it does not use"
+    groups = re.findall(r"^(\w+) settings:$", text, re.M)
+    assert groups == [g for g in GROUPS if set(GROUPS[g]) & wanted]
+
+
+def test_help_needs_neither_torch_nor_the_network() -> None:
+    code = (
+        "import sys\nfrom saudial.cli.main import main\n"
+        "for argv in (['--help'], ['train', '--help'], ['translate', '--help'], ['check', '--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print('LOADED', sorted(m for m in ('torch', 'transformers', 'httpx2', 'bitsandbytes') if m in sys.modules))"
+    )
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    assert "LOADED []" in result.stdout
+    print(f"four --help screens in one process: {elapsed:.2f} s")
+
+
+def test_every_command_in_the_help_runs() -> None:
+    from saudial.cli.main import COMMANDS
+
+    assert list(COMMANDS) == list(SUMMARY)
+
+
+def test_every_setting_is_in_exactly_one_help_group() -> None:
+    placed = [name for names in GROUPS.values() for name in names]
+    assert sorted(placed) == sorted(Settings.model_fields), set(placed) ^ set(Settings.model_fields)
+    for command, names in COMMAND_SETTINGS.items():
+        assert set(names) <= set(Settings.model_fields), command
+
+
+def test_a_setting_another_command_uses_is_refused_by_name() -> None:
+    result = run("translate", "--adapter", "x", "--lora-r", "4", "Hello")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "saudial translate: error: --lora-r is not a flag of `saudial translate` (a setting of `saudial train`, "
+        "also read from SAUDIAL_LORA_R); `saudial translate --help` lists its flags\n"
+    )
+
+
+# --- recipes and precedence ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("SAUDIAL_")]:
+        monkeypatch.delenv(key)
+    settings = load_settings({}, config_file=recipe)
+    assert isinstance(settings, Settings) and type(settings) is Settings
+    if recipe.name == "seed.yaml":  # the seed's recipe as written, for comparison
+        assert (settings.bnb_4bit_quant_type, settings.bnb_4bit_use_double_quant) == ("fp4", False)
+        assert settings.target_modules == ["q_proj", "v_proj"]
+        assert (settings.per_device_train_batch_size, settings.gradient_accumulation_steps) == (1, 8)
+        assert (settings.learning_rate, settings.num_train_epochs) == (2e-4, 1.0)
+    if recipe.name == "default.yaml":  # the defaults, written out
+        defaults = Settings().model_dump()
+        assert {k: v for k, v in settings.model_dump().items() if v != defaults[k]} == {}
+    if recipe.name == "small-gpu.yaml":
+        assert settings.gradient_checkpointing and settings.per_device_train_batch_size <= 16
+        effective = settings.per_device_train_batch_size * settings.gradient_accumulation_steps
+        assert effective == Settings().per_device_train_batch_size  # the default schedule
+    if recipe.name == "throughput.yaml":
+        assert settings.torch_compile is True and not settings.gradient_checkpointing
+    assert {p.name for p in RECIPES} >= {"default.yaml", "seed.yaml", "small-gpu.yaml", "throughput.yaml"}
+
+
+def test_precedence_flag_env_file_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("SAUDIAL_")]:
+        monkeypatch.delenv(key)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("learning_rate: 1.0e-4\nlora_r: 4\nnum_train_epochs: 2\ntarget_modules: [q_proj, v_proj]\n")
+    monkeypatch.setenv("SAUDIAL_LORA_R", "6")
+    monkeypatch.setenv("SAUDIAL_NUM_TRAIN_EPOCHS", "3")
+    settings = load_settings({"num_train_epochs": "5"}, config_file=recipe)
+    assert settings.num_train_epochs == 5.0  # flag > env
+    assert settings.lora_r == 6  # env > file
+    assert settings.learning_rate == 1e-4 and settings.target_modules == ["q_proj", "v_proj"]  # file > default
+    assert settings.lora_alpha == 16  # default
+    assert {"learning_rate", "lora_r", "num_train_epochs", "target_modules"} <= settings.model_fields_set
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("learning_rate: 1.0e-4\nlora_rank: 4\n", "unknown setting 'lora_rank': did you mean lora_r?"),
+        ("SAUDIAL_LEARNING_RATE: 1.0e-4\n", "did you mean learning_rate?"),
+        ("- learning_rate\n", "must be a mapping"),
+        ("learning_rate: [1\n", "is not valid YAML at line 2"),
+        ("lora_r: many\n", "lora_r='many' is invalid"),
+    ],
+)
+def test_bad_recipe_is_one_line_naming_the_file(content: str, expected: str, tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(content)
+    with pytest.raises(ConfigError, match=re.escape(expected)) as info:
+        load_settings({}, environ={}, config_file=recipe)
+    assert str(recipe) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_config_flag_through_the_entry_point(
+    tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
+) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rate: 1.0e-4\nlora_r: 4\nwarmup_ratio: 0.2\n")
+    env = base_env(tiny_model, workbook, tmp_path / "out", SAUDIAL_LORA_R="6")
+    result = run_entry(env, "--config", str(recipe), "--dry-run", "--warmup_ratio", "0.1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    err = result.stderr
+    assert err.count(f"flag > SAUDIAL_* variable > {recipe} > default") == 1  # the order, said once
+    rows = dict(re.findall(r"^ {2}(\w+) +\S+ +(\S+)$", err, re.M))
+    assert rows["learning_rate"] == str(recipe) and rows["lora_r"] == "env" and rows["warmup_ratio"] == "flag"
+    assert re.search(r"^ {2}lora_r +6 +env$", err, re.M) and re.search(r"^ {2}warmup_ratio +0\.1 +flag$", err, re.M)
+
+    recipe.write_text("learnig_rate: 1.0e-4\n")
+    bad = run_entry(env, "--config", str(recipe), "--dry-run")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert [line for line in bad.stderr.splitlines() if line.startswith("error: ")] == [
+        f"error: --config {recipe}: unknown setting 'learnig_rate': did you mean learning_rate? (fix or remove it)"
+    ]
+
+
+# --- saudial check ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what `check` says on a machine without CUDA")
+def test_check_without_cuda_names_the_ways_forward(tmp_path: Path, tiny_model: Path) -> None:
+    secret = "hf_CheckNeverPrintsThis0123456789"
+    env = clean_env(HF_ENDPOINT=CLOSED, HF_HOME=str(tmp_path / "hf"), HF_TOKEN=secret)
+    result = run("check", env=env)
+    assert result.returncode == 2, result.stderr
+    out = result.stdout
+    for line in ("python", "torch", "NVIDIA driver", "GPU", "compute dtype", "bitsandbytes", "endpoint", "token"):
+        assert re.search(rf"^  {line} ", out, re.M), line
+    assert "gradient checkpointing" in out and "batch" in out and "torch.compile" in out
+    assert "make demo" in out and "SAUDIAL_QUANTIZATION=none" in out
+    assert "NOT reachable" in out and "found in HF_TOKEN" in out
+    assert secret not in out + result.stderr
+    assert len(out.splitlines()) <= 40  # one screen
+
+    # Unquantized with a local model, training can run here: exit 0, and --quiet says nothing.
+    env.update(SAUDIAL_QUANTIZATION="none", SAUDIAL_MODEL_NAME_OR_PATH=str(tiny_model))
+    quiet = run("check", "--quiet", env=env)
+    assert quiet.returncode == 0 and quiet.stdout == "", quiet.stdout + quiet.stderr
+    loud = run("check", env=env)
+    assert loud.returncode == 0 and "Training can run on the CPU" in loud.stdout
+
+
+# --- the installed command -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_setup_installs_the_saudial_command(tmp_path: Path) -> None:
+    """scripts/setup.sh into a new venv (~1.5 min on 2 cores: torch from the local wheel, the lock from pip's
+    index or cache), then the command runs from any directory, and a second setup is a no-op."""
+    venv = tmp_path / "venv"
+    env = clean_env(VENV=str(venv))
+    setup = subprocess.run(["bash", "scripts/setup.sh"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert setup.returncode == 0, setup.stderr[-3000:]
+    command = venv / "bin" / "saudial"
+    assert command.is_file()
+    version = subprocess.run([str(command), "--version"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert version.returncode == 0 and version.stdout.strip().startswith("saudial ")
+    helped = subprocess.run([str(command), "--help"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert all(f"  {c} " in helped.stdout for c in SUMMARY)
+    meta = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('saudial'))"],
+        capture_output=True,
+        text=True,
+    )
+    assert meta.stdout.strip() == version.stdout.strip().split()[-1]
+    again = subprocess.run(["bash", "scripts/setup.sh"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "is up to date" in again.stderr
