@@ -36,7 +36,7 @@ THREE_TURNS = Conversation(
         ("not json", "not a JSON list"),
         ([{"role": "user"}], "needs 'role' and 'content'"),
         ([{"role": "narrator", "content": "x"}], "role 'narrator' is not one of"),
-        ([{"role": "user", "content": 3}], "content must be text"),
+        ([{"role": "user", "content": 3}], "the content is a number, not text"),
         ([{"role": "user", "content": "  "}], "empty user content"),
         ([{"role": "user", "content": "hi"}], "no assistant message"),
         ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "system message may only come first"),

@@ -197,6 +197,8 @@ def run_translate(
     from saudial.inference.generate import Request, load_for_inference, settings_for_adapter, translate
 
     settings = settings_for_adapter(settings, adapter_dir)
+    if settings.task == "chat":
+        raise ConfigError(f"--adapter {adapter_dir} is a chat adapter (trained on conversations): use `saudial chat`")
     known = known_dialects(adapter_dir)
     if input_path is not None:
         row_word = "line" if input_path.suffix.lower() == ".jsonl" else "row"
