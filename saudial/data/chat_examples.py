@@ -62,10 +62,13 @@ def held_out_frame(conversations: list[Conversation]) -> pd.DataFrame:
 
 
 def to_examples(
-    conversations: list[Conversation], tokenizer: PreTrainedTokenizerBase, max_length: int
+    conversations: list[Conversation], tokenizer: PreTrainedTokenizerBase, max_length: int, learnable_only: bool = False
 ) -> datasets.Dataset:
-    """Each conversation as `input_ids` + `assistant_masks`, whole (TRL cuts them to max_length)."""
+    """Each conversation as `input_ids` + `assistant_masks`, whole (TRL cuts them to max_length and leaves out
+    those without an assistant token within it; `learnable_only` leaves them out here already)."""
     records = [chat.tokenize(tokenizer, c, max_length) for c in conversations]
+    if learnable_only:
+        records = [r for r in records if any(r["assistant_masks"][:max_length])]
     return datasets.Dataset.from_list(records, features=FEATURES)
 
 

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 def run(settings: Settings, dry_run: bool = False) -> int:
     """Check, train, evaluate, publish; return the exit code."""
     dataset = load_configured_data(settings)  # SauDial rows, or conversations (SAUDIAL_TASK)
-    settings = settings.model_copy(update={"task": task_of(dataset)})  # `auto` resolved: the record says which
+    if settings.task != task_of(dataset):  # `auto` resolved, so that the run's record says which
+        settings = settings.model_copy(update={"task": task_of(dataset)})
     # The slow imports (torch, transformers, PEFT, TRL: seconds) only once the data is known to be good.
     from saudial.model.hardware import check_cuda
     from saudial.publish import hub

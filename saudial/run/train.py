@@ -112,7 +112,7 @@ def train(
     if isinstance(dataset, ChatData):
         check_template(tokenizer, settings.tokenizer_name_or_path or settings.model_name_or_path)
         train_ds = chat_examples.to_examples(chat_split.train, tokenizer, settings.max_length)
-        eval_ds = chat_examples.to_examples(chat_split.eval, tokenizer, settings.max_length)
+        eval_ds = chat_examples.to_examples(chat_split.eval, tokenizer, settings.max_length, learnable_only=True)
         summary = chat_examples.summarize(dataset, chat_split, settings.max_length, train_ds)
         chat_examples.log_summary(summary)
     else:
