@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         ge=1,
         le=16384,
         description="Largest data file read, in MB (for .xlsx/.xlsm also its unpacked size); larger files "
-        "are refused (data and translate --input).",
+        "are refused (data, translate and chat --input).",
     )
     eval_size: float = Field(
         0.1,  # 10% held out, stratified by dialect, no English sentence on both sides (see data.split)
@@ -204,7 +204,7 @@ class Settings(BaseSettings):
         le=10_000_000,
         description="Cap on evaluated examples for quick runs (default: the whole eval split).",
     )
-    max_new_tokens: int = Field(256, ge=1, le=131_072, description="Generation limit per translation.")
+    max_new_tokens: int = Field(256, ge=1, le=131_072, description="Generation limit per translation or reply.")
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(0.3, gt=0.0, le=100.0, description="Sampling temperature (with do_sample).")
     min_p: float = Field(0.15, ge=0.0, le=1.0, description="Sampling min_p (with do_sample).")

@@ -86,10 +86,18 @@ def settings_for_adapter(settings: Settings, adapter_dir: Path) -> Settings:
     if {"model_name_or_path", "model_revision"} & settings.model_fields_set:
         explicit.setdefault("model_revision", settings.model_revision)
     merged = {**recorded, **explicit}
-    if recorded:  # an adapter does the one job it was trained for (before SAUDIAL_TASK: translation)
-        merged["task"] = recorded.get("task", "translate")
+    if task := trained_task(adapter_dir):  # an adapter does the one job it was trained for
+        merged["task"] = task
     # Settings() would read SAUDIAL_* again; model_validate on the merged values keeps this explicit.
     return Settings.model_validate({**settings.model_dump(), **merged})
+
+
+def trained_task(adapter_dir: Path) -> str | None:
+    """The task an adapter was trained for, as its run record says (translate before SAUDIAL_TASK existed);
+    None for an adapter without saudial's record."""
+    manifest = read_json(adapter_dir / MANIFEST) or {}
+    config = manifest.get("config")
+    return str(config.get("task", "translate")) if isinstance(config, dict) else None
 
 
 def check_adapter_dir(adapter_dir: Path) -> None:

@@ -87,10 +87,10 @@ def run_chat(
         frame, prompts = read_inputs(input_path, settings.max_data_file_mb, system)
     else:
         prompts = [with_system([{"role": "user", "content": cleaned(str(message), "MESSAGE")}], system)]
-    from saudial.inference.generate import chat_replies, load_for_inference, settings_for_adapter
+    from saudial.inference.generate import chat_replies, load_for_inference, settings_for_adapter, trained_task
 
     settings = settings_for_adapter(settings, adapter_dir)
-    if settings.task != "chat":
+    if trained_task(adapter_dir) not in (None, "chat"):  # an adapter without saudial's record is taken as it is
         raise ConfigError(
             f"--adapter {adapter_dir} was trained to translate SauDial rows, not on conversations: use "
             "`saudial translate`, or train a chat adapter (SAUDIAL_TASK=chat)"
