@@ -490,3 +490,18 @@ def test_merge_output_follows_the_same_rules(tmp_path: Path, monkeypatch: pytest
     assert (
         work == tmp_path / "fresh" / "staging" and json.loads((work / "run_manifest.json").read_text())["saudial_merge"]
     )
+
+
+def test_a_record_saudial_did_not_write_is_never_taken_for_one(tmp_path: Path) -> None:
+    from saudial.config.settings import Settings
+    from saudial.run.outputs import prepare_output_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run_manifest.json").write_text('{"files": ["adapter_model.safetensors"]}')  # not saudial's
+    (out / "adapter_model.safetensors").write_text("theirs")
+    before = tree(out)
+    settings = Settings.model_validate({"output_dir": out, "overwrite_output_dir": True})
+    with pytest.raises(ConfigError, match="it is not a saudial run record"):
+        prepare_output_dir(settings, "fingerprint", "sha256")
+    assert tree(out) == before

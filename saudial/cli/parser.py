@@ -23,7 +23,7 @@ from saudial.config.settings import Settings, env_name, flag_name
 # setting is in exactly one group, so a new setting must be placed here.
 # fmt: off
 GROUPS: dict[str, list[str]] = {
-    "data": ["data", "task", "sheet_name", "dialects", "max_data_file_mb", "eval_size"],
+    "data": ["data", "task", "sheet_name", "dialects", "eval_size", "max_data_file_mb"],
     "model": ["model_name_or_path", "model_revision", "tokenizer_name_or_path", "quantization",
               "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "torch_dtype", "attn_implementation"],
     "LoRA": ["lora_r", "lora_alpha", "lora_dropout", "target_modules"],
@@ -50,8 +50,8 @@ COMMAND_SETTINGS: dict[str, list[str]] = {
     "check": [*BASE_MODEL, *BATCHING],
     # An adapter evaluates on the task it was trained for (its run_manifest.json), not SAUDIAL_TASK.
     "evaluate": [*DATA, *BASE_MODEL, "output_dir", "max_length", "seed", *GROUPS["evaluation"]],
-    "translate": ["max_data_file_mb", *BASE_MODEL, *GENERATION],
-    "chat": ["max_data_file_mb", *BASE_MODEL, *GENERATION],
+    "translate": [*BASE_MODEL, *GENERATION, "max_length", "max_data_file_mb"],
+    "chat": [*BASE_MODEL, *GENERATION, "max_length", "max_data_file_mb"],
     "merge": ["model_name_or_path", "model_revision", "overwrite_output_dir"],
     "push": ["hub_model_id", "hub_private"],
 }
@@ -76,8 +76,9 @@ examples:
   saudial COMMAND --help                          the settings that COMMAND reads
 
 Every setting is a flag and a SAUDIAL_* environment variable (flag > variable > recipe > default).
-Exit codes: 0 ok, 2 bad settings or data, 3 training failed, 4 Hub upload failed,
-75 interrupted after saving a checkpoint (start again to resume)."""
+Exit codes: 0 ok, 1 a bug in saudial (one line; --debug or SAUDIAL_DEBUG=1 shows the traceback), 2 bad
+settings or data, 3 out of memory, 4 Hub upload failed, 74 disk full or not writable, 75 interrupted after
+saving a checkpoint (start again to resume)."""
 
 ADAPTER_HELP = "a training output directory (adapter_config.json, tokenizer, run_manifest.json)"
 
@@ -167,13 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing = "\n".join(f"  {name:<11}{summary}" for name, summary in SUMMARY.items())
     parser = argparse.ArgumentParser(
         prog="saudial",
-        usage="saudial [-h] [--version] COMMAND [flags]",
+        usage="saudial [-h] [--version] [--debug] COMMAND [flags]",
         description="Fine-tune LFM2-1.2B with QLoRA on the SauDial workbook (English -> Saudi dialects).\n\n"
         f"commands:\n{listing}",
         epilog=EXAMPLES,
         formatter_class=_formatter,
     )
     parser.add_argument("--version", action="version", version=f"saudial {__version__}")
+    # Read (and removed from the arguments) by cli.main before parsing, so it works after the command too.
+    parser.add_argument("--debug", action="store_true", help="on a fault, print the traceback too (SAUDIAL_DEBUG=1)")
     # The commands are listed in the description above, one line each; argparse's own listing is hidden.
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)
 

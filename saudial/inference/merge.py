@@ -96,5 +96,5 @@ def prepare(output: Path, settings: Settings) -> Path:
             )
         staging.remove(work, staging.contents(work))  # an earlier merge that did not finish: saudial's own
         work.mkdir(exist_ok=True)
-        record.update(work, {"saudial_merge": 1, record.FILES: []}, replace=True)  # the folder is saudial's
+        record.update(work, {"saudial_run": 1, "saudial_merge": 1, record.FILES: []}, replace=True)  # saudial's
     return work

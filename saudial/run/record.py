@@ -164,7 +164,9 @@ def damaged(path: Path) -> str | None:
         return f"it cannot be read ({exc.strerror})"
     except ValueError:
         return "it is not valid JSON (cut short or edited)"
-    return None if isinstance(data, dict) else "it is not a JSON object"
+    if not isinstance(data, dict):
+        return "it is not a JSON object"
+    return None if data.get("saudial_run") else "it is not a saudial run record"
 
 
 # --- the record of one run -------------------------------------------------------------------------
