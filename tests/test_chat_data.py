@@ -20,8 +20,8 @@ from trl import SFTTrainer
 from saudial.config.settings import Settings
 from saudial.data.chat import Conversation, check_template, parse_messages, prompt_ids, render, split, tokenize
 from saudial.data.chat_examples import held_out_frame, to_examples
-from saudial.data.conversations import ChatData, load_configured_data, task_of
-from saudial.data.workbook import Dataset
+from saudial.data.conversations import ChatData, load_configured_data, read_conversations, task_of
+from saudial.data.workbook import Dataset, read_table
 from saudial.errors import ConfigError, DataError
 from saudial.inference.batches import reply_text, special_ids
 from saudial.inference.evaluate import loss_examples
@@ -168,6 +168,13 @@ def test_parquet_conversations(tmp_path: Path) -> None:
     pq.write_table(pa.table({"messages": pa.array(["hello"])}), path)
     with pytest.raises(DataError, match=re.escape("chat.parquet row 1: the messages are text that is not a JSON list")):
         _load(path)
+
+
+def test_conversations_to_reply_to(tmp_path: Path) -> None:
+    """`chat --input`: no assistant turn needed, the last message the user's; a prompt/completion row's prompt."""
+    path = _write_lines(tmp_path / "ask.jsonl", {"messages": [USER]}, {"prompt": [USER], "completion": [REPLY]})
+    found, _ = read_conversations(read_table(path, setting="--input"), to_reply=True)
+    assert [c.messages for c in found] == [(("user", USER["content"]),)] * 2
 
 
 def test_task_auto_and_translate(tmp_path: Path, workbook: Path) -> None:

@@ -92,7 +92,7 @@ def row_conversation(record: Mapping[Any, Any], where: str, to_reply: bool = Fal
     messages, prompt, completion = (record.get(k) for k in (MESSAGES, PROMPT, COMPLETION))
     has_messages, has_pair = not is_missing(messages), not is_missing(prompt) and not is_missing(completion)
     if to_reply and not has_messages and not is_missing(prompt):
-        messages, has_messages = prompt, True  # TRL's prompt-only rows
+        messages, has_messages, has_pair = prompt, True, False  # the prompt is answered (a completion stays as is)
     if has_messages and has_pair:
         raise DataError(f"{where} has both 'messages' and 'prompt'/'completion': keep one of them")
     if has_messages:
@@ -107,10 +107,11 @@ def row_conversation(record: Mapping[Any, Any], where: str, to_reply: bool = Fal
         removed += more
     else:
         wanted = "'messages' (or 'prompt')" if to_reply else "'messages' (or 'prompt' and 'completion')"
-        raise DataError(f"{where} has no conversation: each line needs {wanted} as a list of messages")
+        raise DataError(f"{where} has no conversation: it needs {wanted} as a list of messages")
     if to_reply and conversation.messages[-1][0] != "user":
         raise DataError(
-            f"{where}: the last message is the {conversation.messages[-1][0]}'s; a reply needs a user's last"
+            f"{where}: the last message is the {conversation.messages[-1][0]}'s: a conversation to reply to ends "
+            "with the user's message"
         )
     return conversation, removed
 
