@@ -115,22 +115,24 @@ def test_full_size_architecture_4bit(
     print("full-size 4-bit:", {k: metrics.get(k) for k in ("steady_tokens_per_second", "peak_reserved_gib")}, losses)
 
 
+@pytest.mark.parametrize("rows", ["translation", "chat"])
 @pytest.mark.parametrize("varlen", [False, True], ids=["sdpa-mask", "flash-varlen"])
-def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path, varlen: bool) -> None:
+def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path, varlen: bool, rows: str) -> None:
     """Per-example losses of a 4-bit bf16 model: padding-free row vs padded batch, to bf16 noise.
 
-    With SDPA and a block-diagonal mask, and with the flash varlen kernel training uses (model/patches.py).
+    With SDPA and a block-diagonal mask, and with the flash varlen kernel training uses (model/patches.py);
+    translation rows and chat rows (conversations through the chat template).
     """
     from transformers import AutoTokenizer
 
     from saudial.model import patches as speed
     from saudial.model.loading import load_model
     from saudial.run.trainer import padding_free_collator
-    from tests.test_padding_free import _examples, _padded_batch, _per_example_loss
+    from tests.test_padding_free import _chat_examples, _examples, _padded_batch, _per_example_loss
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = load_model(Settings(model_name_or_path=str(tiny_model), quantization="4bit")).eval()
-    examples = _examples(workbook, tokenizer)
+    examples = _examples(workbook, tokenizer) if rows == "translation" else _chat_examples(tokenizer)
     ids, mask = _padded_batch(examples, tokenizer.pad_token_id)
     speed.install_boundary_aware_conv()
     batch = padding_free_collator(tokenizer.pad_token_id, 256)([{"input_ids": e} for e in examples])
@@ -146,6 +148,29 @@ def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path, var
         b = _per_example_loss(flat[start : start + len(e)], torch.tensor(e)).mean()
         assert abs(a - b) < 2e-2 * max(1.0, float(a)), (i, float(a), float(b))
         start += len(e)
+
+
+def test_chat_training_on_gpu(tiny_model: Path, tmp_path: Path, run_entry: RunEntry) -> None:
+    """SAUDIAL_TASK=chat on the 4-bit model, padding-free through the flash varlen kernel: the loss on the
+    assistant turns falls, the evaluation scores base vs adapter, and `saudial chat` replies."""
+    from tests.chat_files import conversations, write_jsonl
+
+    data = write_jsonl(tmp_path / "chat.jsonl", conversations())
+    out = tmp_path / "out"
+    extra = {"SAUDIAL_TASK": "chat", "SAUDIAL_EVAL": "full", "SAUDIAL_EVAL_SIZE": "0.2", "SAUDIAL_LOGGING_STEPS": "1"}
+    result = run_entry(_gpu_env(tiny_model, data, out, SAUDIAL_MAX_NEW_TOKENS="8", **extra))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "attention: flash varlen over the examples of each padding-free row" in result.stderr
+    losses = _losses(out)
+    assert all(math.isfinite(x) for x in losses) and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["evaluation"]["task"] == "chat" and math.isfinite(metrics["eval_loss"])
+    env = base_env(tiny_model, data, out, SAUDIAL_MAX_NEW_TOKENS="8")
+    for key in ("SAUDIAL_OUTPUT_DIR", "SAUDIAL_DATA", "SAUDIAL_MODEL_NAME_OR_PATH", "SAUDIAL_QUANTIZATION"):
+        env.pop(key)
+    reply = run_entry(env, "chat", "--adapter", str(out), "Open the dragon.")
+    assert reply.returncode == 0, reply.stderr[-3000:]
+    print("chat on GPU:", {"losses": losses[:2] + losses[-2:], "reply": reply.stdout.strip()[:80]})
 
 
 def test_compiled_layers_train_on_gpu(tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry) -> None:

@@ -1,4 +1,5 @@
-"""Padding-free batches must give every example the loss it gets alone in a padded batch."""
+"""Padding-free batches must give every example the loss it gets alone in a padded batch (translation
+rows and chat rows alike)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,24 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.lfm2 import modeling_lfm2
 
 from saudial.data import workbook as data
+from saudial.data.chat import tokenize
+from saudial.data.conversations import row_conversation
 from saudial.data.prompts import build_prompt
 from saudial.model import patches as speed
 from saudial.run.trainer import padding_free_collator
+from tests.chat_files import conversations
 
 
 def _examples(workbook: Path, tokenizer, n: int = 6) -> list[list[int]]:
     rows = data.load(workbook).rows.head(n)
     texts = [build_prompt(r.dialect, r.english, r.context or None) + r.translation for r in rows.itertuples()]
     return [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+
+
+def _chat_examples(tokenizer, n: int = 6) -> list[list[int]]:
+    """Chat rows as training sees them: conversations (tests/chat_files.py) through the chat template."""
+    found = [row_conversation(line, f"line {i}")[0] for i, line in enumerate(conversations(n), 1)]
+    return [tokenize(tokenizer, c)["input_ids"] for c in found]
 
 
 def _padded_batch(examples: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,10 +66,11 @@ def test_boundary_aware_conv_matches_per_sequence_conv() -> None:
     assert not torch.allclose(leaky, alone, atol=1e-3)
 
 
-def test_padding_free_losses_equal_padded(tiny_model: Path, workbook: Path, restore_conv) -> None:
+@pytest.mark.parametrize("rows", ["translation", "chat"])
+def test_padding_free_losses_equal_padded(tiny_model: Path, workbook: Path, restore_conv, rows: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    examples = _examples(workbook, tokenizer)
+    examples = _examples(workbook, tokenizer) if rows == "translation" else _chat_examples(tokenizer)
 
     ids, mask = _padded_batch(examples, tokenizer.pad_token_id)
     with torch.no_grad():

@@ -21,6 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "saudial"
 # The settings that are saudial's own (no library takes them), and the module that reads each.
 SAUDIAL_OWN = {
     "data": "data/workbook.py",
+    "task": "data/conversations.py",
     "sheet_name": "data/workbook.py",
     "dialects": "data/workbook.py",
     "max_data_file_mb": "data/workbook.py",  # and jobs/translate.py for --input
@@ -36,11 +37,11 @@ SAUDIAL_OWN = {
     "num_processes": "run/distributed.py",
     "eval": "inference/evaluate.py",
     "max_eval_samples": "inference/evaluate.py",
-    "max_new_tokens": "inference/generate.py",
-    "do_sample": "inference/generate.py",
-    "temperature": "inference/generate.py",
-    "min_p": "inference/generate.py",
-    "repetition_penalty": "inference/generate.py",
+    "max_new_tokens": "inference/batches.py",
+    "do_sample": "inference/batches.py",
+    "temperature": "inference/batches.py",
+    "min_p": "inference/batches.py",
+    "repetition_penalty": "inference/batches.py",
     "hub_private": "publish/hub.py",
     # SFTConfig fields that saudial handles itself (run/trainer.HANDLED_HERE says why)
     "padding_free": "run/trainer.py",

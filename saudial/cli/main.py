@@ -38,6 +38,14 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
     return check(settings, quiet=args.quiet)
 
 
+def run_chat(args: argparse.Namespace, settings: Settings) -> int:
+    from saudial.jobs.chat import run_chat as chat
+
+    logs.fold_transformers_handler()
+    chat(settings, args.adapter, args.message, args.system, args.input, args.output)
+    return EXIT_OK
+
+
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from saudial.jobs.evaluate import run_evaluate as evaluate
 
@@ -73,6 +81,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "train": run_train,
     "check": run_check,
     "translate": run_translate,
+    "chat": run_chat,
     "evaluate": run_evaluate,
     "merge": run_merge,
     "push": run_push,

@@ -23,7 +23,7 @@ from saudial.config.settings import Settings, env_name, flag_name
 # setting is in exactly one group, so a new setting must be placed here.
 # fmt: off
 GROUPS: dict[str, list[str]] = {
-    "data": ["data", "sheet_name", "dialects", "eval_size", "max_data_file_mb"],
+    "data": ["data", "task", "sheet_name", "dialects", "eval_size", "max_data_file_mb"],
     "model": ["model_name_or_path", "model_revision", "tokenizer_name_or_path", "quantization",
               "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "torch_dtype", "attn_implementation"],
     "LoRA": ["lora_r", "lora_alpha", "lora_dropout", "target_modules"],
@@ -38,6 +38,7 @@ GROUPS: dict[str, list[str]] = {
 }
 # fmt: on
 ALL = [name for names in GROUPS.values() for name in names]
+DATA = [name for name in GROUPS["data"] if name != "task"]
 GENERATION = ["per_device_eval_batch_size", "max_new_tokens", "do_sample", "temperature", "min_p", "repetition_penalty"]
 BASE_MODEL = ["model_name_or_path", "model_revision", "quantization", "torch_dtype"]
 BATCHING = ["per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "torch_compile"]
@@ -47,8 +48,10 @@ BATCHING += ["num_processes"]
 COMMAND_SETTINGS: dict[str, list[str]] = {
     "train": ALL,
     "check": [*BASE_MODEL, *BATCHING],
-    "evaluate": [*GROUPS["data"], *BASE_MODEL, "output_dir", "max_length", "seed", *GROUPS["evaluation"]],
+    # An adapter evaluates on the task it was trained for (its run_manifest.json), not SAUDIAL_TASK.
+    "evaluate": [*DATA, *BASE_MODEL, "output_dir", "max_length", "seed", *GROUPS["evaluation"]],
     "translate": [*BASE_MODEL, *GENERATION, "max_length", "max_data_file_mb"],
+    "chat": [*BASE_MODEL, *GENERATION, "max_length", "max_data_file_mb"],
     "merge": ["model_name_or_path", "model_revision", "overwrite_output_dir"],
     "push": ["hub_model_id", "hub_private"],
 }
@@ -57,6 +60,7 @@ SUMMARY = {
     "train": "train an adapter (the default command): data -> 4-bit model + LoRA -> evaluation -> Hub",
     "check": "what this machine can do: GPU, bf16, bitsandbytes, Hub access, the settings it would pick",
     "translate": "translate English text (or a whole file) with a trained adapter",
+    "chat": "reply to a message (or to a file of conversations) with a trained chat adapter",
     "evaluate": "score base model vs adapter (chrF++, BLEU per dialect) on the run's held-out split",
     "merge": "merge the adapter into the base model (bf16) for vLLM / llama.cpp",
     "push": "upload a training output directory to the Hugging Face Hub (retries a failed upload)",
@@ -68,6 +72,7 @@ examples:
   saudial train --data "data/SauDial Dataset.xlsx"
   saudial train --config recipes/small-gpu.yaml   a recipe file; flags and SAUDIAL_* variables win over it
   saudial translate --adapter outputs --dialect Najdi "Open the old door."
+  saudial chat --adapter outputs "Where is the market?"   a chat adapter (SAUDIAL_TASK=chat)
   saudial COMMAND --help                          the settings that COMMAND reads
 
 Every setting is a flag and a SAUDIAL_* environment variable (flag > variable > recipe > default).
@@ -212,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, metavar="FILE", help="where --input's translations go")
     p.add_argument("text", nargs="?", metavar="TEXT", help="English text to translate")
     add_settings(p, COMMAND_SETTINGS["translate"])
+
+    p = _command(
+        sub,
+        "chat",
+        "Reply to one user MESSAGE (printed) with an adapter trained on conversations (SAUDIAL_TASK=chat), or to "
+        "every conversation of a .jsonl/.parquet file ('messages' ending with the user's) and write the replies "
+        "next to it as NAME.replies.EXT, never over an existing file.",
+        "saudial chat --adapter DIR [--system TEXT] (MESSAGE | --input FILE [--output FILE])",
+    )
+    p.add_argument("--adapter", type=Path, required=True, metavar="DIR", help=ADAPTER_HELP)
+    p.add_argument("--system", metavar="TEXT", help="system prompt (with --input: replaces each conversation's)")
+    p.add_argument("--input", type=Path, metavar="FILE", help="conversations to reply to instead of MESSAGE")
+    p.add_argument("--output", type=Path, metavar="FILE", help="where --input's replies go")
+    p.add_argument("message", nargs="?", metavar="MESSAGE", help="the user's message")
+    add_settings(p, COMMAND_SETTINGS["chat"])
 
     p = _command(
         sub,

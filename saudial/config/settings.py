@@ -1,10 +1,7 @@
-"""Every setting of a run, typed and documented in one place.
-
-Each field is read from the environment variable ``SAUDIAL_<NAME>`` and from the CLI flag ``--<name>``
-(the flag wins; `loading.py` resolves them). Names follow the libraries underneath (TRL's `SFTConfig`,
-PEFT's `LoraConfig`, transformers' `TrainingArguments`) so that their documentation applies as is.
-Hugging Face's own variables (`HF_TOKEN`, `HF_HOME`, `HF_HUB_OFFLINE`, `HF_ENDPOINT`) keep their names
-and meaning: huggingface_hub reads them, they are never copied into these settings.
+"""Every setting of a run, typed and documented in one place: the variable ``SAUDIAL_<NAME>``, the flag
+``--<name>`` (`loading.py` resolves them). Names follow TRL's `SFTConfig`, PEFT's `LoraConfig` and
+transformers' `TrainingArguments`, so their documentation applies as is. Hugging Face's own variables
+(`HF_TOKEN`, `HF_HOME`, `HF_HUB_OFFLINE`, `HF_ENDPOINT`) are huggingface_hub's, never copied in here.
 """
 
 from __future__ import annotations
@@ -17,10 +14,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "SAUDIAL_"
 
-# LFM2's linear layers, by module name: attention (q/k/v/out_proj, 6 of 16 layers), the short-conv
-# blocks' projections (in_proj/out_proj, the other 10 layers) and every layer's SwiGLU MLP (w1/w2/w3).
-# The seed recipe's `q_proj,v_proj` reaches only the 6 attention layers; LiquidAI's own SFT recipe
-# targets all of these. (LFM2 has no `o_proj`; PEFT matches `out_proj` in both block kinds.)
+# LFM2's linear layers: attention (q/k/v/out_proj, 6 of 16 layers), the short-conv blocks' in_proj/out_proj
+# (the other 10) and every layer's SwiGLU MLP (w1/w2/w3). The seed's `q_proj,v_proj` reaches only the 6
+# attention layers; LiquidAI's own SFT recipe targets all. (No `o_proj`: PEFT matches `out_proj` in both.)
 LFM2_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"]
 
 # Variables with the SAUDIAL_ prefix that are not settings but are allowed in the environment:
@@ -39,8 +35,12 @@ class Settings(BaseSettings):
 
     # --- data -------------------------------------------------------------------------------------
     data: Path | None = Field(
-        None,
-        description="SauDial data file: .xlsx (as published), .csv, .jsonl or .parquet. Required.",
+        None, description="SauDial data file: .xlsx (as published), .csv, .jsonl or .parquet. Required."
+    )
+    task: Literal["translate", "chat", "auto"] = Field(
+        "translate",  # the workbook's job, as before; chat and auto read conversations (data/conversations.py)
+        description="translate (SauDial rows), chat (conversations: a 'messages' column in .jsonl/.parquet, "
+        "TRL's format; trains a chat adapter), or auto (chat if the file holds conversations; it says which).",
     )
     sheet_name: str | None = Field(
         None, description="Excel sheet to read (default: 'SADGLD' if present, else the first sheet)."
@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         ge=1,
         le=16384,
         description="Largest data file read, in MB (for .xlsx/.xlsm also its unpacked size); larger files "
-        "are refused (data and translate --input).",
+        "are refused (data, translate and chat --input).",
     )
     eval_size: float = Field(
         0.1,  # 10% held out, stratified by dialect, no English sentence on both sides (see data.split)
@@ -204,7 +204,7 @@ class Settings(BaseSettings):
         le=10_000_000,
         description="Cap on evaluated examples for quick runs (default: the whole eval split).",
     )
-    max_new_tokens: int = Field(256, ge=1, le=131_072, description="Generation limit per translation.")
+    max_new_tokens: int = Field(256, ge=1, le=131_072, description="Generation limit per translation or reply.")
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(0.3, gt=0.0, le=100.0, description="Sampling temperature (with do_sample).")
     min_p: float = Field(0.15, ge=0.0, le=1.0, description="Sampling min_p (with do_sample).")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import pandas as pd
 
 from saudial.data import files, formats
+from saudial.data.chat import is_conversations
 from saudial.data.files import DATA_SETTING, DEFAULT_MAX_MB, read_bytes
 from saudial.data.text import clean_cell, describe_names, kind_of, name_problem, strip_controls
 from saudial.errors import ConfigError, DataError
@@ -78,6 +79,12 @@ def read_table(
     else:
         frame = formats.read_parquet(data, shown, max_mb * files.MB)
     return Table(frame, shown, hashlib.sha256(data).hexdigest(), "line" if suffix == ".jsonl" else "row", suffix)
+
+
+def holds_conversations(table: Table) -> bool:
+    """A .jsonl/.parquet file of conversations (TRL's `messages`, or `prompt`/`completion` message lists)?"""
+    first = table.frame.iloc[0].to_dict() if len(table.frame) else None
+    return table.suffix in (".jsonl", ".parquet") and is_conversations(table.frame.columns, first)
 
 
 class Row(NamedTuple):
@@ -190,8 +197,20 @@ def load(
     max_mb: int = DEFAULT_MAX_MB,
 ) -> Dataset:
     """Read, normalise and de-duplicate the data; filter dialects. Raises DataError on bad input."""
-    table = read_table(path, sheet_name, max_mb, setting=DATA_SETTING)
-    frame = _match_columns(table.frame, table.shown)
+    return from_table(read_table(path, sheet_name, max_mb, setting=DATA_SETTING), path, dialects)
+
+
+def from_table(table: Table, path: Path, dialects: list[str] | None = None) -> Dataset:
+    """The translation rows of a file as read (`read_table`): cleaned, de-duplicated, dialects filtered."""
+    try:
+        frame = _match_columns(table.frame, table.shown)
+    except DataError:
+        if holds_conversations(table):
+            raise DataError(
+                f"{table.shown} holds conversations (TRL's 'messages' format), not translation rows: set "
+                "SAUDIAL_TASK=chat (or auto) to train a chat adapter on them"
+            ) from None
+        raise
     rows_read = len(frame)
     check_text(table, frame, REQUIRED_COLUMNS | OPTIONAL_COLUMNS)
     frame, control_chars = clean_columns(frame)

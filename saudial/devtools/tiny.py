@@ -20,6 +20,16 @@ from saudial.devtools import synthetic
 # LFM2's special tokens, at LFM2's ids for pad and bos (0, 1).
 SPECIAL_TOKENS = ["<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
+# A chat template of the shape LFM2 publishes (ChatML-like), written here from that format: BOS, the system
+# prompt first, each turn as <|im_start|>role\n...<|im_end|>\n, and the assistant header as the generation prompt.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 
 def build_tokenizer(texts: list[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE())
@@ -43,6 +53,7 @@ def build_tokenizer(texts: list[str], vocab_size: int = 1024) -> PreTrainedToken
         eos_token="<|im_end|>",
         pad_token="<|pad|>",
         model_max_length=4096,
+        chat_template=CHAT_TEMPLATE,
     )
 
 

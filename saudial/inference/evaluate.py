@@ -4,7 +4,10 @@ For every held-out example, the base model (the same PeftModel with its adapter 
 `disable_adapter()`, so nothing is loaded twice) and the adapter translate with the training prompt;
 sacrebleu scores both against the dialect reference, per dialect and overall. Where the data has an
 MSA column, that column is scored against the dialect reference too: what a perfect Modern Standard
-Arabic translation would get, the line between "writes dialect" and "writes MSA".
+Arabic translation would get, the line between "writes dialect" and "writes MSA". For a chat adapter
+(SAUDIAL_TASK=chat), both write each held-out conversation's last assistant turn from the turns before
+it (the chat template with its generation prompt), scored against that turn, per dialect where the
+conversations name one; the eval loss is on the assistant tokens, as in training.
 
 Scores and their table are `scoring.py`.
 
@@ -18,6 +21,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +29,13 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from saudial.data.chat import tokenize
+from saudial.data.chat_examples import CONVERSATION
 from saudial.data.prompts import build_prompt
 from saudial.data.workbook import iter_rows
 from saudial.errors import OOM_INFERENCE, faults
 from saudial.inference.dense import dequantize_base_weights
-from saudial.inference.generate import Request, translate
+from saudial.inference.generate import Request, chat_replies, translate
 from saudial.inference.scoring import OVERALL, SYSTEMS, markdown_table, score_by_dialect, signatures
 from saudial.run import record, signals
 
@@ -51,22 +57,38 @@ def cap(rows: pd.DataFrame, max_samples: int | None, seed: int) -> pd.DataFrame:
     return sampled.head(max_samples).reset_index(drop=True)
 
 
+def loss_examples(
+    tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, settings: Settings
+) -> Iterator[tuple[list[int], list[int], bool]]:
+    """(token ids, labels, cut?) of every held-out example as training builds it, cut to max_length: the
+    translation and its EOS learned, or (chat) every assistant turn and its end-of-turn token."""
+    if settings.task == "chat":
+        for conversation in rows[CONVERSATION]:
+            example = tokenize(tokenizer, conversation, settings.max_length)
+            ids, mask = example["input_ids"], example["assistant_masks"]
+            labels = [token if learned else -100 for token, learned in zip(ids, mask, strict=True)]
+            yield ids[: settings.max_length], labels[: settings.max_length], len(ids) > settings.max_length
+        return
+    for r in iter_rows(rows):
+        prompt = build_prompt(r.dialect, r.english, r.context or None)
+        prompt_ids = tokenizer(prompt)["input_ids"][: settings.max_length]
+        ids = tokenizer(prompt + r.translation)["input_ids"]
+        cut = len(ids) + 1 > settings.max_length
+        ids = [*ids[: settings.max_length - 1], tokenizer.eos_token_id]
+        yield ids, [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids) :], cut
+
+
 def eval_loss(model: Any, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, settings: Settings) -> float:
-    """Mean cross-entropy per translation token (the response and its EOS), as training computes it: each
-    example cut to max_length tokens, as training cuts it."""
+    """Mean cross-entropy per learned token (the translation and its EOS; chat: the assistant turns), as
+    training computes it: each example cut to max_length tokens, as training cuts it."""
     device = model.get_input_embeddings().weight.device
     total, count, cut = 0.0, 0, 0
     was_training = model.training
     model.eval()
     try:
-        for r in iter_rows(rows):
+        for ids, labels, was_cut in loss_examples(tokenizer, rows, settings):
             signals.check()  # SIGTERM during evaluation: stop here (exit 75)
-            prompt = build_prompt(r.dialect, r.english, r.context or None)
-            prompt_ids = tokenizer(prompt)["input_ids"][: settings.max_length]
-            ids = tokenizer(prompt + r.translation)["input_ids"]
-            cut += len(ids) + 1 > settings.max_length
-            ids = [*ids[: settings.max_length - 1], tokenizer.eos_token_id]
-            labels = [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids) :]
+            cut += was_cut
             if all(label == -100 for label in labels[1:]):
                 continue
             with (
@@ -144,26 +166,42 @@ def evaluate(
 def generate_and_score(
     settings: Settings, model: Any, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, output_dir: Path
 ) -> dict[str, Any]:
-    requests = [Request(r.dialect, r.english, r.context or None) for r in iter_rows(rows)]
+    """Base and adapter write every held-out answer: the translation, or (chat) each conversation's last
+    assistant turn from the conversation before it; chrF++/BLEU against the data's, per dialect."""
     dequantize_base_weights(model)  # a 4-bit base decodes ~3x faster dense, same tokens (inference/dense.py)
+    if settings.task == "chat":
+        conversations = list(rows[CONVERSATION])
+        prompts = [c.as_dicts(c.last_assistant) for c in conversations]
+        references = [c.messages[c.last_assistant][1] for c in conversations]
+        lines = [{"dialect": c.dialect, "messages": p} for c, p in zip(conversations, prompts, strict=True)]
+
+        def write(description: str, stats: dict[str, float]) -> list[str]:
+            return chat_replies(model, tokenizer, prompts, settings, description=description, stats=stats)
+
+    else:
+        requests = [Request(r.dialect, r.english, r.context or None) for r in iter_rows(rows)]
+        references = list(rows["translation"])
+        lines = [{"dialect": r.dialect, "english": r.english, "context": r.context} for r in iter_rows(rows)]
+
+        def write(description: str, stats: dict[str, float]) -> list[str]:
+            return translate(model, tokenizer, requests, settings, description=description, stats=stats)
+
     outputs: dict[str, list[str]] = {}
     rates: dict[str, dict[str, float]] = {system: {} for system in SYSTEMS}
     with model.disable_adapter():
-        outputs["base"] = translate(model, tokenizer, requests, settings, description="base model", stats=rates["base"])
-    outputs["adapter"] = translate(
-        model, tokenizer, requests, settings, description="with adapter", stats=rates["adapter"]
-    )
-    scores: dict[str, Any] = {system: score_by_dialect(rows, outputs[system]) for system in SYSTEMS}
-    msa_rows = rows[rows["msa"].astype(str).str.strip() != ""]
+        outputs["base"] = write("base model", rates["base"])
+    outputs["adapter"] = write("with adapter", rates["adapter"])
+    scores: dict[str, Any] = {system: score_by_dialect(rows, outputs[system], references) for system in SYSTEMS}
+    msa_rows = rows[rows["msa"].astype(str).str.strip() != ""] if "msa" in rows else rows.iloc[0:0]
     if len(msa_rows):
         scores["msa_reference"] = score_by_dialect(msa_rows, list(msa_rows["msa"]))
     record.own(output_dir, record.PREDICTIONS)
     with (output_dir / record.PREDICTIONS).open("w", encoding="utf-8") as handle:
-        for i, r in enumerate(iter_rows(rows)):
-            line = {"dialect": r.dialect, "english": r.english, "context": r.context, "reference": r.translation}
-            line |= {system: outputs[system][i] for system in SYSTEMS}
+        for i, line in enumerate(lines):
+            line |= {"reference": references[i]} | {system: outputs[system][i] for system in SYSTEMS}
             handle.write(json.dumps(line, ensure_ascii=False) + "\n")
     return {
+        "task": settings.task,
         "samples": len(rows),
         "generation": {
             k: getattr(settings, k)

@@ -1,19 +1,21 @@
-"""Inference: load base model + adapter the way training did, and translate in batches.
+"""Inference: load base model + adapter the way training did, and translate (or reply) in batches.
 
 The prompt is `prompts.build_prompt` with the response left empty: exactly what training put before
-the translation. Batches are left-padded (so every row's next token follows its own prompt) and
-generation stops at the tokenizer's EOS, the token training taught the model to end with.
+the translation; for a chat adapter, the conversation through the tokenizer's chat template with its
+generation prompt (`chat_replies`). Batches are left-padded (so every row's next token follows its own
+prompt) and generation stops at the tokenizer's EOS, the token training taught the model to end with.
 
 Memory is bounded by batch and length: a prompt longer than max_length tokens is cut like training cuts
-an example (its token ids, keeping the response marker at its end), and max_new_tokens is held to what
-fits in the model's context after the longest prompt.
+an example (its token ids, keeping the response marker at its end; a conversation loses its oldest turns
+first), and max_new_tokens is held to what fits in the model's context after the longest prompt
+(`batches.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +25,25 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from saudial.config.settings import Settings
-from saudial.data.prompts import RESPONSE_MARKER, build_prompt
+from saudial.data.chat import prompt_ids
+from saudial.data.prompts import build_prompt
 from saudial.errors import OOM_INFERENCE, ConfigError, faults
+from saudial.inference.batches import (
+    chunks,
+    encode,
+    generation_kwargs,
+    input_device,
+    left_padded,
+    new_token_limit,
+    postprocess,
+    reply_text,
+    special_ids,
+)
 from saudial.model.loading import load_model, load_tokenizer
 from saudial.run import signals
 from saudial.run.record import MANIFEST, NOT_TRAINING, read_json
 
 log = logging.getLogger(__name__)
-
-# If a model does not stop at EOS it tends to go on with the next prompt section; cut it there.
-NEXT_SECTION = "\n### "
 
 
 @dataclass(frozen=True)
@@ -48,8 +59,9 @@ def settings_for_adapter(settings: Settings, adapter_dir: Path) -> Settings:
     """The adapter's training settings (from its run_manifest.json), with what the user set on top.
 
     An adapter remembers its base model, quantization, data file and split; a later `evaluate`,
-    `translate` or `merge` reuses them unless a flag or SAUDIAL_* variable says otherwise. Evaluation,
-    generation and Hub settings are not inherited: they are this command's own.
+    `translate` or `merge` reuses them unless a flag or SAUDIAL_* variable says otherwise; its task
+    (translate or chat) always. Evaluation, generation and Hub settings are not inherited: they are this
+    command's own.
     """
     check_adapter_dir(adapter_dir)
     recorded: dict[str, Any] = {}
@@ -74,8 +86,18 @@ def settings_for_adapter(settings: Settings, adapter_dir: Path) -> Settings:
     if {"model_name_or_path", "model_revision"} & settings.model_fields_set:
         explicit.setdefault("model_revision", settings.model_revision)
     merged = {**recorded, **explicit}
+    if task := trained_task(adapter_dir):  # an adapter does the one job it was trained for
+        merged["task"] = task
     # Settings() would read SAUDIAL_* again; model_validate on the merged values keeps this explicit.
     return Settings.model_validate({**settings.model_dump(), **merged})
+
+
+def trained_task(adapter_dir: Path) -> str | None:
+    """The task an adapter was trained for, as its run record says (translate before SAUDIAL_TASK existed);
+    None for an adapter without saudial's record."""
+    manifest = read_json(adapter_dir / MANIFEST) or {}
+    config = manifest.get("config")
+    return str(config.get("task", "translate")) if isinstance(config, dict) else None
 
 
 def check_adapter_dir(adapter_dir: Path) -> None:
@@ -124,55 +146,6 @@ def load_for_inference(
     return model, tokenizer
 
 
-def generation_kwargs(settings: Settings, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": settings.max_new_tokens,
-        "do_sample": settings.do_sample,
-        "repetition_penalty": settings.repetition_penalty,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "use_cache": True,  # training switched it off; generation wants it
-    }
-    if settings.do_sample:
-        kwargs.update(temperature=settings.temperature, min_p=settings.min_p)
-    else:  # greedy: no sampling knobs, so transformers does not warn that they are ignored
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    return kwargs
-
-
-def postprocess(text: str) -> str:
-    """The translation the model wrote: up to the next prompt section, trimmed."""
-    cut = text.find(NEXT_SECTION)
-    if cut >= 0:
-        text = text[:cut]
-    return text.strip()
-
-
-def encode(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
-    """Each prompt's token ids, at most `max_length` of them: a longer prompt is cut like training cuts an
-    example, except that its end (the response marker) is kept, so the model still starts its answer.
-    Returns the ids and how many prompts were cut."""
-    tail = tokenizer("\n\n" + RESPONSE_MARKER, add_special_tokens=False)["input_ids"]
-    encoded: list[list[int]] = []
-    cut = 0
-    for start in range(0, len(prompts), 256):  # a few at a time: a huge file never holds all its ids twice
-        for ids in tokenizer(list(prompts[start : start + 256]))["input_ids"]:
-            if len(ids) > max_length:
-                ids, cut = [*ids[: max_length - len(tail)], *tail], cut + 1
-            encoded.append(list(ids))
-    return encoded, cut
-
-
-def new_token_limit(model: Any, settings: Settings, longest_prompt: int) -> int:
-    """max_new_tokens, held to what fits in the model's context after the longest prompt."""
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if not isinstance(context, int) or settings.max_new_tokens + longest_prompt <= context:
-        return settings.max_new_tokens
-    fits = max(context - longest_prompt, 1)
-    log.warning("SAUDIAL_MAX_NEW_TOKENS=%d does not fit in the model's context: %d", settings.max_new_tokens, fits)
-    return fits
-
-
 def translate(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
@@ -186,9 +159,6 @@ def translate(
     """Translate `requests` in batches of prompts of similar length; results in input order.
 
     `stats`, when given, receives the tokens generated, the seconds and the rate."""
-    from tqdm.auto import tqdm
-
-    batch_size = batch_size or settings.per_device_eval_batch_size
     prompts, cut = encode(
         tokenizer, [build_prompt(r.dialect, r.english, r.context or None) for r in requests], settings.max_length
     )
@@ -201,16 +171,63 @@ def translate(
             len(prompts),
             settings.max_length,
         )
+    return generate_texts(model, tokenizer, prompts, settings, batch_size, progress, description, stats)
+
+
+def chat_replies(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[list[dict[str, str]]],
+    settings: Settings,
+    progress: bool = True,
+    description: str = "replying",
+    stats: dict[str, float] | None = None,
+) -> list[str]:
+    """The assistant's next turn after each conversation (messages ending with the user's), from the tokenizer's
+    chat template with its generation prompt, as training formatted them; at most max_length prompt tokens each
+    (data/chat.prompt_ids: the oldest turns after the system prompt are left out first)."""
+    encoded = [prompt_ids(tokenizer, messages, settings.max_length) for messages in conversations]
+    if cut := sum(was_cut for _, was_cut in encoded):
+        log.warning(
+            "%s: %d of %d conversations were longer than SAUDIAL_MAX_LENGTH=%d tokens: their oldest turns (or the "
+            "end of a last message too long by itself) were left out",
+            description,
+            cut,
+            len(encoded),
+            settings.max_length,
+        )
+    prompts = [ids for ids, _ in encoded]
+    return generate_texts(model, tokenizer, prompts, settings, None, progress, description, stats, chat=True)
+
+
+def generate_texts(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    settings: Settings,
+    batch_size: int | None = None,
+    progress: bool = True,
+    description: str = "generating",
+    stats: dict[str, float] | None = None,
+    chat: bool = False,
+) -> list[str]:
+    """What the model writes after each prompt (token ids), in left-padded batches of similar length, longest
+    first; results in input order. A translation ends at EOS (`postprocess`), a chat reply at its first special
+    token (`reply_text`). `stats`, when given, receives the tokens generated, the seconds and the rate."""
+    from tqdm.auto import tqdm
+
+    batch_size = batch_size or settings.per_device_eval_batch_size
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)  # longest first: OOM shows early
     results: list[str] = [""] * len(prompts)
     kwargs = generation_kwargs(settings, tokenizer)
     kwargs["max_new_tokens"] = new_token_limit(model, settings, max(map(len, prompts), default=0))
-    device = _input_device(model)
+    device = input_device(model)
+    stops = special_ids(tokenizer)
     was_training = model.training
     model.eval()
     generated, clock = 0, time.perf_counter()
     try:
-        batches = list(_chunks(order, batch_size))
+        batches = list(chunks(order, batch_size))
         for batch in tqdm(batches, desc=description, unit="batch", disable=not progress or not batches):
             signals.check()  # SIGTERM during evaluation: stop here (exit 75)
             input_ids, attention_mask = left_padded([prompts[i] for i in batch], tokenizer.pad_token_id)
@@ -222,8 +239,12 @@ def translate(
                 )
             new_tokens = output[:, width:]
             generated += int((new_tokens != tokenizer.pad_token_id).sum())
-            for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
-                results[i] = postprocess(text)
+            if chat:
+                texts = [reply_text(tokenizer, ids, stops) for ids in new_tokens.tolist()]
+            else:
+                texts = [postprocess(text) for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            for i, text in zip(batch, texts, strict=True):
+                results[i] = text
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - clock
@@ -231,26 +252,3 @@ def translate(
         stats.update(tokens=generated, seconds=round(seconds, 3), tokens_per_second=round(generated / seconds, 1))
     log.info("%s: %d texts, %d tokens generated in %.1f s", description, len(results), generated, seconds)
     return results
-
-
-def left_padded(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of token ids padded on the left (each row's next token follows its own prompt), and its mask."""
-    width = max(len(ids) for ids in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, ids in enumerate(rows):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids) :] = 1
-    return input_ids, attention_mask
-
-
-def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _input_device(model: Any) -> torch.device:
-    try:
-        return model.get_input_embeddings().weight.device
-    except AttributeError:
-        return next(model.parameters()).device

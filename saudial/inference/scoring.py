@@ -51,13 +51,18 @@ def signatures() -> dict[str, str]:
     return result
 
 
-def score_by_dialect(rows: pd.DataFrame, hypotheses: list[str]) -> dict[str, dict[str, float]]:
-    result = {OVERALL: score(hypotheses, list(rows["translation"]))}
-    for dialect in sorted(set(rows["dialect"])):
+def score_by_dialect(
+    rows: pd.DataFrame, hypotheses: list[str], references: list[str] | None = None
+) -> dict[str, dict[str, float]]:
+    """Overall and per dialect (rows without one count in the overall score only); the references are the
+    rows' translations unless given."""
+    references = list(rows["translation"]) if references is None else references
+    result = {OVERALL: score(hypotheses, references)}
+    for dialect in sorted(d for d in set(rows["dialect"]) if d):
         mask = list(rows["dialect"] == dialect)
         result[dialect] = score(
             [h for h, keep in zip(hypotheses, mask, strict=True) if keep],
-            [r for r, keep in zip(rows["translation"], mask, strict=True) if keep],
+            [r for r, keep in zip(references, mask, strict=True) if keep],
         )
     return result
 
@@ -95,7 +100,10 @@ def markdown_table(evaluation: dict[str, Any], loss: float | None = None) -> str
         f"{evaluation['samples']} held-out examples; generation: "
         + ", ".join(f"{k}={v}" for k, v in evaluation["generation"].items())
         + ".",
-        "Base = the base model with the adapter switched off, same prompt. MSA ref = the data's MSA column "
+        "Base = the base model with the adapter switched off, same conversation; the reference is each held-out "
+        "conversation's last assistant turn, written from the turns before it."
+        if evaluation.get("task") == "chat"
+        else "Base = the base model with the adapter switched off, same prompt. MSA ref = the data's MSA column "
         "scored against the dialect reference (what a perfect MSA translation would get).",
         f"Compared after normalisation ({evaluation['normalization']}). "
         f"sacrebleu {evaluation['signatures']['chrf++']} | {evaluation['signatures']['bleu']}",

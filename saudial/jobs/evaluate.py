@@ -9,8 +9,11 @@ from typing import Any
 import pandas as pd
 
 from saudial.config.settings import Settings
+from saudial.data import chat_examples
+from saudial.data.chat import check_template
+from saudial.data.chat_examples import CONVERSATION
+from saudial.data.conversations import ChatData, load_configured_data
 from saudial.data.split import split
-from saudial.data.workbook import load_configured
 from saudial.errors import ConfigError
 from saudial.inference.evaluate import evaluate
 from saudial.inference.generate import load_for_inference, settings_for_adapter
@@ -20,9 +23,13 @@ log = logging.getLogger(__name__)
 
 
 def eval_split(settings: Settings) -> pd.DataFrame:
-    """The held-out rows of the adapter's run: same data file, dialect filter, eval_size and seed."""
-    dataset = load_configured(settings)
-    rows = split(dataset.rows, settings.eval_size, settings.seed).eval
+    """The held-out rows (or conversations) of the adapter's run: same data file, dialect filter, eval_size
+    and seed."""
+    dataset = load_configured_data(settings)
+    if isinstance(dataset, ChatData):
+        rows = chat_examples.held_out_frame(chat_examples.split(dataset, settings.eval_size, settings.seed).eval)
+    else:
+        rows = split(dataset.rows, settings.eval_size, settings.seed).eval
     if rows.empty:
         raise ConfigError(
             f"the eval split of {settings.data} is empty (SAUDIAL_EVAL_SIZE={settings.eval_size}): raise it to evaluate"
@@ -40,6 +47,10 @@ def run_evaluate(settings: Settings, adapter_dir: Path) -> dict[str, Any]:
     output_dir = settings.output_dir if explicit_output else adapter_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = eval_split(settings)
+    if settings.task == "auto":  # the adapter's own record says which; else the data does
+        settings = settings.model_copy(update={"task": "chat" if CONVERSATION in rows else "translate"})
     model, tokenizer = load_for_inference(settings, adapter_dir)
+    if settings.task == "chat":
+        check_template(tokenizer, str(adapter_dir))
     with signals.interruptible("evaluation", f"nothing was written; run `evaluate --adapter {adapter_dir}` again"):
         return evaluate(settings, model, tokenizer, rows, output_dir)

@@ -194,9 +194,11 @@ def run_translate(
     if input_path is not None:  # the file first: a broken one fails before any model is looked at
         target = output_path_for(input_path, output)
         frame, rows = read_inputs(input_path, settings.max_data_file_mb)
-    from saudial.inference.generate import Request, load_for_inference, settings_for_adapter, translate
+    from saudial.inference.generate import Request, load_for_inference, settings_for_adapter, trained_task, translate
 
     settings = settings_for_adapter(settings, adapter_dir)
+    if trained_task(adapter_dir) == "chat":
+        raise ConfigError(f"--adapter {adapter_dir} is a chat adapter (trained on conversations): use `saudial chat`")
     known = known_dialects(adapter_dir)
     if input_path is not None:
         row_word = "line" if input_path.suffix.lower() == ".jsonl" else "row"

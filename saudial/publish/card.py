@@ -20,6 +20,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from saudial.config.loading import default_of
 from saudial.config.settings import Settings
 from saudial.inference.scoring import OVERALL
+from saudial.publish import chat_card
 from saudial.run.record import MANIFEST, METRICS, RESULTS_MD, read_json
 
 log = logging.getLogger(__name__)
@@ -30,20 +31,20 @@ DATASET_ID = "SauDial"  # not on the Hub: the workbook of the SauDial data artic
 TAGS = ["saudial", "lora", "qlora", "peft", "trl", "sft", "translation", "arabic", "saudi-dialect", "lfm2"]
 
 
-def eval_results(metrics: dict[str, Any]) -> list[EvalResult]:
+def eval_results(metrics: dict[str, Any], dataset: str = DATASET_NAME, chat: bool = False) -> list[EvalResult]:
     """chrF++ and BLEU of the adapter, overall and per dialect, as model-index entries."""
     scores = ((metrics.get("evaluation") or {}).get("scores") or {}).get("adapter") or {}
     results = []
     for dialect, values in scores.items():
         config = None if dialect == OVERALL else dialect
-        name = DATASET_NAME if config is None else f"{DATASET_NAME} ({dialect})"
+        name = dataset if config is None else f"{dataset} ({dialect})"
         for metric_type, metric_name in (("chrf", "chrF++"), ("bleu", "BLEU")):
             key = "chrf++" if metric_type == "chrf" else "bleu"
             results.append(
                 EvalResult(
-                    task_type="translation",
-                    task_name="English to Saudi dialect translation",
-                    dataset_type=DATASET_ID,
+                    task_type="text-generation" if chat else "translation",
+                    task_name=chat_card.TASK_NAME if chat else "English to Saudi dialect translation",
+                    dataset_type="json" if chat else DATASET_ID,
                     dataset_name=name,
                     dataset_config=config,
                     dataset_split="held-out",
@@ -62,15 +63,17 @@ def build_card(output_dir: Path, repo_id: str | None = None) -> ModelCard:
     config: dict[str, Any] = manifest.get("config") or {}
     base_model = str(config.get("model_name_or_path") or _adapter_base(output_dir) or "LiquidAI/LFM2-1.2B")
     name = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
-    results = eval_results(metrics)
+    chat = config.get("task") == "chat"  # trained on conversations (SAUDIAL_TASK=chat): publish/chat_card.py
+    file_name = Path(str((manifest.get("data") or {}).get("file") or "conversations")).name
+    results = eval_results(metrics, file_name, chat=True) if chat else eval_results(metrics)
     data = ModelCardData(
         base_model=base_model,
         library_name="peft",
         pipeline_tag="text-generation",
         language=["en", "ar"],
         license="other",
-        datasets=[DATASET_ID],
-        tags=TAGS,
+        datasets=None if chat else [DATASET_ID],
+        tags=chat_card.TAGS if chat else TAGS,
         model_name=name,
         eval_results=results or None,
         metrics=["chrf", "bleu"] if results else None,
@@ -94,20 +97,32 @@ def render_body(
         else (f"[{base_model}](https://huggingface.co/{base_model})")
     )
     revision = (manifest.get("model") or {}).get("revision_sha")
+    pinned = f" Base model revision: `{revision}`." if revision else ""
+    shown = source if source == str(output_dir) else "DIR"
+    if config.get("task") == "chat":
+        what, data_text = chat_card.intro(method, base_link, data) + pinned, chat_card.data_section(data)
+        usage = [chat_card.usage_snippet(source, base_model), chat_card.usage_note(shown)]
+    else:
+        what = (
+            f"A {method} adapter for {base_link} that translates English game text into Saudi dialects "
+            f"({dialects}), trained with TRL's `SFTTrainer` by saudial on the SauDial workbook." + pinned
+        )
+        data_text = _data_section(data)
+        usage = [
+            usage_snippet(source, base_model),
+            "The prompt must be exactly the training prompt (the response part empty); "
+            f'`saudial translate --adapter {shown} --dialect Najdi "..."` '
+            "does it for you, and `saudial merge` writes a merged bf16 model for vLLM or llama.cpp.",
+        ]
     sections = [
         f"# {name}",
-        f"A {method} adapter for {base_link} that translates English game text into Saudi dialects "
-        f"({dialects}), trained with TRL's `SFTTrainer` by saudial on the SauDial workbook."
-        + (f" Base model revision: `{revision}`." if revision else ""),
+        what,
         "## Training data",
-        _data_section(data),
+        data_text,
         "## Evaluation",
         _evaluation_section(output_dir, metrics),
         "## Usage",
-        usage_snippet(source, base_model),
-        "The prompt must be exactly the training prompt (the response part empty); "
-        f'`saudial translate --adapter {source if source == str(output_dir) else "DIR"} --dialect Najdi "..."` '
-        "does it for you, and `saudial merge` writes a merged bf16 model for vLLM or llama.cpp.",
+        *usage,
         "## Training settings",
         _settings_section(config),
         "## Training results",

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from saudial.data import chat_examples
+from saudial.data.chat import check_template
+from saudial.data.conversations import ChatData
 from saudial.data.examples import log_summary, summarize, to_prompt_completion
 from saudial.data.split import split as split_rows
 from saudial.errors import OOM_INFERENCE, ConfigError, Interrupted, faults
@@ -41,7 +44,7 @@ class Trained:
     settings: Settings  # as the run used them (e.g. gradient checkpointing turned on for a small GPU)
     model: Any  # the PeftModel: base model + the trained adapter (None: trained by an earlier start)
     tokenizer: Any
-    eval_rows: pd.DataFrame
+    eval_rows: pd.DataFrame  # held-out rows (chat: dialect + conversation, data/chat_examples.held_out_frame)
     metrics: dict[str, Any] = field(default_factory=dict)
     run_dir: Path = Path()  # where the run's files are: OUTPUT_DIR/staging (OUTPUT_DIR when only the upload is left)
     stage: str = "evaluate"  # what is left: evaluate, promote (move into place) or push (run/outputs.py)
@@ -50,9 +53,10 @@ class Trained:
 
 
 def train(
-    settings: Settings, dataset: Dataset, dry_run: bool = False, store: CheckpointStore | None = None
+    settings: Settings, dataset: Dataset | ChatData, dry_run: bool = False, store: CheckpointStore | None = None
 ) -> Trained | None:
-    """Train an adapter on `dataset` as configured and save it in OUTPUT_DIR/staging (status trained).
+    """Train an adapter on `dataset` (SauDial rows, or conversations: SAUDIAL_TASK) as configured and save it
+    in OUTPUT_DIR/staging (status trained).
 
     Returns None for a dry run, and on the processes other than rank 0 of a multi-process run. Where an
     earlier start trained this run already, trains nothing and returns what is left to do (`Trained.stage`).
@@ -62,9 +66,15 @@ def train(
     timings: dict[str, float] = {}
     revision: str | None = None  # the base model's commit, pinned when the run starts (model/loading.py)
 
-    # 1. Data: the split (deterministic, stratified by dialect, each English sentence on one side).
-    split = split_rows(dataset.rows, settings.eval_size, settings.seed)
-    if split.train.empty:
+    # 1. Data: the split (deterministic, stratified by dialect): each English sentence on one side; for chat
+    # data each conversation whole, and those opening with the same user message, on one side.
+    if isinstance(dataset, ChatData):
+        chat_split = chat_examples.split(dataset, settings.eval_size, settings.seed)
+        train_count, held_out = len(chat_split.train), chat_examples.held_out_frame(chat_split.eval)
+    else:
+        split = split_rows(dataset.rows, settings.eval_size, settings.seed)
+        train_count, held_out = len(split.train), split.eval
+    if not train_count:
         raise ConfigError("the training split is empty: lower SAUDIAL_EVAL_SIZE or add rows")
     if not dry_run:
         gpu_gib = hardware.gpu_memory_gib()
@@ -88,22 +98,34 @@ def train(
         if plan.stage != "train":  # trained by an earlier start: what is left is jobs/train.py's
             if not distributed.is_main_process():
                 return None
-            return Trained(settings, None, None, split.eval, plan.metrics, plan.run_dir, plan.stage, revision)
+            return Trained(settings, None, None, held_out, plan.metrics, plan.run_dir, plan.stage, revision)
         determinism = reproducibility.configure()
         stopper = StopOnSignal()  # SIGTERM/SIGINT from here on: checkpoint, then exit 75
         stopper.install()
         run_dir = plan.run_dir
         staged = settings.model_copy(update={"output_dir": run_dir})  # the Trainer writes into staging
 
-    # 2. Tokenizer, and what the data looks like through it.
+    # 2. Tokenizer, and what the data looks like through it: SauDial rows as the seed's prompt and the
+    # translation (prompt/completion), conversations as token ids with their assistant tokens marked, from
+    # the tokenizer's own chat template (data/chat.py).
     tokenizer = load_tokenizer(settings, revision=revision)
-    train_ds, eval_ds = to_prompt_completion(split.train), to_prompt_completion(split.eval)
-    summary = summarize(dataset, split, tokenizer, settings.max_length, train_ds)
-    log_summary(summary)
+    if isinstance(dataset, ChatData):
+        check_template(tokenizer, settings.tokenizer_name_or_path or settings.model_name_or_path)
+        train_ds = chat_examples.to_examples(chat_split.train, tokenizer, settings.max_length)
+        eval_ds = chat_examples.to_examples(chat_split.eval, tokenizer, settings.max_length, learnable_only=True)
+        summary = chat_examples.summarize(dataset, chat_split, settings.max_length, train_ds)
+        chat_examples.log_summary(summary)
+    else:
+        train_ds, eval_ds = to_prompt_completion(split.train), to_prompt_completion(split.eval)
+        summary = summarize(dataset, split, tokenizer, settings.max_length, train_ds)
+        log_summary(summary)
     timings["data_s"] = time.perf_counter() - clock
     if dry_run:
         first = train_ds[0]
-        log.info("first training example:\n%s%s%s", first["prompt"], first["completion"], tokenizer.eos_token)
+        if isinstance(dataset, ChatData):  # the rendered conversation, its end-of-turn tokens included
+            log.info("first training example:\n%s", tokenizer.decode(first["input_ids"]))
+        else:
+            log.info("first training example:\n%s%s%s", first["prompt"], first["completion"], tokenizer.eos_token)
         return None
 
     # 3. The base model (4-bit NF4 on a GPU by default) and the LoRA adapter to train on it.
@@ -113,7 +135,8 @@ def train(
     model = load_model(settings, revision=revision)
     timings["load_s"] = time.perf_counter() - tick
 
-    # 4. TRL's SFTTrainer: prompt/completion pairs, loss on the completion and its EOS only.
+    # 4. TRL's SFTTrainer: prompt/completion pairs, loss on the completion and its EOS only (chat: token ids,
+    # loss where the assistant mask is 1: every assistant turn and its end-of-turn token).
     trainer = build_trainer(staged, model, tokenizer, train_ds, eval_ds, dtype)
     peft_model = trainer.model  # the base model wrapped with the LoRA adapter by TRL
     assert peft_model is not None
@@ -189,6 +212,4 @@ def train(
     stopper.restore()
     if not trainer.is_world_process_zero():  # with several processes, only rank 0 writes outputs
         return None
-    return Trained(
-        settings, peft_model, tokenizer, split.eval, metrics, run_dir, "evaluate", revision, stopper.received
-    )
+    return Trained(settings, peft_model, tokenizer, held_out, metrics, run_dir, "evaluate", revision, stopper.received)

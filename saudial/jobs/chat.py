@@ -1,0 +1,113 @@
+"""`saudial chat`: a user message, or a whole file of conversations, through a trained chat adapter.
+
+One MESSAGE (with `--system`, after that system prompt) is answered and the reply printed. A .jsonl or
+.parquet file of conversations whose last message is the user's (`messages`, or TRL's prompt-only
+`prompt`) is answered row by row and written next to it as NAME.replies.EXT: every row as it was, plus
+its `reply`, never over an existing file (the output rules of `translate --output`). The file is read and
+checked by the rules of the training data (data/conversations.py) before any model is looked at.
+Generation is bounded as translation's is: each prompt at most SAUDIAL_MAX_LENGTH tokens (the oldest
+turns are left out first), each reply at most SAUDIAL_MAX_NEW_TOKENS.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from saudial.config.settings import Settings
+from saudial.data import conversations
+from saudial.data.chat import check_template
+from saudial.data.text import strip_controls
+from saudial.data.workbook import read_table
+from saudial.errors import ConfigError
+from saudial.jobs.translate import output_path_for, write_table
+
+log = logging.getLogger(__name__)
+
+REPLY_COLUMN = "reply"
+Messages = list[dict[str, str]]
+
+
+def output_path(input_path: Path, output: Path | None) -> Path:
+    """`name.replies.ext` next to the input, unless given: a .jsonl or .parquet file that does not exist yet."""
+    target = output or input_path.with_name(f"{input_path.stem}.replies{input_path.suffix}")
+    if target.suffix.lower() not in conversations.SUFFIXES:
+        raise ConfigError(f"--output {target} has an unsupported type: name it .jsonl or .parquet")
+    return output_path_for(input_path, target)
+
+
+def with_system(messages: Messages, system: str | None) -> Messages:
+    """`messages` after the system prompt `system` (replacing theirs), or as they are without one."""
+    if system is None:
+        return messages
+    rest = messages[1:] if messages[0]["role"] == "system" else messages
+    return [{"role": "system", "content": system}, *rest]
+
+
+def cleaned(text: str, what: str) -> str:
+    """A command-line text without invisible control characters; an empty one is refused."""
+    kept = strip_controls(text)[0].strip()
+    if not kept:
+        raise ConfigError(f"{what} is empty: write the text the model should read")
+    return kept
+
+
+def read_inputs(path: Path, max_mb: int, system: str | None) -> tuple[pd.DataFrame, list[Messages]]:
+    """The rows of a conversations file and each one's messages (with `system`, after it)."""
+    if path.suffix.lower() not in conversations.SUFFIXES:
+        raise ConfigError(
+            f'--input {path.name!r} is not a .jsonl or .parquet file of conversations ({{"messages": [...]}} per '
+            "line, the last message the user's)"
+        )
+    table = read_table(path, max_mb=max_mb, setting="--input")
+    found, removed = conversations.read_conversations(table, to_reply=True)
+    if removed:
+        log.warning(
+            "removed %d invisible control character(s) (NUL, bidi, zero-width, ...) from %s", removed, table.shown
+        )
+    return table.frame, [with_system(c.as_dicts(), system) for c in found]
+
+
+def run_chat(
+    settings: Settings,
+    adapter_dir: Path,
+    message: str | None,
+    system: str | None,
+    input_path: Path | None,
+    output: Path | None = None,
+) -> list[str]:
+    """`saudial chat`: one reply to stdout, or a whole file of conversations to `name.replies.ext`."""
+    if (message is None) == (input_path is None):
+        raise ConfigError("chat needs either a MESSAGE argument or --input FILE (not both)")
+    system = cleaned(system, "--system") if system is not None else None
+    if input_path is not None:  # the file first: a broken one fails before any model is looked at
+        target = output_path(input_path, output)
+        frame, prompts = read_inputs(input_path, settings.max_data_file_mb, system)
+    else:
+        prompts = [with_system([{"role": "user", "content": cleaned(str(message), "MESSAGE")}], system)]
+    from saudial.inference.generate import chat_replies, load_for_inference, settings_for_adapter, trained_task
+
+    settings = settings_for_adapter(settings, adapter_dir)
+    if trained_task(adapter_dir) not in (None, "chat"):  # an adapter without saudial's record is taken as it is
+        raise ConfigError(
+            f"--adapter {adapter_dir} was trained to translate SauDial rows, not on conversations: use "
+            "`saudial translate`, or train a chat adapter (SAUDIAL_TASK=chat)"
+        )
+    model, tokenizer = load_for_inference(settings, adapter_dir)
+    check_template(tokenizer, str(adapter_dir))
+    replies = chat_replies(model, tokenizer, prompts, settings, progress=input_path is not None)
+    if input_path is None:
+        print(replies[0], flush=True)
+    else:
+        frame[REPLY_COLUMN] = replies
+        write_table(frame, target)
+        log.info("%d reply(ies) written to %s", len(replies), target)
+    if empty := sum(not reply for reply in replies):
+        log.warning(
+            "%s: the model wrote only whitespace or its end-of-turn token. An untrained or barely trained adapter "
+            "does this (make demo's tiny random model does): train longer, or on more conversations",
+            "the reply is empty" if input_path is None else f"{empty} of {len(replies)} replies are empty",
+        )
+    return replies
