@@ -309,7 +309,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
 
-    from saudial.run.record import device_name, versions
+    from saudial.run.environment import device_name, versions
 
     tflops = matmul_tflops()
     model, n_params = build_model(args.work, args.smoke)

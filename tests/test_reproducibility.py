@@ -53,3 +53,15 @@ def test_same_seed_is_bitwise_identical_and_another_seed_differs(
 
     settings = Settings(**manifest["config"])
     assert manifest["fingerprint"] == run_fingerprint(settings, manifest["data"]["sha256"])
+
+
+def test_a_setting_added_later_leaves_earlier_fingerprints_alone() -> None:
+    """A run started before `task` existed resumes: at its default, `task` is not part of the fingerprint."""
+    from saudial.config.settings import Settings
+    from saudial.run.record import NOT_TRAINING
+
+    settings = Settings(data=Path("x.xlsx"))
+    earlier = {k: v for k, v in settings.redacted().items() if k not in NOT_TRAINING and k != "task"}
+    blob = json.dumps({"settings": earlier, "data_sha256": "abc"}, sort_keys=True)
+    assert run_fingerprint(settings, "abc") == hashlib.sha256(blob.encode()).hexdigest()
+    assert run_fingerprint(settings.model_copy(update={"task": "chat"}), "abc") != run_fingerprint(settings, "abc")

@@ -23,7 +23,8 @@ from saudial.errors import ConfigError, faults
 from saudial.inference.generate import check_adapter_weights, settings_for_adapter
 from saudial.model.loading import load_model, load_tokenizer
 from saudial.run import record, staging
-from saudial.run.record import MANIFEST, now, read_json, versions, write_json
+from saudial.run.environment import versions
+from saudial.run.record import MANIFEST, now, read_json, write_json
 
 log = logging.getLogger(__name__)
 

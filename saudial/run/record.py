@@ -18,44 +18,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import subprocess
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from saudial import __version__
+from saudial.run.environment import environment
 
 if TYPE_CHECKING:
     from saudial.config.settings import Settings
 
 MANIFEST = "run_manifest.json"
-LOCK_FILE = "requirements.lock"
 METRICS = "metrics.json"
 STAGING = "staging"  # OUTPUT_DIR/staging: the run in progress (run/staging.py)
 HUB_DOWNLOAD = ".hub-checkpoint"  # in staging while the Hub's last checkpoint downloads (publish/hub.py)
 RESULTS_MD = "eval_results.md"  # the evaluation table (inference/evaluate.py)
 PREDICTIONS = "eval_predictions.jsonl"  # every held-out translation, base and adapter
-PACKAGES = [
-    "torch",
-    "transformers",
-    "peft",
-    "trl",
-    "bitsandbytes",
-    "accelerate",
-    "datasets",
-    "pandas",
-    "openpyxl",
-    "huggingface-hub",
-    "tokenizers",
-    "safetensors",
-    "sacrebleu",
-    "pydantic-settings",
-]
-
 # Settings that change what is trained. A checkpoint may only be resumed by a run whose settings
 # agree on all of these (the rest, e.g. output_dir, logging, evaluation and push, may differ).
 NOT_TRAINING = {
@@ -88,45 +65,18 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {"python": platform.python_version(), "saudial": __version__}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    found["cuda"] = torch.version.cuda
-    return found
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        return f"{count} x {torch.cuda.get_device_name(0)}"
-    return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
-
-
-def git_revision() -> str | None:
-    """The image's revision label when run in the image, else the checkout's commit if there is one."""
-    if os.environ.get("SAUDIAL_IMAGE_REVISION"):
-        return os.environ["SAUDIAL_IMAGE_REVISION"]
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+# Settings added after fingerprints were first written, at the value that trains what runs trained before
+# them: left out of the fingerprint at that value, so a run an earlier saudial started still resumes.
+LATER_SETTINGS = {"task": "translate"}
 
 
 def run_fingerprint(settings: Settings, data_sha256: str) -> str:
     """A hash of everything that decides what is trained: the settings that matter and the data."""
-    relevant = {k: v for k, v in settings.redacted().items() if k not in NOT_TRAINING}
+    relevant = {
+        k: v
+        for k, v in settings.redacted().items()
+        if k not in NOT_TRAINING and not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])
+    }
     blob = json.dumps({"settings": relevant, "data_sha256": data_sha256}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -214,26 +164,6 @@ def disown(output_dir: Path, *names: str) -> None:
     current = read_json(output_dir / MANIFEST)
     if current is not None and set(names) & set(current.get(FILES, [])):
         update(output_dir, {FILES: sorted(set(current.get(FILES, [])) - set(names))})
-
-
-def lock_sha256() -> str | None:
-    """sha256 of requirements.lock beside the package (the checkout, or /app in the image), else in the cwd."""
-    for folder in (Path(__file__).resolve().parents[2], Path.cwd()):
-        path = folder / LOCK_FILE
-        if path.is_file():
-            return hashlib.sha256(path.read_bytes()).hexdigest()
-    return None
-
-
-def environment(processes: int) -> dict[str, Any]:
-    """Where and with what a run ran: package versions, lock hash, device, processes, source revision."""
-    return {
-        "versions": versions(),
-        "lock_sha256": lock_sha256(),
-        "device": device_name(),
-        "processes": processes,
-        "git_revision": git_revision(),
-    }
 
 
 def start(
