@@ -23,8 +23,8 @@ from transformers import TrainerCallback
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from saudial.config.settings import Settings
+from saudial.data.examples import split as data_split
 from saudial.data.examples import to_prompt_completion
-from saudial.data.split import split as data_split
 from saudial.data.workbook import load
 from saudial.model.hardware import compute_dtype
 from saudial.model.loading import load_model, load_tokenizer

@@ -25,8 +25,8 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
+from saudial.data.examples import split  # noqa: E402
 from saudial.data.prompts import build_example  # noqa: E402
-from saudial.data.split import split  # noqa: E402  (pandas only)
 from saudial.data.workbook import iter_rows, load  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"]

@@ -20,7 +20,7 @@ from trl import SFTTrainer
 from saudial.config.settings import Settings
 from saudial.data.chat import Conversation, check_template, parse_messages, prompt_ids, render, split, tokenize
 from saudial.data.chat_examples import held_out_frame, to_examples
-from saudial.data.conversations import ChatData, load_configured_data, read_conversations, task_of
+from saudial.data.conversations import ChatData, load_configured_data, read_conversations
 from saudial.data.workbook import Dataset, read_table
 from saudial.errors import ConfigError, DataError
 from saudial.inference.batches import reply_text, special_ids
@@ -129,7 +129,7 @@ def test_reading_conversations_by_the_workbook_rules(tmp_path: Path) -> None:
         {"prompt": [{"role": "system", "content": "Be brief."}, USER, REPLY, USER], "completion": [REPLY]},
     )
     data = _load(path)
-    assert isinstance(data, ChatData) and task_of(data) == "chat"
+    assert isinstance(data, ChatData) and data.task == "chat"
     assert (data.rows_read, data.duplicates_removed, len(data.conversations)) == (4, 1, 3)
     assert data.control_chars_removed == 2  # in the messages; the dialect's are counted in its warning
     first, controlled, paired = data.conversations
@@ -182,7 +182,7 @@ def test_task_auto_and_translate(tmp_path: Path, workbook: Path) -> None:
     auto = Settings.model_validate({"data": chat_file, "task": "auto"})
     assert isinstance(load_configured_data(auto), ChatData)
     rows = load_configured_data(Settings.model_validate({"data": workbook, "task": "auto"}))
-    assert isinstance(rows, Dataset) and task_of(rows) == "translate"
+    assert isinstance(rows, Dataset) and rows.task == "translate"
     with pytest.raises(DataError, match=r"holds conversations .* set SAUDIAL_TASK=chat"):
         load_configured_data(Settings.model_validate({"data": chat_file}))  # translate, the default
 

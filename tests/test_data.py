@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from saudial.data import split as data_split
+from saudial.data import examples as data_split
 from saudial.data import workbook as data
 from saudial.data.prompts import build_prompt
 from saudial.devtools import synthetic

@@ -13,7 +13,7 @@ import torch
 from peft import get_peft_model
 
 from saudial.config.settings import Settings
-from saudial.data.split import split
+from saudial.data.examples import split
 from saudial.data.text import clean_text
 from saudial.inference.evaluate import cap, evaluate
 from saudial.inference.scoring import OVERALL, normalize, score, score_by_dialect

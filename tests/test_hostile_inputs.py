@@ -730,8 +730,7 @@ def test_write_table_escapes_every_text_cell_of_a_spreadsheet(tmp_path: Path) ->
 def test_control_characters_are_counted_in_every_format(suffix: str, tiny_model: Path, tmp_path: Path) -> None:
     """In-process: the count reaches the data summary (and so the manifest); NUL only where XML allows it."""
     from saudial.data import workbook
-    from saudial.data.examples import summarize, to_prompt_completion
-    from saudial.data.split import split
+    from saudial.data.examples import split, summarize, to_prompt_completion
     from saudial.model.loading import load_tokenizer
 
     frame = FRAME.copy()

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         "are refused (data, translate and chat --input).",
     )
     eval_size: float = Field(
-        0.1,  # 10% held out, stratified by dialect, no English sentence on both sides (see data.split)
+        0.1,  # 10% held out, stratified by dialect, no English sentence on both sides (see data/examples.split)
         ge=0.0,
         lt=1.0,
         description="Fraction of rows held out for evaluation (0 disables the split).",

@@ -61,6 +61,19 @@ def held_out_frame(conversations: list[Conversation]) -> pd.DataFrame:
     )
 
 
+def prepare(
+    data: ChatData, split: ChatSplit, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> tuple[datasets.Dataset, datasets.Dataset, dict[str, Any]]:
+    """Both sides as token ids with their assistant masks (the tokenizer's chat template, `chat.check_template`
+    first), and the summary (logged) of what the trainer will see."""
+    chat.check_template(tokenizer, getattr(tokenizer, "name_or_path", "") or "the base model")
+    train_ds = to_examples(split.train, tokenizer, max_length)
+    eval_ds = to_examples(split.eval, tokenizer, max_length, learnable_only=True)
+    summary = summarize(data, split, max_length, train_ds)
+    log_summary(summary)
+    return train_ds, eval_ds, summary
+
+
 def to_examples(
     conversations: list[Conversation], tokenizer: PreTrainedTokenizerBase, max_length: int, learnable_only: bool = False
 ) -> datasets.Dataset:

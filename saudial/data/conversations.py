@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from saudial.data import workbook
 from saudial.data.chat import COMPLETION, MESSAGES, PROMPT, Conversation, parse_messages
@@ -44,10 +44,7 @@ class ChatData:
     duplicates_removed: int
     control_chars_removed: int = 0
     dialect_filter: list[str] | None = None
-
-
-def task_of(data: Dataset | ChatData) -> str:
-    return "chat" if isinstance(data, ChatData) else "translate"
+    task: ClassVar[str] = "chat"  # the SAUDIAL_TASK this data is for (workbook.Dataset: "translate")
 
 
 def load_configured_data(settings: Settings) -> Dataset | ChatData:

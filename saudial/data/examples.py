@@ -1,15 +1,19 @@
-"""Rows -> what the trainer sees: TRL prompt/completion records, and what they look like in tokens.
+"""Clean SauDial rows -> what the trainer sees: the split, TRL prompt/completion records, their token counts.
 
-`to_prompt_completion` formats every row with the seed's prompt (`prompts.py`); TRL computes the loss on
-the completion (the translation) and the EOS it appends. `summarize` counts rows per dialect and split
-(and the control characters the loader removed) and tokens per example as trained, including how many
-examples `max_length` will truncate.
+`split` holds out a deterministic, dialect-stratified share with every English sentence on one side only.
+`prepare` formats both sides with the seed's prompt (`prompts.py`: TRL computes the loss on the completion,
+the translation, and the EOS it appends) and measures them: rows per dialect and split, the control
+characters the loader removed, tokens per example as trained and how many `max_length` will truncate.
+(Conversations have the same two steps in `chat_examples.py`.)
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
@@ -17,14 +21,67 @@ import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
 from saudial.data.prompts import build_example
-from saudial.data.split import Split
-from saudial.data.workbook import Dataset, iter_rows
+from saudial.data.workbook import Dataset
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Split:
+    train: pd.DataFrame
+    eval: pd.DataFrame
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # dialect -> {"train": n, "eval": n}
+
+
+def split(rows: pd.DataFrame, eval_size: float, seed: int) -> Split:
+    """Deterministic, dialect-stratified split that keeps each English text on one side.
+
+    Rows sharing an English text (the same sentence in several dialects, or alternative
+    translations) form one group; groups are visited in a seeded order and go to eval while no
+    dialect would exceed its share. So eval never scores a sentence the model trained on.
+    """
+    if eval_size <= 0:
+        return Split(train=rows.reset_index(drop=True), eval=rows.iloc[0:0], counts=_counts(rows, rows.iloc[0:0]))
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, english in zip(rows.index, rows["english"], strict=True):
+        groups[english.casefold()].append(index)
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+
+    totals = Counter(rows["dialect"])
+    target = {d: max(1, round(n * eval_size)) if n >= 2 else 0 for d, n in totals.items()}
+    taken: Counter[str] = Counter()
+    eval_index: list[int] = []
+    for key in order:
+        members = groups[key]
+        need = Counter(rows.loc[members, "dialect"])
+        if all(taken[d] + n <= target[d] for d, n in need.items()):
+            eval_index += members
+            taken.update(need)
+    eval_rows = rows.loc[sorted(eval_index)].reset_index(drop=True)
+    train_rows = rows.drop(index=eval_index).reset_index(drop=True)
+    return Split(train=train_rows, eval=eval_rows, counts=_counts(train_rows, eval_rows))
+
+
+def _counts(train: pd.DataFrame, eval_rows: pd.DataFrame) -> dict[str, dict[str, int]]:
+    dialects = sorted(set(train["dialect"]) | set(eval_rows["dialect"]))
+    train_counts, eval_counts = Counter(train["dialect"]), Counter(eval_rows["dialect"])
+    return {d: {"train": train_counts[d], "eval": eval_counts[d]} for d in dialects}
+
+
+def prepare(
+    dataset: Dataset, split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> tuple[datasets.Dataset, datasets.Dataset, dict[str, Any]]:
+    """Both sides as TRL prompt/completion records, and the summary (logged) of what the trainer will see."""
+    train_ds, eval_ds = to_prompt_completion(split.train), to_prompt_completion(split.eval)
+    summary = summarize(dataset, split, tokenizer, max_length, train_ds)
+    log_summary(summary)
+    return train_ds, eval_ds, summary
+
+
 def to_prompt_completion(rows: pd.DataFrame) -> datasets.Dataset:
-    records = [build_example(r.dialect, r.english, r.translation, r.context or None) for r in iter_rows(rows)]
+    columns = (rows[c].astype(str) for c in ("dialect", "english", "translation", "context"))
+    records = [build_example(d, e, t, c or None) for d, e, t, c in zip(*columns, strict=True)]
     return datasets.Dataset.from_list(
         records,
         features=datasets.Features({"prompt": datasets.Value("string"), "completion": datasets.Value("string")}),

@@ -15,7 +15,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import pandas as pd
 
@@ -114,6 +114,7 @@ class Dataset:
     duplicates_removed: int
     dialect_filter: list[str] | None = None
     control_chars_removed: int = 0  # invisible control characters stripped from the cells (text.CONTROL)
+    task: ClassVar[str] = "translate"  # the SAUDIAL_TASK this data is for (conversations.ChatData: "chat")
 
 
 def header_key(column: object) -> str:

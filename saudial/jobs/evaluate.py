@@ -13,7 +13,7 @@ from saudial.data import chat_examples
 from saudial.data.chat import check_template
 from saudial.data.chat_examples import CONVERSATION
 from saudial.data.conversations import ChatData, load_configured_data
-from saudial.data.split import split
+from saudial.data.examples import split
 from saudial.errors import ConfigError
 from saudial.inference.evaluate import evaluate
 from saudial.inference.generate import load_for_inference, settings_for_adapter

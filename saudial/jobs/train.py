@@ -17,7 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from saudial.config.settings import Settings
-from saudial.data.conversations import load_configured_data, task_of
+from saudial.data.conversations import load_configured_data
 from saudial.errors import EXIT_OK, OOM_INFERENCE, faults
 from saudial.run import distributed
 
@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 def run(settings: Settings, dry_run: bool = False) -> int:
     """Check, train, evaluate, publish; return the exit code."""
     dataset = load_configured_data(settings)  # SauDial rows, or conversations (SAUDIAL_TASK)
-    if settings.task != task_of(dataset):  # `auto` resolved, so that the run's record says which
-        settings = settings.model_copy(update={"task": task_of(dataset)})
+    if settings.task != dataset.task:  # `auto` resolved, so that the run's record says which
+        settings = settings.model_copy(update={"task": dataset.task})
     # The slow imports (torch, transformers, PEFT, TRL: seconds) only once the data is known to be good.
     from saudial.model.hardware import check_cuda
     from saudial.publish import hub

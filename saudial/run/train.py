@@ -15,11 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from saudial.data import chat_examples
-from saudial.data.chat import check_template
+from saudial.data import chat_examples, examples
 from saudial.data.conversations import ChatData
-from saudial.data.examples import log_summary, summarize, to_prompt_completion
-from saudial.data.split import split as split_rows
 from saudial.errors import OOM_INFERENCE, ConfigError, Interrupted, faults
 from saudial.model import hardware
 from saudial.model.loading import load_model, load_tokenizer, resolve_revision
@@ -72,7 +69,7 @@ def train(
         chat_split = chat_examples.split(dataset, settings.eval_size, settings.seed)
         train_count, held_out = len(chat_split.train), chat_examples.held_out_frame(chat_split.eval)
     else:
-        split = split_rows(dataset.rows, settings.eval_size, settings.seed)
+        split = examples.split(dataset.rows, settings.eval_size, settings.seed)
         train_count, held_out = len(split.train), split.eval
     if not train_count:
         raise ConfigError("the training split is empty: lower SAUDIAL_EVAL_SIZE or add rows")
@@ -110,15 +107,9 @@ def train(
     # the tokenizer's own chat template (data/chat.py).
     tokenizer = load_tokenizer(settings, revision=revision)
     if isinstance(dataset, ChatData):
-        check_template(tokenizer, settings.tokenizer_name_or_path or settings.model_name_or_path)
-        train_ds = chat_examples.to_examples(chat_split.train, tokenizer, settings.max_length)
-        eval_ds = chat_examples.to_examples(chat_split.eval, tokenizer, settings.max_length, learnable_only=True)
-        summary = chat_examples.summarize(dataset, chat_split, settings.max_length, train_ds)
-        chat_examples.log_summary(summary)
+        train_ds, eval_ds, summary = chat_examples.prepare(dataset, chat_split, tokenizer, settings.max_length)
     else:
-        train_ds, eval_ds = to_prompt_completion(split.train), to_prompt_completion(split.eval)
-        summary = summarize(dataset, split, tokenizer, settings.max_length, train_ds)
-        log_summary(summary)
+        train_ds, eval_ds, summary = examples.prepare(dataset, split, tokenizer, settings.max_length)
     timings["data_s"] = time.perf_counter() - clock
     if dry_run:
         first = train_ds[0]
