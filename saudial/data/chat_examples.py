@@ -20,6 +20,7 @@ import pandas as pd
 
 from saudial.data import chat
 from saudial.data.chat import Conversation
+from saudial.data.examples import split_table
 from saudial.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -136,11 +137,8 @@ def log_summary(summary: dict[str, Any]) -> None:
         f"used {summary['rows_used']}; invisible control characters removed {summary['control_chars_removed']}",
         f"  turns {turns['total']} ({', '.join(f'{r} {n}' for r, n in roles.items())}), "
         f"{turns['per_conversation']} per conversation",
-        f"  {'dialect':<12}{'train':>7}{'eval':>7}",
+        *split_table(summary),
     ]
-    for dialect, counts in summary["per_dialect"].items():
-        lines.append(f"  {dialect:<12}{counts['train']:>7}{counts['eval']:>7}")
-    lines.append(f"  {'total':<12}{summary['train_rows']:>7}{summary['eval_rows']:>7}")
     t = summary["train_tokens"]
     dropped = t["without_loss_at_max_length"]
     lines.append(

@@ -142,14 +142,7 @@ def from_table(table: Table, path: Path, dialects: list[str] | None = None) -> C
         log.warning("removed %d invisible control character(s) (NUL, bidi, zero-width, ...) from the messages", removed)
     read = len(conversations)
     if dialects:
-        present = sorted({c.dialect for c in conversations if c.dialect})
-        by_key = {d.casefold(): d for d in present}
-        unknown = [d for d in dialects if d.casefold() not in by_key]
-        if unknown:
-            raise DataError(
-                f"SAUDIAL_DIALECTS names {unknown}, not in {table.shown} (its dialects: {', '.join(present) or 'none'})"
-            )
-        wanted = {by_key[d.casefold()] for d in dialects}
+        wanted = workbook.chosen_dialects(dialects, {c.dialect for c in conversations}, table.shown)
         conversations = [c for c in conversations if c.dialect in wanted]
     seen: set[tuple[Any, ...]] = set()
     unique = []

@@ -14,14 +14,16 @@ import random
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
 from saudial.data.prompts import build_example
-from saudial.data.workbook import Dataset
+
+if TYPE_CHECKING:
+    from saudial.data.workbook import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +129,21 @@ def summarize(
     }
 
 
+def split_table(summary: dict[str, Any]) -> list[str]:
+    """Rows per dialect on each side of the split, and the totals: the summary's table, as log lines."""
+    lines = [f"  {'dialect':<12}{'train':>7}{'eval':>7}"]
+    lines += [f"  {d:<12}{n['train']:>7}{n['eval']:>7}" for d, n in summary["per_dialect"].items()]
+    return [*lines, f"  {'total':<12}{summary['train_rows']:>7}{summary['eval_rows']:>7}"]
+
+
 def log_summary(summary: dict[str, Any]) -> None:
     lines = [
         f"data: {summary['file']} (sha256 {summary['sha256'][:12]})",
         f"  rows read {summary['rows_read']}, dropped empty {summary['dropped_empty']}, "
         f"exact duplicates removed {summary['duplicates_removed']}, used {summary['rows_used']}; "
         f"invisible control characters removed {summary['control_chars_removed']}",
-        f"  {'dialect':<12}{'train':>7}{'eval':>7}",
+        *split_table(summary),
     ]
-    for dialect, counts in summary["per_dialect"].items():
-        lines.append(f"  {dialect:<12}{counts['train']:>7}{counts['eval']:>7}")
-    lines.append(f"  {'total':<12}{summary['train_rows']:>7}{summary['eval_rows']:>7}")
     t = summary["train_tokens"]
     lines.append(
         f"  train tokens/example: mean {t['mean']}, median {t['median']}, p90 {t['p90']}, max {t['max']}; "

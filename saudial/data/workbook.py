@@ -151,6 +151,16 @@ def _match_columns(frame: pd.DataFrame, shown: str) -> pd.DataFrame:
     return matched[list(REQUIRED_COLUMNS) + list(OPTIONAL_COLUMNS)]
 
 
+def chosen_dialects(dialects: list[str], present: set[str], shown: str) -> set[str]:
+    """SAUDIAL_DIALECTS matched to the names in the file, case-insensitively ('najdi' -> 'Najdi')."""
+    by_key = {d.casefold(): d for d in sorted(present) if d}
+    unknown = [d for d in dialects if d.casefold() not in by_key]
+    if unknown:
+        names = ", ".join(sorted(by_key.values())) or "none"
+        raise DataError(f"SAUDIAL_DIALECTS names {unknown}, not in {shown} (its dialects: {names})")
+    return {by_key[d.casefold()] for d in dialects}
+
+
 def load_configured(settings: Settings) -> Dataset:
     """The data file the settings name (SAUDIAL_DATA), loaded; the one place a missing setting is caught."""
     if settings.data is None:
@@ -227,17 +237,8 @@ def from_table(table: Table, path: Path, dialects: list[str] | None = None) -> D
     if dropped:
         log.warning("dropped %d row(s) with an empty dialect, English text or translation", dropped)
 
-    # Dialect names as in the file, matched case-insensitively (e.g. 'najdi' -> 'Najdi').
-    present = sorted(set(frame["dialect"]))
     if dialects:
-        by_key = {d.casefold(): d for d in present}
-        unknown = [d for d in dialects if d.casefold() not in by_key]
-        if unknown:
-            raise DataError(
-                f"SAUDIAL_DIALECTS names {unknown}, not in {table.shown} (its dialects: {', '.join(present)})"
-            )
-        wanted = {by_key[d.casefold()] for d in dialects}
-        frame = frame[frame["dialect"].isin(wanted)]
+        frame = frame[frame["dialect"].isin(chosen_dialects(dialects, set(frame["dialect"]), table.shown))]
 
     key = ["dialect", "english", "translation", "context"]
     duplicated = frame.duplicated(subset=key, keep="first")

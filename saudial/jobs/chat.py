@@ -22,7 +22,7 @@ from saudial.data.chat import check_template
 from saudial.data.text import strip_controls
 from saudial.data.workbook import read_table
 from saudial.errors import ConfigError
-from saudial.jobs.translate import output_path_for, write_table
+from saudial.jobs.translate import deliver, output_path_for
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ def run_chat(
     if (message is None) == (input_path is None):
         raise ConfigError("chat needs either a MESSAGE argument or --input FILE (not both)")
     system = cleaned(system, "--system") if system is not None else None
+    frame: pd.DataFrame | None = None  # with --input: the file's table, the results go in a new column
+    target: Path | None = None
     if input_path is not None:  # the file first: a broken one fails before any model is looked at
         target = output_path(input_path, output)
         frame, prompts = read_inputs(input_path, settings.max_data_file_mb, system)
@@ -98,16 +100,5 @@ def run_chat(
     model, tokenizer = load_for_inference(settings, adapter_dir)
     check_template(tokenizer, str(adapter_dir))
     replies = chat_replies(model, tokenizer, prompts, settings, progress=input_path is not None)
-    if input_path is None:
-        print(replies[0], flush=True)
-    else:
-        frame[REPLY_COLUMN] = replies
-        write_table(frame, target)
-        log.info("%d reply(ies) written to %s", len(replies), target)
-    if empty := sum(not reply for reply in replies):
-        log.warning(
-            "%s: the model wrote only whitespace or its end-of-turn token. An untrained or barely trained adapter "
-            "does this (make demo's tiny random model does): train longer, or on more conversations",
-            "the reply is empty" if input_path is None else f"{empty} of {len(replies)} replies are empty",
-        )
+    deliver(replies, frame, REPLY_COLUMN, target, ("reply", "replies", "more conversations"))
     return replies

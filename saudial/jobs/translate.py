@@ -191,6 +191,8 @@ def run_translate(
     """`python -m saudial translate`: one text to stdout, or a whole file to `name.translated.ext`."""
     if (text is None) == (input_path is None):
         raise ConfigError("translate needs either an English TEXT argument or --input FILE (not both)")
+    frame: pd.DataFrame | None = None  # with --input: the file's table, the results go in a new column
+    target: Path | None = None
     if input_path is not None:  # the file first: a broken one fails before any model is looked at
         target = output_path_for(input_path, output)
         frame, rows = read_inputs(input_path, settings.max_data_file_mb)
@@ -208,16 +210,33 @@ def run_translate(
         requests = [Request(resolve_dialect(dialect, known), english, context or None)]
     model, tokenizer = load_for_inference(settings, adapter_dir)
     results = translate(model, tokenizer, requests, settings, progress=input_path is not None)
-    if input_path is None:
+    deliver(
+        results,
+        frame if input_path else None,
+        TRANSLATION_COLUMN,
+        target,
+        ("translation", "translations", "the real SauDial data"),
+    )
+    return results
+
+
+def deliver(
+    results: list[str], frame: pd.DataFrame | None, column: str, target: Path | None, what: tuple[str, str, str]
+) -> None:
+    """One result printed, or a file's results written in `column` of `frame` to `target`; empty ones said.
+    `what`: the result's name, its plural, and what to train on for better ones."""
+    noun, plural, more_data = what
+    if frame is None:
         print(results[0], flush=True)
     else:
-        frame[TRANSLATION_COLUMN] = results
+        frame[column] = results
+        assert target is not None
         write_table(frame, target)
-        log.info("%d translation(s) written to %s", len(results), target)
+        log.info("%d %s written to %s", len(results), plural, target)
     if empty := sum(not text for text in results):
         log.warning(
-            "%s: the model wrote only whitespace or its end-of-text token. An untrained or barely trained adapter "
-            "does this (make demo's tiny random model does): train longer, or on the real SauDial data",
-            "the translation is empty" if input_path is None else f"{empty} of {len(results)} translations are empty",
+            "%s: the model wrote only whitespace or its end token. An untrained or barely trained adapter does this "
+            "(make demo's tiny random model does): train longer, or on %s",
+            f"the {noun} is empty" if frame is None else f"{empty} of {len(results)} {plural} are empty",
+            more_data,
         )
-    return results
