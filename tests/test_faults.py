@@ -324,6 +324,8 @@ def _inject():
             raise MemoryError()
         raise ValueError("an unexpected value")
 
+    if not hasattr(owner, name):  # a renamed target must fail the test, not leave the run unharmed
+        raise SystemExit(f"FAULT_INJECT: {module} has no {qualname}")
     setattr(owner, name, fail)
 
 if os.environ.get("FAULT_INJECT"):
@@ -394,7 +396,9 @@ def test_out_of_memory_in_merge_exits_3(finished: Path, tiny_model: Path, workbo
 
 
 def test_a_bug_is_one_line_and_debug_shows_the_traceback(tiny_model: Path, workbook: Path, tmp_path: Path) -> None:
-    env = injected(env_for(tiny_model, workbook, tmp_path / "out"), tmp_path, "saudial.run.record:git_revision:bug")
+    env = injected(
+        env_for(tiny_model, workbook, tmp_path / "out"), tmp_path, "saudial.run.environment:git_revision:bug"
+    )
     result = run(env)
     assert result.returncode == EXIT_BUG
     line = error_line(result.stderr)
