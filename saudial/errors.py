@@ -35,15 +35,11 @@ class SaudialError(Exception):
 
 
 class ConfigError(SaudialError):
-    """A setting (env var or flag) is missing, malformed, out of range or contradicts another."""
-
-    exit_code = EXIT_CONFIG
+    """A setting (env var or flag) is missing, malformed, out of range or contradicts another (exit 2)."""
 
 
 class DataError(SaudialError):
-    """The data file is missing, unreadable, or has no usable rows."""
-
-    exit_code = EXIT_CONFIG
+    """The data file is missing, unreadable, or has no usable rows (exit 2, as a setting)."""
 
 
 class TrainingError(SaudialError):

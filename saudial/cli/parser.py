@@ -151,7 +151,11 @@ def add_settings(parser: argparse.ArgumentParser, names: list[str]) -> None:
                 add_setting(group, name)
 
 
-def _command(sub: Any, name: str, description: str, usage: str) -> argparse.ArgumentParser:
+def _command(
+    sub: Any, name: str, description: str, usage: str, *, recipe: str | None = None, adapter: str | None = None
+) -> argparse.ArgumentParser:
+    """One command: its help, `--config` (recipe: its help) and `--adapter` (adapter: its help) where it takes
+    them, and its settings in their groups; the caller adds the command's own flags."""
     parser: argparse.ArgumentParser = sub.add_parser(
         name,
         prog=f"saudial {name}",
@@ -161,6 +165,11 @@ def _command(sub: Any, name: str, description: str, usage: str) -> argparse.Argu
         formatter_class=_formatter,
         epilog="Flags win over SAUDIAL_* variables, which win over a recipe, which wins over the defaults.",
     )
+    if recipe:
+        parser.add_argument("--config", type=Path, metavar="RECIPE.yaml", help=recipe)
+    if adapter:
+        parser.add_argument("--adapter", type=Path, required=True, metavar="DIR", help=adapter)
+    add_settings(parser, COMMAND_SETTINGS[name])  # argument groups: printed after the command's own flags
     return parser
 
 
@@ -186,10 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Train a LoRA adapter on the 4-bit base model, evaluate it and (optionally) publish it. "
         "The default command: `saudial --learning-rate 1e-4` is `saudial train --learning-rate 1e-4`.",
         "saudial train [--config RECIPE.yaml] [--dry-run] [setting flags]",
+        recipe="a recipe: settings in YAML (see recipes/)",
     )
-    p.add_argument("--config", type=Path, metavar="RECIPE.yaml", help="a recipe: settings in YAML (see recipes/)")
     p.add_argument("--dry-run", action="store_true", help="check settings and data, print the summary, load no model")
-    add_settings(p, COMMAND_SETTINGS["train"])
 
     p = _command(
         sub,
@@ -198,10 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bitsandbytes, the Hub and the token (never shown), and the settings a run would pick here. "
         "Exit 0 when training can run, 2 when it cannot.",
         "saudial check [--config RECIPE.yaml] [--quiet] [setting flags]",
+        recipe="check the settings of this recipe",
     )
-    p.add_argument("--config", type=Path, metavar="RECIPE.yaml", help="check the settings of this recipe")
     p.add_argument("--quiet", action="store_true", help="print nothing when training can run (make train uses it)")
-    add_settings(p, COMMAND_SETTINGS["check"])
 
     p = _command(
         sub,
@@ -209,14 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Translate one English TEXT (printed) or a .csv/.xlsx/.jsonl/.parquet file with an 'English Text' "
         "column (written next to it as NAME.translated.EXT, never over an existing file).",
         "saudial translate --adapter DIR [--dialect D] [--context C] (TEXT | --input FILE [--output FILE])",
+        adapter=ADAPTER_HELP,
     )
-    p.add_argument("--adapter", type=Path, required=True, metavar="DIR", help=ADAPTER_HELP)
     p.add_argument("--dialect", help="Najdi, Hijazi, Eastern or Southern (with --input: overrides the file's column)")
     p.add_argument("--context", help="in-game context line of the prompt (optional)")
     p.add_argument("--input", type=Path, metavar="FILE", help="file to translate instead of TEXT")
     p.add_argument("--output", type=Path, metavar="FILE", help="where --input's translations go")
     p.add_argument("text", nargs="?", metavar="TEXT", help="English text to translate")
-    add_settings(p, COMMAND_SETTINGS["translate"])
 
     p = _command(
         sub,
@@ -225,13 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
         "every conversation of a .jsonl/.parquet file ('messages' ending with the user's) and write the replies "
         "next to it as NAME.replies.EXT, never over an existing file.",
         "saudial chat --adapter DIR [--system TEXT] (MESSAGE | --input FILE [--output FILE])",
+        adapter=ADAPTER_HELP,
     )
-    p.add_argument("--adapter", type=Path, required=True, metavar="DIR", help=ADAPTER_HELP)
     p.add_argument("--system", metavar="TEXT", help="system prompt (with --input: replaces each conversation's)")
     p.add_argument("--input", type=Path, metavar="FILE", help="conversations to reply to instead of MESSAGE")
     p.add_argument("--output", type=Path, metavar="FILE", help="where --input's replies go")
     p.add_argument("message", nargs="?", metavar="MESSAGE", help="the user's message")
-    add_settings(p, COMMAND_SETTINGS["chat"])
 
     p = _command(
         sub,
@@ -240,9 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
         "eval_results.md (into --adapter, or --output-dir when given). Data, split and base model come "
         "from the adapter's run_manifest.json unless set here.",
         "saudial evaluate --adapter DIR [setting flags]",
+        adapter=ADAPTER_HELP,
     )
-    p.add_argument("--adapter", type=Path, required=True, metavar="DIR", help=ADAPTER_HELP)
-    add_settings(p, COMMAND_SETTINGS["evaluate"])
 
     p = _command(
         sub,
@@ -250,10 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Write base model + adapter as one bf16 model with its tokenizer, loadable by "
         "AutoModelForCausalLM.from_pretrained (vLLM, llama.cpp's converter).",
         "saudial merge --adapter DIR --output DIR",
+        adapter=ADAPTER_HELP,
     )
-    p.add_argument("--adapter", type=Path, required=True, metavar="DIR", help=ADAPTER_HELP)
     p.add_argument("--output", type=Path, required=True, metavar="DIR", help="directory for the merged model")
-    add_settings(p, COMMAND_SETTINGS["merge"])
 
     p = _command(
         sub,
@@ -264,7 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # The run's directory, as the retry message names it; not SAUDIAL_OUTPUT_DIR's setting.
     p.add_argument("--output-dir", dest="output_dir_arg", type=Path, required=True, metavar="DIR", help="the run")
-    add_settings(p, COMMAND_SETTINGS["push"])
     return parser
 
 

@@ -22,7 +22,7 @@ from saudial.data.chat import check_template
 from saudial.data.text import strip_controls
 from saudial.data.workbook import read_table
 from saudial.errors import ConfigError
-from saudial.jobs.translate import deliver, output_path_for
+from saudial.jobs.translate import deliver, output_path_for, text_or_file
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,7 @@ def run_chat(
     output: Path | None = None,
 ) -> list[str]:
     """`saudial chat`: one reply to stdout, or a whole file of conversations to `name.replies.ext`."""
-    if (message is None) == (input_path is None):
-        raise ConfigError("chat needs either a MESSAGE argument or --input FILE (not both)")
+    text_or_file("chat", "a MESSAGE", message, input_path)
     system = cleaned(system, "--system") if system is not None else None
     frame: pd.DataFrame | None = None  # with --input: the file's table, the results go in a new column
     target: Path | None = None

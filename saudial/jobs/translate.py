@@ -73,6 +73,12 @@ def resolve_dialect(dialect: str | None, known: list[str], where: str = "--diale
     return by_key[dialect.strip().casefold()]
 
 
+def text_or_file(command: str, argument: str, given: str | None, input_path: Path | None) -> None:
+    """A command answers one ARGUMENT (printed) or every row of --input FILE: exactly one of the two."""
+    if (given is None) == (input_path is None):
+        raise ConfigError(f"{command} needs either {argument} argument or --input FILE (not both)")
+
+
 def output_path_for(input_path: Path, output: Path | None) -> Path:
     """`name.translated.ext` next to the input, unless given; an existing file is never overwritten."""
     target = output or input_path.with_name(f"{input_path.stem}.translated{input_path.suffix}")
@@ -189,8 +195,7 @@ def run_translate(
     output: Path | None = None,
 ) -> list[str]:
     """`python -m saudial translate`: one text to stdout, or a whole file to `name.translated.ext`."""
-    if (text is None) == (input_path is None):
-        raise ConfigError("translate needs either an English TEXT argument or --input FILE (not both)")
+    text_or_file("translate", "an English TEXT", text, input_path)
     frame: pd.DataFrame | None = None  # with --input: the file's table, the results go in a new column
     target: Path | None = None
     if input_path is not None:  # the file first: a broken one fails before any model is looked at
