@@ -18,6 +18,7 @@ from typing import Any
 
 from saudial.cli import logs
 from saudial.cli.parser import parse
+from saudial.config.huggingface import check_adapter_dir
 from saudial.config.loading import changed_settings, load_settings
 from saudial.config.runtime import configure_allocator
 from saudial.config.settings import Settings
@@ -125,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # commands print no training settings.
         if args.command == "train" and distributed.is_main_process() and not distributed.launched_by_us():
             print_settings(settings, cli_values, args)
+        if getattr(args, "adapter", None) is not None:
+            check_adapter_dir(args.adapter)  # before the command imports torch and the model libraries
         return COMMANDS[args.command](args, settings)
     except (Exception, KeyboardInterrupt) as exc:
         # Every fault ends here as one line and a documented exit code (README, Exit codes): an error the

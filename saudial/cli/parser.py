@@ -197,7 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
         "saudial train [--config RECIPE.yaml] [--dry-run] [setting flags]",
         recipe="a recipe: settings in YAML (see recipes/)",
     )
-    p.add_argument("--dry-run", action="store_true", help="check settings and data, print the summary, load no model")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check settings and data and print the data summary; loads the tokenizer (Hub or local "
+        "--model-name-or-path) for token counts, no model weights",
+    )
 
     p = _command(
         sub,
@@ -214,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "translate",
         "Translate one English TEXT (printed) or a .csv/.xlsx/.jsonl/.parquet file with an 'English Text' "
-        "column (written next to it as NAME.translated.EXT, never over an existing file).",
+        "column (written next to it as NAME.translated.EXT, never over an existing file). The base model and "
+        "its quantization come from the adapter's run_manifest.json unless set here.",
         "saudial translate --adapter DIR [--dialect D] [--context C] (TEXT | --input FILE [--output FILE])",
         adapter=ADAPTER_HELP,
     )
@@ -229,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         "chat",
         "Reply to one user MESSAGE (printed) with an adapter trained on conversations (SAUDIAL_TASK=chat), or to "
         "every conversation of a .jsonl/.parquet file ('messages' ending with the user's) and write the replies "
-        "next to it as NAME.replies.EXT, never over an existing file.",
+        "next to it as NAME.replies.EXT, never over an existing file. The base model and its quantization come "
+        "from the adapter's run_manifest.json unless set here.",
         "saudial chat --adapter DIR [--system TEXT] (MESSAGE | --input FILE [--output FILE])",
         adapter=ADAPTER_HELP,
     )

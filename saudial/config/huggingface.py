@@ -100,3 +100,13 @@ def check_model_access(
         else f"set HF_HUB_OFFLINE=1 with the model in the cache (HF_HOME), or {setting}=/local/dir"
     )
     raise ConfigError(f"cannot reach {hub_endpoint()} to load the model {name!r} ({why}): {fix}")
+
+
+def check_adapter_dir(adapter_dir: Path) -> None:
+    """--adapter names a training run's output: checked by the command line before any model library is
+    imported (seconds), and again by every adapter load."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"--adapter {str(adapter_dir)!r} holds no adapter_config.json: point it at the output directory "
+            "of a training run (SAUDIAL_OUTPUT_DIR)"
+        )

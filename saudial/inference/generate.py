@@ -24,6 +24,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from saudial.config.huggingface import check_adapter_dir
 from saudial.config.settings import Settings
 from saudial.data.chat import prompt_ids
 from saudial.data.prompts import build_prompt
@@ -98,14 +99,6 @@ def trained_task(adapter_dir: Path) -> str | None:
     manifest = read_json(adapter_dir / MANIFEST) or {}
     config = manifest.get("config")
     return str(config.get("task", "translate")) if isinstance(config, dict) else None
-
-
-def check_adapter_dir(adapter_dir: Path) -> None:
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise ConfigError(
-            f"--adapter {str(adapter_dir)!r} holds no adapter_config.json: point it at the output directory "
-            "of a training run (SAUDIAL_OUTPUT_DIR)"
-        )
 
 
 def check_adapter_weights(adapter_dir: Path) -> None:

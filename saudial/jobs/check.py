@@ -137,7 +137,10 @@ def picks_section(report: Report, settings: Settings, memory: float | None) -> N
     )
     steps = patches.planned_steps(fitted, WORKBOOK_TRAIN_ROWS, processes)
     compiled, reason = patches.decide_compile(fitted, steps, on_gpu=memory is not None)
-    report.add("torch.compile", f"{'on' if compiled else 'off'} for a {WORKBOOK_TRAIN_ROWS}-row run ({reason})")
+    report.add(
+        "torch.compile",
+        f"{'on' if compiled else 'off'} for the published workbook ({WORKBOOK_TRAIN_ROWS} training rows; {reason})",
+    )
     needs = " (needs a CUDA GPU)" if settings.quantization != "none" else " (runs on the CPU too, slowly)"
     report.add("quantization", settings.quantization + needs)
 
