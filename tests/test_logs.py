@@ -193,6 +193,13 @@ def test_tiny_run_logs_lines_and_leaves_the_saudial_card(
     for noise in ("gemm_4bit_forward", "is_gradient_checkpointing", "is falling back to its reference"):
         assert noise not in text, noise
     assert "'learning_rate': '0'" not in result.stdout  # no log of the warm-up's first step (lr 0)
+    # One line per logged step (run/steplines.py), never upstream's printed dicts of TRL's diagnostics.
+    steps = re.findall(
+        r"^step (\d+)/4  loss [\d.]+  grad_norm [\d.e+-]+  learning_rate [\d.e+-]+  epoch", result.stdout, re.M
+    )
+    assert steps == ["2", "4"], result.stdout[-2000:]
+    assert re.search(r"^trained 4 steps in [\d.]+ s, mean loss [\d.]+$", result.stdout, re.M), result.stdout[-2000:]
+    assert "{'" not in result.stdout and "mean_token_accuracy" not in text
     assert result.stderr.count("settings that differ from the defaults") == 1
     assert re.search(r"^ {2}max_steps +4 +env$", result.stderr, re.M)
     lines = [line for line in result.stderr.splitlines() if "WARNING" in line]

@@ -97,9 +97,7 @@ def markdown_table(evaluation: dict[str, Any], loss: float | None = None) -> str
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
         "",
-        f"{evaluation['samples']} held-out examples; generation: "
-        + ", ".join(f"{k}={v}" for k, v in evaluation["generation"].items())
-        + ".",
+        f"{evaluation['samples']} held-out examples; generation: {generation_text(evaluation['generation'])}.",
         "Base = the base model with the adapter switched off, same conversation; the reference is each held-out "
         "conversation's last assistant turn, written from the turns before it."
         if evaluation.get("task") == "chat"
@@ -111,3 +109,13 @@ def markdown_table(evaluation: dict[str, Any], loss: float | None = None) -> str
     if loss is not None and not math.isnan(loss):
         notes.insert(1, f"Eval loss (adapter): {loss:.4f}.")
     return "\n".join(lines + notes) + "\n"
+
+
+SAMPLING_ONLY = ("temperature", "min_p", "top_p", "top_k")  # no effect on greedy decoding
+
+
+def generation_text(generation: dict[str, Any]) -> str:
+    """The generation settings that took effect: greedy decoding says so instead of listing sampling knobs."""
+    greedy = not generation.get("do_sample")
+    shown = {k: v for k, v in generation.items() if not (greedy and (k in SAMPLING_ONLY or k == "do_sample"))}
+    return ", ".join(["greedy" if greedy else "sampled", *(f"{k}={v}" for k, v in shown.items())])

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
+from transformers.trainer_callback import ProgressCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from saudial.model import patches
 from saudial.model.lora import lora_config
 from saudial.run import distributed
+from saudial.run.steplines import StepLines
 
 if TYPE_CHECKING:
     from saudial.config.settings import Settings
@@ -115,6 +117,8 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=lora_config(settings),
     )
+    if trainer.pop_callback(ProgressCallback) is not None:  # disable_tqdm=False: the bar, with readable lines
+        trainer.add_callback(StepLines())
     peft_model = trainer.model
     assert peft_model is not None
     if dtype == torch.float16:
