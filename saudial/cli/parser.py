@@ -9,6 +9,7 @@ its SAUDIAL_* variable and default in the help. Each command lists only the sett
 from __future__ import annotations
 
 import argparse
+import inspect
 import shutil
 import types
 import typing
@@ -116,11 +117,7 @@ def shown_default(name: str) -> str:
     default = default_of(name)
     if isinstance(default, list):
         return ",".join(default)
-    if default is None:
-        return "none"
-    if isinstance(default, bool):
-        return str(default).lower()
-    return str(default)
+    return "none" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
 
 
 def add_setting(group: Any, name: str) -> None:
@@ -152,15 +149,16 @@ def add_settings(parser: argparse.ArgumentParser, names: list[str]) -> None:
 
 
 def _command(
-    sub: Any, name: str, description: str, usage: str, *, recipe: str | None = None, adapter: str | None = None
+    sub: Any, name: str, description: str, usage: str, *, recipe: str = "", adapter: str = "", io: tuple[str, ...] = ()
 ) -> argparse.ArgumentParser:
     """One command: its help, `--config` (recipe: its help) and `--adapter` (adapter: its help) where it takes
-    them, and its settings in their groups; the caller adds the command's own flags."""
+    them, `ARG | --input FILE [--output FILE]` (io: ARG, its help, --input's, --output's; see
+    jobs/translate.text_or_file), and its settings in their groups; the caller adds the command's own flags."""
     parser: argparse.ArgumentParser = sub.add_parser(
         name,
         prog=f"saudial {name}",
         help=SUMMARY[name],
-        description=description,
+        description=inspect.cleandoc(description),  # written as a docstring below
         usage=usage,
         formatter_class=_formatter,
         epilog="Flags win over SAUDIAL_* variables, which win over a recipe, which wins over the defaults.",
@@ -169,6 +167,11 @@ def _command(
         parser.add_argument("--config", type=Path, metavar="RECIPE.yaml", help=recipe)
     if adapter:
         parser.add_argument("--adapter", type=Path, required=True, metavar="DIR", help=adapter)
+    if io:
+        argument, argument_help, input_help, output_help = io
+        parser.add_argument("--input", type=Path, metavar="FILE", help=input_help)
+        parser.add_argument("--output", type=Path, metavar="FILE", help=output_help)
+        parser.add_argument(argument.lower(), nargs="?", metavar=argument, help=argument_help)
     add_settings(parser, COMMAND_SETTINGS[name])  # argument groups: printed after the command's own flags
     return parser
 
@@ -192,24 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "train",
-        "Train a LoRA adapter on the 4-bit base model, evaluate it and (optionally) publish it. "
-        "The default command: `saudial --learning-rate 1e-4` is `saudial train --learning-rate 1e-4`.",
+        """Train a LoRA adapter on the 4-bit base model, evaluate it and (optionally) publish it. The default command:
+        `saudial --learning-rate 1e-4` is `saudial train --learning-rate 1e-4`.""",
         "saudial train [--config RECIPE.yaml] [--dry-run] [setting flags]",
         recipe="a recipe: settings in YAML (see recipes/)",
     )
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="check settings and data and print the data summary; loads the tokenizer (Hub or local "
-        "--model-name-or-path) for token counts, no model weights",
-    )
+    dry_run = "check settings and data, print the data summary; loads the tokenizer (Hub or local), no model weights"
+    p.add_argument("--dry-run", action="store_true", help=dry_run)
 
     p = _command(
         sub,
         "check",
-        "Say what this machine can do: Python, torch, CUDA and driver versions, the GPU, bf16 or fp16, "
-        "bitsandbytes, the Hub and the token (never shown), and the settings a run would pick here. "
-        "Exit 0 when training can run, 2 when it cannot.",
+        """Say what this machine can do: Python, torch, CUDA and driver versions, the GPU, bf16 or fp16, bitsandbytes,
+        the Hub and the token (never shown), and the settings a run would pick here. Exit 0 when training can run, 2
+        when it cannot.""",
         "saudial check [--config RECIPE.yaml] [--quiet] [setting flags]",
         recipe="check the settings of this recipe",
     )
@@ -218,39 +217,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "translate",
-        "Translate one English TEXT (printed) or a .csv/.xlsx/.jsonl/.parquet file with an 'English Text' "
-        "column (written next to it as NAME.translated.EXT, never over an existing file). The base model and "
-        "its quantization come from the adapter's run_manifest.json unless set here.",
+        """Translate one English TEXT (printed) or a .csv/.xlsx/.jsonl/.parquet file with an 'English Text' column
+        (written next to it as NAME.translated.EXT, never over an existing file). The base model and its
+        quantization come from the adapter's run_manifest.json unless set here.""",
         "saudial translate --adapter DIR [--dialect D] [--context C] (TEXT | --input FILE [--output FILE])",
         adapter=ADAPTER_HELP,
+        io=(
+            "TEXT",
+            "English text to translate",
+            "file to translate instead of TEXT",
+            "where --input's translations go",
+        ),
     )
     p.add_argument("--dialect", help="Najdi, Hijazi, Eastern or Southern (with --input: overrides the file's column)")
     p.add_argument("--context", help="in-game context line of the prompt (optional)")
-    p.add_argument("--input", type=Path, metavar="FILE", help="file to translate instead of TEXT")
-    p.add_argument("--output", type=Path, metavar="FILE", help="where --input's translations go")
-    p.add_argument("text", nargs="?", metavar="TEXT", help="English text to translate")
 
     p = _command(
         sub,
         "chat",
-        "Reply to one user MESSAGE (printed) with an adapter trained on conversations (SAUDIAL_TASK=chat), or to "
-        "every conversation of a .jsonl/.parquet file ('messages' ending with the user's) and write the replies "
-        "next to it as NAME.replies.EXT, never over an existing file. The base model and its quantization come "
-        "from the adapter's run_manifest.json unless set here.",
+        """Reply to one user MESSAGE (printed) with an adapter trained on conversations (SAUDIAL_TASK=chat), or to
+        every conversation of a .jsonl/.parquet file ('messages' ending with the user's) and write the replies next
+        to it as NAME.replies.EXT, never over an existing file. The base model and its quantization come from the
+        adapter's run_manifest.json unless set here.""",
         "saudial chat --adapter DIR [--system TEXT] (MESSAGE | --input FILE [--output FILE])",
         adapter=ADAPTER_HELP,
+        io=(
+            "MESSAGE",
+            "the user's message",
+            "conversations to reply to instead of MESSAGE",
+            "where --input's replies go",
+        ),
     )
     p.add_argument("--system", metavar="TEXT", help="system prompt (with --input: replaces each conversation's)")
-    p.add_argument("--input", type=Path, metavar="FILE", help="conversations to reply to instead of MESSAGE")
-    p.add_argument("--output", type=Path, metavar="FILE", help="where --input's replies go")
-    p.add_argument("message", nargs="?", metavar="MESSAGE", help="the user's message")
 
     p = _command(
         sub,
         "evaluate",
-        "Translate the held-out split with the base model and with the adapter; write metrics.json and "
-        "eval_results.md (into --adapter, or --output-dir when given). Data, split and base model come "
-        "from the adapter's run_manifest.json unless set here.",
+        """Translate the held-out split with the base model and with the adapter; write metrics.json and
+        eval_results.md (into --adapter, or --output-dir when given). Data, split and base model come from the
+        adapter's run_manifest.json unless set here.""",
         "saudial evaluate --adapter DIR [setting flags]",
         adapter=ADAPTER_HELP,
     )
@@ -258,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "merge",
-        "Write base model + adapter as one bf16 model with its tokenizer, loadable by "
-        "AutoModelForCausalLM.from_pretrained (vLLM, llama.cpp's converter).",
+        """Write base model + adapter as one bf16 model with its tokenizer, loadable by
+        AutoModelForCausalLM.from_pretrained (vLLM, llama.cpp's converter).""",
         "saudial merge --adapter DIR --output DIR",
         adapter=ADAPTER_HELP,
     )
@@ -268,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "push",
-        "Upload adapter, tokenizer, run record and model card (README.md) of a finished run to "
-        "SAUDIAL_HUB_MODEL_ID (default: the run's). Needs HF_TOKEN with write access.",
+        """Upload adapter, tokenizer, run record and model card (README.md) of a finished run to SAUDIAL_HUB_MODEL_ID
+        (default: the run's). Needs HF_TOKEN with write access.""",
         "saudial push --output-dir DIR [--hub-model-id OWNER/NAME] [--hub-private BOOL]",
     )
     # The run's directory, as the retry message names it; not SAUDIAL_OUTPUT_DIR's setting.
