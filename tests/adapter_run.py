@@ -1,4 +1,5 @@
-"""One short training run shared by the evaluation, translate, merge and push tests (not a test module).
+"""Adapters for the tests (not a test module): one short training run shared by the evaluation, translate,
+merge and push tests, and an untrained adapter with random weights for the in-process generation tests.
 
 Training the tiny model through the real entry point takes tens of seconds on 2 CPU cores, so the
 tests that only need *an* adapter share one run per session; each copies it before changing it.
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,3 +37,22 @@ def trained_adapter(tiny_model: Path, workbook: Path, factory: pytest.TempPathFa
 def copy_run(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
     return target
+
+
+def random_adapter(settings: Any) -> tuple[Any, Any]:
+    """`settings`' base model (the tiny LFM2) with saudial's LoRA, its B matrices drawn from N(0, 0.5) under seed
+    0 (LoRA's B starts at zero: base and adapter would not differ), and the tokenizer."""
+    import torch
+    from peft import get_peft_model
+
+    from saudial.model.loading import load_model, load_tokenizer
+    from saudial.model.lora import lora_config
+
+    tokenizer = load_tokenizer(settings)
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(settings), lora_config(settings))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    return model, tokenizer

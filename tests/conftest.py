@@ -92,3 +92,12 @@ def run_entry() -> RunEntry:
         )
 
     return run
+
+
+@pytest.fixture
+def no_model_adapter(tmp_path: Path) -> Path:
+    """An adapter directory whose base model does not exist: for inputs refused before any model is loaded."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "/nonexistent/base-model"}')
+    return adapter

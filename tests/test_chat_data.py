@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTTrainer
 
@@ -26,9 +25,8 @@ from saudial.errors import ConfigError, DataError
 from saudial.inference.batches import reply_text, special_ids
 from saudial.inference.evaluate import loss_examples
 from saudial.inference.generate import chat_replies
-from saudial.model.loading import load_model, load_tokenizer
-from saudial.model.lora import lora_config
 from saudial.run.trainer import sft_config
+from tests.adapter_run import random_adapter
 
 THREE_TURNS = Conversation(
     (
@@ -251,13 +249,7 @@ def test_batched_replies_equal_one_by_one(tiny_model: Path) -> None:
     settings = Settings.model_validate(
         {"model_name_or_path": str(tiny_model), "quantization": "none", "max_new_tokens": 6, "repetition_penalty": 1.0}
     )
-    tokenizer = load_tokenizer(settings)
-    torch.manual_seed(0)
-    model: Any = get_peft_model(load_model(settings), lora_config(settings))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
+    model, tokenizer = random_adapter(settings)
     conversations = [
         Conversation(THREE_TURNS.messages[:2]).as_dicts(),
         Conversation(THREE_TURNS.messages[:-1]).as_dicts(),

@@ -17,8 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.hostile_files import tree_state
-from tests.test_hostile_inputs import assert_one_line_error, data_env, run, run_all
+from tests.test_hostile_inputs import Built, assert_one_line_error, data_env, dry_runs, run, run_all
 
 SYSTEM = {"role": "system", "content": "Answer in Najdi Arabic."}
 USER = {"role": "user", "content": "Where is the market?"}
@@ -121,20 +120,11 @@ def _write(path: Path, text: str) -> Path:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every case: its file built here, then a dry run of `train` (SAUDIAL_TASK=chat unless the case says)."""
-    root = tmp_path_factory.mktemp("chat-cases")
-    prepared = {}
-    for case, (build, extra, expected) in CASES.items():
-        d, out = root / case / "data", root / case / "out"
-        d.mkdir(parents=True)
-        env = data_env(build(d), out, **{"SAUDIAL_TASK": "chat", **extra})
-        prepared[case] = (env, expected, (d, out), tree_state(d, out))
 
-    def one(case: str) -> tuple[subprocess.CompletedProcess[str], str, bool]:
-        env, expected, dirs, before = prepared[case]
-        result = run(env, "--dry-run")
-        return result, expected, tree_state(*dirs) == before
+    def built(build: Callable[[Path], Path], extra: dict[str, str], expected: str) -> Callable[[Path], Built]:
+        return lambda d: (build(d), {"SAUDIAL_TASK": "chat", **extra}, expected)
 
-    return run_all(list(CASES), one)
+    return dry_runs(tmp_path_factory.mktemp("chat-cases"), {case: built(*spec) for case, spec in CASES.items()})
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -143,14 +133,6 @@ def test_bad_chat_data_exits_2_with_one_line(case: str, results: dict[str, Any])
     line = assert_one_line_error(result, expected)
     assert unchanged  # nothing in the data directory or the output directory changed
     assert "السوق" not in line and HOSTILE_ROLE not in result.stderr  # no content of the file is echoed
-
-
-@pytest.fixture
-def no_model_adapter(tmp_path: Path) -> Path:
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "/nonexistent/base-model"}')
-    return adapter
 
 
 INPUT_CASES: dict[str, tuple[list[Any], list[str], str]] = {

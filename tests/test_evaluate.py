@@ -10,16 +10,13 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from peft import get_peft_model
 
 from saudial.config.settings import Settings
 from saudial.data.examples import split
 from saudial.data.text import clean_text
 from saudial.inference.evaluate import cap, evaluate
 from saudial.inference.scoring import OVERALL, normalize, score, score_by_dialect
-from saudial.model.loading import load_model, load_tokenizer
-from saudial.model.lora import lora_config
-from tests.adapter_run import copy_run, trained_adapter
+from tests.adapter_run import copy_run, random_adapter, trained_adapter
 from tests.conftest import RunEntry, base_env
 
 
@@ -82,13 +79,7 @@ def peft_model(tiny_model: Path) -> tuple[Any, Any, Settings]:
             "max_eval_samples": 6,
         }
     )
-    tokenizer = load_tokenizer(settings)
-    torch.manual_seed(0)
-    model = get_peft_model(load_model(settings), lora_config(settings))
-    with torch.no_grad():  # a non-zero adapter, so base and adapter differ
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
+    model, tokenizer = random_adapter(settings)
     return model, tokenizer, settings
 
 

@@ -408,12 +408,11 @@ def run_all(cases: list[Any], one: Callable[[Any], Any]) -> dict[Any, Any]:
         return dict(zip(cases, pool.map(one, cases), strict=True))
 
 
-@pytest.fixture(scope="module")
-def data_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Every BAD_DATA case: its files built here (in this process), then `--dry-run` on each."""
-    root = tmp_path_factory.mktemp("data-cases")
+def dry_runs(root: Path, cases: dict[str, Callable[[Path], Built]]) -> dict[str, Any]:
+    """Each case's files built in ROOT/case/data (in this process), then `--dry-run` on each: the result, the
+    expected message, and whether the data and output directories are unchanged."""
     prepared = {}
-    for case, build in BAD_DATA.items():
+    for case, build in cases.items():
         d, out = root / case / "data", root / case / "out"
         d.mkdir(parents=True)
         path, extra, expected = build(d)
@@ -424,7 +423,13 @@ def data_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         result = run(env, "--dry-run")
         return result, expected, tree_state(*dirs) == before
 
-    return run_all(list(BAD_DATA), one)
+    return run_all(list(cases), one)
+
+
+@pytest.fixture(scope="module")
+def data_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every BAD_DATA case through the entry point."""
+    return dry_runs(tmp_path_factory.mktemp("data-cases"), BAD_DATA)
 
 
 @pytest.mark.parametrize("case", list(BAD_DATA))
@@ -562,14 +567,6 @@ def test_empty_output_dir_is_a_settings_error(value: str, tmp_path: Path) -> Non
 
 # --------------------------------------------------------------------------------------------------
 # translate --input: the same reader and rules, before the adapter or any model is looked at.
-
-
-@pytest.fixture
-def no_model_adapter(tmp_path: Path) -> Path:
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "/nonexistent/base-model"}')
-    return adapter
 
 
 def _dangling_output(d: Path) -> Path:

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from saudial.config.settings import Settings
 from saudial.inference.generate import Request, postprocess, translate
-from saudial.model.loading import load_model, load_tokenizer
-from saudial.model.lora import lora_config
-from tests.adapter_run import copy_run, trained_adapter
+from tests.adapter_run import copy_run, random_adapter, trained_adapter
 from tests.conftest import RunEntry, base_env
 
 
@@ -42,13 +39,7 @@ def test_batched_generation_equals_one_by_one(tiny_model: Path) -> None:
     settings = Settings.model_validate(
         {"model_name_or_path": str(tiny_model), "quantization": "none", "max_new_tokens": 8, "repetition_penalty": 1.0}
     )
-    tokenizer = load_tokenizer(settings)
-    torch.manual_seed(0)
-    model: Any = get_peft_model(load_model(settings), lora_config(settings))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
+    model, tokenizer = random_adapter(settings)
     requests = [
         Request("Najdi", "Find the sword.", "Shop dialogue"),
         Request("Hijazi", "Please bring my old golden map to the quiet castle with the brave horse now.", None),
