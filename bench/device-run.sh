@@ -19,39 +19,42 @@ fi
 if [ "${1:-A}" != C ] && [ ! -d /tmp/unsloth_site ]; then bash .unsloth-wheels/install.sh > "$OUT/install-unsloth.log" 2>&1 || true; fi
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv > "$OUT/gpus.csv"; cat "$OUT/gpus.csv"
 python3 -c 'import torch, transformers, trl, peft, bitsandbytes as b; print("versions:", torch.__version__, transformers.__version__, trl.__version__, peft.__version__, b.__version__)'
-case "${1:-A}" in
-A)
+# The pieces the calls are made of: GPU tests on GPU 1 in the background (LIMIT s), their summary once they
+# end, a bench run (NAME LIMIT LINES bench.py arguments; its log in $OUT/NAME.log), SIGTERM and resume on 2 GPUs.
+gpu_tests() {
     say "GPU tests on GPU 1 (background)"
-    (CUDA_VISIBLE_DEVICES=1 timeout 500 python3 -m pytest -m gpu -v -p no:cacheprovider tests/test_gpu.py \
+    (CUDA_VISIBLE_DEVICES=1 timeout "$1" python3 -m pytest -m gpu -v -p no:cacheprovider tests/test_gpu.py \
         > "$OUT/gpu-tests.log" 2>&1; echo "exit $?" >> "$OUT/gpu-tests.log") &
     tests=$!
+}
+gpu_tests_done() { wait "$tests"; say "GPU tests:"; grep -E "PASSED|FAILED|ERROR|passed|failed|exit" "$OUT/gpu-tests.log" | tail -20; }
+bench() {
+    local name=$1 limit=$2 lines=$3; shift 3
+    timeout "$limit" python3 bench/bench.py --out "$OUT/$name" --work /tmp/bench "$@" 2>&1 | grep -v "it/s\]" \
+        | tee "$OUT/$name.log" | tail -"$lines"
+}
+resume_check() { say "SIGTERM and resume on 2 GPUs"; OUT="$OUT/mgpu" timeout "$1" bash scripts/multigpu-check.sh 2>&1 | tail -14; }
+case "${1:-A}" in
+A)
+    gpu_tests 500
     say "bench on GPU 0"
-    CUDA_VISIBLE_DEVICES=0 timeout 480 python3 bench/bench.py --out "$OUT/bench-a" --work /tmp/bench \
-        --sections configs,wholerun,unsloth --only "seed as written;defaults, GC;defaults, bs 128" 2>&1 \
-        | grep -v "it/s\]" | tee "$OUT/bench-a.log" | tail -40
-    wait $tests; say "GPU tests:"; grep -E "PASSED|FAILED|ERROR|passed|failed|exit" "$OUT/gpu-tests.log" | tail -20
+    CUDA_VISIBLE_DEVICES=0 bench bench-a 480 40 --sections configs,wholerun,unsloth \
+        --only "seed as written;defaults, GC;defaults, bs 128"
+    gpu_tests_done
     ;;
 B)
     say "throughput recipe, memory over 9,000 rows"
-    CUDA_VISIBLE_DEVICES=0 timeout 300 python3 bench/bench.py --out "$OUT/bench-b" --work /tmp/bench \
-        --sections throughput,memory 2>&1 | grep -v "it/s\]" | tee "$OUT/bench-b.log" | tail -12
+    CUDA_VISIBLE_DEVICES=0 bench bench-b 300 12 --sections throughput,memory
     say "1 vs 2 GPUs"
-    timeout 330 python3 bench/bench.py --out "$OUT/bench-m" --work /tmp/bench --sections multigpu 2>&1 \
-        | grep -v "it/s\]" | tee "$OUT/bench-m.log" | tail -14
-    say "SIGTERM and resume on 2 GPUs"
-    OUT="$OUT/mgpu" timeout 200 bash scripts/multigpu-check.sh 2>&1 | tail -14
+    bench bench-m 330 14 --sections multigpu
+    resume_check 200
     ;;
 C)
-    say "GPU tests on GPU 1 (background)"
-    (CUDA_VISIBLE_DEVICES=1 timeout 290 python3 -m pytest -m gpu -v -p no:cacheprovider tests/test_gpu.py \
-        > "$OUT/gpu-tests.log" 2>&1; echo "exit $?" >> "$OUT/gpu-tests.log") &
-    tests=$!
+    gpu_tests 290
     say "bench on GPU 0: defaults, whole run with and without evaluation"
-    CUDA_VISIBLE_DEVICES=0 timeout 290 python3 bench/bench.py --out "$OUT/bench-c" --work /tmp/bench \
-        --sections configs,wholerun --only "saudial defaults" 2>&1 | grep -v "it/s\]" | tee "$OUT/bench-c.log" | tail -20
-    wait $tests; say "GPU tests:"; grep -E "PASSED|FAILED|ERROR|passed|failed|exit" "$OUT/gpu-tests.log" | tail -20
-    say "SIGTERM and resume on 2 GPUs"
-    OUT="$OUT/mgpu" timeout 170 bash scripts/multigpu-check.sh 2>&1 | tail -14
+    CUDA_VISIBLE_DEVICES=0 bench bench-c 290 20 --sections configs,wholerun --only "saudial defaults"
+    gpu_tests_done
+    resume_check 170
     ;;
 esac
 say "done"
