@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -64,6 +65,7 @@ SEED = {
     "SAUDIAL_TARGET_MODULES": "q_proj,v_proj",
     "SAUDIAL_LORA_R": "8",
     "SAUDIAL_LORA_ALPHA": "16",
+    "SAUDIAL_LORA_DROPOUT": "0.05",
     "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "1",
     "SAUDIAL_GRADIENT_ACCUMULATION_STEPS": "8",
     "SAUDIAL_GRADIENT_CHECKPOINTING": "true",
@@ -91,6 +93,24 @@ def configurations(smoke: bool) -> list[tuple[str, dict[str, str], int]]:
         ("defaults, bs 128", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "128"}, steps or 20),
         ("defaults + compile (long runs)", compiled, steps or 80),
         ("defaults + compile, bs 64", compiled | {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64"}, steps or 50),
+    ]  # fmt: skip
+
+
+PEFT_BEFORE = {"SAUDIAL_FUSED_LORA": "false", "SAUDIAL_LORA_DROPOUT": "0.05"}
+
+
+def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
+    """(name, settings that differ from the defaults, optimizer steps to time; None: the whole run)."""
+    steps = 4 if smoke else 0
+    peft = {"SAUDIAL_FUSED_LORA": "false"}  # PEFT's own LoRA layers
+    return [
+        ("levers: PEFT layers, lora_dropout 0.05 (defaults before)", PEFT_BEFORE, steps or 40),
+        ("levers: PEFT layers, lora_dropout 0", peft, steps or 40),
+        ("levers: defaults (fused LoRA, lora_dropout 0)", {}, steps or 40),
+        ("levers: PEFT layers, lora_dropout 0.05, again", PEFT_BEFORE, steps or 40),
+        ("levers: defaults, again", {}, steps or 40),
+        ("levers: defaults, bs 128", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "128"}, steps or 20),
+        ("levers: defaults, GC on (8 GiB GPUs)", {"SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 30),
     ]  # fmt: skip
 
 
@@ -221,13 +241,21 @@ def run_config(
         timings = metrics.get("timings", {})
         # import = process start until train() began (interpreter, torch/transformers/TRL imports, settings)
         result["import_s"] = wall - timings.get("total_s", 0.0)
+        if result.get("steady_step_time_s") and result.get("train_steps") and result.get("train_runtime_s"):
+            result["warmup_s"] = result["train_runtime_s"] - result["train_steps"] * result["steady_step_time_s"]
     else:
         result["error_tail"] = log.read_text()[-1500:]
     speed = (result.get("evaluation") or {}).get("generation_speed") or {}
     for system, rate in speed.items():
         result[f"generated_tokens_per_second_{system}"] = rate.get("tokens_per_second")
     keys: tuple[str, ...] = ("steady_tokens_per_second", "steady_step_time_s", "peak_reserved_gib", "train_steps")
-    keys += ("import_s", "eval_runtime_s", "generated_tokens_per_second_base", "generated_tokens_per_second_adapter")
+    keys += (
+        "import_s",
+        "warmup_s",
+        "eval_runtime_s",
+        "generated_tokens_per_second_base",
+        "generated_tokens_per_second_adapter",
+    )
     summary = ", ".join(f"{k}={result[k]:.3g}" for k in keys if isinstance(result.get(k), (int, float)))
     print(f"  {name}: exit {code}, wall {wall:.1f}s, {summary}", flush=True)
     return result
@@ -300,8 +328,8 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         default="configs,wholerun,scaling,maxlen",
-        help="comma list, run in this order: configs,throughput,wholerun,memory,scaling,maxlen,profile,multigpu,"
-        "unsloth",
+        help="comma list, run in this order: configs,levers,compilecache,throughput,wholerun,memory,scaling,"
+        "maxlen,profile,multigpu,unsloth",
     )
     parser.add_argument("--only", default="", help="configuration-name prefixes to run, separated by ;")
     parser.add_argument("--skip", default="", help="configuration-name prefixes not to run, separated by ;")
@@ -367,6 +395,21 @@ def main() -> None:
             run("defaults, whole 900-row run", {}, data_900, 4 if args.smoke else None)
             evaluated = {"SAUDIAL_EVAL": "full", "SAUDIAL_MAX_NEW_TOKENS": "8" if args.smoke else "64"}
             run("defaults + evaluation, whole run", evaluated, data_900, 4 if args.smoke else None)
+        elif section == "levers":
+            # Issue #15's levers on the eager step, before/after in the same call: LoRA dropout 0.05 -> 0 (no
+            # mask, no saved copy of each adapted linear's input), then PEFT's layers -> the fused 4-bit LoRA
+            # step (model/fused_lora.py); each pair twice (single runs vary by up to ~8%); then the new
+            # defaults at batch 128 and with gradient checkpointing.
+            for name, extra, lever_steps in levers(args.smoke):
+                run(name, extra, data_900, lever_steps)
+        elif section == "compilecache":
+            # Compile paid once: the throughput recipe twice on one compile cache, emptied first; warmup_s is
+            # the run's training time beyond its steady step time (the compile, mostly in the first steps).
+            cache = args.work / "compile-cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            for label in ("cold cache", "warm cache"):
+                extra = THROUGHPUT | {"TORCHINDUCTOR_CACHE_DIR": str(cache)}
+                run(f"throughput: bs 64 + compile ({label})", extra, data_900, 4 if args.smoke else 50)
         elif section == "memory":
             # Does peak memory grow with the data? The same 100 steps over 900 and over 9,000 rows: the larger
             # file holds longer rows, so its longest padding-free micro-batch is longer (docs/benchmarks.md).
@@ -383,7 +426,11 @@ def main() -> None:
                 extra = {"SAUDIAL_MAX_LENGTH": str(length), "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "16"}
                 run(f"long rows, max_length {length}", extra, long_rows, 8)
         elif section == "profile":
-            for name, extra in (("defaults", {}), ("defaults + compile", {"SAUDIAL_TORCH_COMPILE": "true"})):
+            # Eager with and without issue #15's levers; compiled only where asked (~2 min of warm-up).
+            profiles = [("defaults", {}), ("PEFT layers, lora_dropout 0.05 (defaults before)", PEFT_BEFORE)]
+            if os.environ.get("BENCH_PROFILE_COMPILED"):
+                profiles.append(("defaults + compile", {"SAUDIAL_TORCH_COMPILE": "true"}))
+            for name, extra in profiles:
                 profile_config(name, extra, data_900, model, args.work, args.out)
         elif section == "multigpu":
             multigpu(run, data_900, model, args.work)

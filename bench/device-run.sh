@@ -8,6 +8,11 @@
 #                                 run with evaluation; then SIGTERM and resume on 2 GPUs (a session with ~12 min)
 #   bash bench/device-run.sh B    the throughput recipe (compiled), memory over 9,000 rows, 1 vs 2 GPUs
 #                                 (eager and compiled), SIGTERM and resume under data parallel
+#   bash bench/device-run.sh D    issue #15's levers against the defaults in one call, and the step profile
+#                                 with and without them (one GPU is enough)
+#   bash bench/device-run.sh E    a 2-GPU machine, both GPUs busy: GPU 1 the GPU tests, then the compiled
+#                                 recipe twice on one compile cache (cold, warm); GPU 0 the levers, the whole
+#                                 run with and without evaluation, the seed as written, Unsloth, the profile
 # Needs .gpuwheels/ and .unsloth-wheels/ (bash bench/gpu-wheels/fetch.sh) beside the checkout; OUT: results.
 set -uo pipefail
 OUT=${OUT:-/tmp/saudial-device}; mkdir -p "$OUT"
@@ -16,7 +21,7 @@ t0=$SECONDS; say() { echo "[$((SECONDS - t0))s] $*"; }
 if ! python3 -c 'import trl, sys; sys.exit(trl.__version__ != "1.16.0")' 2>/dev/null; then
     say "installing the project's wheels"; bash .gpuwheels/install.sh > "$OUT/install.log" 2>&1 || tail -5 "$OUT/install.log"
 fi
-if [ "${1:-A}" != C ] && [ ! -d /tmp/unsloth_site ]; then bash .unsloth-wheels/install.sh > "$OUT/install-unsloth.log" 2>&1 || true; fi
+if [[ "${1:-A}" == [ABE] ]] && [ ! -d /tmp/unsloth_site ]; then bash .unsloth-wheels/install.sh > "$OUT/install-unsloth.log" 2>&1 || true; fi
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv > "$OUT/gpus.csv"; cat "$OUT/gpus.csv"
 python3 -c 'import torch, transformers, trl, peft, bitsandbytes as b; print("versions:", torch.__version__, transformers.__version__, trl.__version__, peft.__version__, b.__version__)'
 # The pieces the calls are made of: GPU tests on GPU 1 in the background (LIMIT s), their summary once they
@@ -55,6 +60,23 @@ C)
     CUDA_VISIBLE_DEVICES=0 bench bench-c 290 20 --sections configs,wholerun --only "saudial defaults"
     gpu_tests_done
     resume_check 170
+    ;;
+D)
+    say "levers and profile on GPU 0"
+    CUDA_VISIBLE_DEVICES=0 bench bench-d 540 40 --sections levers,profile
+    ;;
+E)
+    say "GPU 1: GPU tests, then the compile cache cold and warm (background)"
+    (CUDA_VISIBLE_DEVICES=1 timeout 270 python3 -m pytest -m gpu -v -p no:cacheprovider tests/test_gpu.py \
+        tests/test_fused_lora.py > "$OUT/gpu-tests.log" 2>&1; echo "exit $?" >> "$OUT/gpu-tests.log"
+     CUDA_VISIBLE_DEVICES=1 timeout $((550 - SECONDS)) python3 bench/bench.py --out "$OUT/bench-cc" --work /tmp/bench-cc \
+        --sections compilecache > "$OUT/bench-cc.log" 2>&1) &
+    tests=$!
+    say "GPU 0: levers, whole run, seed as written, Unsloth, profile"
+    CUDA_VISIBLE_DEVICES=0 bench bench-e 470 50 --sections levers,wholerun,configs,unsloth,profile \
+        --only "seed as written"
+    gpu_tests_done
+    say "compile cache:"; grep -E "throughput|exit" "$OUT/bench-cc.log" | tail -4
     ;;
 esac
 say "done"

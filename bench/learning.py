@@ -40,6 +40,13 @@ SCHEDULES = {
                           (64, "6e-4", 3), (64, "1e-3", 2), (64, "1e-3", 3)]
     },
     "the defaults": {},
+    # Levers of issue #15 (docs/benchmarks.md): no LoRA dropout (fewer kernels and saved tensors per
+    # adapted linear), and batch 128 with the rates and epochs that could keep 900 rows learning.
+    "the defaults, lora_dropout 0": {"SAUDIAL_LORA_DROPOUT": "0"},
+    **{
+        f"bs 128, lr {lr}, {n} epochs, lora_dropout 0": schedule(128, lr, n) | {"SAUDIAL_LORA_DROPOUT": "0"}
+        for lr, n in [("1e-3", 3), ("2e-3", 3), ("2e-3", 4)]
+    },
 }  # fmt: skip
 
 

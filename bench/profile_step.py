@@ -102,6 +102,8 @@ def main() -> None:
         + events.table(sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=70)
         + "\ntop CPU operators\n"
         + events.table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=70)
+        + "\nmost frequent operators (calls over the profiled steps)\n"
+        + events.table(sort_by="count", row_limit=40, max_name_column_width=70)
     )
     if settings.torch_compile is True:
         from torch._dynamo.utils import compile_times, counters

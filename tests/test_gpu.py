@@ -115,6 +115,23 @@ def test_full_size_architecture_4bit(
     print("full-size 4-bit:", {k: metrics.get(k) for k in ("steady_tokens_per_second", "peak_reserved_gib")}, losses)
 
 
+def test_fused_lora_trains_like_peft_on_gpu(
+    tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
+) -> None:
+    """The default fused 4-bit LoRA step (model/fused_lora.py) against PEFT's layers: the same loss curve."""
+    curves = {}
+    for fused in ("true", "false"):
+        out = tmp_path / fused
+        result = run_entry(_gpu_env(tiny_model, workbook, out, SAUDIAL_FUSED_LORA=fused))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert ("fused LoRA: " in result.stdout + result.stderr) == (fused == "true")
+        curves[fused] = _losses(out)
+    fused_curve, peft_curve = curves["true"], curves["false"]
+    assert len(fused_curve) == len(peft_curve) == 12
+    assert abs(fused_curve[0] - peft_curve[0]) <= 1e-2 * peft_curve[0], (fused_curve, peft_curve)
+    assert all(abs(f - p) <= 0.05 * p for f, p in zip(fused_curve, peft_curve, strict=True)), (fused_curve, peft_curve)
+
+
 @pytest.mark.parametrize("rows", ["translation", "chat"])
 @pytest.mark.parametrize("varlen", [False, True], ids=["sdpa-mask", "flash-varlen"])
 def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path, varlen: bool, rows: str) -> None:

@@ -1,0 +1,98 @@
+"""One autograd step per adapted 4-bit linear: the frozen NF4 matmul and the LoRA update in one Function.
+
+PEFT runs a LoRA layer on a bitsandbytes 4-bit linear as separate steps: the base matmul (bitsandbytes'
+MatMul4Bit), a defensive copy of its output, lora_A, lora_B, a multiply by the scaling and an add, each a
+node of the autograd graph with its own Python and kernels, forward and backward. With the default batch
+on an H200 the step is bound by that host work (docs/benchmarks.md: ~4,000 kernels and ~15,000 operator
+calls per step, 92 adapted linears). Here the same math is one `torch.autograd.Function`:
+
+    forward   y = x W^T + s (x A^T) B^T        W dequantized from NF4 inside bitsandbytes' matmul
+    backward  dx = dy W + (s dy B) A,   dA = (s dy B)^T x,   dB = s dy^T (x A^T)
+
+with the LoRA update added into the base output by one `addmm_` (no output-sized multiply, add or copy).
+The weights, their names and the saved adapter are PEFT's own: only the layer's forward is swapped, per
+module, and any call this does not cover (several active adapters, merged or disabled adapters, dropout,
+DoRA, a bias, mixed dtypes) goes to PEFT's forward unchanged. tests/test_fused_lora.py checks that the
+loss and every LoRA gradient match PEFT's path on a real 4-bit model.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import bitsandbytes as bnb
+import torch
+from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
+
+
+class _QLoRALinear(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        quant_state: Any,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+    ) -> torch.Tensor:
+        x2d = x.reshape(-1, x.shape[-1])
+        out = bnb.matmul_4bit(x2d, weight, quant_state=quant_state)  # (tokens, out): the frozen base
+        h = x2d @ lora_a.t()  # (tokens, r)
+        out.addmm_(h, lora_b.t(), alpha=scaling)  # + s h B^T, added in the GEMM
+        ctx.save_for_backward(x2d, h, lora_a, lora_b)
+        ctx.weight, ctx.quant_state, ctx.scaling, ctx.x_shape = weight, quant_state, scaling, x.shape
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x2d, h, lora_a, lora_b = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1]).to(x2d.dtype)
+        gb = g @ lora_b  # (tokens, r)
+        gb.mul_(ctx.scaling)
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            w = bnb.functional.dequantize_4bit(ctx.weight, ctx.quant_state).to(g.dtype)  # (out, in)
+            grad_x = (g @ w).addmm_(gb, lora_a).view(ctx.x_shape)
+        if ctx.needs_input_grad[3]:
+            grad_a = gb.t() @ x2d
+        if ctx.needs_input_grad[4]:
+            grad_b = (g.t() @ h).mul_(ctx.scaling)
+        return grad_x, None, None, grad_a, grad_b, None
+
+
+def _fused_forward(self: LoraLinear4bit, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """PEFT's forward where this layer's state is one the Function covers; the Function otherwise."""
+    adapter = self.active_adapters[0] if len(self.active_adapters) == 1 else None
+    base = self.base_layer
+    weight = base.weight
+    if (
+        args
+        or kwargs
+        or adapter is None
+        or self.disable_adapters
+        or self.merged
+        or adapter not in self.lora_A
+        or adapter in self.lora_variant
+        or not isinstance(self.lora_dropout[adapter], torch.nn.Identity)
+        or base.bias is not None
+        or getattr(weight, "quant_state", None) is None
+        or x.dtype != base.compute_dtype
+        or self.lora_A[adapter].weight.dtype != x.dtype
+        or self.lora_B[adapter].weight.dtype != x.dtype
+    ):
+        return type(self).forward(self, x, *args, **kwargs)
+    return _QLoRALinear.apply(
+        x, weight, weight.quant_state, self.lora_A[adapter].weight, self.lora_B[adapter].weight, self.scaling[adapter]
+    )
+
+
+def fuse(model: torch.nn.Module) -> int:
+    """Give every PEFT LoRA layer on a 4-bit linear in `model` the one-Function forward; returns how many."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, LoraLinear4bit):
+            module.forward = types.MethodType(_fused_forward, module)  # type: ignore[method-assign]
+            count += 1
+    return count

@@ -1,0 +1,124 @@
+"""The fused 4-bit LoRA step (model/fused_lora.py) against PEFT's own layers, on a real NF4 model.
+
+The tiny LFM2 is loaded in 4-bit through transformers' real from_pretrained + BitsAndBytesConfig (on the CPU
+here; tests/test_gpu.py trains with it on a GPU), wrapped by PEFT with saudial's LoraConfig, its LoRA
+weights in bf16 as TRL leaves them. Each check compares the fused forward and backward with PEFT's, and
+both with a float64 reference of the same math on the dequantized weight.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from peft import get_peft_model
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+from saudial.config.settings import Settings
+from saudial.model import fused_lora
+from saudial.model.lora import lora_config
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _peft_4bit(model_dir: Path, device: str, **lora: Any) -> Any:
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    base = AutoModelForCausalLM.from_pretrained(
+        model_dir, quantization_config=quant, dtype=torch.bfloat16, device_map=device
+    )
+    model = get_peft_model(base, lora_config(Settings(**({"lora_dropout": 0.0} | lora))))
+    generator = torch.Generator().manual_seed(0)
+    for name, param in model.named_parameters():
+        if param.requires_grad:  # bf16 like TRL's cast; B non-zero so that every gradient is
+            param.data = param.data.to(torch.bfloat16)
+            if "lora_B" in name:
+                param.data = (torch.randn(param.shape, generator=generator) * 0.05).to(param)
+    return model.train()
+
+
+def _layers(model: Any) -> list[Any]:
+    from peft.tuners.lora.bnb import Linear4bit
+
+    return [m for m in model.modules() if isinstance(m, Linear4bit)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_layer_is_as_exact_as_peft(tiny_model: Path, device: str) -> None:
+    model = _peft_4bit(tiny_model, device)
+    layer = _layers(model)[-1]
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    scaling = layer.scaling["default"]
+    weight = bnb.functional.dequantize_4bit(layer.base_layer.weight, layer.base_layer.weight.quant_state).double()
+    generator = torch.Generator().manual_seed(1)
+    x0 = torch.randn(300, a.shape[1], generator=generator).to(device, torch.bfloat16)
+    g = torch.randn(300, b.shape[0], generator=generator).to(device, torch.bfloat16)
+
+    def run(forward: Any) -> list[torch.Tensor]:
+        x = x0.clone().requires_grad_(True)
+        a.grad = b.grad = None
+        y = forward(x)
+        y.backward(g)
+        assert x.grad is not None and a.grad is not None and b.grad is not None
+        return [t.detach().double() for t in (y, x.grad, a.grad, b.grad)]
+
+    xd = x0.double().requires_grad_(True)
+    ad, bd = a.detach().double().requires_grad_(True), b.detach().double().requires_grad_(True)
+    yd = xd @ weight.t() + scaling * (xd @ ad.t()) @ bd.t()
+    yd.backward(g.double())
+    reference = [yd.detach(), xd.grad, ad.grad, bd.grad]
+
+    peft = run(lambda x: type(layer).forward(layer, x))
+    assert fused_lora.fuse(model) == len(_layers(model))
+    fused = run(layer)
+    for name, ref, p, f in zip(["y", "dx", "dA", "dB"], reference, peft, fused, strict=True):
+        assert ref is not None
+        scale = ref.abs().max().item()
+        peft_error, fused_error = ((t - ref).abs().max().item() / scale for t in (p, f))
+        # Both round to bf16 in different places; the fused path may not be less exact than PEFT's.
+        assert fused_error <= max(1.5 * peft_error, 2e-3), (name, peft_error, fused_error)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_model_loss_and_lora_gradients_match_peft(tiny_model: Path, device: str) -> None:
+    model = _peft_4bit(tiny_model, device)
+    ids = torch.randint(3, model.config.vocab_size, (1, 160), generator=torch.Generator().manual_seed(2)).to(device)
+
+    def step() -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = {n: p.grad.detach().float().flatten() for n, p in model.named_parameters() if p.requires_grad}
+        return loss.item(), grads
+
+    loss, grads = step()
+    fused_lora.fuse(model)
+    fused_loss, fused_grads = step()
+    assert abs(fused_loss - loss) <= 2e-3 * abs(loss)
+    assert len(grads) == 2 * len(_layers(model))
+    for name, grad in grads.items():
+        cosine = torch.nn.functional.cosine_similarity(grad, fused_grads[name], dim=0).item()
+        assert cosine > 0.999, (name, cosine)
+
+
+def test_what_the_function_does_not_cover_goes_to_peft(tiny_model: Path) -> None:
+    fused_model = _peft_4bit(tiny_model, "cpu")
+    fused_lora.fuse(fused_model)
+    layer = _layers(fused_model)[0]
+    x = torch.randn(5, layer.in_features, dtype=torch.bfloat16, requires_grad=True)
+    assert type(layer(x).grad_fn).__name__ == "_QLoRALinearBackward"
+    with fused_model.disable_adapter():  # PEFT's path: the base layer alone
+        assert torch.equal(layer(x), layer.base_layer(x))
+    assert type(layer(x.float()).grad_fn).__name__ != "_QLoRALinearBackward"  # not the compute dtype
+
+    dropout_model = _peft_4bit(tiny_model, "cpu", lora_dropout=0.1)
+    fused_lora.fuse(dropout_model)
+    output = _layers(dropout_model)[0](x)
+    assert type(output.grad_fn).__name__ != "_QLoRALinearBackward"  # dropout: PEFT's own forward
