@@ -11,6 +11,7 @@ nothing is imported earlier than in a real run). It prints medians, in seconds:
 
 - start -> main(): the interpreter and entrypoint.py's imports (the CLI, settings)
 - settings: parsing flags and SAUDIAL_* variables, printing the settings table
+- imports for the data: jobs/train.py and the data modules it imports (pandas, datasets)
 - data file: reading and checking the workbook (jobs/train.py's load_configured_data)
 - imports for training: from the data to `train()` (torch, transformers, PEFT, TRL, datasets, ...)
 - train(): the split, CUDA probe, output directory, tokenizer, tokenizing (train()'s data_s parts), then
@@ -151,6 +152,7 @@ def run_once(work: Path, model: Path, data: Path, steps: int, dry_run: bool) -> 
         "wall": end - begin,
         "start -> main()": main[0] - begin,
         "settings": span("saudial.cli.main.load_settings") + span("saudial.cli.main.print_settings"),
+        "imports for the data": data_file[0] - m["saudial.cli.main.print_settings"][1],
         "data file": span("saudial.jobs.train.load_configured_data"),
         "imports for training": train[0] - data_file[1],
         "train(): split": span("saudial.data.examples.split"),

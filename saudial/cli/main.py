@@ -24,10 +24,12 @@ from saudial.config.runtime import configure_allocator
 from saudial.config.settings import Settings
 from saudial.errors import EXIT_BUG, EXIT_OK, OOM_ANY, as_user_error, unexpected
 from saudial.run import distributed
+from saudial.run.collector import long_lived_imports
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
-    from saudial.jobs import train
+    with long_lived_imports():  # pandas, datasets: the collector's scans skipped (run/collector.py)
+        from saudial.jobs import train
 
     logs.fold_transformers_handler()
     return train.run(settings, dry_run=args.dry_run)
@@ -48,7 +50,8 @@ def run_chat(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from saudial.jobs.evaluate import run_evaluate as evaluate
+    with long_lived_imports():  # torch, transformers, PEFT, TRL: the collector's scans skipped
+        from saudial.jobs.evaluate import run_evaluate as evaluate
 
     logs.fold_transformers_handler()
     evaluate(settings, args.adapter)
@@ -64,7 +67,8 @@ def run_translate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_merge(args: argparse.Namespace, settings: Settings) -> int:
-    from saudial.inference.merge import merge
+    with long_lived_imports():  # torch, transformers, PEFT
+        from saudial.inference.merge import merge
 
     logs.fold_transformers_handler()
     merge(settings, args.adapter, args.output)
