@@ -11,7 +11,7 @@ nothing is imported earlier than in a real run). It prints medians, in seconds:
 
 - start -> main(): the interpreter and entrypoint.py's imports (the CLI, settings)
 - settings: parsing flags and SAUDIAL_* variables, printing the settings table
-- imports for the data: jobs/train.py and the data modules it imports (pandas, datasets)
+- imports for the data: jobs/train.py and what it imports (pandas), and transformers (its logging set up)
 - data file: reading and checking the workbook (jobs/train.py's load_configured_data)
 - imports for training: from the data to `train()` (torch, transformers, PEFT, TRL, datasets, ...)
 - train(): the split, CUDA probe, output directory, tokenizer, tokenizing (train()'s data_s parts), then

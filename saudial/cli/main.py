@@ -31,7 +31,7 @@ from saudial.run.collector import long_lived_imports
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
-    with long_lived_imports():  # pandas, datasets, transformers; torch and the rest once the data is read
+    with long_lived_imports():  # pandas, transformers; torch, datasets and the rest once the data is read
         from saudial.jobs import train
 
         logs.fold_transformers_handler()
