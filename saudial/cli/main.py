@@ -24,12 +24,17 @@ from saudial.config.runtime import configure_allocator
 from saudial.config.settings import Settings
 from saudial.errors import EXIT_BUG, EXIT_OK, OOM_ANY, as_user_error, unexpected
 from saudial.run import distributed
+from saudial.run.collector import long_lived_imports
+
+# The commands that load a model import their modules and the libraries under them (transformers at least:
+# logs.fold_transformers_handler) with the garbage collector paused, then frozen: run/collector.py.
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
-    from saudial.jobs import train
+    with long_lived_imports():  # pandas, transformers; torch, datasets and the rest once the data is read
+        from saudial.jobs import train
 
-    logs.fold_transformers_handler()
+        logs.fold_transformers_handler()
     return train.run(settings, dry_run=args.dry_run)
 
 
@@ -40,33 +45,37 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_chat(args: argparse.Namespace, settings: Settings) -> int:
-    from saudial.jobs.chat import run_chat as chat
+    with long_lived_imports():  # torch and PEFT once the input is read (jobs/chat.py)
+        from saudial.jobs.chat import run_chat as chat
 
-    logs.fold_transformers_handler()
+        logs.fold_transformers_handler()
     chat(settings, args.adapter, args.message, args.system, args.input, args.output)
     return EXIT_OK
 
 
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from saudial.jobs.evaluate import run_evaluate as evaluate
+    with long_lived_imports():
+        from saudial.jobs.evaluate import run_evaluate as evaluate
 
-    logs.fold_transformers_handler()
+        logs.fold_transformers_handler()
     evaluate(settings, args.adapter)
     return EXIT_OK
 
 
 def run_translate(args: argparse.Namespace, settings: Settings) -> int:
-    from saudial.jobs.translate import run_translate as translate
+    with long_lived_imports():  # torch and PEFT once the input is read (jobs/translate.py)
+        from saudial.jobs.translate import run_translate as translate
 
-    logs.fold_transformers_handler()
+        logs.fold_transformers_handler()
     translate(settings, args.adapter, args.text, args.dialect, args.context, args.input, args.output)
     return EXIT_OK
 
 
 def run_merge(args: argparse.Namespace, settings: Settings) -> int:
-    from saudial.inference.merge import merge
+    with long_lived_imports():
+        from saudial.inference.merge import merge
 
-    logs.fold_transformers_handler()
+        logs.fold_transformers_handler()
     merge(settings, args.adapter, args.output)
     return EXIT_OK
 

@@ -45,8 +45,10 @@ def split(rows: pd.DataFrame, eval_size: float, seed: int) -> Split:
     if eval_size <= 0:
         return Split(train=rows.reset_index(drop=True), eval=rows.iloc[0:0], counts=_counts(rows, rows.iloc[0:0]))
     groups: dict[str, list[int]] = defaultdict(list)
-    for index, english in zip(rows.index, rows["english"], strict=True):
+    dialects_at: dict[Any, list[str]] = defaultdict(list)  # row label -> its dialect(s): rows.loc, without pandas
+    for index, english, dialect in zip(rows.index, rows["english"], rows["dialect"], strict=True):
         groups[english.casefold()].append(index)
+        dialects_at[index].append(dialect)
     order = sorted(groups)
     random.Random(seed).shuffle(order)
 
@@ -56,7 +58,7 @@ def split(rows: pd.DataFrame, eval_size: float, seed: int) -> Split:
     eval_index: list[int] = []
     for key in order:
         members = groups[key]
-        need = Counter(rows.loc[members, "dialect"])
+        need = Counter(dialect for index in members for dialect in dialects_at[index])
         if all(taken[d] + n <= target[d] for d, n in need.items()):
             eval_index += members
             taken.update(need)

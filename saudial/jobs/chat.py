@@ -23,6 +23,7 @@ from saudial.data.text import strip_controls
 from saudial.data.workbook import read_table
 from saudial.errors import ConfigError
 from saudial.jobs.translate import deliver, output_path_for, text_or_file
+from saudial.run.collector import long_lived_imports
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ def run_chat(
         frame, prompts = read_inputs(input_path, settings.max_data_file_mb, system)
     else:
         prompts = [with_system([{"role": "user", "content": cleaned(str(message), "MESSAGE")}], system)]
-    from saudial.inference.generate import chat_replies, load_for_inference, settings_for_adapter, trained_task
+    with long_lived_imports():  # torch, transformers, PEFT (run/collector.py)
+        from saudial.inference.generate import chat_replies, load_for_inference, settings_for_adapter, trained_task
 
     settings = settings_for_adapter(settings, adapter_dir)
     if trained_task(adapter_dir) not in (None, "chat"):  # an adapter without saudial's record is taken as it is

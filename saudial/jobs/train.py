@@ -20,6 +20,7 @@ from saudial.config.settings import Settings
 from saudial.data.conversations import load_configured_data
 from saudial.errors import EXIT_OK, OOM_INFERENCE, faults
 from saudial.run import distributed
+from saudial.run.collector import long_lived_imports
 
 if TYPE_CHECKING:
     from saudial.run.checkpoints import CheckpointStore
@@ -34,9 +35,10 @@ def run(settings: Settings, dry_run: bool = False) -> int:
     if settings.task != dataset.task:  # `auto` resolved, so that the run's record says which
         settings = settings.model_copy(update={"task": dataset.task})
     # The slow imports (torch, transformers, PEFT, TRL: seconds) only once the data is known to be good.
-    from saudial.model.hardware import check_cuda
-    from saudial.publish import hub
-    from saudial.run.train import train
+    with long_lived_imports():
+        from saudial.model.hardware import check_cuda
+        from saudial.publish import hub
+        from saudial.run.train import train
 
     if settings.quantization != "none" and not dry_run:
         check_cuda()

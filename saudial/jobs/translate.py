@@ -26,6 +26,7 @@ from saudial.data.files import SUFFIXES
 from saudial.data.text import describe_names, is_missing, name_problem, strip_controls
 from saudial.data.workbook import read_table
 from saudial.errors import ConfigError, DataError
+from saudial.run.collector import long_lived_imports
 
 if TYPE_CHECKING:
     from saudial.inference.generate import Request
@@ -201,7 +202,14 @@ def run_translate(
     if input_path is not None:  # the file first: a broken one fails before any model is looked at
         target = output_path_for(input_path, output)
         frame, rows = read_inputs(input_path, settings.max_data_file_mb)
-    from saudial.inference.generate import Request, load_for_inference, settings_for_adapter, trained_task, translate
+    with long_lived_imports():  # torch, transformers, PEFT (run/collector.py)
+        from saudial.inference.generate import (
+            Request,
+            load_for_inference,
+            settings_for_adapter,
+            trained_task,
+            translate,
+        )
 
     settings = settings_for_adapter(settings, adapter_dir)
     if trained_task(adapter_dir) == "chat":
