@@ -110,6 +110,9 @@ def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
         ("levers: PEFT layers, lora_dropout 0.05, again", PEFT_BEFORE, steps or 40),
         ("levers: defaults, again", {}, steps or 40),
         ("levers: defaults, bs 128", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "128"}, steps or 20),
+        # The bench logs every step (loss curves); the default logs every 10th: two host syncs a step fewer.
+        ("levers: defaults, logging every 10 steps", {"SAUDIAL_LOGGING_STEPS": "10"}, steps or 40),
+        ("levers: defaults, rows padded to 1024", {"SAUDIAL_PAD_TO_MULTIPLE_OF": "1024"}, steps or 40),
         ("levers: defaults, GC on (8 GiB GPUs)", {"SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 30),
     ]  # fmt: skip
 
@@ -328,11 +331,11 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         default="configs,wholerun,scaling,maxlen",
-        help="comma list, run in this order: configs,levers,compilecache,throughput,wholerun,memory,scaling,"
-        "maxlen,profile,multigpu,unsloth",
+        help="comma list, run in this order: configs,levers,compilecache,compileprofile,throughput,wholerun,"
+        "memory,scaling,maxlen,profile,multigpu,unsloth",
     )
-    parser.add_argument("--only", default="", help="configuration-name prefixes to run, separated by ;")
-    parser.add_argument("--skip", default="", help="configuration-name prefixes not to run, separated by ;")
+    parser.add_argument("--only", default="", help="configs/levers name prefixes to run, separated by ;")
+    parser.add_argument("--skip", default="", help="configs/levers name prefixes not to run, separated by ;")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -373,17 +376,20 @@ def main() -> None:
         (args.out / "table.txt").write_text(table(results, n_params, tflops) + "\n")
         return result
 
+    def picked(name: str) -> bool:
+        """--only / --skip (name prefixes) for the configs and levers sections."""
+        if args.only and not any(name.startswith(p) for p in args.only.split(";")):
+            return False
+        return not (args.skip and any(name.startswith(p) for p in args.skip.split(";")))
+
     def run(name: str, extra: dict[str, str], data: Path, steps: int | None) -> dict[str, Any]:
         return record(run_config(name, extra, data, model, args.work, args.smoke, steps))
 
     for section in args.sections.split(","):  # in the order given
         if section == "configs":
             for name, extra, steps in configurations(args.smoke):
-                if args.only and not any(name.startswith(p) for p in args.only.split(";")):
-                    continue
-                if args.skip and any(name.startswith(p) for p in args.skip.split(";")):
-                    continue
-                run(name, extra, data_900, steps)
+                if picked(name):
+                    run(name, extra, data_900, steps)
         elif section == "throughput":
             # The recipe for large data sets (docs/benchmarks.md): bigger micro-batches amortize the per-step
             # host overhead, and compiling pays back over long runs.
@@ -401,7 +407,8 @@ def main() -> None:
             # step (model/fused_lora.py); each pair twice (single runs vary by up to ~8%); then the new
             # defaults at batch 128 and with gradient checkpointing.
             for name, extra, lever_steps in levers(args.smoke):
-                run(name, extra, data_900, lever_steps)
+                if picked(name):
+                    run(name, extra, data_900, lever_steps)
         elif section == "compilecache":
             # Compile paid once: the throughput recipe twice on one compile cache, emptied first; warmup_s is
             # the run's training time beyond its steady step time (the compile, mostly in the first steps).
@@ -410,6 +417,14 @@ def main() -> None:
             for label in ("cold cache", "warm cache"):
                 extra = THROUGHPUT | {"TORCHINDUCTOR_CACHE_DIR": str(cache)}
                 run(f"throughput: bs 64 + compile ({label})", extra, data_900, 4 if args.smoke else 50)
+        elif section == "compileprofile":
+            # Where a compiled run's warm-up goes: the step profile of the compiled layers (dynamo's compile
+            # times and cache counters at its end) on an emptied compile cache, then on the one it filled.
+            cache = args.work / "compile-cache-profile"
+            shutil.rmtree(cache, ignore_errors=True)
+            for label in ("cold cache", "warm cache"):
+                extra = {"SAUDIAL_TORCH_COMPILE": "true", "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+                profile_config(f"defaults + compile ({label})", extra, data_900, model, args.work, args.out)
         elif section == "memory":
             # Does peak memory grow with the data? The same 100 steps over 900 and over 9,000 rows: the larger
             # file holds longer rows, so its longest padding-free micro-batch is longer (docs/benchmarks.md).

@@ -13,6 +13,10 @@
 #   bash bench/device-run.sh E    a 2-GPU machine, both GPUs busy: GPU 1 the GPU tests, then the compiled
 #                                 recipe twice on one compile cache (cold, warm); GPU 0 the levers, the whole
 #                                 run with and without evaluation, the seed as written, Unsloth, the profile
+#   bash bench/device-run.sh F    a 2-GPU machine: GPU 1 the GPU tests, then the compiled step's profile on a
+#                                 cold and a warm compile cache; GPU 0 the defaults, logging and padding
+#                                 variants, the whole run with and without evaluation, the step profile.
+#                                 Only a few files go to OUT (the device returns ~8)
 # Needs .gpuwheels/ and .unsloth-wheels/ (bash bench/gpu-wheels/fetch.sh) beside the checkout; OUT: results.
 set -uo pipefail
 OUT=${OUT:-/tmp/saudial-device}; mkdir -p "$OUT"
@@ -77,6 +81,21 @@ E)
         --only "seed as written"
     gpu_tests_done
     say "compile cache:"; grep -E "throughput|exit" "$OUT/bench-cc.log" | tail -4
+    ;;
+F)
+    say "GPU 1: GPU tests, then the compiled step's profile, cold and warm compile cache (background)"
+    (CUDA_VISIBLE_DEVICES=1 timeout 270 python3 -m pytest -m gpu -v -p no:cacheprovider tests/test_gpu.py \
+        tests/test_fused_lora.py > "$OUT/gpu-tests.log" 2>&1; echo "exit $?" >> "$OUT/gpu-tests.log"
+     CUDA_VISIBLE_DEVICES=1 timeout $((540 - SECONDS)) python3 bench/bench.py --out /tmp/out-g --work /tmp/bench-g \
+        --sections compileprofile > "$OUT/bench-g.log" 2>&1) &
+    tests=$!
+    say "GPU 0: defaults, logging and padding variants, whole run, profile"
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench out-f 420 30 --sections levers,wholerun,profile \
+        --only "levers: defaults" --skip "levers: defaults, bs 128;levers: defaults, GC"
+    cp /tmp/out-f.log /tmp/out-f/results.json "$OUT/" 2>/dev/null; cp /tmp/out-f/profile-defaults.txt "$OUT/" 2>/dev/null
+    gpu_tests_done
+    say "compiled profiles:"; grep -E "profile" "$OUT/bench-g.log" | tail -4
+    cat /tmp/out-g/profile-defaults---compile--*.txt > "$OUT/profiles-compiled.txt" 2>/dev/null
     ;;
 esac
 say "done"
