@@ -478,6 +478,7 @@ def profile_config(name: str, extra: dict[str, str], data: Path, model: Path, wo
     env = config_env(extra, data, model, work / "profile" / slug, False, None)
     report = out / f"profile-{slug}.txt"
     log = work / "logs" / f"profile-{slug}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     code, wall = sh([sys.executable, str(REPO / "bench" / "profile_step.py"), str(report)], env, log, timeout=400)
     summary = report.read_text().splitlines()[1] if code == 0 and report.exists() else log.read_text()[-1500:]
     print(f"  profile {name}: exit {code}, wall {wall:.1f}s: {summary}", flush=True)
