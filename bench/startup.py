@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 # (module, function) pairs the child times; each is wrapped as its module finishes importing.
 PROBES: dict[str, tuple[str, ...]] = {
@@ -101,7 +102,6 @@ def build(work: Path) -> tuple[Path, Path]:
     """The tiny LFM2 and the bench's 1000-row workbook (900 train rows), built once in `work`."""
     model, data = work / "model", work / "rows-1000.xlsx"
     if not (model / "config.json").is_file() or not data.is_file():
-        sys.path.insert(0, str(REPO))
         from saudial.devtools import synthetic, tiny
 
         tiny.build(model)
@@ -116,24 +116,12 @@ def run_once(work: Path, model: Path, data: Path, steps: int, dry_run: bool) -> 
 
     out, marks_path = work / "out", work / "marks.json"
     marks_path.unlink(missing_ok=True)
-    # As bench/bench.py: bytecode may be written (the image ships .pyc files); the first run writes saudial's.
-    skip = ("HF_TOKEN", "PYTHONDONTWRITEBYTECODE")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAUDIAL_") and k not in skip}
-    env |= {
-        "SAUDIAL_DATA": str(data),
-        "SAUDIAL_MODEL_NAME_OR_PATH": str(model),
-        "SAUDIAL_OUTPUT_DIR": str(out),
-        "SAUDIAL_OVERWRITE_OUTPUT_DIR": "true",
-        "SAUDIAL_QUANTIZATION": "none",
-        "SAUDIAL_MAX_STEPS": str(steps),
-        "SAUDIAL_EVAL": "none",
-        "SAUDIAL_REPORT_TO": "none",
-        "SAUDIAL_LOGGING_STEPS": "1",
-        "SAUDIAL_SAVE_STEPS": "100000",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": "1",
-    }
+    # The bench's environment (bench/bench.py: bytecode may be written, as the image ships .pyc files), on the
+    # CPU and unquantized, one thread per process; the token never reaches the child.
+    from bench.bench import config_env
+
+    env = config_env({"OMP_NUM_THREADS": "1"}, data, model, out, smoke=True, max_steps=steps)
+    env.pop("HF_TOKEN", None)
     command = [sys.executable, __file__, "--child", str(marks_path), *(["--dry-run"] if dry_run else [])]
     begin = time.time()
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
