@@ -63,7 +63,7 @@ class _QLoRALinear(torch.autograd.Function):
 
 
 def _fused_forward(self: LoraLinear4bit, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """PEFT's forward where this layer's state is one the Function covers; the Function otherwise."""
+    """The Function where it covers this call and the layer's state; PEFT's own forward otherwise."""
     adapter = self.active_adapters[0] if len(self.active_adapters) == 1 else None
     base = self.base_layer
     weight = base.weight
