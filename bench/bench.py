@@ -405,25 +405,20 @@ def main() -> None:
             # Issue #15's levers on the eager step, before/after in the same call: LoRA dropout 0.05 -> 0 (no
             # mask, no saved copy of each adapted linear's input), then PEFT's layers -> the fused 4-bit LoRA
             # step (model/fused_lora.py); each pair twice (single runs vary by up to ~8%); then the new
-            # defaults at batch 128 and with gradient checkpointing.
+            # defaults at batch 128, logging every 10th step, rows padded to 1,024, with gradient checkpointing.
             for name, extra, lever_steps in levers(args.smoke):
                 if picked(name):
                     run(name, extra, data_900, lever_steps)
         elif section == "compilecache":
             # Compile paid once: the throughput recipe twice on one compile cache, emptied first; warmup_s is
             # the run's training time beyond its steady step time (the compile, mostly in the first steps).
-            cache = args.work / "compile-cache"
-            shutil.rmtree(cache, ignore_errors=True)
-            for label in ("cold cache", "warm cache"):
-                extra = THROUGHPUT | {"TORCHINDUCTOR_CACHE_DIR": str(cache)}
-                run(f"throughput: bs 64 + compile ({label})", extra, data_900, 4 if args.smoke else 50)
+            for label, cache in cold_then_warm(args.work / "compile-cache"):
+                run(f"throughput: bs 64 + compile ({label})", THROUGHPUT | cache, data_900, 4 if args.smoke else 50)
         elif section == "compileprofile":
             # Where a compiled run's warm-up goes: the step profile of the compiled layers (dynamo's compile
             # times and cache counters at its end) on an emptied compile cache, then on the one it filled.
-            cache = args.work / "compile-cache-profile"
-            shutil.rmtree(cache, ignore_errors=True)
-            for label in ("cold cache", "warm cache"):
-                extra = {"SAUDIAL_TORCH_COMPILE": "true", "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+            for label, cache in cold_then_warm(args.work / "compile-cache-profile"):
+                extra = {"SAUDIAL_TORCH_COMPILE": "true"} | cache
                 profile_config(f"defaults + compile ({label})", extra, data_900, model, args.work, args.out)
         elif section == "memory":
             # Does peak memory grow with the data? The same 100 steps over 900 and over 9,000 rows: the larger
@@ -441,11 +436,8 @@ def main() -> None:
                 extra = {"SAUDIAL_MAX_LENGTH": str(length), "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "16"}
                 run(f"long rows, max_length {length}", extra, long_rows, 8)
         elif section == "profile":
-            # Eager with and without issue #15's levers; compiled only where asked (~2 min of warm-up).
-            profiles = [("defaults", {}), ("PEFT layers, lora_dropout 0.05 (defaults before)", PEFT_BEFORE)]
-            if os.environ.get("BENCH_PROFILE_COMPILED"):
-                profiles.append(("defaults + compile", {"SAUDIAL_TORCH_COMPILE": "true"}))
-            for name, extra in profiles:
+            # Eager with and without issue #15's levers (the compiled step: the compileprofile section).
+            for name, extra in (("defaults", {}), ("PEFT layers, lora_dropout 0.05 (defaults before)", PEFT_BEFORE)):
                 profile_config(name, extra, data_900, model, args.work, args.out)
         elif section == "multigpu":
             multigpu(run, data_900, model, args.work)
@@ -461,6 +453,12 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
     if ratios:
         print("\n" + "\n".join(f"{k}: {v:.2f}x" for k, v in ratios.items()))
+
+
+def cold_then_warm(cache: Path) -> list[tuple[str, dict[str, str]]]:
+    """The compile cache `cache` emptied, and the environment of a run on it, once cold and once warm."""
+    shutil.rmtree(cache, ignore_errors=True)
+    return [(label, {"TORCHINDUCTOR_CACHE_DIR": str(cache)}) for label in ("cold cache", "warm cache")]
 
 
 def warm_imports() -> float:

@@ -28,15 +28,27 @@ fi
 if [[ "${1:-A}" == [ABE] ]] && [ ! -d /tmp/unsloth_site ]; then bash .unsloth-wheels/install.sh > "$OUT/install-unsloth.log" 2>&1 || true; fi
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv > "$OUT/gpus.csv"; cat "$OUT/gpus.csv"
 python3 -c 'import torch, transformers, trl, peft, bitsandbytes as b; print("versions:", torch.__version__, transformers.__version__, trl.__version__, peft.__version__, b.__version__)'
-# The pieces the calls are made of: GPU tests on GPU 1 in the background (LIMIT s), their summary once they
-# end, a bench run (NAME LIMIT LINES bench.py arguments; its log in $OUT/NAME.log), SIGTERM and resume on 2 GPUs.
+# The pieces the calls are made of: GPU tests on GPU 1 in the background (LIMIT s), then, if named, one bench
+# section on GPU 1 until 550 s into the call (results in /tmp/gpu1, its log in $OUT/SECTION.log); their summary
+# once they end; a bench run (NAME LIMIT LINES bench.py arguments; its log in $OUT/NAME.log); SIGTERM and
+# resume on 2 GPUs.
+GPU_TESTS="tests/test_gpu.py tests/test_fused_lora.py"  # every file with pytest.mark.gpu cases
 gpu_tests() {
-    say "GPU tests on GPU 1 (background)"
-    (CUDA_VISIBLE_DEVICES=1 timeout "$1" python3 -m pytest -m gpu -v -p no:cacheprovider tests/test_gpu.py \
-        > "$OUT/gpu-tests.log" 2>&1; echo "exit $?" >> "$OUT/gpu-tests.log") &
+    local limit=$1; after=${2:-}
+    say "GPU tests on GPU 1 (background)${after:+, then the $after section there}"
+    # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
+    (CUDA_VISIBLE_DEVICES=1 timeout "$limit" python3 -m pytest -m gpu -v -p no:cacheprovider $GPU_TESTS \
+        > "$OUT/gpu-tests.log" 2>&1; echo "exit $?" >> "$OUT/gpu-tests.log"
+     if [ -n "$after" ]; then
+         CUDA_VISIBLE_DEVICES=1 timeout $((550 - SECONDS)) python3 bench/bench.py --out /tmp/gpu1 --work /tmp/bench-gpu1 \
+             --sections "$after" > "$OUT/$after.log" 2>&1
+     fi) &
     tests=$!
 }
-gpu_tests_done() { wait "$tests"; say "GPU tests:"; grep -E "PASSED|FAILED|ERROR|passed|failed|exit" "$OUT/gpu-tests.log" | tail -20; }
+gpu_tests_done() {
+    wait "$tests"; say "GPU tests:"; grep -E "PASSED|FAILED|ERROR|passed|failed|exit" "$OUT/gpu-tests.log" | tail -20
+    if [ -n "$after" ]; then say "$after on GPU 1:"; grep -E "throughput|profile|exit" "$OUT/$after.log" | tail -4; fi
+}
 bench() {
     local name=$1 limit=$2 lines=$3; shift 3
     timeout "$limit" python3 bench/bench.py --out "$OUT/$name" --work /tmp/bench "$@" 2>&1 | grep -v "it/s\]" \
@@ -70,32 +82,21 @@ D)
     CUDA_VISIBLE_DEVICES=0 bench bench-d 540 40 --sections levers,profile
     ;;
 E)
-    say "GPU 1: GPU tests, then the compile cache cold and warm (background)"
-    (CUDA_VISIBLE_DEVICES=1 timeout 270 python3 -m pytest -m gpu -v -p no:cacheprovider tests/test_gpu.py \
-        tests/test_fused_lora.py > "$OUT/gpu-tests.log" 2>&1; echo "exit $?" >> "$OUT/gpu-tests.log"
-     CUDA_VISIBLE_DEVICES=1 timeout $((550 - SECONDS)) python3 bench/bench.py --out "$OUT/bench-cc" --work /tmp/bench-cc \
-        --sections compilecache > "$OUT/bench-cc.log" 2>&1) &
-    tests=$!
+    gpu_tests 270 compilecache  # then the compile cache cold and warm
     say "GPU 0: levers, whole run, seed as written, Unsloth, profile"
     CUDA_VISIBLE_DEVICES=0 bench bench-e 470 50 --sections levers,wholerun,configs,unsloth,profile \
         --only "seed as written"
     gpu_tests_done
-    say "compile cache:"; grep -E "throughput|exit" "$OUT/bench-cc.log" | tail -4
+    cp /tmp/gpu1/results.json "$OUT/compilecache.json" 2>/dev/null
     ;;
 F)
-    say "GPU 1: GPU tests, then the compiled step's profile, cold and warm compile cache (background)"
-    (CUDA_VISIBLE_DEVICES=1 timeout 270 python3 -m pytest -m gpu -v -p no:cacheprovider tests/test_gpu.py \
-        tests/test_fused_lora.py > "$OUT/gpu-tests.log" 2>&1; echo "exit $?" >> "$OUT/gpu-tests.log"
-     CUDA_VISIBLE_DEVICES=1 timeout $((540 - SECONDS)) python3 bench/bench.py --out /tmp/out-g --work /tmp/bench-g \
-        --sections compileprofile > "$OUT/bench-g.log" 2>&1) &
-    tests=$!
+    gpu_tests 270 compileprofile  # then the compiled step's profile, cold and warm compile cache
     say "GPU 0: defaults, logging and padding variants, whole run, profile"
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench out-f 420 30 --sections levers,wholerun,profile \
         --only "levers: defaults" --skip "levers: defaults, bs 128;levers: defaults, GC"
     cp /tmp/out-f.log /tmp/out-f/results.json "$OUT/" 2>/dev/null; cp /tmp/out-f/profile-defaults.txt "$OUT/" 2>/dev/null
     gpu_tests_done
-    say "compiled profiles:"; grep -E "profile" "$OUT/bench-g.log" | tail -4
-    cat /tmp/out-g/profile-defaults---compile--*.txt > "$OUT/profiles-compiled.txt" 2>/dev/null
+    cat /tmp/gpu1/profile-defaults---compile--*.txt > "$OUT/profiles-compiled.txt" 2>/dev/null
     ;;
 esac
 say "done"
