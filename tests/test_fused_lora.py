@@ -15,26 +15,24 @@ import bitsandbytes as bnb
 import pytest
 import torch
 from peft import get_peft_model
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM
 
 from saudial.config.settings import Settings
 from saudial.model import fused_lora
+from saudial.model.loading import quantization_config
 from saudial.model.lora import lora_config
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def _peft_4bit(model_dir: Path, device: str, **lora: Any) -> Any:
-    quant = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
+    # saudial's own quantization and LoRA configs (model/loading.py needs CUDA for the rest of load_model).
+    settings = Settings(**({"lora_dropout": 0.0} | lora))
+    quant = quantization_config(settings, torch.bfloat16)
     base = AutoModelForCausalLM.from_pretrained(
         model_dir, quantization_config=quant, dtype=torch.bfloat16, device_map=device
     )
-    model = get_peft_model(base, lora_config(Settings(**({"lora_dropout": 0.0} | lora))))
+    model = get_peft_model(base, lora_config(settings))
     generator = torch.Generator().manual_seed(0)
     for name, param in model.named_parameters():
         if param.requires_grad:  # bf16 like TRL's cast; B non-zero so that every gradient is
