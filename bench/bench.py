@@ -102,17 +102,16 @@ PEFT_BEFORE = {"SAUDIAL_FUSED_LORA": "false", "SAUDIAL_LORA_DROPOUT": "0.05"}
 def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
     """(name, settings that differ from the defaults, optimizer steps to time; None: the whole run)."""
     steps = 4 if smoke else 0
-    peft = {"SAUDIAL_FUSED_LORA": "false"}  # PEFT's own LoRA layers
+    upstream_norm = {"SAUDIAL_FUSED_RMS_NORM": "false"}  # transformers' own Lfm2RMSNorm
+    workers = {"SAUDIAL_DATALOADER_NUM_WORKERS": "2"}  # the collator off the training loop's thread
     return [
-        ("levers: PEFT layers, lora_dropout 0.05 (defaults before)", PEFT_BEFORE, steps or 40),
-        ("levers: PEFT layers, lora_dropout 0", peft, steps or 40),
-        ("levers: defaults (fused LoRA, lora_dropout 0)", {}, steps or 40),
-        ("levers: PEFT layers, lora_dropout 0.05, again", PEFT_BEFORE, steps or 40),
+        ("levers: defaults", {}, steps or 40),
+        ("levers: defaults, transformers' RMSNorm", upstream_norm, steps or 40),
+        ("levers: defaults, 2 data loader workers", workers, steps or 40),
         ("levers: defaults, again", {}, steps or 40),
+        ("levers: defaults, transformers' RMSNorm, again", upstream_norm, steps or 40),
+        ("levers: defaults, 2 data loader workers, again", workers, steps or 40),
         ("levers: defaults, bs 128", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "128"}, steps or 20),
-        # The bench logs every step (loss curves); the default logs every 10th: two host syncs a step fewer.
-        ("levers: defaults, logging every 10 steps", {"SAUDIAL_LOGGING_STEPS": "10"}, steps or 40),
-        ("levers: defaults, rows padded to 1024", {"SAUDIAL_PAD_TO_MULTIPLE_OF": "1024"}, steps or 40),
         ("levers: defaults, GC on (8 GiB GPUs)", {"SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 30),
     ]  # fmt: skip
 
@@ -358,6 +357,7 @@ def main() -> None:
     results: list[dict[str, Any]] = report["results"]
 
     from saudial.config.settings import Settings
+    from saudial.model.patches import planned_steps
 
     defaults = Settings()
 
@@ -377,7 +377,7 @@ def main() -> None:
         return result
 
     def picked(name: str) -> bool:
-        """--only / --skip (name prefixes) for the configs and levers sections."""
+        """--only / --skip (name prefixes) for the configs, levers, scaling and profile ("profile: NAME") sections."""
         if args.only and not any(name.startswith(p) for p in args.only.split(";")):
             return False
         return not (args.skip and any(name.startswith(p) for p in args.skip.split(";")))
@@ -402,18 +402,25 @@ def main() -> None:
             evaluated = {"SAUDIAL_EVAL": "full", "SAUDIAL_MAX_NEW_TOKENS": "8" if args.smoke else "64"}
             run("defaults + evaluation, whole run", evaluated, data_900, 4 if args.smoke else None)
         elif section == "levers":
-            # Issue #15's levers on the eager step, before/after in the same call: LoRA dropout 0.05 -> 0 (no
-            # mask, no saved copy of each adapted linear's input), then PEFT's layers -> the fused 4-bit LoRA
-            # step (model/fused_lora.py); each pair twice (single runs vary by up to ~8%); then the new
-            # defaults at batch 128, logging every 10th step, rows padded to 1,024, with gradient checkpointing.
+            # Issue #15's levers on the eager step, before/after in the same call, each pair twice (single runs
+            # vary by up to ~8%): the fused RMSNorm against transformers' (model/patches.py), the collator in
+            # two data loader workers; then the defaults at batch 128 and with gradient checkpointing.
             for name, extra, lever_steps in levers(args.smoke):
                 if picked(name):
                     run(name, extra, data_900, lever_steps)
         elif section == "compilecache":
             # Compile paid once: the throughput recipe twice on one compile cache, emptied first; warmup_s is
             # the run's training time beyond its steady step time (the compile, mostly in the first steps).
+            # Then warm again with inductor's Triton builds in the process itself instead of its worker pool.
             for label, cache in cold_then_warm(args.work / "compile-cache"):
                 run(f"throughput: bs 64 + compile ({label})", THROUGHPUT | cache, data_900, 4 if args.smoke else 50)
+            one_thread = cache | {"TORCHINDUCTOR_COMPILE_THREADS": "1"}
+            run(
+                "throughput: bs 64 + compile (warm, 1 compile thread)",
+                THROUGHPUT | one_thread,
+                data_900,
+                4 if args.smoke else 50,
+            )
         elif section == "compileprofile":
             # Where a compiled run's warm-up goes: the step profile of the compiled layers (dynamo's compile
             # times and cache counters at its end) on an emptied compile cache, then on the one it filled.
@@ -426,10 +433,12 @@ def main() -> None:
             data_9k = write_rows(args.work / "rows-10000.xlsx", 10000)
             run("defaults, 9,000 rows (100 steps)", {}, data_9k, 4 if args.smoke else 100)
         elif section == "scaling":
-            data_9k = write_rows(args.work / "rows-10000.xlsx", 10000)
-            steps_9k = run("defaults, 9,000 rows", {}, data_9k, None).get("train_steps")
-            data_90k = write_rows(args.work / "rows-100000.xlsx", 100000)
-            run("defaults, 90,000 rows (capped)", {}, data_90k, steps_9k)
+            # 9,000 rows (whole run), then 90,000 capped at the 9,000-row run's steps; --only/--skip pick either.
+            steps_9k = 4 if args.smoke else planned_steps(defaults, 9000, 1)  # 9,000 of the 10,000 rows train
+            if picked("defaults, 9,000 rows"):
+                run("defaults, 9,000 rows", {}, write_rows(args.work / "rows-10000.xlsx", 10000), None)
+            if picked("defaults, 90,000 rows"):
+                run("defaults, 90,000 rows (capped)", {}, write_rows(args.work / "rows-100000.xlsx", 100000), steps_9k)
         elif section == "maxlen":
             long_rows = write_rows(args.work / "rows-long.xlsx", 400, paragraph_share=1.0, paragraph_sentences=60)
             for length in (512, 2048):
@@ -438,7 +447,8 @@ def main() -> None:
         elif section == "profile":
             # Eager with and without issue #15's levers (the compiled step: the compileprofile section).
             for name, extra in (("defaults", {}), ("PEFT layers, lora_dropout 0.05 (defaults before)", PEFT_BEFORE)):
-                profile_config(name, extra, data_900, model, args.work, args.out)
+                if picked(f"profile: {name}"):
+                    profile_config(name, extra, data_900, model, args.work, args.out)
         elif section == "multigpu":
             multigpu(run, data_900, model, args.work)
         elif section == "unsloth":

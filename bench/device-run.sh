@@ -17,6 +17,17 @@
 #                                 cold and a warm compile cache; GPU 0 the defaults, logging and padding
 #                                 variants, the whole run with and without evaluation, the step profile.
 #                                 Only a few files go to OUT (the device returns ~8)
+#   bash bench/device-run.sh J    a 2-GPU machine: GPU 1 the GPU tests, then 9,000 and 90,000 rows (scaling);
+#                                 GPU 0 the defaults twice, with gradient checkpointing, the whole run with
+#                                 and without evaluation, the seed as written, Unsloth, the defaults' profile;
+#                                 then SIGTERM and resume on 2 GPUs with what time is left
+#   bash bench/device-run.sh K    a 2-GPU machine: GPU 1 90,000 rows; GPU 0 the defaults and their step profile
+#                                 (on 2026-11-30 also from a copy of the tree with a change under test), then
+#                                 the whole run with and without evaluation; then SIGTERM and resume on 2 GPUs
+#   bash bench/device-run.sh I    a 2-GPU machine: GPU 1 the GPU tests, then the compile cache cold, warm, and
+#                                 warm with one compile thread (and why Triton kernels are not launched from
+#                                 the cache: bypass.txt); GPU 0 the levers (fused RMSNorm, data loader workers),
+#                                 the whole run with and without evaluation, the defaults' step profile
 # Needs .gpuwheels/ and .unsloth-wheels/ (bash bench/gpu-wheels/fetch.sh) beside the checkout; OUT: results.
 set -uo pipefail
 OUT=${OUT:-/tmp/saudial-device}; mkdir -p "$OUT"
@@ -25,14 +36,14 @@ t0=$SECONDS; say() { echo "[$((SECONDS - t0))s] $*"; }
 if ! python3 -c 'import trl, sys; sys.exit(trl.__version__ != "1.16.0")' 2>/dev/null; then
     say "installing the project's wheels"; bash .gpuwheels/install.sh > "$OUT/install.log" 2>&1 || tail -5 "$OUT/install.log"
 fi
-if [[ "${1:-A}" == [ABE] ]] && [ ! -d /tmp/unsloth_site ]; then bash .unsloth-wheels/install.sh > "$OUT/install-unsloth.log" 2>&1 || true; fi
+if [[ "${1:-A}" == [ABEJ] ]] && [ ! -d /tmp/unsloth_site ]; then bash .unsloth-wheels/install.sh > "$OUT/install-unsloth.log" 2>&1 || true; fi
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv > "$OUT/gpus.csv"; cat "$OUT/gpus.csv"
 python3 -c 'import torch, transformers, trl, peft, bitsandbytes as b; print("versions:", torch.__version__, transformers.__version__, trl.__version__, peft.__version__, b.__version__)'
 # The pieces the calls are made of: GPU tests on GPU 1 in the background (LIMIT s), then, if named, one bench
 # section on GPU 1 until 550 s into the call (results in /tmp/gpu1, its log in $OUT/SECTION.log); their summary
 # once they end; a bench run (NAME LIMIT LINES bench.py arguments; its log in $OUT/NAME.log); SIGTERM and
 # resume on 2 GPUs.
-GPU_TESTS="tests/test_gpu.py tests/test_fused_lora.py"  # every file with pytest.mark.gpu cases
+GPU_TESTS="tests/test_gpu.py tests/test_fused_lora.py tests/test_fused_norm.py"  # every file with pytest.mark.gpu cases
 gpu_tests() {
     local limit=$1; after=${2:-}
     say "GPU tests on GPU 1 (background)${after:+, then the $after section there}"
@@ -97,6 +108,48 @@ F)
     cp /tmp/out-f.log /tmp/out-f/results.json "$OUT/" 2>/dev/null; cp /tmp/out-f/profile-defaults.txt "$OUT/" 2>/dev/null
     gpu_tests_done
     cat /tmp/gpu1/profile-defaults---compile--*.txt > "$OUT/profiles-compiled.txt" 2>/dev/null
+    ;;
+I)
+    # Inductor logs each Triton kernel it cannot launch from the compile cache (triton_heuristics, INFO).
+    TORCH_LOGS="torch._inductor.runtime.triton_heuristics" gpu_tests 300 compilecache
+    say "GPU 0: levers, whole run, profile of the defaults"
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench out-i 500 40 --sections levers,wholerun,profile --only "levers;profile: defaults"
+    cp /tmp/out-i.log /tmp/out-i/results.json /tmp/out-i/profile-defaults.txt "$OUT/" 2>/dev/null
+    gpu_tests_done
+    cp /tmp/gpu1/results.json "$OUT/compilecache.json" 2>/dev/null
+    grep -h "Bypassing\|compile_threads\|StaticallyLaunched" /tmp/bench-gpu1/logs/*.log 2>/dev/null | sed 's/.*Bypassing/Bypassing/' \
+        | sort | uniq -c | sort -rn | head -40 > "$OUT/bypass.txt"
+    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    ;;
+J)
+    gpu_tests 240 scaling
+    say "GPU 0: defaults, whole run, seed as written, Unsloth, profile"
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench out-j 480 40 --sections levers,wholerun,configs,unsloth,profile \
+        --only "levers: defaults;seed as written (bs 1x8);profile: defaults" \
+        --skip "levers: defaults, transformers;levers: defaults, 2 data;levers: defaults, bs 128"
+    cp /tmp/out-j.log /tmp/out-j/results.json /tmp/out-j/profile-defaults.txt "$OUT/" 2>/dev/null
+    gpu_tests_done
+    cp /tmp/gpu1/results.json "$OUT/scaling.json" 2>/dev/null
+    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    left=$((575 - SECONDS)); [ "$left" -gt 120 ] && resume_check "$left" | tee "$OUT/resume.log"
+    ;;
+K)
+    say "GPU 1: 90,000 rows (background)"
+    (CUDA_VISIBLE_DEVICES=1 timeout 400 python3 bench/bench.py --out /tmp/gpu1 --work /tmp/bench-gpu1 --sections scaling \
+        --only "defaults, 90,000" > "$OUT/scaling.log" 2>&1) &
+    rows=$!
+    # The run of 2026-11-30 also ran the next two lines from a copy of the tree with a change under test
+    # (cp -r . /tmp/before, then python3 bench/bench.py from there): one tree's numbers against the other's.
+    say "GPU 0: the defaults twice and their profile"
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench out-k1 200 6 --sections levers,profile --only "levers: defaults;profile: defaults" \
+        --skip "levers: defaults, transformers;levers: defaults, 2 data;levers: defaults, bs;levers: defaults, GC"
+    say "GPU 0: the whole run with and without evaluation"
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench out-k3 200 8 --sections wholerun
+    for n in 1 3; do cp /tmp/out-k$n.log "$OUT/"; cp /tmp/out-k$n/results.json "$OUT/results-k$n.json"; done 2>/dev/null
+    cp /tmp/out-k1/profile-defaults.txt "$OUT/profiles.txt" 2>/dev/null
+    wait "$rows"; say "90,000 rows:"; grep -E "rows|exit" "$OUT/scaling.log" | tail -3
+    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    left=$((575 - SECONDS)); [ "$left" -gt 120 ] && resume_check "$left" | tee "$OUT/resume.log"
     ;;
 esac
 say "done"

@@ -45,6 +45,7 @@ SAUDIAL_OWN = {
     "hub_private": "publish/hub.py",
     # SFTConfig fields that saudial handles itself (run/trainer.HANDLED_HERE says why)
     "fused_lora": "run/trainer.py",
+    "fused_rms_norm": "run/trainer.py",
     "padding_free": "run/trainer.py",
     "pad_to_multiple_of": "run/trainer.py",
     "torch_compile": "model/patches.py",

@@ -91,6 +91,7 @@ class Settings(BaseSettings):
         description="Attention kernel: auto = PyTorch's flash varlen kernel for padding-free training on a GPU "
         "(each example attends only to itself), SDPA otherwise; sdpa = SDPA with a block-diagonal mask.",
     )
+    fused_rms_norm: bool = Field(True, description="LFM2's RMSNorms through torch's fused rms_norm (model/patches.py).")
 
     # --- LoRA (PEFT LoraConfig names) ----------------------------------------------------------------
     lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank.")

@@ -85,6 +85,8 @@ def sft_config(settings: Settings, dtype: torch.dtype) -> SFTConfig:
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient every step
         eval_strategy="no",
         include_num_input_tokens_seen="non_padding",
+        # Workers kept across epochs: each new epoch would otherwise fork them again.
+        dataloader_persistent_workers=settings.dataloader_num_workers > 0,
         disable_tqdm=False,
     )
 
@@ -141,6 +143,8 @@ def build_trainer(
         log.info("torch.compile: %d decoder layers (%s); the first steps are slow while it compiles", count, why)
     else:
         log.info("torch.compile: off (%s)", why)
+        if settings.fused_rms_norm:  # one kernel per norm each way instead of seven (compiled layers fuse their own)
+            log.info("fused RMSNorm: %d norms", patches.use_fused_rms_norm(peft_model))
         # One autograd step per 4-bit LoRA linear instead of PEFT's chain (compiled layers fuse on their own).
         if settings.fused_lora and settings.quantization == "4bit" and dtype == torch.bfloat16:
             if settings.lora_dropout:
