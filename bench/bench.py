@@ -412,15 +412,10 @@ def main() -> None:
             # Compile paid once: the throughput recipe twice on one compile cache, emptied first; warmup_s is
             # the run's training time beyond its steady step time (the compile, mostly in the first steps).
             # Then warm again with inductor's Triton builds in the process itself instead of its worker pool.
-            for label, cache in cold_then_warm(args.work / "compile-cache"):
+            runs = cold_then_warm(args.work / "compile-cache")
+            runs.append(("warm, 1 compile thread", runs[-1][1] | {"TORCHINDUCTOR_COMPILE_THREADS": "1"}))
+            for label, cache in runs:
                 run(f"throughput: bs 64 + compile ({label})", THROUGHPUT | cache, data_900, 4 if args.smoke else 50)
-            one_thread = cache | {"TORCHINDUCTOR_COMPILE_THREADS": "1"}
-            run(
-                "throughput: bs 64 + compile (warm, 1 compile thread)",
-                THROUGHPUT | one_thread,
-                data_900,
-                4 if args.smoke else 50,
-            )
         elif section == "compileprofile":
             # Where a compiled run's warm-up goes: the step profile of the compiled layers (dynamo's compile
             # times and cache counters at its end) on an emptied compile cache, then on the one it filled.

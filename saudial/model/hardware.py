@@ -68,8 +68,8 @@ def compute_dtype(settings: Settings) -> torch.dtype:
 
 
 # Measured (docs/benchmarks.md): the default micro-batch of 64 examples without gradient checkpointing
-# peaked at 49 GiB reserved on an H100 before expandable segments, LoRA dropout 0 and the fused LoRA step;
-# 18.3 GiB on an H200 now, on ~125-token rows. A padding-free row grows with the rows' length (up to 64 x
+# peaked at 49 GiB reserved on an H100 before expandable segments, LoRA dropout 0 and the fused LoRA step and
+# RMSNorm; 16.7 GiB on an H200 now, on ~125-token rows. A padding-free row grows with the rows' length (up to 64 x
 # max_length tokens), so the margin stays: on a GPU with less memory than this, the default turns
 # checkpointing on (recomputed activations: ~25% slower, 3.1 GiB) unless the user set it either way.
 CHECKPOINTING_BELOW_GIB = 56.0

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import types
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -111,7 +112,7 @@ def use_fused_rms_norm(model: torch.nn.Module) -> int:
 
     norms = [m for m in model.modules() if type(m) is Lfm2RMSNorm]
     for norm in norms:
-        norm.forward = fused_rms_norm.__get__(norm)  # type: ignore[method-assign]
+        norm.forward = types.MethodType(fused_rms_norm, norm)  # type: ignore[method-assign]
     return len(norms)
 
 

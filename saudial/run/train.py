@@ -79,7 +79,7 @@ def train(
         if fitted is not settings:
             log.info(
                 "the GPU has %.0f GiB: gradient checkpointing on (without it the default batch of 64 rows in one "
-                "padding-free row reserves ~18 GiB at ~125 tokens a row, and more on longer rows; "
+                "padding-free row reserves ~17 GiB at ~125 tokens a row, and more on longer rows; "
                 "SAUDIAL_GRADIENT_CHECKPOINTING=false keeps it off)",
                 gpu_gib,
             )
