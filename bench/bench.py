@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,7 @@ SEED = {
     "SAUDIAL_GRADIENT_CHECKPOINTING": "true",
     "SAUDIAL_PADDING_FREE": "false",
     "SAUDIAL_LEARNING_RATE": "2e-4",
+    "SAUDIAL_OPTIM": "adamw_torch",  # transformers' default then
 }
 
 
@@ -89,7 +91,7 @@ def configurations(smoke: bool) -> list[tuple[str, dict[str, str], int]]:
         ("saudial defaults", {}, steps or 40),
         ("defaults, GC on (8 GiB GPUs)", {"SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 30),
         ("defaults, SDPA + mask, no varlen", {"SAUDIAL_ATTN_IMPLEMENTATION": "sdpa"}, steps or 40),
-        ("defaults, fused AdamW", {"SAUDIAL_OPTIM": "adamw_torch_fused"}, steps or 40),
+        ("defaults, foreach AdamW", {"SAUDIAL_OPTIM": "adamw_torch"}, steps or 40),
         ("defaults, bs 128", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "128"}, steps or 20),
         ("defaults + compile (long runs)", compiled, steps or 80),
         ("defaults + compile, bs 64", compiled | {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64"}, steps or 50),
@@ -102,14 +104,14 @@ PEFT_BEFORE = {"SAUDIAL_FUSED_LORA": "false", "SAUDIAL_LORA_DROPOUT": "0.05"}
 def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
     """(name, settings that differ from the defaults, optimizer steps to time; None: the whole run)."""
     steps = 4 if smoke else 0
-    upstream_norm = {"SAUDIAL_FUSED_RMS_NORM": "false"}  # transformers' own Lfm2RMSNorm
+    foreach = {"SAUDIAL_OPTIM": "adamw_torch"}  # the default before 2026-11-30: AdamW's foreach path
     workers = {"SAUDIAL_DATALOADER_NUM_WORKERS": "2"}  # the collator off the training loop's thread
     return [
         ("levers: defaults", {}, steps or 40),
-        ("levers: defaults, transformers' RMSNorm", upstream_norm, steps or 40),
+        ("levers: defaults, foreach AdamW", foreach, steps or 40),
         ("levers: defaults, 2 data loader workers", workers, steps or 40),
         ("levers: defaults, again", {}, steps or 40),
-        ("levers: defaults, transformers' RMSNorm, again", upstream_norm, steps or 40),
+        ("levers: defaults, foreach AdamW, again", foreach, steps or 40),
         ("levers: defaults, 2 data loader workers, again", workers, steps or 40),
         ("levers: defaults, bs 128", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "128"}, steps or 20),
         ("levers: defaults, GC on (8 GiB GPUs)", {"SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 30),
@@ -234,7 +236,9 @@ def run_config(
     env = config_env(extra, data, model, out, smoke, max_steps)
     log = work / "logs" / f"{slug}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    code, wall = sh([sys.executable, str(REPO / "entrypoint.py")], env, log, timeout=600)
+    # BENCH_WRAP: a command the run is started under, e.g. a sampling profiler (bench/host_profile.py)
+    wrap = shlex.split(os.environ.get("BENCH_WRAP", ""))
+    code, wall = sh([*wrap, sys.executable, str(REPO / "entrypoint.py")], env, log, timeout=600)
     result: dict[str, Any] = {"name": name, "settings": extra, "exit_code": code, "wall_s": wall, "log": str(log)}
     metrics_path = out / "metrics.json"
     if code == 0 and metrics_path.exists():
@@ -441,7 +445,12 @@ def main() -> None:
                 run(f"long rows, max_length {length}", extra, long_rows, 8)
         elif section == "profile":
             # Eager with and without issue #15's levers (the compiled step: the compileprofile section).
-            for name, extra in (("defaults", {}), ("PEFT layers, lora_dropout 0.05 (defaults before)", PEFT_BEFORE)):
+            workers = {"SAUDIAL_DATALOADER_NUM_WORKERS": "2"}
+            for name, extra in (
+                ("defaults", {}),
+                ("2 data loader workers", workers),
+                ("PEFT layers, lora_dropout 0.05 (defaults before)", PEFT_BEFORE),
+            ):
                 if picked(f"profile: {name}"):
                     profile_config(name, extra, data_900, model, args.work, args.out)
         elif section == "multigpu":
@@ -482,7 +491,9 @@ def profile_config(name: str, extra: dict[str, str], data: Path, model: Path, wo
     report = out / f"profile-{slug}.txt"
     log = work / "logs" / f"profile-{slug}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    code, wall = sh([sys.executable, str(REPO / "bench" / "profile_step.py"), str(report)], env, log, timeout=400)
+    trace = work / "profile" / f"{slug}-trace.json"  # the GPU's idle gaps come from it (bench/gaps.py)
+    command = [sys.executable, str(REPO / "bench" / "profile_step.py"), str(report), "--trace", str(trace)]
+    code, wall = sh(command, env, log, timeout=400)
     summary = report.read_text().splitlines()[1] if code == 0 and report.exists() else log.read_text()[-1500:]
     print(f"  profile {name}: exit {code}, wall {wall:.1f}s: {summary}", flush=True)
 

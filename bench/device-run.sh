@@ -28,6 +28,16 @@
 #                                 warm with one compile thread (and why Triton kernels are not launched from
 #                                 the cache: bypass.txt); GPU 0 the levers (fused RMSNorm, data loader workers),
 #                                 the whole run with and without evaluation, the defaults' step profile
+#   bash bench/device-run.sh M    one GPU: this tree against the tree before a change (before.patch, below), in
+#                                 turns; the whole run; host time by Python function (py-spy from
+#                                 .gpuwheels/extra); the step profile; the GPU tests with what time is left
+#   bash bench/device-run.sh N    a 2-GPU machine: GPU 1 the GPU tests; GPU 0 the host cost per operation, this
+#                                 tree and the one before in turns, Unsloth, the seed as written, the whole run,
+#                                 the step profile with the GPU's idle gaps
+#   bash bench/device-run.sh O    one GPU: the defaults against two data loader workers, three times in turns;
+#                                 the whole run; the step profiles with their idle gaps
+# M and N compare with a copy of the tree that has the change under test taken out: before.patch, written
+# here by `git diff HEAD -- saudial > before.patch` (untracked, not committed; it travels with the tree).
 # Needs .gpuwheels/ and .unsloth-wheels/ (bash bench/gpu-wheels/fetch.sh) beside the checkout; OUT: results.
 set -uo pipefail
 OUT=${OUT:-/tmp/saudial-device}; mkdir -p "$OUT"
@@ -36,7 +46,7 @@ t0=$SECONDS; say() { echo "[$((SECONDS - t0))s] $*"; }
 if ! python3 -c 'import trl, sys; sys.exit(trl.__version__ != "1.16.0")' 2>/dev/null; then
     say "installing the project's wheels"; bash .gpuwheels/install.sh > "$OUT/install.log" 2>&1 || tail -5 "$OUT/install.log"
 fi
-if [[ "${1:-A}" == [ABEJ] ]] && [ ! -d /tmp/unsloth_site ]; then bash .unsloth-wheels/install.sh > "$OUT/install-unsloth.log" 2>&1 || true; fi
+if [[ "${1:-A}" == [ABEJN] ]] && [ ! -d /tmp/unsloth_site ]; then bash .unsloth-wheels/install.sh > "$OUT/install-unsloth.log" 2>&1 || true; fi
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv > "$OUT/gpus.csv"; cat "$OUT/gpus.csv"
 python3 -c 'import torch, transformers, trl, peft, bitsandbytes as b; print("versions:", torch.__version__, transformers.__version__, trl.__version__, peft.__version__, b.__version__)'
 # The pieces the calls are made of: GPU tests on GPU 1 in the background (LIMIT s), then, if named, one bench
@@ -66,6 +76,22 @@ bench() {
         | tee "$OUT/$name.log" | tail -"$lines"
 }
 resume_check() { say "SIGTERM and resume on 2 GPUs"; OUT="$OUT/mgpu" timeout "$1" bash scripts/multigpu-check.sh 2>&1 | tail -14; }
+before_tree() {  # /tmp/before: a copy of this tree with before.patch taken out
+    rm -rf /tmp/before; cp -r . /tmp/before
+    (cd /tmp/before && { git apply -R before.patch 2>/dev/null || patch -s -R -p1 < before.patch; }) || say "no before tree"
+}
+merge_results() {  # OUT_FILE RESULTS...: the rows (and printed ratios) of several bench runs in one file
+    python3 - "$@" <<'PY'
+import json, sys
+rows = []
+for path in sys.argv[2:]:
+    report = json.load(open(path))
+    rows += [{"file": path.split("/")[2], **row} for row in report.get("results", [])]
+    if report.get("ratios"):
+        rows.append({"file": path.split("/")[2], "ratios": report["ratios"]})
+json.dump(rows, open(sys.argv[1], "w"), indent=1)
+PY
+}
 case "${1:-A}" in
 A)
     gpu_tests 500
@@ -150,6 +176,81 @@ K)
     wait "$rows"; say "90,000 rows:"; grep -E "rows|exit" "$OUT/scaling.log" | tail -3
     rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
     left=$((575 - SECONDS)); [ "$left" -gt 120 ] && resume_check "$left" | tee "$OUT/resume.log"
+    ;;
+M)
+    # One GPU, nothing beside it. "before": a copy of the tree with the change under test taken out
+    # (before.patch: git diff HEAD -- saudial, reversed), run in turns with this tree.
+    python3 -m pip install -q --no-index --no-deps .gpuwheels/extra/py_spy-*.whl > /dev/null 2>&1
+    before_tree
+    say "the fused LoRA's CUDA cases"
+    timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_fused_lora.py 2>&1 | tail -3
+    skip="levers: defaults, 2 data;levers: defaults, bs;levers: defaults, GC;levers: defaults, transformers"
+    for turn in 1 2; do
+        say "turn $turn: this tree (defaults, foreach AdamW), then before"
+        CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench "m-after-$turn" 150 4 --sections levers --only "levers: defaults" \
+            --skip "$skip;levers: defaults, again;levers: defaults, foreach AdamW, again"
+        (cd /tmp/before && CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench "m-before-$turn" 90 3 --sections levers \
+            --only "levers: defaults" --skip "$skip;levers: defaults,")
+    done
+    say "whole run with and without evaluation: this tree, then before"
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench m-after-w 150 4 --sections wholerun
+    (cd /tmp/before && CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench m-before-w 150 4 --sections wholerun)
+    say "host time by Python function (py-spy), then the step profile"
+    BENCH_WRAP="py-spy record --rate 200 --format raw --function --output /tmp/spy.txt --" CUDA_VISIBLE_DEVICES=0 OUT=/tmp \
+        bench m-spy 90 2 --sections levers --only "levers: defaults" --skip "levers: defaults,"
+    python3 bench/host_profile.py /tmp/spy.txt --top 60 > "$OUT/host-profile.txt" 2>&1; head -3 "$OUT/host-profile.txt"
+    gzip -c /tmp/spy.txt > "$OUT/spy.txt.gz"
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench m-prof 120 3 --sections profile --only "profile: defaults"
+    cp /tmp/m-prof/profile-defaults.txt "$OUT/" 2>/dev/null
+    cat /tmp/m-*.log > "$OUT/out-m.log"
+    merge_results "$OUT/results.json" /tmp/m-*/results.json
+    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
+    left=$((570 - SECONDS)); [ "$left" -gt 60 ] && { say "GPU tests"; CUDA_VISIBLE_DEVICES=0 timeout "$left" \
+        python3 -m pytest -m gpu -q -p no:cacheprovider $GPU_TESTS 2>&1 | tail -4; }
+    ;;
+N)
+    # A 2-GPU machine: GPU 1 the GPU tests; GPU 0, in turns, this tree and the tree before the change under
+    # test (before.patch, as in M), Unsloth and the seed as written, the whole run, the step profile with
+    # the GPU's idle gaps; first the host cost of single operations.
+    before_tree
+    gpu_tests 400
+    say "GPU 0: host cost per operation"
+    CUDA_VISIBLE_DEVICES=0 timeout 60 python3 bench/dispatch_cost.py > "$OUT/dispatch.txt" 2>&1; cat "$OUT/dispatch.txt"
+    for turn in 1 2; do
+        say "turn $turn: this tree, then before"
+        for tree in after before; do
+            (cd "$([ $tree = after ] && pwd || echo /tmp/before)" && CUDA_VISIBLE_DEVICES=0 OUT=/tmp \
+                bench "n-$tree-$turn" 100 3 --sections levers --only "levers: defaults" --skip "levers: defaults,")
+        done
+    done
+    say "GPU 0: Unsloth, the seed as written, the whole run"
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench n-peers 260 12 --sections unsloth,configs,wholerun --only "seed as written (bs 1x8)"
+    gpu_tests_done
+    say "GPU 0: the step profile and the GPU's idle gaps"
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench n-prof 100 3 --sections profile --only "profile: defaults"
+    cp /tmp/n-prof/profile-defaults.txt "$OUT/" 2>/dev/null; head -40 "$OUT/profile-defaults.txt"
+    cat /tmp/n-*.log > "$OUT/out-n.log"
+    merge_results "$OUT/results.json" /tmp/n-*/results.json
+    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    ;;
+O)
+    # One GPU, nothing beside it: the defaults against two data loader workers, three times in turns; the
+    # whole run; the step profile and the GPU's idle gaps of both.
+    say "the fused LoRA's CUDA cases"
+    timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_fused_lora.py tests/test_gpu.py -k fused_lora 2>&1 | tail -2
+    skip="levers: defaults, 2 data loader workers, again;levers: defaults, again;levers: defaults, foreach"
+    for turn in 1 2 3; do
+        say "turn $turn: defaults, then 2 data loader workers"
+        CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench "o-$turn" 100 4 --sections levers --only "levers: defaults" \
+            --skip "$skip;levers: defaults, bs;levers: defaults, GC"
+    done
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench o-w 100 4 --sections wholerun
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench o-prof 150 4 --sections profile --only "profile: defaults;profile: 2 data"
+    for f in /tmp/o-prof/profile-*.txt; do head -22 "$f"; done > "$OUT/gaps.txt"; cp /tmp/o-prof/profile-*.txt "$OUT/"
+    cat /tmp/o-*.log > "$OUT/out-o.log"
+    merge_results "$OUT/results.json" /tmp/o-*/results.json
+    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
     ;;
 esac
 say "done"

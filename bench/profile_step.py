@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=8, help="steps before profiling (compile warm-up included)")
+    parser.add_argument("--trace", type=Path, help="also write the Chrome trace here and report the GPU's idle gaps")
     args = parser.parse_args()
 
     settings = Settings()
@@ -110,6 +111,11 @@ def main() -> None:
 
         text += "\ncompile times\n" + str(compile_times(repr="str", aggregate=True))
         text += "\ncache counters\n" + "\n".join(f"{k}: {dict(v)}" for k, v in counters.items() if v)
+    if args.trace:
+        from bench.gaps import gaps
+
+        profiler.prof.export_chrome_trace(str(args.trace))
+        text = head + "\n" + gaps(args.trace, n) + "\n" + text[len(head) :]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(head, flush=True)

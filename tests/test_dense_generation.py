@@ -44,3 +44,37 @@ def test_dequantized_generation_equals_4bit(tiny_model: Path) -> None:
     # The CPU's 4-bit kernel rounds its inputs to bf16 before the matmul, the dense copy keeps them in
     # float32: logits agree to that rounding (on a GPU both compute in bf16).
     torch.testing.assert_close(logits_after, logits_before, rtol=2e-2, atol=2e-2)
+
+
+def test_merged_adapter_generates_like_the_unmerged_one(tiny_model: Path) -> None:
+    """Inside `merged_adapter` each LoRA layer on a dense base runs one matmul with W + s B A: the same logits
+    and greedy tokens as PEFT's unmerged layers (float32 here), and each layer's own weight back after."""
+    from peft.tuners.lora import LoraLayer
+
+    from saudial.inference.dense import merged_adapter
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "w1", "w2", "in_proj"]))
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    model.eval()
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    weights = [layer.get_base_layer().weight.detach().clone() for layer in layers]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    inputs = tokenizer(["### Instruction:\nTranslate", "Najdi"], return_tensors="pt", padding=True)
+    kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    with torch.inference_mode():
+        unmerged_tokens, unmerged_logits = model.generate(**inputs, **kwargs), model(**inputs).logits
+        with model.disable_adapter():
+            base_logits = model(**inputs).logits
+        with merged_adapter(model) as count:
+            assert count == len(layers) > 0
+            assert all(layer.merged for layer in layers)
+            merged_tokens, merged_logits = model.generate(**inputs, **kwargs), model(**inputs).logits
+    assert not (unmerged_logits - base_logits).abs().max() < 1e-3  # the adapter changes the output
+    torch.testing.assert_close(merged_logits, unmerged_logits, rtol=1e-4, atol=1e-4)
+    assert torch.equal(merged_tokens, unmerged_tokens)
+    assert not any(layer.merged for layer in layers)
+    assert all(torch.equal(layer.get_base_layer().weight, w) for layer, w in zip(layers, weights, strict=True))

@@ -120,3 +120,26 @@ def test_what_the_function_does_not_cover_goes_to_peft(tiny_model: Path) -> None
     fused_lora.fuse(dropout_model)
     output = _layers(dropout_model)[0](x)
     assert type(output.grad_fn).__name__ != "_QLoRALinearBackward"  # dropout: PEFT's own forward
+
+
+def test_cached_scales_are_bitsandbytes_own(tiny_model: Path) -> None:
+    """The scales dequantized once are the ones bitsandbytes computes on every call (the watch on its
+    double-quantization formula), and the fused layer's frozen part is bitsandbytes' 4-bit matmul exactly."""
+    model = _peft_4bit(tiny_model, "cpu")
+    fused_lora.fuse(model)
+    generator = torch.Generator().manual_seed(3)
+    for layer in _layers(model):
+        weight = layer.base_layer.weight
+        assert weight.quant_state.nested  # saudial's default: QLoRA's double quantization
+        dequantized = bnb.functional.dequantize_4bit(weight, weight.quant_state)
+        scales = fused_lora.block_scales(weight.quant_state)
+        assert scales.dtype == torch.float32
+        mine = fused_lora._dequantize(weight, weight.quant_state, scales, dequantized.dtype)
+        assert torch.equal(mine, dequantized)
+
+        layer.lora_B["default"].weight.data.zero_()  # the LoRA update adds nothing: the base alone
+        x = torch.randn(7, layer.in_features, generator=generator).to(torch.bfloat16).requires_grad_(True)
+        fused = layer(x)
+        assert type(fused.grad_fn).__name__ == "_QLoRALinearBackward"
+        assert torch.equal(fused, bnb.matmul_4bit(x, weight.t(), quant_state=weight.quant_state))
+        assert layer._saudial_scales[0] is weight.quant_state  # cached, and for this weight

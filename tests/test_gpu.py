@@ -143,6 +143,7 @@ def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path, var
     from transformers import AutoTokenizer
 
     from saudial.model import patches as speed
+    from saudial.model import short_conv
     from saudial.model.loading import load_model
     from saudial.run.trainer import padding_free_collator
     from tests.test_padding_free import _chat_examples, _examples, _padded_batch, _per_example_loss
@@ -151,7 +152,7 @@ def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path, var
     model = load_model(Settings(model_name_or_path=str(tiny_model), quantization="4bit")).eval()
     examples = _examples(workbook, tokenizer) if rows == "translation" else _chat_examples(tokenizer)
     ids, mask = _padded_batch(examples, tokenizer.pad_token_id)
-    speed.install_boundary_aware_conv()
+    short_conv.install_boundary_aware_conv()
     batch = padding_free_collator(tokenizer.pad_token_id, 256)([{"input_ids": e} for e in examples])
     if varlen:
         speed.use_varlen_attention(model)

@@ -15,6 +15,7 @@ from saudial.data.chat import tokenize
 from saudial.data.conversations import row_conversation
 from saudial.data.prompts import build_prompt
 from saudial.model import patches as speed
+from saudial.model import short_conv
 from saudial.run.trainer import padding_free_collator
 from tests.chat_files import conversations
 
@@ -58,11 +59,11 @@ def test_boundary_aware_conv_matches_per_sequence_conv() -> None:
     weight, bias = torch.randn(channels, 3), torch.randn(channels)
     parts = [torch.randn(1, channels, n) for n in lengths]
     seq_idx = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
-    flat = speed.boundary_aware_causal_conv1d(torch.cat(parts, dim=-1), weight, bias, seq_idx=seq_idx)
-    alone = torch.cat([speed.boundary_aware_causal_conv1d(p, weight, bias) for p in parts], dim=-1)
+    flat = short_conv.boundary_aware_causal_conv1d(torch.cat(parts, dim=-1), weight, bias, seq_idx=seq_idx)
+    alone = torch.cat([short_conv.boundary_aware_causal_conv1d(p, weight, bias) for p in parts], dim=-1)
     torch.testing.assert_close(flat, alone, rtol=1e-5, atol=1e-5)
     # Without seq_idx the first token of each sequence would see the previous sequence's tail.
-    leaky = speed.boundary_aware_causal_conv1d(torch.cat(parts, dim=-1), weight, bias)
+    leaky = short_conv.boundary_aware_causal_conv1d(torch.cat(parts, dim=-1), weight, bias)
     assert not torch.allclose(leaky, alone, atol=1e-3)
 
 
@@ -77,7 +78,7 @@ def test_padding_free_losses_equal_padded(tiny_model: Path, workbook: Path, rest
         padded_logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     reference = [_per_example_loss(padded_logits[i, : len(e)], torch.tensor(e)).mean() for i, e in enumerate(examples)]
 
-    speed.install_boundary_aware_conv()
+    short_conv.install_boundary_aware_conv()
     collator = padding_free_collator(tokenizer.pad_token_id, pad_to_multiple_of=64)
     batch = collator([{"input_ids": e} for e in examples])
     assert batch["input_ids"].shape[0] == 1 and batch["input_ids"].shape[1] % 64 == 0
@@ -105,7 +106,7 @@ def test_compiled_layers_train_like_eager(tiny_model: Path, workbook: Path, rest
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     examples = _examples(workbook, tokenizer)
-    speed.install_boundary_aware_conv()
+    short_conv.install_boundary_aware_conv()
     batch = padding_free_collator(tokenizer.pad_token_id, pad_to_multiple_of=64)([{"input_ids": e} for e in examples])
     inputs = {k: batch[k] for k in ("input_ids", "position_ids", "seq_idx")}
     labels = batch["input_ids"].masked_fill(batch["input_ids"] == tokenizer.pad_token_id, -100)
@@ -151,7 +152,21 @@ def test_varlen_attention_falls_back_to_sdpa_for_padded_batches(tiny_model: Path
         got = switched(input_ids=ids, attention_mask=mask, use_cache=False).logits
     torch.testing.assert_close(got, expected)
     # A padding-free row in fp32 cannot go through the kernel; it must fail, not attend across examples.
-    speed.install_boundary_aware_conv()
+    short_conv.install_boundary_aware_conv()
     batch = padding_free_collator(tokenizer.pad_token_id, 64)([{"input_ids": e} for e in examples])
     with pytest.raises(RuntimeError, match="varlen attention needs"):
         switched(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)
+
+
+def test_boundary_aware_conv_gradients() -> None:
+    """The conv's own backward (short_conv._MaskedCausalConv) against float64 finite differences, for the
+    input and the weight, across sequence boundaries (one sequence of a single token among them)."""
+    torch.manual_seed(1)
+    lengths = [4, 1, 6, 3]
+    seq_idx = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
+    x = torch.randn(1, 5, sum(lengths), dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    keep = short_conv._keep_masks(seq_idx, 3, torch.float64)
+    assert torch.autograd.gradcheck(short_conv._MaskedCausalConv.apply, (x, weight, keep))
+    frozen = weight.detach()  # QLoRA: the conv weight does not train, and the input is not kept for it
+    assert torch.autograd.gradcheck(lambda t: short_conv._MaskedCausalConv.apply(t, frozen, keep), (x,))

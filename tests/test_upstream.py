@@ -14,13 +14,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
-from saudial.model import patches
+from saudial.model import short_conv
 from saudial.run.trainer import HANDLED_HERE, padding_free_collator
 
 
 def test_lfm2_conv_fallback_still_mixes_packed_examples() -> None:
-    """patches.install_boundary_aware_conv exists because transformers' fallback ignores `seq_idx`."""
-    upstream = patches.upstream_causal_conv1d()
+    """short_conv.install_boundary_aware_conv exists because transformers' fallback ignores `seq_idx`."""
+    upstream = short_conv.upstream_causal_conv1d()
     torch.manual_seed(0)
     weight, parts = torch.randn(4, 3), [torch.randn(1, 4, n) for n in (5, 3)]
     seq_idx = torch.cat([torch.full((n.shape[-1],), i) for i, n in enumerate(parts)])[None]
@@ -30,7 +30,7 @@ def test_lfm2_conv_fallback_still_mixes_packed_examples() -> None:
     except ValueError:  # some transformers builds refuse seq_idx without the causal_conv1d kernel
         return
     assert not torch.allclose(packed, alone, atol=1e-5), (
-        "transformers' LFM2 conv now keeps packed examples apart: drop patches.install_boundary_aware_conv"
+        "transformers' LFM2 conv now keeps packed examples apart: drop short_conv.install_boundary_aware_conv"
     )
 
 

@@ -34,7 +34,7 @@ from saudial.data.chat_examples import CONVERSATION
 from saudial.data.prompts import build_prompt
 from saudial.data.workbook import iter_rows
 from saudial.errors import OOM_INFERENCE, faults
-from saudial.inference.dense import dequantize_base_weights
+from saudial.inference.dense import dequantize_base_weights, merged_adapter
 from saudial.inference.generate import Request, chat_replies, translate
 from saudial.inference.scoring import OVERALL, SYSTEMS, markdown_table, score_by_dialect, signatures
 from saudial.run import record, signals
@@ -190,7 +190,8 @@ def generate_and_score(
     rates: dict[str, dict[str, float]] = {system: {} for system in SYSTEMS}
     with model.disable_adapter():
         outputs["base"] = write("base model", rates["base"])
-    outputs["adapter"] = write("with adapter", rates["adapter"])
+    with merged_adapter(model):  # W + s B A: one matmul per adapted linear (inference/dense.py)
+        outputs["adapter"] = write("with adapter", rates["adapter"])
     scores: dict[str, Any] = {system: score_by_dialect(rows, outputs[system], references) for system in SYSTEMS}
     msa_rows = rows[rows["msa"].astype(str).str.strip() != ""] if "msa" in rows else rows.iloc[0:0]
     if len(msa_rows):

@@ -3,14 +3,7 @@
 Each one works around a named upstream behaviour; tests/test_upstream.py fails the day that behaviour
 changes, so the patch can be dropped then. Measured in bench/ (docs/benchmarks.md).
 
-1. Boundary-aware short convolution (`install_boundary_aware_conv`). Padding-free batches put all
-   examples of a micro-batch in one flat row (run/trainer.py); LFM2's short conv must not read the last
-   tokens of the previous example. Upstream: transformers' torch fallback for `causal_conv1d_fn` (used
-   without the `causal_conv1d` CUDA package) ignores TRL's `seq_idx` and lets every example's first
-   tokens see the previous example's last ones (5.17 and 5.23; some builds refuse `seq_idx` instead). The patch
-   replaces that module-level function in `modeling_lfm2` (process-wide; it equals the upstream one
-   when `seq_idx` is absent). Attention layers keep samples apart through `position_ids`.
-   tests/test_padding_free.py checks per-example losses against padded batches.
+1. Boundary-aware short convolution for padding-free rows: model/short_conv.py.
 2. No cuDNN attention (`avoid_cudnn_attention`). Upstream: PyTorch's SDPA picks the cuDNN backend on
    Hopper, whose CPU cost per call is ~3.4 ms forward and ~5 ms backward when the masked shape
    changes (H100, torch 2.11: ~60 ms of a 280 ms step for 6 attention layers). The memory-efficient
@@ -46,57 +39,6 @@ if TYPE_CHECKING:
     from saudial.config.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def boundary_aware_causal_conv1d(
-    hidden_states: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    activation: str | None = None,
-    seq_idx: torch.Tensor | None = None,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """Depthwise causal conv, [batch, channels, time] with weight [channels, kernel].
-
-    out[t] = sum_k weight[:, K-1-k] * x[t-k], counting x[t-k] only when token t-k belongs to the
-    same sequence as token t (`seq_idx` equal). Without `seq_idx` it is the plain causal conv.
-    """
-    x = hidden_states.to(weight.dtype)
-    seq_len, kernel = x.shape[-1], weight.shape[-1]
-    if seq_idx is None:
-        out = F.conv1d(x, weight.unsqueeze(1), bias, padding=kernel - 1, groups=x.shape[1])[..., :seq_len]
-    else:
-        seq_idx = seq_idx.to(x.device)
-        out = x * weight[:, kernel - 1, None]
-        for lag in range(1, kernel):
-            shifted = F.pad(x, (lag, 0))[..., :seq_len]
-            same = F.pad(seq_idx, (lag, 0), value=-1)[..., :seq_len] == seq_idx  # [batch, time]
-            out = out + shifted * weight[:, kernel - 1 - lag, None] * same[:, None, :].to(x.dtype)
-        if bias is not None:
-            out = out + bias[:, None]
-    if activation is not None:
-        out = F.silu(out) if activation in ("silu", "swish") else getattr(F, activation)(out)
-    return out.to(hidden_states.dtype)
-
-
-# transformers' own causal_conv1d_fn, kept when the patch replaces it (tests/test_upstream.py checks it).
-_UPSTREAM: dict[str, Any] = {}
-
-
-def upstream_causal_conv1d() -> Any:
-    """transformers' LFM2 `causal_conv1d_fn`, patched or not."""
-    from transformers.models.lfm2 import modeling_lfm2
-
-    return _UPSTREAM.get("causal_conv1d_fn", modeling_lfm2.causal_conv1d_fn)
-
-
-def install_boundary_aware_conv() -> None:
-    """Route LFM2's short conv through the boundary-aware version (idempotent)."""
-    from transformers.models.lfm2 import modeling_lfm2
-
-    if modeling_lfm2.causal_conv1d_fn is not boundary_aware_causal_conv1d:
-        _UPSTREAM.setdefault("causal_conv1d_fn", modeling_lfm2.causal_conv1d_fn)
-        modeling_lfm2.causal_conv1d_fn = boundary_aware_causal_conv1d
 
 
 def fused_rms_norm(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from transformers.trainer_callback import ProgressCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from saudial.model import fused_lora, patches
+from saudial.model import fused_lora, patches, short_conv
 from saudial.model.lora import lora_config
 from saudial.run import distributed
 from saudial.run.steplines import StepLines
@@ -132,7 +132,7 @@ def build_trainer(
                 param.data = param.data.float()
     patches.avoid_cudnn_attention()
     if settings.padding_free:
-        patches.install_boundary_aware_conv()  # examples of one flat row must not see each other in the conv
+        short_conv.install_boundary_aware_conv()  # examples of one flat row must not see each other in the conv
         if settings.attn_implementation == "auto" and dtype != torch.float32 and patches.varlen_available():
             patches.use_varlen_attention(peft_model)  # each example attends only to itself, no L^2 mask
             log.info("attention: flash varlen over the examples of each padding-free row")
