@@ -37,7 +37,8 @@
 #   bash bench/device-run.sh O    one GPU: the defaults against two data loader workers, three times in turns;
 #                                 the whole run; the step profiles with their idle gaps
 # M and N compare with a copy of the tree that has the change under test taken out: before.patch, written
-# here by `git diff HEAD -- saudial > before.patch` (untracked, not committed; it travels with the tree).
+# here by `git diff BASE -- saudial > before.patch` (BASE: the commit to compare with; 9608377 on 2026-11-30;
+# untracked, not committed; it travels with the tree, and the GPU machine's copy has no git history).
 # Needs .gpuwheels/ and .unsloth-wheels/ (bash bench/gpu-wheels/fetch.sh) beside the checkout; OUT: results.
 set -uo pipefail
 OUT=${OUT:-/tmp/saudial-device}; mkdir -p "$OUT"
@@ -179,7 +180,7 @@ K)
     ;;
 M)
     # One GPU, nothing beside it. "before": a copy of the tree with the change under test taken out
-    # (before.patch: git diff HEAD -- saudial, reversed), run in turns with this tree.
+    # (before.patch reversed: see above), run in turns with this tree.
     python3 -m pip install -q --no-index --no-deps .gpuwheels/extra/py_spy-*.whl > /dev/null 2>&1
     before_tree
     say "the fused LoRA's CUDA cases"

@@ -21,19 +21,34 @@ GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
 LAUNCH_CATS = {"cuda_runtime", "cuda_driver"}
 
 
-def _enclosing(ops: list[dict[str, Any]], starts: list[float], t: float) -> tuple[str, str]:
-    """Outermost and innermost of `ops` (one thread's, sorted by start) that contain time t."""
-    outer = inner = ""
-    inner_span = float("inf")
-    i = bisect.bisect_right(starts, t)
-    outer_span = -1.0
-    for op in ops[max(0, i - 400) : i]:  # operators nest; 400 back covers a layer's worth
-        if op["ts"] <= t <= op["ts"] + op["dur"]:
-            if op["dur"] > outer_span:
-                outer, outer_span = op["name"], op["dur"]
-            if op["dur"] < inner_span:
-                inner, inner_span = op["name"], op["dur"]
-    return outer, inner
+class _Thread:
+    """One host thread's operators, which nest: the outermost containing a time is found among the top-level
+    ones by bisection, the innermost as the latest-starting one that contains it."""
+
+    def __init__(self, ops: list[dict[str, Any]]) -> None:
+        self.ops = sorted(ops, key=lambda e: (e["ts"], -e["dur"]))
+        self.starts = [e["ts"] for e in self.ops]
+        self.top: list[int] = []  # indexes of operators inside no other
+        end = float("-inf")
+        for i, op in enumerate(self.ops):
+            if op["ts"] >= end:
+                self.top.append(i)
+                end = op["ts"] + op["dur"]
+        self.top_starts = [self.ops[i]["ts"] for i in self.top]
+
+    def enclosing(self, t: float) -> tuple[str, str]:
+        k = bisect.bisect_right(self.top_starts, t) - 1
+        if k < 0 or not _contains(self.ops[self.top[k]], t):
+            return "", ""
+        first = self.top[k]
+        for i in range(bisect.bisect_right(self.starts, t) - 1, first - 1, -1):
+            if _contains(self.ops[i], t):
+                return self.ops[first]["name"], self.ops[i]["name"]
+        return self.ops[first]["name"], self.ops[first]["name"]
+
+
+def _contains(op: dict[str, Any], t: float) -> bool:
+    return bool(op["ts"] <= t <= op["ts"] + op["dur"])
 
 
 def gaps(trace: Path, steps: int, min_us: float = 5.0, top: int = 25) -> str:
@@ -49,10 +64,7 @@ def gaps(trace: Path, steps: int, min_us: float = 5.0, top: int = 25) -> str:
     for e in events:
         if e.get("cat") in ("cpu_op", "user_annotation"):
             ops_by_tid[e["tid"]].append(e)
-    starts_by_tid = {}
-    for tid, ops in ops_by_tid.items():
-        ops.sort(key=lambda e: e["ts"])
-        starts_by_tid[tid] = [e["ts"] for e in ops]
+    threads = {tid: _Thread(ops) for tid, ops in ops_by_tid.items()}
     by_outer: Counter[str] = Counter()
     by_inner: Counter[str] = Counter()
     idle, count = 0.0, 0
@@ -65,9 +77,8 @@ def gaps(trace: Path, steps: int, min_us: float = 5.0, top: int = 25) -> str:
             count += 1
             launch = launches.get(e.get("args", {}).get("correlation"))
             outer = inner = "(no launch found)"
-            if launch is not None and launch["tid"] in ops_by_tid:
-                tid = launch["tid"]
-                outer, inner = _enclosing(ops_by_tid[tid], starts_by_tid[tid], launch["ts"])
+            if launch is not None and launch["tid"] in threads:
+                outer, inner = threads[launch["tid"]].enclosing(launch["ts"])
             by_outer[outer or "(outside any operator)"] += gap
             by_inner[inner or "(outside any operator)"] += gap
         busy += max(0.0, e["ts"] + e["dur"] - max(e["ts"], end))

@@ -78,3 +78,43 @@ def test_merged_adapter_generates_like_the_unmerged_one(tiny_model: Path) -> Non
     assert torch.equal(merged_tokens, unmerged_tokens)
     assert not any(layer.merged for layer in layers)
     assert all(torch.equal(layer.get_base_layer().weight, w) for layer, w in zip(layers, weights, strict=True))
+
+
+def test_merged_adapter_on_the_dequantized_4bit_model(tiny_model: Path) -> None:
+    """The path evaluation takes: a bf16 4-bit model with the fused LoRA step installed, its base dequantized
+    once, then the adapter folded in. Greedy tokens as PEFT's unmerged layers write them, logits within bf16
+    rounding (W + s B A is rounded once more), and the fused step's cache let go with the 4-bit weights."""
+    from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
+
+    from saudial.config.settings import Settings
+    from saudial.inference.dense import merged_adapter
+    from saudial.model import fused_lora
+    from saudial.model.loading import quantization_config
+    from saudial.model.lora import lora_config
+
+    settings = Settings(lora_dropout=0.0)
+    base = AutoModelForCausalLM.from_pretrained(
+        tiny_model, quantization_config=quantization_config(settings, torch.bfloat16), dtype=torch.bfloat16
+    )
+    model = get_peft_model(base, lora_config(settings))
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.data = (torch.randn_like(param, dtype=torch.float32) * 0.1).to(torch.bfloat16)
+    assert fused_lora.fuse(model) > 0
+    ids = torch.randint(3, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
+    model(input_ids=ids)  # the fused step runs and caches its scales
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear4bit)]
+    assert all(hasattr(layer, "_saudial_scales") for layer in layers)
+    dequantize_base_weights(model.eval())
+    assert not any(hasattr(layer, "_saudial_scales") for layer in layers)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    inputs = tokenizer(["### Instruction:\nTranslate", "Najdi"], return_tensors="pt", padding=True)
+    kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    with torch.inference_mode():
+        unmerged_tokens, unmerged_logits = model.generate(**inputs, **kwargs), model(**inputs).logits.float()
+        with merged_adapter(model) as count:
+            assert count == len(layers)
+            merged_tokens, merged_logits = model.generate(**inputs, **kwargs), model(**inputs).logits.float()
+    assert torch.equal(merged_tokens, unmerged_tokens)
+    torch.testing.assert_close(merged_logits, unmerged_logits, rtol=3e-2, atol=3e-2)

@@ -170,3 +170,17 @@ def test_boundary_aware_conv_gradients() -> None:
     assert torch.autograd.gradcheck(short_conv._MaskedCausalConv.apply, (x, weight, keep))
     frozen = weight.detach()  # QLoRA: the conv weight does not train, and the input is not kept for it
     assert torch.autograd.gradcheck(lambda t: short_conv._MaskedCausalConv.apply(t, frozen, keep), (x,))
+
+
+def test_boundary_aware_conv_under_inference_mode() -> None:
+    """seq_idx made under torch.inference_mode has no version counter: the masks are built, not cached."""
+    lengths = [3, 2]
+    weight = torch.randn(4, 3)
+    x = torch.randn(1, 4, sum(lengths))
+    with torch.inference_mode():
+        seq_idx = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
+        flat = short_conv.boundary_aware_causal_conv1d(x, weight, seq_idx=seq_idx)
+        again = short_conv.boundary_aware_causal_conv1d(x, weight, seq_idx=seq_idx)
+    alone = torch.cat([short_conv.boundary_aware_causal_conv1d(p, weight) for p in x.split(lengths, -1)], dim=-1)
+    torch.testing.assert_close(flat, alone)
+    assert torch.equal(flat, again)

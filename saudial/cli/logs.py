@@ -45,7 +45,7 @@ KNOWN_HARMLESS: list[tuple[str, str, str]] = [
         r"`causal_conv1d_(fn|update)` is falling back to its reference PyTorch implementation",
         # LFM2's short convolution runs in PyTorch on purpose: the `causal_conv1d` CUDA package is not in
         # the lock (it is built per CUDA/torch pair), and padding-free training needs saudial's own
-        # boundary-aware conv (model/patches.py). During generation the update step is a 3-tap convolution
+        # boundary-aware conv (model/short_conv.py). During generation the update step is a 3-tap convolution
         # per token, small beside the matmuls. transformers 5.23 says it on every process's first
         # generation, once for the prompt (`causal_conv1d_fn`) and once for the new tokens (`_update`); not
         # changed upstream as of 5.23.0.

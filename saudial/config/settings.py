@@ -165,7 +165,7 @@ class Settings(BaseSettings):
         description="Recompute activations in the backward pass: less memory, slower "
         "(left unset, it is turned on for GPUs under 56 GiB).",
     )
-    optim: str = Field("adamw_torch_fused", description="Optimizer as transformers names it (fused AdamW).")
+    optim: str = Field("adamw_torch_fused", description="Optimizer (transformers' name and default).")
     max_grad_norm: float = Field(1.0, gt=0.0, le=1e6, description="Gradient clipping norm.")  # 1e6: no clipping
     logging_steps: int = Field(10, ge=1, le=10_000_000, description="Log the loss every this many optimizer steps.")
     seed: int = Field(

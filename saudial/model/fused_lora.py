@@ -6,7 +6,7 @@ node of the autograd graph with its own Python and kernels, forward and backward
 on an H200 the step is bound by that host work (docs/benchmarks.md: ~4,000 kernels and ~15,000 operator
 calls per step, 92 adapted linears). Here the same math is one `torch.autograd.Function`:
 
-    forward   y = x W^T + s (x A^T) B^T        W dequantized from NF4 inside bitsandbytes' matmul
+    forward   y = x W^T + s (x A^T) B^T        W dequantized from NF4 by bitsandbytes' own kernel
     backward  dx = dy W + (s dy B) A,   dA = (s dy B)^T x,   dB = s dy^T (x A^T)
 
 with the LoRA update added into the base output by one `addmm_` (no output-sized multiply, add or copy).
@@ -49,17 +49,6 @@ def _dequantize(weight: torch.Tensor, quant_state: Any, scales: torch.Tensor, dt
     )
 
 
-_ZEROS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-
-def _zero(like: torch.Tensor) -> torch.Tensor:
-    """A 0-dim zero on `like`'s device and dtype, made once: addmm's ignored input when beta is 0."""
-    key = (like.device, like.dtype)
-    if key not in _ZEROS:
-        _ZEROS[key] = torch.zeros((), device=like.device, dtype=like.dtype)
-    return _ZEROS[key]
-
-
 class _QLoRALinear(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -90,7 +79,9 @@ class _QLoRALinear(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x2d, h, lora_a, lora_b = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1]).to(x2d.dtype)
-        zero = _zero(g)  # addmm with beta 0: the scaling applied inside the GEMM, no separate multiply
+        # addmm with beta 0 ignores its input (documented: not even a NaN in it propagates), so the scaling is
+        # applied inside the GEMM with no separate multiply; an uninitialized 0-dim input costs no kernel.
+        zero = g.new_empty(())
         gb = torch.addmm(zero, g, lora_b, beta=0, alpha=ctx.scaling)  # (tokens, r): s dy B
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
@@ -127,8 +118,10 @@ def _fused_forward(self: LoraLinear4bit, x: torch.Tensor, *args: Any, **kwargs: 
         return type(self).forward(self, x, *args, **kwargs)
     quant_state = weight.quant_state
     cached = getattr(self, "_saudial_scales", None)
-    if cached is None or cached[0] is not quant_state:  # computed once per quantized weight
-        cached = (quant_state, block_scales(quant_state))
+    # Computed once per quantized weight; bitsandbytes moves a weight to another device by giving its quant
+    # state new tensors, so the cache is for this quant state's absmax tensor.
+    if cached is None or cached[0] is not quant_state.absmax:
+        cached = (quant_state.absmax, block_scales(quant_state))
         self._saudial_scales = cached  # a plain attribute: not in the state dict, not saved
     lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
     return _QLoRALinear.apply(x, weight, quant_state, cached[1], lora_a, lora_b, self.scaling[adapter])

@@ -59,14 +59,18 @@ _KEEP: dict[str, Any] = {}
 
 def _keep_masks(seq_idx: torch.Tensor, kernel: int, dtype: torch.dtype) -> torch.Tensor:
     """[K-1, batch, 1, time]: 1 where token t-lag belongs to token t's sequence, else 0."""
-    key = (seq_idx._version, seq_idx.device, kernel, dtype)
-    if _KEEP.get("seq_idx") is not seq_idx or _KEEP.get("key") != key:
-        batch, length = seq_idx.shape
-        keep = torch.zeros(max(kernel - 1, 1), batch, 1, length, dtype=dtype, device=seq_idx.device)
-        for lag in range(1, min(kernel, length)):
-            keep[lag - 1, :, 0, lag:] = seq_idx[:, lag:] == seq_idx[:, :-lag]
+    # An inference-mode tensor has no version counter to tell an in-place change: not cached.
+    key = None if seq_idx.is_inference() else (seq_idx._version, kernel, dtype)
+    if key is not None and _KEEP.get("seq_idx") is seq_idx and _KEEP.get("key") == key:
+        cached: torch.Tensor = _KEEP["keep"]
+        return cached
+    batch, length = seq_idx.shape
+    keep = torch.zeros(max(kernel - 1, 1), batch, 1, length, dtype=dtype, device=seq_idx.device)
+    for lag in range(1, min(kernel, length)):
+        keep[lag - 1, :, 0, lag:] = seq_idx[:, lag:] == seq_idx[:, :-lag]
+    if key is not None:
         _KEEP.update(seq_idx=seq_idx, key=key, keep=keep)
-    return _KEEP["keep"]
+    return keep
 
 
 def boundary_aware_causal_conv1d(
