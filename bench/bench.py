@@ -91,7 +91,7 @@ def configurations(smoke: bool) -> list[tuple[str, dict[str, str], int]]:
         ("saudial defaults", {}, steps or 40),
         ("defaults, GC on (8 GiB GPUs)", {"SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 30),
         ("defaults, SDPA + mask, no varlen", {"SAUDIAL_ATTN_IMPLEMENTATION": "sdpa"}, steps or 40),
-        ("defaults, foreach AdamW", {"SAUDIAL_OPTIM": "adamw_torch"}, steps or 40),
+        ("defaults, foreach AdamW", FOREACH_ADAMW, steps or 40),
         ("defaults, bs 128", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "128"}, steps or 20),
         ("defaults + compile (long runs)", compiled, steps or 80),
         ("defaults + compile, bs 64", compiled | {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "64"}, steps or 50),
@@ -99,13 +99,14 @@ def configurations(smoke: bool) -> list[tuple[str, dict[str, str], int]]:
 
 
 PEFT_BEFORE = {"SAUDIAL_FUSED_LORA": "false", "SAUDIAL_LORA_DROPOUT": "0.05"}
+FOREACH_ADAMW = {"SAUDIAL_OPTIM": "adamw_torch"}  # the default before 2026-11-30: AdamW's foreach path
+LOADER_WORKERS = {"SAUDIAL_DATALOADER_NUM_WORKERS": "2"}  # the collator off the training loop's thread
 
 
 def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
     """(name, settings that differ from the defaults, optimizer steps to time; None: the whole run)."""
     steps = 4 if smoke else 0
-    foreach = {"SAUDIAL_OPTIM": "adamw_torch"}  # the default before 2026-11-30: AdamW's foreach path
-    workers = {"SAUDIAL_DATALOADER_NUM_WORKERS": "2"}  # the collator off the training loop's thread
+    foreach, workers = FOREACH_ADAMW, LOADER_WORKERS
     return [
         ("levers: defaults", {}, steps or 40),
         ("levers: defaults, foreach AdamW", foreach, steps or 40),
@@ -407,8 +408,8 @@ def main() -> None:
             run("defaults + evaluation, whole run", evaluated, data_900, 4 if args.smoke else None)
         elif section == "levers":
             # Issue #15's levers on the eager step, before/after in the same call, each pair twice (single runs
-            # vary by up to ~8%): the fused RMSNorm against transformers' (model/patches.py), the collator in
-            # two data loader workers; then the defaults at batch 128 and with gradient checkpointing.
+            # vary by up to ~8%): fused AdamW against the foreach path, the collator in two data loader
+            # workers; then the defaults at batch 128 and with gradient checkpointing.
             for name, extra, lever_steps in levers(args.smoke):
                 if picked(name):
                     run(name, extra, data_900, lever_steps)
@@ -445,10 +446,9 @@ def main() -> None:
                 run(f"long rows, max_length {length}", extra, long_rows, 8)
         elif section == "profile":
             # Eager with and without issue #15's levers (the compiled step: the compileprofile section).
-            workers = {"SAUDIAL_DATALOADER_NUM_WORKERS": "2"}
             for name, extra in (
                 ("defaults", {}),
-                ("2 data loader workers", workers),
+                ("2 data loader workers", LOADER_WORKERS),
                 ("PEFT layers, lora_dropout 0.05 (defaults before)", PEFT_BEFORE),
             ):
                 if picked(f"profile: {name}"):

@@ -97,8 +97,15 @@ def main() -> None:
         f"per step: wall {profiler.wall / n * 1e3:.1f} ms, GPU busy {gpu_us / n / 1e3:.1f} ms "
         f"({gpu_us / 1e6 / profiler.wall:.0%} of wall), {launches / n:,.0f} kernels, {cpu_ops / n:,.0f} aten ops\n"
     )
+    idle = ""  # the GPU's idle gaps, from the trace (bench/gaps.py), right under the summary
+    if args.trace:
+        from bench.gaps import gaps
+
+        profiler.prof.export_chrome_trace(str(args.trace))
+        idle = "\n" + gaps(args.trace, n)
     text = (
         head
+        + idle
         + "\ntop GPU kernels\n"
         + events.table(sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=70)
         + "\ntop CPU operators\n"
@@ -111,11 +118,6 @@ def main() -> None:
 
         text += "\ncompile times\n" + str(compile_times(repr="str", aggregate=True))
         text += "\ncache counters\n" + "\n".join(f"{k}: {dict(v)}" for k, v in counters.items() if v)
-    if args.trace:
-        from bench.gaps import gaps
-
-        profiler.prof.export_chrome_trace(str(args.trace))
-        text = head + "\n" + gaps(args.trace, n) + "\n" + text[len(head) :]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(head, flush=True)

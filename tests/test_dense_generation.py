@@ -11,6 +11,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from saudial.inference.dense import dequantize_base_weights
 
 
+def _tokens_and_logits(model: torch.nn.Module, model_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy tokens and the prompts' logits, for two fixed prompts of different lengths (padded)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    inputs = tokenizer(["### Instruction:\nTranslate", "Najdi"], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        tokens = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        return tokens, model(**inputs).logits
+
+
 def test_dequantized_generation_equals_4bit(tiny_model: Path) -> None:
     # bitsandbytes 0.50 runs NF4 on the CPU too, so the real 4-bit layers are exercised here.
     quant = BitsAndBytesConfig(
@@ -26,20 +35,13 @@ def test_dequantized_generation_equals_4bit(tiny_model: Path) -> None:
         if "lora_B" in name:  # a trained-looking adapter: LoRA's B starts at zero
             torch.nn.init.normal_(param, std=0.5)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    inputs = tokenizer(["### Instruction:\nTranslate", "Najdi"], return_tensors="pt", padding=True)
-    kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
-    with torch.inference_mode():
-        before = model.generate(**inputs, **kwargs)
-        logits_before = model(**inputs).logits
+    before, logits_before = _tokens_and_logits(model, tiny_model)
     replaced = dequantize_base_weights(model)
     assert replaced > 0
     import bitsandbytes as bnb
 
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-    with torch.inference_mode():
-        after = model.generate(**inputs, **kwargs)
-        logits_after = model(**inputs).logits
+    after, logits_after = _tokens_and_logits(model, tiny_model)
     assert torch.equal(before, after)
     # The CPU's 4-bit kernel rounds its inputs to bf16 before the matmul, the dense copy keeps them in
     # float32: logits agree to that rounding (on a GPU both compute in bf16).
@@ -62,17 +64,13 @@ def test_merged_adapter_generates_like_the_unmerged_one(tiny_model: Path) -> Non
     model.eval()
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
     weights = [layer.get_base_layer().weight.detach().clone() for layer in layers]
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    inputs = tokenizer(["### Instruction:\nTranslate", "Najdi"], return_tensors="pt", padding=True)
-    kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
-    with torch.inference_mode():
-        unmerged_tokens, unmerged_logits = model.generate(**inputs, **kwargs), model(**inputs).logits
-        with model.disable_adapter():
-            base_logits = model(**inputs).logits
-        with merged_adapter(model) as count:
-            assert count == len(layers) > 0
-            assert all(layer.merged for layer in layers)
-            merged_tokens, merged_logits = model.generate(**inputs, **kwargs), model(**inputs).logits
+    unmerged_tokens, unmerged_logits = _tokens_and_logits(model, tiny_model)
+    with model.disable_adapter():
+        base_logits = _tokens_and_logits(model, tiny_model)[1]
+    with merged_adapter(model) as count:
+        assert count == len(layers) > 0
+        assert all(layer.merged for layer in layers)
+        merged_tokens, merged_logits = _tokens_and_logits(model, tiny_model)
     assert not (unmerged_logits - base_logits).abs().max() < 1e-3  # the adapter changes the output
     torch.testing.assert_close(merged_logits, unmerged_logits, rtol=1e-4, atol=1e-4)
     assert torch.equal(merged_tokens, unmerged_tokens)
@@ -84,37 +82,21 @@ def test_merged_adapter_on_the_dequantized_4bit_model(tiny_model: Path) -> None:
     """The path evaluation takes: a bf16 4-bit model with the fused LoRA step installed, its base dequantized
     once, then the adapter folded in. Greedy tokens as PEFT's unmerged layers write them, logits within bf16
     rounding (W + s B A is rounded once more), and the fused step's cache let go with the 4-bit weights."""
-    from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
-
-    from saudial.config.settings import Settings
     from saudial.inference.dense import merged_adapter
     from saudial.model import fused_lora
-    from saudial.model.loading import quantization_config
-    from saudial.model.lora import lora_config
+    from tests.test_fused_lora import _layers, _peft_4bit
 
-    settings = Settings(lora_dropout=0.0)
-    base = AutoModelForCausalLM.from_pretrained(
-        tiny_model, quantization_config=quantization_config(settings, torch.bfloat16), dtype=torch.bfloat16
-    )
-    model = get_peft_model(base, lora_config(settings))
-    torch.manual_seed(0)
-    for name, param in model.named_parameters():
-        if "lora_" in name:
-            param.data = (torch.randn_like(param, dtype=torch.float32) * 0.1).to(torch.bfloat16)
+    model = _peft_4bit(tiny_model, "cpu")  # saudial's 4-bit and LoRA configs, bf16, lora_B non-zero
     assert fused_lora.fuse(model) > 0
     ids = torch.randint(3, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
     model(input_ids=ids)  # the fused step runs and caches its scales
-    layers = [m for m in model.modules() if isinstance(m, LoraLinear4bit)]
+    layers = _layers(model)
     assert all(hasattr(layer, "_saudial_scales") for layer in layers)
     dequantize_base_weights(model.eval())
     assert not any(hasattr(layer, "_saudial_scales") for layer in layers)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    inputs = tokenizer(["### Instruction:\nTranslate", "Najdi"], return_tensors="pt", padding=True)
-    kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
-    with torch.inference_mode():
-        unmerged_tokens, unmerged_logits = model.generate(**inputs, **kwargs), model(**inputs).logits.float()
-        with merged_adapter(model) as count:
-            assert count == len(layers)
-            merged_tokens, merged_logits = model.generate(**inputs, **kwargs), model(**inputs).logits.float()
+    unmerged_tokens, unmerged_logits = _tokens_and_logits(model, tiny_model)
+    with merged_adapter(model) as count:
+        assert count == len(layers)
+        merged_tokens, merged_logits = _tokens_and_logits(model, tiny_model)
     assert torch.equal(merged_tokens, unmerged_tokens)
-    torch.testing.assert_close(merged_logits, unmerged_logits, rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(merged_logits.float(), unmerged_logits.float(), rtol=3e-2, atol=3e-2)

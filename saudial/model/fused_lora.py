@@ -66,13 +66,8 @@ class _QLoRALinear(torch.autograd.Function):
         h = x2d @ lora_a.t()  # (tokens, r)
         out.addmm_(h, lora_b.t(), alpha=scaling)  # + s h B^T, added in the GEMM
         ctx.save_for_backward(x2d, h, lora_a, lora_b)
-        ctx.weight, ctx.quant_state, ctx.scales, ctx.scaling, ctx.x_shape = (
-            weight,
-            quant_state,
-            scales,
-            scaling,
-            x.shape,
-        )
+        ctx.weight, ctx.quant_state, ctx.scales = weight, quant_state, scales  # dequantized again backward
+        ctx.scaling, ctx.x_shape = scaling, x.shape
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod

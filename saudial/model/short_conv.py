@@ -38,17 +38,15 @@ class _MaskedCausalConv(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, keep = ctx.saved_tensors
         kernel, length = weight.shape[-1], grad.shape[-1]
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad * weight[:, kernel - 1, None]
-            for lag in range(1, min(kernel, length)):
-                kept = grad[..., lag:] * keep[lag - 1][..., lag:]
-                grad_x[..., :-lag].addcmul_(kept, weight[:, kernel - 1 - lag, None])
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.zeros_like(weight)
+        grad_x = grad * weight[:, kernel - 1, None] if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        if grad_w is not None:
             grad_w[:, kernel - 1] = (grad * x).sum((0, 2))
-            for lag in range(1, min(kernel, length)):
-                kept = grad[..., lag:] * keep[lag - 1][..., lag:]
+        for lag in range(1, min(kernel, length)):
+            kept = grad[..., lag:] * keep[lag - 1][..., lag:]
+            if grad_x is not None:
+                grad_x[..., :-lag].addcmul_(kept, weight[:, kernel - 1 - lag, None])
+            if grad_w is not None:
                 grad_w[:, kernel - 1 - lag] = (kept * x[..., :-lag]).sum((0, 2))
         return grad_x, grad_w, None
 
