@@ -104,6 +104,7 @@ def _bad(path: Path, content: bytes) -> Path:
         ("typo", "did you mean SAUDIAL_NUM_TRAIN_EPOCHS"),
         ("wrong-type", "unsupported data file type '.txt'"),
         ("4bit-on-cpu", "SAUDIAL_QUANTIZATION=none"),
+        ("unknown-optimizer", "SAUDIAL_OPTIM='adamw_bogus' is not an optimizer transformers knows"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_line(
@@ -140,6 +141,8 @@ def test_bad_input_exits_2_with_one_clear_line(
         data = _bad(tmp_path / "data.txt", b"hello")
     elif case == "4bit-on-cpu":
         extra = {"SAUDIAL_QUANTIZATION": "4bit"}
+    elif case == "unknown-optimizer":
+        extra = {"SAUDIAL_OPTIM": "adamw_bogus"}
     out = tmp_path / "out"
     result = run_entry(base_env(tiny_model, data, out, **extra))
     assert result.returncode == 2, result.stderr[-2000:]

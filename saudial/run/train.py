@@ -25,7 +25,7 @@ from saudial.run.checkpoints import PREFIX, TRAINING_ARGS, CheckpointCallback, C
 from saudial.run.meter import ThroughputMeter
 from saudial.run.outputs import ResumePlan, prepare_output_dir
 from saudial.run.signals import StopOnSignal
-from saudial.run.trainer import build_trainer, count_parameters
+from saudial.run.trainer import build_trainer, check_optimizer, count_parameters
 
 if TYPE_CHECKING:
     from saudial.config.settings import Settings
@@ -59,6 +59,7 @@ def train(
     earlier start trained this run already, trains nothing and returns what is left to do (`Trained.stage`).
     `store`: where else checkpoints go and come from (the Hub, with hub_strategy=checkpoint).
     """
+    check_optimizer(settings)
     clock = time.perf_counter()
     timings: dict[str, float] = {}
     revision: str | None = None  # the base model's commit, pinned when the run starts (model/loading.py)

@@ -18,9 +18,11 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 from transformers.trainer_callback import ProgressCallback
+from transformers.training_args import OptimizerNames
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from saudial.errors import ConfigError
 from saudial.model import fused_lora, patches, short_conv
 from saudial.model.lora import lora_config
 from saudial.run import distributed
@@ -65,6 +67,16 @@ def sft_fields(settings: Settings) -> dict[str, Any]:
             fields[name] = getattr(settings, name)
     fields["output_dir"] = str(fields["output_dir"])
     return fields
+
+
+def check_optimizer(settings: Settings) -> None:
+    """SAUDIAL_OPTIM names one of transformers' optimizers (its own list), checked before anything loads:
+    transformers would refuse it only when the trainer is built, after the data and the model."""
+    if settings.optim not in {name.value for name in OptimizerNames}:
+        raise ConfigError(
+            f"SAUDIAL_OPTIM={settings.optim!r} is not an optimizer transformers knows: set one of its "
+            "OptimizerNames, e.g. adamw_torch_fused (the default) or adamw_torch, or unset it"
+        )
 
 
 def sft_config(settings: Settings, dtype: torch.dtype) -> SFTConfig:
