@@ -115,6 +115,8 @@ def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
         ("levers: defaults, foreach AdamW, again", foreach, steps or 40),
         ("levers: defaults, 2 data loader workers, again", workers, steps or 40),
         ("levers: defaults, bs 128", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "128"}, steps or 20),
+        # The bench logs every step (its fixed settings); the default is every 10th, and a log reads the GPU.
+        ("levers: defaults, logging every 10 steps (the default)", {"SAUDIAL_LOGGING_STEPS": "10"}, steps or 40),
         ("levers: defaults, GC on (8 GiB GPUs)", {"SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 30),
     ]  # fmt: skip
 
@@ -492,7 +494,15 @@ def profile_config(name: str, extra: dict[str, str], data: Path, model: Path, wo
     log = work / "logs" / f"profile-{slug}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     trace = work / "profile" / f"{slug}-trace.json"  # the GPU's idle gaps come from it (bench/gaps.py)
-    command = [sys.executable, str(REPO / "bench" / "profile_step.py"), str(report), "--trace", str(trace)]
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "profile_step.py"),
+        str(report),
+        "--trace",
+        str(trace),
+        "--syncs",
+        "3",
+    ]
     code, wall = sh(command, env, log, timeout=400)
     summary = report.read_text().splitlines()[1] if code == 0 and report.exists() else log.read_text()[-1500:]
     print(f"  profile {name}: exit {code}, wall {wall:.1f}s: {summary}", flush=True)

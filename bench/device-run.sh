@@ -36,8 +36,22 @@
 #                                 the step profile with the GPU's idle gaps
 #   bash bench/device-run.sh O    one GPU: the defaults against two data loader workers, three times in turns;
 #                                 the whole run; the step profiles with their idle gaps
-# M and N compare with a copy of the tree that has the change under test taken out: before.patch, written
-# here by `git diff BASE -- saudial > before.patch` (BASE: the commit to compare with; 9608377 on 2026-11-30;
+#   bash bench/device-run.sh P    one GPU: this tree against the one before (before.patch), three times in turns;
+#                                 the step profiles of both with their host-device syncs and idle gaps; the
+#                                 whole run with and without evaluation; the GPU tests with what time is left
+#   bash bench/device-run.sh Q    one GPU: the GPU tests (and tests/test_sync_free.py on the GPU); this tree
+#                                 against the one before, twice in turns; logging every 10 steps; the profile
+#   bash bench/device-run.sh R    one GPU: the seed as written, Unsloth, the whole run with and without
+#                                 evaluation, the defaults and logging every 10 steps (the bench's ratios)
+#   bash bench/device-run.sh S    a 2-GPU machine: GPU 1 the sync-free trainer's tests, then the GPU tests; GPU 0
+#                                 this tree and the one before, the step profile, the whole run with and
+#                                 without evaluation, logging every 10 steps
+# Every pytest under `timeout` gets SIGKILL 10 s after SIGTERM (-k 10): a test that trains in-process has
+# saudial's SIGTERM handler installed (a graceful stop), which took timeout's SIGTERM in call Q (2026-11-30),
+# so the GPU tests ran on past their limit and the call ran out before the bench.
+# M, N, P and Q compare with a copy of the tree that has the change under test taken out: before.patch, written
+# here by `git diff BASE -- saudial > before.patch` (BASE: the commit to compare with; 9608377 for M and N,
+ada56ee for P and Q;
 # untracked, not committed; it travels with the tree, and the GPU machine's copy has no git history).
 # Needs .gpuwheels/ and .unsloth-wheels/ (bash bench/gpu-wheels/fetch.sh) beside the checkout; OUT: results.
 set -uo pipefail
@@ -47,7 +61,7 @@ t0=$SECONDS; say() { echo "[$((SECONDS - t0))s] $*"; }
 if ! python3 -c 'import trl, sys; sys.exit(trl.__version__ != "1.16.0")' 2>/dev/null; then
     say "installing the project's wheels"; bash .gpuwheels/install.sh > "$OUT/install.log" 2>&1 || tail -5 "$OUT/install.log"
 fi
-if [[ "${1:-A}" == [ABEJN] ]] && [ ! -d /tmp/unsloth_site ]; then bash .unsloth-wheels/install.sh > "$OUT/install-unsloth.log" 2>&1 || true; fi
+if [[ "${1:-A}" == [ABEJNR] ]] && [ ! -d /tmp/unsloth_site ]; then bash .unsloth-wheels/install.sh > "$OUT/install-unsloth.log" 2>&1 || true; fi
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv > "$OUT/gpus.csv"; cat "$OUT/gpus.csv"
 python3 -c 'import torch, transformers, trl, peft, bitsandbytes as b; print("versions:", torch.__version__, transformers.__version__, trl.__version__, peft.__version__, b.__version__)'
 # The pieces the calls are made of: GPU tests on GPU 1 in the background (LIMIT s), then, if named, one bench
@@ -59,7 +73,7 @@ gpu_tests() {
     local limit=$1; after=${2:-}
     say "GPU tests on GPU 1 (background)${after:+, then the $after section there}"
     # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
-    (CUDA_VISIBLE_DEVICES=1 timeout "$limit" python3 -m pytest -m gpu -v -p no:cacheprovider $GPU_TESTS \
+    (CUDA_VISIBLE_DEVICES=1 timeout -k 10 "$limit" python3 -m pytest -m gpu -v -p no:cacheprovider $GPU_TESTS \
         > "$OUT/gpu-tests.log" 2>&1; echo "exit $?" >> "$OUT/gpu-tests.log"
      if [ -n "$after" ]; then
          CUDA_VISIBLE_DEVICES=1 timeout $((550 - SECONDS)) python3 bench/bench.py --out /tmp/gpu1 --work /tmp/bench-gpu1 \
@@ -207,7 +221,7 @@ M)
     merge_results "$OUT/results.json" /tmp/m-*/results.json
     rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
     # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
-    left=$((570 - SECONDS)); [ "$left" -gt 60 ] && { say "GPU tests"; CUDA_VISIBLE_DEVICES=0 timeout "$left" \
+    left=$((570 - SECONDS)); [ "$left" -gt 60 ] && { say "GPU tests"; CUDA_VISIBLE_DEVICES=0 timeout -k 10 "$left" \
         python3 -m pytest -m gpu -q -p no:cacheprovider $GPU_TESTS 2>&1 | tail -4; }
     ;;
 N)
@@ -251,6 +265,88 @@ O)
     for f in /tmp/o-prof/profile-*.txt; do head -22 "$f"; done > "$OUT/gaps.txt"; cp /tmp/o-prof/profile-*.txt "$OUT/"
     cat /tmp/o-*.log > "$OUT/out-o.log"
     merge_results "$OUT/results.json" /tmp/o-*/results.json
+    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    ;;
+P)
+    # One GPU, nothing beside it: this tree and the one before the change under test (before.patch), in turns;
+    # the step profiles of both (host-device syncs, idle gaps); the whole run; the GPU tests with what is left.
+    before_tree
+    for turn in 1 2 3; do
+        say "turn $turn: this tree, then before"
+        for tree in after before; do
+            (cd "$([ $tree = after ] && pwd || echo /tmp/before)" && CUDA_VISIBLE_DEVICES=0 OUT=/tmp \
+                bench "p-$tree-$turn" 70 3 --sections levers --only "levers: defaults" --skip "levers: defaults,")
+        done
+    done
+    for tree in after before; do
+        (cd "$([ $tree = after ] && pwd || echo /tmp/before)" && CUDA_VISIBLE_DEVICES=0 OUT=/tmp \
+            bench "p-prof-$tree" 100 3 --sections profile --only "profile: defaults")
+        head -40 "/tmp/p-prof-$tree/profile-defaults.txt" > "$OUT/profile-$tree.txt" 2>/dev/null
+    done
+    head -45 "$OUT"/profile-*.txt
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench p-w 120 4 --sections wholerun
+    cat /tmp/p-*.log > "$OUT/out-p.log"
+    merge_results "$OUT/results.json" /tmp/p-*/results.json
+    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
+    left=$((575 - SECONDS)); [ "$left" -gt 60 ] && { say "GPU tests"; CUDA_VISIBLE_DEVICES=0 timeout -k 10 "$left" \
+        python3 -m pytest -m gpu -q -p no:cacheprovider $GPU_TESTS 2>&1 | tail -4; }
+    ;;
+Q)
+    # One GPU, nothing beside it: the GPU tests first (the change under test runs there), then this tree and
+    # the one before (before.patch) in turns, logging every 10 steps, and this tree's step profile.
+    before_tree
+    say "GPU tests, and the sync-free trainer's tests on the GPU"
+    # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
+    timeout -k 10 270 python3 -m pytest -q -p no:cacheprovider $GPU_TESTS tests/test_sync_free.py \
+        > "$OUT/gpu-tests.log" 2>&1; tail -4 "$OUT/gpu-tests.log"
+    for turn in 1 2; do
+        say "turn $turn: this tree, then before"
+        for tree in after before; do
+            (cd "$([ $tree = after ] && pwd || echo /tmp/before)" && CUDA_VISIBLE_DEVICES=0 OUT=/tmp \
+                bench "q-$tree-$turn" 60 3 --sections levers --only "levers: defaults" --skip "levers: defaults,")
+        done
+    done
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench q-log10 60 3 --sections levers --only "levers: defaults, logging every 10"
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench q-prof 100 3 --sections profile --only "profile: defaults"
+    head -45 /tmp/q-prof/profile-defaults.txt > "$OUT/profile-after.txt" 2>/dev/null; cat "$OUT/profile-after.txt"
+    cat /tmp/q-*.log > "$OUT/out-q.log"
+    merge_results "$OUT/results.json" /tmp/q-*/results.json
+    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    ;;
+S)
+    # A 2-GPU machine: GPU 1 the sync-free trainer's tests on CUDA, then the GPU tests (in the background); GPU 0
+    # this tree and the one before (before.patch), this tree's step profile, the whole run with and without
+    # evaluation, logging every 10 steps.
+    before_tree
+    say "GPU 1: tests/test_sync_free.py, then the GPU tests (background)"
+    # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
+    (CUDA_VISIBLE_DEVICES=1 timeout -k 10 90 python3 -m pytest -q -p no:cacheprovider tests/test_sync_free.py \
+        > "$OUT/gpu-tests.log" 2>&1; echo "exit $?" >> "$OUT/gpu-tests.log"
+     CUDA_VISIBLE_DEVICES=1 timeout -k 10 $((420 - SECONDS)) python3 -m pytest -m gpu -v -p no:cacheprovider $GPU_TESTS \
+        >> "$OUT/gpu-tests.log" 2>&1; echo "exit $?" >> "$OUT/gpu-tests.log") &
+    tests=$!
+    for tree in after before; do
+        (cd "$([ $tree = after ] && pwd || echo /tmp/before)" && CUDA_VISIBLE_DEVICES=0 OUT=/tmp \
+            bench "s-$tree" 60 3 --sections levers --only "levers: defaults" --skip "levers: defaults,")
+    done
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench s-prof 80 3 --sections profile --only "profile: defaults"
+    head -45 /tmp/s-prof/profile-defaults.txt > "$OUT/profile-after.txt" 2>/dev/null; head -30 "$OUT/profile-after.txt"
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench s-whole 90 4 --sections wholerun
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench s-log10 50 3 --sections levers --only "levers: defaults, logging every 10"
+    wait "$tests"; say "GPU 1 tests:"; grep -E "PASSED|FAILED|ERROR|passed|failed|exit" "$OUT/gpu-tests.log" | tail -24
+    cat /tmp/s-*.log > "$OUT/out-s.log"
+    merge_results "$OUT/results.json" /tmp/s-*/results.json
+    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    ;;
+R)
+    # One GPU, nothing beside it: the bench's ratios (the seed as written, Unsloth, the whole run) in one call,
+    # the defaults and logging every 10 steps (the default), the whole run with evaluation.
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench r-peers 330 12 --sections configs,wholerun,unsloth --only "seed as written (bs 1x8)"
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench r-levers 100 4 --sections levers --only "levers: defaults" \
+        --skip "levers: defaults, again;levers: defaults, foreach;levers: defaults, 2 data;levers: defaults, bs;levers: defaults, GC"
+    cat /tmp/r-*.log > "$OUT/out-r.log"
+    merge_results "$OUT/results.json" /tmp/r-*/results.json
     rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
     ;;
 esac

@@ -6,13 +6,19 @@ Settings come from the environment exactly as for entrypoint.py (SAUDIAL_*), and
 `saudial.run.trainer.build_trainer` makes. It prints, per step: wall time, GPU busy time (sum of kernel times),
 kernel launches and CPU-side operator calls, then the top kernels and the top CPU operators. A step whose
 wall time is far above its GPU busy time is bound by the host (Python, dispatch, launches), not the GPU.
+With `--syncs N`, the N steps before the profiled ones run under torch's sync debug mode and the report
+lists each place that made the host wait for the GPU (`.item()`, a blocking copy, a boolean index), per step.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import os
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +66,68 @@ class StepProfiler(TrainerCallback):
             control.should_training_stop = True
 
 
+class SyncCounter(TrainerCallback):
+    """Count the host-device synchronizations of steps (start, start + count], by the code that made them.
+
+    Each window step runs from the end of the previous step to its own end, so it holds one batch fetch.
+    """
+
+    def __init__(self, start: int, count: int) -> None:
+        self.start, self.count = start, count
+        self.sites: collections.Counter[str] = collections.Counter()
+        self._show: Any = None
+
+    def _record(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        if "synchronizing CUDA operation" not in str(message):
+            self._show(message, *args, **kwargs)
+            return
+        frames = [
+            f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename and "warnings" not in f.filename
+        ]
+        where = [f"{_short(f.filename)}:{f.lineno} {f.name}" for f in frames[-2:]]
+        self.sites[" <- ".join(reversed(where))] += 1
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.start:
+            self._show, warnings.showwarning = warnings.showwarning, self._record
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        elif state.global_step == self.start + self.count and self._show is not None:
+            torch.cuda.set_sync_debug_mode("default")
+            warnings.showwarning = self._show
+
+    def report(self) -> str:
+        total = sum(self.sites.values())
+        lines = [
+            f"host-device syncs per step: {total / self.count:.1f} (steps {self.start + 1}-{self.start + self.count})"
+        ]
+        lines += [f"  {n / self.count:5.1f}  {site}" for site, n in self.sites.most_common()]
+        return "\n".join(lines) + "\n"
+
+
+SKIPPED_FRAMES = (os.path.dirname(torch.__file__), warnings.__file__)  # where a sync is reported, not made
+
+
+def _short(path: str) -> str:
+    """A library's file from its package folder on, one of ours from the repository's folder on."""
+    for packages in ("site-packages/", "dist-packages/"):
+        if packages in path:
+            return path.split(packages, 1)[1]
+    for marker in ("/saudial/", "/bench/"):
+        if marker in path:
+            return marker[1:] + path.split(marker, 1)[1]
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=8, help="steps before profiling (compile warm-up included)")
     parser.add_argument("--trace", type=Path, help="also write the Chrome trace here and report the GPU's idle gaps")
+    parser.add_argument("--syncs", type=int, default=0, help="count the host-device syncs of this many steps first")
     args = parser.parse_args()
+    assert args.syncs < args.warmup, "the sync-counted steps come before the profiled ones: --syncs < --warmup"
 
     settings = Settings()
     assert settings.data is not None, "set SAUDIAL_DATA"
@@ -84,6 +145,9 @@ def main() -> None:
     )
     profiler = StepProfiler(args.warmup, args.steps)
     trainer.add_callback(profiler)
+    counter = SyncCounter(args.warmup - args.syncs, args.syncs) if args.syncs and torch.cuda.is_available() else None
+    if counter is not None:
+        trainer.add_callback(counter)
     trainer.train()
 
     events = profiler.prof.key_averages()
@@ -103,8 +167,10 @@ def main() -> None:
 
         profiler.prof.export_chrome_trace(str(args.trace))
         idle = "\n" + gaps(args.trace, n)
+    syncs = "\n" + counter.report() if counter is not None else ""
     text = (
         head
+        + syncs
         + idle
         + "\ntop GPU kernels\n"
         + events.table(sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=70)
@@ -120,7 +186,7 @@ def main() -> None:
         text += "\ncache counters\n" + "\n".join(f"{k}: {dict(v)}" for k, v in counters.items() if v)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    print(head, flush=True)
+    print(head + syncs, flush=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_BUG = 1  # an unexpected exception: a bug in saudial; --debug / SAUDIAL_DEBUG=1 prints its traceback
 EXIT_CONFIG = 2  # bad settings or data: fix the input, retrying will not help
-EXIT_TRAINING = 3  # out of memory (training, evaluation, generation, merge): change settings or hardware
+EXIT_TRAINING = 3  # out of memory (training, evaluation, generation, merge), or a diverged loss: change settings
 EXIT_PUSH = 4  # the upload to the Hub failed; the adapter is safe on disk, `push` retries it
 EXIT_IO = 74  # EX_IOERR: disk full, read-only or not writable output, an I/O error of the device
 EXIT_INTERRUPTED = 75  # stopped by SIGTERM/SIGINT after saving its state: restart to resume (EX_TEMPFAIL)
@@ -43,7 +43,8 @@ class DataError(SaudialError):
 
 
 class TrainingError(SaudialError):
-    """Training, evaluation or merging failed for a reason the user can address (memory, hardware)."""
+    """Training, evaluation or merging failed for a reason the user can address (memory, hardware, a loss that
+    became NaN or infinite)."""
 
     exit_code = EXIT_TRAINING
 

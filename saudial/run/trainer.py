@@ -27,6 +27,7 @@ from saudial.model import fused_lora, patches, short_conv
 from saudial.model.lora import lora_config
 from saudial.run import distributed
 from saudial.run.steplines import StepLines
+from saudial.run.sync_free import CountingCollator, SyncFreeSFTTrainer
 
 if TYPE_CHECKING:
     from saudial.config.settings import Settings
@@ -96,18 +97,25 @@ def sft_config(settings: Settings, dtype: torch.dtype) -> SFTConfig:
         save_total_limit=None,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient every step
         eval_strategy="no",
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="non_padding",  # counted on the host by CountingCollator (run/sync_free.py)
+        # No host-device sync per step (run/sync_free.py): batches copied to the GPU without blocking, from
+        # pinned memory; and the loss not checked for NaN/inf in every step (SyncFreeSFTTrainer.log stops a
+        # run whose logged loss is not finite, where upstream would log the earlier losses' mean instead).
+        accelerator_config={"non_blocking": torch.cuda.is_available()},  # with pinned memory (upstream's default)
+        logging_nan_inf_filter=False,
         # Workers kept across epochs: each new epoch would otherwise fork them again.
         dataloader_persistent_workers=settings.dataloader_num_workers > 0,
         disable_tqdm=False,
     )
 
 
-def padding_free_collator(pad_token_id: int, pad_to_multiple_of: int | None) -> DataCollatorForLanguageModeling:
-    """TRL's own collator, flattening each micro-batch into one row with position_ids and seq_idx."""
-    return DataCollatorForLanguageModeling(
-        pad_token_id=pad_token_id, padding_free=True, pad_to_multiple_of=pad_to_multiple_of
-    )
+def padding_free_collator(
+    pad_token_id: int, pad_to_multiple_of: int | None, count_tokens: bool = False
+) -> DataCollatorForLanguageModeling:
+    """TRL's own collator, flattening each micro-batch into one row with position_ids and seq_idx; with
+    `count_tokens`, also the batch's non-pad token count for SyncFreeSFTTrainer (not a model input)."""
+    kind = CountingCollator if count_tokens else DataCollatorForLanguageModeling
+    return kind(pad_token_id=pad_token_id, padding_free=True, pad_to_multiple_of=pad_to_multiple_of)
 
 
 def build_trainer(
@@ -121,8 +129,8 @@ def build_trainer(
     """TRL's SFTTrainer with the LoRA adapter on `model`, set up for speed as configured (model/patches.py)."""
     collator = None
     if settings.padding_free:  # one flat row per micro-batch, no compute on padding
-        collator = padding_free_collator(tokenizer.pad_token_id, settings.pad_to_multiple_of)
-    trainer = SFTTrainer(
+        collator = padding_free_collator(tokenizer.pad_token_id, settings.pad_to_multiple_of, count_tokens=True)
+    trainer = SyncFreeSFTTrainer(
         model=model,
         args=sft_config(settings, dtype),
         data_collator=collator,

@@ -1,0 +1,148 @@
+"""TRL's SFTTrainer without reading GPU values on the host in every step.
+
+The host queues a training step's kernels ahead of the GPU; the GPU waits only where the host falls behind.
+Every read of a GPU value on the host (`.item()`, `bool(tensor)`, a blocking copy, a boolean index) empties
+that queue, and the GPU then idles until the host has launched the next kernels. Upstream (transformers 5.23,
+TRL 1.16), every step reads the GPU 22 times (bench/profile_step.py --syncs):
+
+1. at its start: accelerate copies the batch to the GPU with blocking copies (`non_blocking=False`);
+2. in the forward: TRL's fused LM head picks the completion tokens with boolean indexes (again backward);
+3. after the forward: TRL's `compute_loss` reads its logging metrics (entropy, token accuracy, tokens);
+4. after the backward: the Trainer reads the non-pad token count (`include_num_input_tokens_seen`) and
+   checks the loss for NaN/inf (`logging_nan_inf_filter`).
+
+Here 1 is accelerate's own `non_blocking` from pinned memory, and the NaN check is off (both set in
+run/trainer.sft_config); 2 is model/lm_head.py, on the positions this module's collator finds on the CPU. The
+metrics of 3 stay on the GPU and are read once per logged step, where the Trainer reads the loss anyway: the
+same values reach the same logs. The collator counts each batch's non-pad tokens on the host, as upstream
+counts them (`input_ids != pad_token_id`). With the NaN filter off, a NaN or infinite loss is logged as it is
+(upstream logs the mean of the earlier losses in its place), and `log` stops the run there with a
+`TrainingError` (exit 3), before a diverged adapter can be saved. tests/test_sync_free.py checks the loss, the
+logged metrics and the token count against TRL's own trainer, and that the overridden Trainer method is still
+called.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from trl import SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from saudial.errors import TrainingError
+from saudial.model import lm_head
+
+NON_PAD_TOKENS = "saudial_non_pad_tokens"  # the collator's count; taken out of the batch before the model
+
+
+class CountingCollator(DataCollatorForLanguageModeling):
+    """TRL's collator, also counting the batch's non-pad tokens on the host (upstream counts them on the GPU) and,
+    for padding-free rows, giving the positions to score (model/lm_head.py)."""
+
+    def torch_call(self, examples: list[Any]) -> dict[str, Any]:
+        batch = super().torch_call(examples)
+        batch[NON_PAD_TOKENS] = int((batch["input_ids"] != self.pad_token_id).sum())
+        if self.padding_free:
+            batch[lm_head.POSITIONS], batch[lm_head.TARGETS] = lm_head.label_positions(batch["labels"])
+        return batch
+
+
+class SyncFreeSFTTrainer(SFTTrainer):
+    """SFTTrainer whose training step reads nothing back from the GPU (see the module's docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        model: Any = self.model
+        self.compact_head = lm_head.install(model.get_base_model() if hasattr(model, "get_base_model") else model)
+        self._host_tokens: int | None = None  # the current batch's non-pad tokens, from CountingCollator
+        self.host_counted_batches = 0  # batches counted on the host (tests: the override is still called)
+        self._pending: list[torch.Tensor] = []  # per step [entropy, mean token accuracy], on the GPU
+        self._pending_tokens: list[torch.Tensor] = []  # per step tokens (TRL's num_tokens) when not known on host
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        self._host_tokens = inputs.pop(NON_PAD_TOKENS, None)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
+        # Upstream: `(input_ids != pad).sum()` on the GPU, gathered over ranks, read with `.item()`.
+        one_process = self.accelerator.num_processes == 1
+        if self._host_tokens is None or not one_process or self.args.include_num_input_tokens_seen != "non_padding":
+            super()._track_num_input_tokens(inputs)
+            return
+        self.state.num_input_tokens_seen += self._host_tokens
+        self.host_counted_batches += 1
+
+    def _plain_loss(self) -> bool:
+        """Whether TRL's compute_loss would take its plain path: the fused LM head's mean token NLL."""
+        sequence_parallel = getattr(self.accelerator, "parallelism_config", None)
+        return (
+            self.model is not None
+            and self.model.training
+            and self.compute_loss_func is None
+            and self.label_smoother is None
+            and getattr(self.args, "loss_type", None) == "nll"  # SFTConfig's field
+            and not self.aux_loss_enabled
+            and not (sequence_parallel is not None and getattr(sequence_parallel, "sp_enabled", False))
+        )
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        inputs.pop(NON_PAD_TOKENS, None)  # evaluation batches come from the same collator
+        positions, targets = inputs.pop(lm_head.POSITIONS, None), inputs.pop(lm_head.TARGETS, None)
+        if return_outputs or not self._plain_loss():
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # TRL's plain path: the mean NLL of the labelled tokens, and its metrics (tests/test_sync_free.py).
+        inputs["use_cache"] = False
+        if positions is not None and self.compact_head:  # model/lm_head.py: the labelled positions only
+            outputs = model(**inputs, **{lm_head.POSITIONS: positions, lm_head.TARGETS: targets})
+            valid = torch.full((), positions.numel(), device=positions.device)  # a shape: known on the host
+        else:
+            outputs = model(**inputs, fused_lm_head=True)
+            valid = outputs.label_mask.sum()
+        per_token_loss = -outputs.log_probs  # zero on ignored positions (TRL's head)
+        num_tokens = valid if num_items_in_batch is None else num_items_in_batch
+        loss = per_token_loss.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        # TRL's metrics, kept on the GPU until the step is logged.
+        gather = self.accelerator.gather_for_metrics
+        num_valid = gather(valid).sum()
+        entropy = gather(outputs.entropy.detach().sum()).sum() / num_valid
+        accuracy = gather(outputs.is_top1.sum()).sum() / num_valid
+        self._pending.append(torch.where(num_valid > 0, torch.stack([entropy.float(), accuracy.float()]), 0.0))
+        if "attention_mask" not in inputs and "position_ids" in inputs and self.accelerator.num_processes == 1:
+            self._total_train_tokens += inputs["position_ids"].size(1) // self._tp_size  # a shape: on the host
+        else:
+            counted = inputs["attention_mask"].sum() if "attention_mask" in inputs else inputs["position_ids"].numel()
+            self._pending_tokens.append(gather(torch.as_tensor(counted, device=loss.device)).sum())
+        return loss
+
+    def _flush_metrics(self) -> None:
+        """The pending metrics into TRL's lists (one read of the GPU), as its compute_loss appends them."""
+        metrics = self._metrics["train"]
+        if self._pending:
+            for entropy, accuracy in torch.stack(self._pending).tolist():
+                metrics["entropy"].append(entropy)
+                metrics["mean_token_accuracy"].append(accuracy)
+            metrics["num_tokens"] = [self._total_train_tokens]
+        if self._pending_tokens:
+            self._total_train_tokens += int(torch.stack(self._pending_tokens).sum()) // self._tp_size
+            metrics["num_tokens"] = [self._total_train_tokens]
+        self._pending.clear()
+        self._pending_tokens.clear()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._flush_metrics()
+        loss = logs.get("loss", logs.get("train_loss"))  # a logged step; the end of training
+        if isinstance(loss, float) and not math.isfinite(loss):
+            error = TrainingError(
+                f"the training loss became {loss} by step {self.state.global_step} "
+                f"(learning_rate {self.args.learning_rate:g}): training diverged and its adapter was not saved; "
+                "lower SAUDIAL_LEARNING_RATE or SAUDIAL_MAX_GRAD_NORM, or check that the model's weights are finite"
+            )
+            error.shared = True  # every rank logs the same gathered loss
+            raise error
+        super().log(logs, start_time)

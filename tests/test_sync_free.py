@@ -1,0 +1,156 @@
+"""run/sync_free.py: the trainer without a GPU read per step learns and logs exactly what TRL's trainer does,
+and a run whose loss turns NaN stops with exit 3 before saving anything over the previous adapter.
+
+Whether a step really reads the GPU less is a property of a CUDA run: `bench/profile_step.py --syncs` counts
+the reads per step on the GPU machine (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from trl import SFTTrainer
+from trl.trainer.utils import add_fused_lm_head
+
+from saudial.config.settings import Settings
+from saudial.data.examples import to_prompt_completion
+from saudial.data.workbook import load
+from saudial.errors import EXIT_TRAINING
+from saudial.model import lm_head, short_conv
+from saudial.model.loading import load_model, load_tokenizer
+from saudial.model.lora import lora_config
+from saudial.run.sync_free import NON_PAD_TOKENS, SyncFreeSFTTrainer
+from saudial.run.trainer import padding_free_collator, sft_config
+from tests.adapter_run import copy_run, trained_adapter
+from tests.conftest import base_env
+from tests.test_faults import error_line, run, tree
+
+STEPS = 3
+TIMINGS = {"train_runtime", "train_tokens_per_second", "train_samples_per_second", "train_steps_per_second"}
+
+
+def _train(kind: type[SFTTrainer], tiny_model: Path, workbook: Path, out: Path) -> tuple[Any, list[dict[str, Any]]]:
+    settings = Settings(
+        data=workbook,
+        model_name_or_path=str(tiny_model),
+        quantization="none",
+        output_dir=out,
+        max_steps=STEPS,
+        logging_steps=1,
+        per_device_train_batch_size=4,
+        report_to="none",
+    )
+    tokenizer = load_tokenizer(settings)
+    short_conv.install_boundary_aware_conv()  # padding-free rows, as build_trainer runs them
+    torch.manual_seed(0)
+    trainer = kind(
+        model=load_model(settings),
+        args=sft_config(settings, torch.float32),
+        data_collator=padding_free_collator(tokenizer.pad_token_id, 64, count_tokens=True),
+        train_dataset=to_prompt_completion(load(workbook).rows.head(24)),
+        processing_class=tokenizer,
+        peft_config=lora_config(settings),
+    )
+    trainer.train()
+    logs = [{k: v for k, v in entry.items() if k not in TIMINGS} for entry in trainer.state.log_history]
+    return trainer, logs
+
+
+def test_same_losses_metrics_and_token_counts_as_trls_trainer(tiny_model: Path, workbook: Path, tmp_path: Path) -> None:
+    """Every logged value equal (loss, grad norm, entropy, token accuracy, TRL's num_tokens, the non-pad tokens
+    seen), and the tokens counted on the host: the Trainer still calls the overridden `_track_num_input_tokens`.
+    The losses agree to float32 rounding: the compact head sums the labelled tokens alone, TRL's head (on the CPU)
+    the whole row with zeros between them."""
+    upstream, expected = _train(SFTTrainer, tiny_model, workbook, tmp_path / "trl")
+    ours, logs = _train(SyncFreeSFTTrainer, tiny_model, workbook, tmp_path / "ours")
+    assert ours.compact_head
+    assert [sorted(e) for e in logs] == [sorted(e) for e in expected]
+    for mine, theirs in zip(logs, expected, strict=True):
+        assert mine == pytest.approx(theirs, rel=1e-5, abs=1e-7)
+        assert {k: v for k, v in mine.items() if isinstance(v, int)} == {
+            k: v for k, v in theirs.items() if isinstance(v, int)
+        }
+    logged = ["entropy", "epoch", "grad_norm", "learning_rate", "loss", "mean_token_accuracy"]
+    assert [sorted(e) for e in logs[:STEPS]] == [[*logged, "num_input_tokens_seen", "num_tokens", "step"]] * STEPS
+    assert ours.state.num_input_tokens_seen == upstream.state.num_input_tokens_seen > 0
+    assert ours.host_counted_batches == STEPS, "transformers no longer calls _track_num_input_tokens"
+
+
+def test_the_compact_head_scores_what_trls_head_scores(tiny_model: Path) -> None:
+    """model/lm_head.py against TRL's fused head on the same padding-free batch: the same per-token log-probs,
+    entropies and top-1 flags at the labelled positions, and the same gradients into the model."""
+    settings = Settings(model_name_or_path=str(tiny_model), quantization="none")
+    tokenizer = load_tokenizer(settings)
+    short_conv.install_boundary_aware_conv()
+    torch.manual_seed(0)
+    model = load_model(settings)
+    add_fused_lm_head(model, outputs=lm_head.OUTPUTS)  # as SFTTrainer does
+    assert lm_head.install(model)
+    examples = [{"input_ids": list(range(5, 5 + n))} for n in (9, 4, 12)]
+    batch = padding_free_collator(tokenizer.pad_token_id, 64, count_tokens=True)(examples)
+    batch.pop(NON_PAD_TOKENS)
+    positions, targets = batch.pop(lm_head.POSITIONS), batch.pop(lm_head.TARGETS)
+    # Each example's first token and the row's padding are never predicted: 8 + 3 + 11 of 63 positions.
+    assert positions.numel() == int((batch["labels"][0, 1:] != -100).sum()) == 22
+    assert torch.equal(targets, batch["labels"][0, 1:][positions])
+
+    def run(**extra: Any) -> tuple[Any, list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(**batch, **extra)
+        values = out.log_probs if out.log_probs.dim() == 1 else out.log_probs[0, positions]
+        (values.sum() + out.entropy.sum()).backward()
+        return out, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    ours, our_grads = run(**{lm_head.POSITIONS: positions, lm_head.TARGETS: targets})
+    trl, trl_grads = run(fused_lm_head=True)
+    torch.testing.assert_close(ours.log_probs, trl.log_probs[0, positions])
+    torch.testing.assert_close(ours.entropy, trl.entropy[0, positions])
+    assert torch.equal(ours.is_top1, trl.is_top1[0, positions])
+    assert trl.log_probs[0][batch["labels"][0, 1:] == -100].abs().sum() == 0  # TRL's zeros elsewhere
+    assert len(our_grads) == len(trl_grads) > 0
+    for mine, theirs in zip(our_grads, trl_grads, strict=True):
+        torch.testing.assert_close(mine, theirs)
+    assert model(**batch).logits.shape[-1] == model.config.vocab_size  # without the positions: the model's forward
+
+
+def test_the_collator_counts_non_pad_tokens_as_upstream(tiny_model: Path) -> None:
+    tokenizer = load_tokenizer(Settings(model_name_or_path=str(tiny_model)))
+    examples = [{"input_ids": list(range(5, 5 + n))} for n in (7, 3, 11)]
+    batch = padding_free_collator(tokenizer.pad_token_id, 64, count_tokens=True)(examples)
+    assert batch["input_ids"].shape[1] == 64  # padded to the multiple
+    assert batch[NON_PAD_TOKENS] == int((batch["input_ids"] != tokenizer.pad_token_id).sum()) == 21
+    assert NON_PAD_TOKENS not in padding_free_collator(tokenizer.pad_token_id, 64)(examples)
+
+
+def _nan_model(tiny_model: Path, target: Path) -> Path:
+    """A copy of the tiny model whose final norm holds NaN: a damaged model file that still loads."""
+    shutil.copytree(tiny_model, target)
+    weights = load_file(target / "model.safetensors")
+    name = next(k for k in weights if k.endswith("norm.weight") and "layers" not in k)
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_the_run_with_exit_3_and_keeps_the_previous_adapter(
+    tiny_model: Path, workbook: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Upstream would log the earlier losses' mean in place of NaN and save a NaN adapter over the good one."""
+    out = copy_run(trained_adapter(tiny_model, workbook, tmp_path_factory), tmp_path / "out")
+    before = tree(out, skip="staging")
+    env = base_env(_nan_model(tiny_model, tmp_path / "nan-model"), workbook, out, SAUDIAL_EVAL="none")
+    env["SAUDIAL_OVERWRITE_OUTPUT_DIR"] = "true"
+    result = run(env)
+    assert result.returncode == EXIT_TRAINING, result.stderr[-3000:]
+    line = error_line(result.stderr)
+    assert "the training loss became nan by step 1" in line and "SAUDIAL_LEARNING_RATE" in line, line
+    assert "adapter was not saved" in line, line
+    assert tree(out, skip="staging") == before  # the previous run, byte for byte
+    assert json.loads((out / "run_manifest.json").read_text())["status"] == "finished"
