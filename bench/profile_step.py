@@ -81,9 +81,7 @@ class SyncCounter(TrainerCallback):
         if "synchronizing CUDA operation" not in str(message):
             self._show(message, *args, **kwargs)
             return
-        frames = [
-            f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename and "warnings" not in f.filename
-        ]
+        frames = [f for f in traceback.extract_stack()[:-1] if not f.filename.startswith(SKIPPED_FRAMES)]
         where = [f"{_short(f.filename)}:{f.lineno} {f.name}" for f in frames[-2:]]
         self.sites[" <- ".join(reversed(where))] += 1
 
@@ -105,7 +103,9 @@ class SyncCounter(TrainerCallback):
         return "\n".join(lines) + "\n"
 
 
-SKIPPED_FRAMES = (os.path.dirname(torch.__file__), warnings.__file__)  # where a sync is reported, not made
+# Where a sync is reported, not made: torch's own package and the warnings module. Matched as path prefixes: a
+# substring such as "/torch/" also drops every library frame of a Python installed under a folder of that name.
+SKIPPED_FRAMES = (os.path.dirname(torch.__file__) + os.sep, warnings.__file__)
 
 
 def _short(path: str) -> str:
