@@ -154,3 +154,18 @@ def test_a_nan_loss_stops_the_run_with_exit_3_and_keeps_the_previous_adapter(
     assert "adapter was not saved" in line, line
     assert tree(out, skip="staging") == before  # the previous run, byte for byte
     assert json.loads((out / "run_manifest.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_nan_loss_before_the_first_log_leaves_no_checkpoint_to_resume(
+    tiny_model: Path, workbook: Path, tmp_path: Path
+) -> None:
+    """Logging every 10 steps, 4 steps: the last step's checkpoint comes before the only log of the loss (the final
+    train_loss). Without the check at the checkpoint, staging kept a NaN checkpoint-4 that a restart resumed."""
+    out = tmp_path / "out"
+    env = base_env(_nan_model(tiny_model, tmp_path / "nan-model"), workbook, out, SAUDIAL_EVAL="none")
+    env["SAUDIAL_LOGGING_STEPS"] = "10"
+    result = run(env)
+    assert result.returncode == EXIT_TRAINING, result.stderr[-3000:]
+    assert "the training loss became nan by step 4" in error_line(result.stderr)
+    assert not list(out.rglob("checkpoint-*")), sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))

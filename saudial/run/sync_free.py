@@ -137,7 +137,19 @@ class SyncFreeSFTTrainer(SFTTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         self._flush_metrics()
         loss = logs.get("loss", logs.get("train_loss"))  # a logged step; the end of training
-        if isinstance(loss, float) and not math.isfinite(loss):
+        if isinstance(loss, float):
+            self._stop_if_diverged(loss)
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        # A checkpoint can come before the next log (the last step always saves; save_steps need not be a multiple
+        # of logging_steps): the losses summed since the last log are read here, once per checkpoint, so that no
+        # checkpoint of a diverged run is written for a restart to resume from. Gathered: every rank stops alike.
+        self._stop_if_diverged(float(self.accelerator.gather(self._tr_loss.detach()).sum()))
+        super()._save_checkpoint(model, trial)
+
+    def _stop_if_diverged(self, loss: float) -> None:
+        if not math.isfinite(loss):
             error = TrainingError(
                 f"the training loss became {loss} by step {self.state.global_step} "
                 f"(learning_rate {self.args.learning_rate:g}): training diverged and its adapter was not saved; "
@@ -145,4 +157,3 @@ class SyncFreeSFTTrainer(SFTTrainer):
             )
             error.shared = True  # every rank logs the same gathered loss
             raise error
-        super().log(logs, start_time)
