@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import datasets
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -33,9 +34,11 @@ from tests.test_faults import error_line, run, tree
 
 STEPS = 3
 TIMINGS = {"train_runtime", "train_tokens_per_second", "train_samples_per_second", "train_steps_per_second"}
+TIMINGS |= {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
 
 
 def _train(kind: type[SFTTrainer], tiny_model: Path, workbook: Path, out: Path) -> tuple[Any, list[dict[str, Any]]]:
+    """3 logged steps and an evaluation; what the model was called with is kept in `trainer.model_kwargs`."""
     settings = Settings(
         data=workbook,
         model_name_or_path=str(tiny_model),
@@ -49,24 +52,31 @@ def _train(kind: type[SFTTrainer], tiny_model: Path, workbook: Path, out: Path) 
     tokenizer = load_tokenizer(settings)
     short_conv.install_boundary_aware_conv()  # padding-free rows, as build_trainer runs them
     torch.manual_seed(0)
+    rows = to_prompt_completion(load(workbook).rows.head(32))
     trainer = kind(
         model=load_model(settings),
         args=sft_config(settings, torch.float32),
-        data_collator=padding_free_collator(tokenizer.pad_token_id, 64, count_tokens=True),
-        train_dataset=to_prompt_completion(load(workbook).rows.head(24)),
+        data_collator=padding_free_collator(tokenizer.pad_token_id, 64, count_tokens=kind is SyncFreeSFTTrainer),
+        train_dataset=rows.select(range(24)),
+        eval_dataset=rows.select(range(24, 32)),
         processing_class=tokenizer,
         peft_config=lora_config(settings),
     )
+    seen: set[tuple[bool, str]] = set()  # (training?, keyword) of every call of the model
+    trainer.model.register_forward_pre_hook(lambda m, a, kw: seen.update((m.training, k) for k in kw), with_kwargs=True)
+    trainer.model_kwargs = seen  # type: ignore[attr-defined]
     trainer.train()
+    trainer.evaluate()
     logs = [{k: v for k, v in entry.items() if k not in TIMINGS} for entry in trainer.state.log_history]
     return trainer, logs
 
 
 def test_same_losses_metrics_and_token_counts_as_trls_trainer(tiny_model: Path, workbook: Path, tmp_path: Path) -> None:
     """Every logged value equal (loss, grad norm, entropy, token accuracy, TRL's num_tokens, the non-pad tokens
-    seen), and the tokens counted on the host: the Trainer still calls the overridden `_track_num_input_tokens`.
-    The losses agree to float32 rounding: the compact head sums the labelled tokens alone, TRL's head (on the CPU)
-    the whole row with zeros between them."""
+    seen, the eval loss), and the tokens counted on the host: the Trainer still calls the overridden
+    `_track_num_input_tokens`. The losses agree to float32 rounding: the compact head sums the labelled tokens
+    alone, TRL's head (on the CPU) the whole row with zeros between them. The collator's extra keys reach the
+    model only as the compact head's positions, in training."""
     upstream, expected = _train(SFTTrainer, tiny_model, workbook, tmp_path / "trl")
     ours, logs = _train(SyncFreeSFTTrainer, tiny_model, workbook, tmp_path / "ours")
     assert ours.compact_head
@@ -78,8 +88,46 @@ def test_same_losses_metrics_and_token_counts_as_trls_trainer(tiny_model: Path, 
         }
     logged = ["entropy", "epoch", "grad_norm", "learning_rate", "loss", "mean_token_accuracy"]
     assert [sorted(e) for e in logs[:STEPS]] == [[*logged, "num_input_tokens_seen", "num_tokens", "step"]] * STEPS
+    assert "eval_loss" in logs[-1] and "eval_mean_token_accuracy" in logs[-1]
     assert ours.state.num_input_tokens_seen == upstream.state.num_input_tokens_seen > 0
     assert ours.host_counted_batches == STEPS, "transformers no longer calls _track_num_input_tokens"
+    ours_only = {(training, k) for training, k in ours.model_kwargs if k.startswith("saudial_")}
+    assert ours_only == {(True, lm_head.POSITIONS), (True, lm_head.TARGETS)}
+    assert not any(k.startswith("saudial_") for _, k in upstream.model_kwargs)
+
+
+def test_accuracy_and_entropy_on_tokens_the_model_predicts(tiny_model: Path, tmp_path: Path) -> None:
+    """Sequences the model itself generated greedily, so most labels are its top-1 token: the token accuracy is
+    far from 0 and must equal TRL's, as must the entropy (the tiny model's accuracy on the workbook is 0)."""
+    settings = Settings(model_name_or_path=str(tiny_model), quantization="none", output_dir=tmp_path, report_to="none")
+    tokenizer = load_tokenizer(settings)
+    short_conv.install_boundary_aware_conv()
+    generator = load_model(settings)
+    prompts = torch.tensor([[5 + i, 9, 13 + i, 20] for i in range(4)])
+    greedy = generator.generate(prompts, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    examples = datasets.Dataset.from_list([{"input_ids": row.tolist()} for row in greedy])
+    metrics = []
+    for kind in (SFTTrainer, SyncFreeSFTTrainer):
+        torch.manual_seed(0)
+        trainer = kind(
+            model=load_model(settings),
+            args=sft_config(settings, torch.float32),
+            data_collator=padding_free_collator(tokenizer.pad_token_id, 64, count_tokens=kind is SyncFreeSFTTrainer),
+            train_dataset=examples,
+            processing_class=tokenizer,
+            peft_config=lora_config(settings),
+        )
+        assert trainer.model is not None
+        trainer.model.train()
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer.compute_loss(trainer.model, batch)
+        if isinstance(trainer, SyncFreeSFTTrainer):
+            trainer._flush_metrics()
+        logged = trainer._metrics["train"]
+        metrics.append({k: logged[k][0] for k in ("entropy", "mean_token_accuracy", "num_tokens")})
+    theirs, mine = metrics
+    assert mine == pytest.approx(theirs, rel=1e-5)
+    assert theirs["mean_token_accuracy"] > 0.5  # 12 of 15 labels per sequence are the model's own choice
 
 
 def test_the_compact_head_scores_what_trls_head_scores(tiny_model: Path) -> None:

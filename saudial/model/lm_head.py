@@ -77,7 +77,7 @@ def install(model: Any) -> bool:
         positions, targets = kwargs.pop(POSITIONS, None), kwargs.pop(TARGETS, None)
         if positions is None:
             return inner(*args, **kwargs)
-        kwargs.pop("labels", None)  # PEFT passes labels=None
+        kwargs.pop("labels", None)  # not needed: TARGETS hold the labels of the scored positions
         kwargs["use_cache"] = False
         hidden = model.base_model(*args, **kwargs).last_hidden_state  # [1, T, H]
         rows = hidden[0].index_select(0, positions)  # the states that predict the labelled tokens

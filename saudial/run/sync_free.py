@@ -15,11 +15,12 @@ Here 1 is accelerate's own `non_blocking` from pinned memory, and the NaN check 
 run/trainer.sft_config); 2 is model/lm_head.py, on the positions this module's collator finds on the CPU. The
 metrics of 3 stay on the GPU and are read once per logged step, where the Trainer reads the loss anyway: the
 same values reach the same logs. The collator counts each batch's non-pad tokens on the host, as upstream
-counts them (`input_ids != pad_token_id`). With the NaN filter off, a NaN or infinite loss is logged as it is
-(upstream logs the mean of the earlier losses in its place), and `log` stops the run there with a
-`TrainingError` (exit 3), before a diverged adapter can be saved. tests/test_sync_free.py checks the loss, the
-logged metrics and the token count against TRL's own trainer, and that the overridden Trainer method is still
-called.
+counts them (`input_ids != pad_token_id`). With the NaN filter off (but in fp16, where the grad scaler
+skips an overflowed step and the run goes on), a NaN or infinite loss is logged as it is (upstream logs the
+mean of the earlier losses in its place), and the run stops there with a `TrainingError` (exit 3), at the log
+or at a checkpoint before it, so that no diverged adapter or checkpoint is saved. tests/test_sync_free.py
+checks the loss, the logged metrics and the token count against TRL's own trainer, and that the overridden
+Trainer methods are still called.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class SyncFreeSFTTrainer(SFTTrainer):
         if "attention_mask" not in inputs and "position_ids" in inputs and self.accelerator.num_processes == 1:
             self._total_train_tokens += inputs["position_ids"].size(1) // self._tp_size  # a shape: on the host
         else:
-            counted = inputs["attention_mask"].sum() if "attention_mask" in inputs else inputs["position_ids"].numel()
+            counted = inputs["attention_mask"].sum() if "attention_mask" in inputs else inputs["position_ids"].size(1)
             self._pending_tokens.append(gather(torch.as_tensor(counted, device=loss.device)).sum())
         return loss
 

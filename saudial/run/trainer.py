@@ -99,10 +99,11 @@ def sft_config(settings: Settings, dtype: torch.dtype) -> SFTConfig:
         eval_strategy="no",
         include_num_input_tokens_seen="non_padding",  # counted on the host by CountingCollator (run/sync_free.py)
         # No host-device sync per step (run/sync_free.py): batches copied to the GPU without blocking, from
-        # pinned memory; and the loss not checked for NaN/inf in every step (SyncFreeSFTTrainer.log stops a
-        # run whose logged loss is not finite, where upstream would log the earlier losses' mean instead).
+        # pinned memory; and the loss not checked for NaN/inf in every step (SyncFreeSFTTrainer stops a run
+        # whose loss is not finite, where upstream would log the earlier losses' mean instead). Except in fp16:
+        # there the grad scaler skips a step whose loss overflowed, and the run goes on, as upstream logs it.
         accelerator_config={"non_blocking": torch.cuda.is_available()},  # with pinned memory (upstream's default)
-        logging_nan_inf_filter=False,
+        logging_nan_inf_filter=dtype == torch.float16,
         # Workers kept across epochs: each new epoch would otherwise fork them again.
         dataloader_persistent_workers=settings.dataloader_num_workers > 0,
         disable_tqdm=False,
