@@ -80,8 +80,11 @@ def install(model: Any) -> bool:
         kwargs.pop("labels", None)  # not needed: TARGETS hold the labels of the scored positions
         kwargs["use_cache"] = False
         hidden = model.base_model(*args, **kwargs).last_hidden_state  # [1, T, H]
-        rows = hidden[0].index_select(0, positions)  # the states that predict the labelled tokens
         weight = model.get_output_embeddings().weight
+        # The states that predict the labelled tokens, on the head's device (a model split over devices may end
+        # its backbone on another one, as TRL's head allows for).
+        rows = hidden[0].index_select(0, positions.to(hidden.device)).to(weight.device)
+        targets = targets.to(weight.device)
         log_probs, entropy, _, _, is_top1 = ChunkedLogProbFunction.apply(
             rows, weight, None, targets, 1.0, CHUNK, None, 1.0, OUTPUTS
         )
