@@ -46,12 +46,16 @@
 #   bash bench/device-run.sh S    a 2-GPU machine: GPU 1 the sync-free trainer's tests, then the GPU tests; GPU 0
 #                                 this tree and the one before, the step profile, the whole run with and
 #                                 without evaluation, logging every 10 steps
+#   bash bench/device-run.sh T    one GPU, nothing beside it (written for the next session; not run yet): the
+#                                 bench's ratios in one bench run (the seed as written, the whole run logging
+#                                 every step and at the default logging, with evaluation, Unsloth), the step
+#                                 profile with the reads attributed by the fixed --syncs, the GPU tests last
 # Every pytest under `timeout` gets SIGKILL 10 s after SIGTERM (-k 10): a test that trains in-process has
 # saudial's SIGTERM handler installed (a graceful stop), which took timeout's SIGTERM in call Q (2026-11-30),
 # so the GPU tests ran on past their limit and the call ran out before the bench.
 # M, N, P and Q compare with a copy of the tree that has the change under test taken out: before.patch, written
 # here by `git diff BASE -- saudial > before.patch` (BASE: the commit to compare with; 9608377 for M and N,
-ada56ee for P and Q;
+# ada56ee for P and Q;
 # untracked, not committed; it travels with the tree, and the GPU machine's copy has no git history).
 # Needs .gpuwheels/ and .unsloth-wheels/ (bash bench/gpu-wheels/fetch.sh) beside the checkout; OUT: results.
 set -uo pipefail
@@ -61,7 +65,7 @@ t0=$SECONDS; say() { echo "[$((SECONDS - t0))s] $*"; }
 if ! python3 -c 'import trl, sys; sys.exit(trl.__version__ != "1.16.0")' 2>/dev/null; then
     say "installing the project's wheels"; bash .gpuwheels/install.sh > "$OUT/install.log" 2>&1 || tail -5 "$OUT/install.log"
 fi
-if [[ "${1:-A}" == [ABEJNR] ]] && [ ! -d /tmp/unsloth_site ]; then bash .unsloth-wheels/install.sh > "$OUT/install-unsloth.log" 2>&1 || true; fi
+if [[ "${1:-A}" == [ABEJNRT] ]] && [ ! -d /tmp/unsloth_site ]; then bash .unsloth-wheels/install.sh > "$OUT/install-unsloth.log" 2>&1 || true; fi
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv > "$OUT/gpus.csv"; cat "$OUT/gpus.csv"
 python3 -c 'import torch, transformers, trl, peft, bitsandbytes as b; print("versions:", torch.__version__, transformers.__version__, trl.__version__, peft.__version__, b.__version__)'
 # The pieces the calls are made of: GPU tests on GPU 1 in the background (LIMIT s), then, if named, one bench
@@ -338,6 +342,20 @@ S)
     cat /tmp/s-*.log > "$OUT/out-s.log"
     merge_results "$OUT/results.json" /tmp/s-*/results.json
     rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    ;;
+T)
+    # One GPU, nothing beside it: the seed as written, the whole run (logging every step, at the default logging,
+    # with evaluation) and Unsloth in one bench run, so that the bench prints its ratios; the step profile; then
+    # the GPU tests with what time is left.
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench t-peers 330 14 --sections configs,wholerun,unsloth --only "seed as written (bs 1x8)"
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench t-prof 90 3 --sections profile --only "profile: defaults"
+    head -45 /tmp/t-prof/profile-defaults.txt > "$OUT/profile-defaults.txt" 2>/dev/null; head -30 "$OUT/profile-defaults.txt"
+    cat /tmp/t-*.log > "$OUT/out-t.log"
+    merge_results "$OUT/results.json" /tmp/t-*/results.json
+    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
+    left=$((580 - SECONDS)); [ "$left" -gt 60 ] && { say "GPU tests"; CUDA_VISIBLE_DEVICES=0 timeout -k 10 "$left" \
+        python3 -m pytest -q -p no:cacheprovider $GPU_TESTS tests/test_sync_free.py 2>&1 | tail -4; }
     ;;
 R)
     # One GPU, nothing beside it: the bench's ratios (the seed as written, Unsloth, the whole run) in one call,
