@@ -51,7 +51,7 @@ class CountingCollator(DataCollatorForLanguageModeling):
 
 
 class SyncFreeSFTTrainer(SFTTrainer):
-    """SFTTrainer whose training step reads nothing back from the GPU (see the module's docstring)."""
+    """SFTTrainer whose training step reads the GPU only when it logs or saves (see the module's docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -123,15 +123,15 @@ class SyncFreeSFTTrainer(SFTTrainer):
 
     def _flush_metrics(self) -> None:
         """The pending metrics into TRL's lists (one read of the GPU), as its compute_loss appends them."""
+        if not self._pending:
+            return
         metrics = self._metrics["train"]
-        if self._pending:
-            for entropy, accuracy in torch.stack(self._pending).tolist():
-                metrics["entropy"].append(entropy)
-                metrics["mean_token_accuracy"].append(accuracy)
-            metrics["num_tokens"] = [self._total_train_tokens]
+        for entropy, accuracy in torch.stack(self._pending).tolist():
+            metrics["entropy"].append(entropy)
+            metrics["mean_token_accuracy"].append(accuracy)
         if self._pending_tokens:
             self._total_train_tokens += int(torch.stack(self._pending_tokens).sum()) // self._tp_size
-            metrics["num_tokens"] = [self._total_train_tokens]
+        metrics["num_tokens"] = [self._total_train_tokens]
         self._pending.clear()
         self._pending_tokens.clear()
 

@@ -114,7 +114,8 @@ def padding_free_collator(
     pad_token_id: int, pad_to_multiple_of: int | None, count_tokens: bool = False
 ) -> DataCollatorForLanguageModeling:
     """TRL's own collator, flattening each micro-batch into one row with position_ids and seq_idx; with
-    `count_tokens`, also the batch's non-pad token count for SyncFreeSFTTrainer (not a model input)."""
+    `count_tokens`, also what SyncFreeSFTTrainer reads on the host: the batch's non-pad token count and the
+    positions the loss head scores (run/sync_free.CountingCollator)."""
     kind = CountingCollator if count_tokens else DataCollatorForLanguageModeling
     return kind(pad_token_id=pad_token_id, padding_free=True, pad_to_multiple_of=pad_to_multiple_of)
 
