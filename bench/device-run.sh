@@ -111,6 +111,18 @@ for path in sys.argv[2:]:
 json.dump(rows, open(sys.argv[1], "w"), indent=1)
 PY
 }
+collect() {  # PREFIX: the call's bench logs and results, one file each, into OUT; drop what need not come back
+    cat /tmp/"$1"-*.log > "$OUT/out-$1.log"
+    merge_results "$OUT/results.json" /tmp/"$1"-*/results.json
+    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+}
+gpu_tests_until() {  # END [PYTEST ARGS]: the GPU test files on GPU 0 until END s into the call, if a minute is left
+    local left=$(($1 - SECONDS)); shift
+    [ "$left" -gt 60 ] || return 0
+    say "GPU tests"
+    # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
+    CUDA_VISIBLE_DEVICES=0 timeout -k 10 "$left" python3 -m pytest -q -p no:cacheprovider $GPU_TESTS "$@" 2>&1 | tail -4
+}
 case "${1:-A}" in
 A)
     gpu_tests 500
@@ -221,12 +233,8 @@ M)
     gzip -c /tmp/spy.txt > "$OUT/spy.txt.gz"
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench m-prof 120 3 --sections profile --only "profile: defaults"
     cp /tmp/m-prof/profile-defaults.txt "$OUT/" 2>/dev/null
-    cat /tmp/m-*.log > "$OUT/out-m.log"
-    merge_results "$OUT/results.json" /tmp/m-*/results.json
-    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
-    # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
-    left=$((570 - SECONDS)); [ "$left" -gt 60 ] && { say "GPU tests"; CUDA_VISIBLE_DEVICES=0 timeout -k 10 "$left" \
-        python3 -m pytest -m gpu -q -p no:cacheprovider $GPU_TESTS 2>&1 | tail -4; }
+    collect m
+    gpu_tests_until 570 -m gpu
     ;;
 N)
     # A 2-GPU machine: GPU 1 the GPU tests; GPU 0, in turns, this tree and the tree before the change under
@@ -249,9 +257,7 @@ N)
     say "GPU 0: the step profile and the GPU's idle gaps"
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench n-prof 100 3 --sections profile --only "profile: defaults"
     cp /tmp/n-prof/profile-defaults.txt "$OUT/" 2>/dev/null; head -40 "$OUT/profile-defaults.txt"
-    cat /tmp/n-*.log > "$OUT/out-n.log"
-    merge_results "$OUT/results.json" /tmp/n-*/results.json
-    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    collect n
     ;;
 O)
     # One GPU, nothing beside it: the defaults against two data loader workers, three times in turns; the
@@ -267,9 +273,7 @@ O)
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench o-w 100 4 --sections wholerun
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench o-prof 150 4 --sections profile --only "profile: defaults;profile: 2 data"
     for f in /tmp/o-prof/profile-*.txt; do head -22 "$f"; done > "$OUT/gaps.txt"; cp /tmp/o-prof/profile-*.txt "$OUT/"
-    cat /tmp/o-*.log > "$OUT/out-o.log"
-    merge_results "$OUT/results.json" /tmp/o-*/results.json
-    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    collect o
     ;;
 P)
     # One GPU, nothing beside it: this tree and the one before the change under test (before.patch), in turns;
@@ -289,12 +293,8 @@ P)
     done
     head -45 "$OUT"/profile-*.txt
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench p-w 120 4 --sections wholerun
-    cat /tmp/p-*.log > "$OUT/out-p.log"
-    merge_results "$OUT/results.json" /tmp/p-*/results.json
-    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
-    # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
-    left=$((575 - SECONDS)); [ "$left" -gt 60 ] && { say "GPU tests"; CUDA_VISIBLE_DEVICES=0 timeout -k 10 "$left" \
-        python3 -m pytest -m gpu -q -p no:cacheprovider $GPU_TESTS 2>&1 | tail -4; }
+    collect p
+    gpu_tests_until 575 -m gpu
     ;;
 Q)
     # One GPU, nothing beside it: the GPU tests first (the change under test runs there), then this tree and
@@ -314,9 +314,7 @@ Q)
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench q-log10 60 3 --sections levers --only "levers: defaults, logging every 10"
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench q-prof 100 3 --sections profile --only "profile: defaults"
     head -45 /tmp/q-prof/profile-defaults.txt > "$OUT/profile-after.txt" 2>/dev/null; cat "$OUT/profile-after.txt"
-    cat /tmp/q-*.log > "$OUT/out-q.log"
-    merge_results "$OUT/results.json" /tmp/q-*/results.json
-    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    collect q
     ;;
 S)
     # A 2-GPU machine: GPU 1 the sync-free trainer's tests on CUDA, then the GPU tests (in the background); GPU 0
@@ -339,9 +337,7 @@ S)
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench s-whole 90 4 --sections wholerun
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench s-log10 50 3 --sections levers --only "levers: defaults, logging every 10"
     wait "$tests"; say "GPU 1 tests:"; grep -E "PASSED|FAILED|ERROR|passed|failed|exit" "$OUT/gpu-tests.log" | tail -24
-    cat /tmp/s-*.log > "$OUT/out-s.log"
-    merge_results "$OUT/results.json" /tmp/s-*/results.json
-    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    collect s
     ;;
 T)
     # One GPU, nothing beside it: the seed as written, the whole run (logging every step, at the default logging,
@@ -350,12 +346,8 @@ T)
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench t-peers 330 14 --sections configs,wholerun,unsloth --only "seed as written (bs 1x8)"
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench t-prof 90 3 --sections profile --only "profile: defaults"
     head -45 /tmp/t-prof/profile-defaults.txt > "$OUT/profile-defaults.txt" 2>/dev/null; head -30 "$OUT/profile-defaults.txt"
-    cat /tmp/t-*.log > "$OUT/out-t.log"
-    merge_results "$OUT/results.json" /tmp/t-*/results.json
-    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
-    # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
-    left=$((580 - SECONDS)); [ "$left" -gt 60 ] && { say "GPU tests"; CUDA_VISIBLE_DEVICES=0 timeout -k 10 "$left" \
-        python3 -m pytest -q -p no:cacheprovider $GPU_TESTS tests/test_sync_free.py 2>&1 | tail -4; }
+    collect t
+    gpu_tests_until 580 tests/test_sync_free.py
     ;;
 R)
     # One GPU, nothing beside it: the bench's ratios (the seed as written, Unsloth, the whole run) in one call,
@@ -363,9 +355,7 @@ R)
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench r-peers 330 12 --sections configs,wholerun,unsloth --only "seed as written (bs 1x8)"
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench r-levers 100 4 --sections levers --only "levers: defaults" \
         --skip "levers: defaults, again;levers: defaults, foreach;levers: defaults, 2 data;levers: defaults, bs;levers: defaults, GC"
-    cat /tmp/r-*.log > "$OUT/out-r.log"
-    merge_results "$OUT/results.json" /tmp/r-*/results.json
-    rm -f "$OUT/gpus.csv" "$OUT/install.log" "$OUT/install-unsloth.log"
+    collect r
     ;;
 esac
 say "done"
