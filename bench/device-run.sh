@@ -123,6 +123,16 @@ gpu_tests_until() {  # END [PYTEST ARGS]: the GPU test files on GPU 0 until END 
     # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
     CUDA_VISIBLE_DEVICES=0 timeout -k 10 "$left" python3 -m pytest -q -p no:cacheprovider $GPU_TESTS "$@" 2>&1 | tail -4
 }
+turns() {  # PREFIX COUNT LIMIT: the defaults of this tree and of /tmp/before (before_tree), COUNT times in turns
+    local turn tree
+    for turn in $(seq "$2"); do
+        say "turn $turn: this tree, then before"
+        for tree in after before; do
+            (cd "$([ $tree = after ] && pwd || echo /tmp/before)" && CUDA_VISIBLE_DEVICES=0 OUT=/tmp \
+                bench "$1-$tree-$turn" "$3" 3 --sections levers --only "levers: defaults" --skip "levers: defaults,")
+        done
+    done
+}
 case "${1:-A}" in
 A)
     gpu_tests 500
@@ -244,13 +254,7 @@ N)
     gpu_tests 400
     say "GPU 0: host cost per operation"
     CUDA_VISIBLE_DEVICES=0 timeout 60 python3 bench/dispatch_cost.py > "$OUT/dispatch.txt" 2>&1; cat "$OUT/dispatch.txt"
-    for turn in 1 2; do
-        say "turn $turn: this tree, then before"
-        for tree in after before; do
-            (cd "$([ $tree = after ] && pwd || echo /tmp/before)" && CUDA_VISIBLE_DEVICES=0 OUT=/tmp \
-                bench "n-$tree-$turn" 100 3 --sections levers --only "levers: defaults" --skip "levers: defaults,")
-        done
-    done
+    turns n 2 100
     say "GPU 0: Unsloth, the seed as written, the whole run"
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench n-peers 260 12 --sections unsloth,configs,wholerun --only "seed as written (bs 1x8)"
     gpu_tests_done
@@ -279,13 +283,7 @@ P)
     # One GPU, nothing beside it: this tree and the one before the change under test (before.patch), in turns;
     # the step profiles of both (host-device syncs, idle gaps); the whole run; the GPU tests with what is left.
     before_tree
-    for turn in 1 2 3; do
-        say "turn $turn: this tree, then before"
-        for tree in after before; do
-            (cd "$([ $tree = after ] && pwd || echo /tmp/before)" && CUDA_VISIBLE_DEVICES=0 OUT=/tmp \
-                bench "p-$tree-$turn" 70 3 --sections levers --only "levers: defaults" --skip "levers: defaults,")
-        done
-    done
+    turns p 3 70
     for tree in after before; do
         (cd "$([ $tree = after ] && pwd || echo /tmp/before)" && CUDA_VISIBLE_DEVICES=0 OUT=/tmp \
             bench "p-prof-$tree" 100 3 --sections profile --only "profile: defaults")
@@ -304,13 +302,7 @@ Q)
     # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
     timeout -k 10 270 python3 -m pytest -q -p no:cacheprovider $GPU_TESTS tests/test_sync_free.py \
         > "$OUT/gpu-tests.log" 2>&1; tail -4 "$OUT/gpu-tests.log"
-    for turn in 1 2; do
-        say "turn $turn: this tree, then before"
-        for tree in after before; do
-            (cd "$([ $tree = after ] && pwd || echo /tmp/before)" && CUDA_VISIBLE_DEVICES=0 OUT=/tmp \
-                bench "q-$tree-$turn" 60 3 --sections levers --only "levers: defaults" --skip "levers: defaults,")
-        done
-    done
+    turns q 2 60
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench q-log10 60 3 --sections levers --only "levers: defaults, logging every 10"
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench q-prof 100 3 --sections profile --only "profile: defaults"
     head -45 /tmp/q-prof/profile-defaults.txt > "$OUT/profile-after.txt" 2>/dev/null; cat "$OUT/profile-after.txt"
@@ -328,10 +320,7 @@ S)
      CUDA_VISIBLE_DEVICES=1 timeout -k 10 $((420 - SECONDS)) python3 -m pytest -m gpu -v -p no:cacheprovider $GPU_TESTS \
         >> "$OUT/gpu-tests.log" 2>&1; echo "exit $?" >> "$OUT/gpu-tests.log") &
     tests=$!
-    for tree in after before; do
-        (cd "$([ $tree = after ] && pwd || echo /tmp/before)" && CUDA_VISIBLE_DEVICES=0 OUT=/tmp \
-            bench "s-$tree" 60 3 --sections levers --only "levers: defaults" --skip "levers: defaults,")
-    done
+    turns s 1 60
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench s-prof 80 3 --sections profile --only "profile: defaults"
     head -45 /tmp/s-prof/profile-defaults.txt > "$OUT/profile-after.txt" 2>/dev/null; head -30 "$OUT/profile-after.txt"
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench s-whole 90 4 --sections wholerun
