@@ -46,10 +46,11 @@
 #   bash bench/device-run.sh S    a 2-GPU machine: GPU 1 the sync-free trainer's tests, then the GPU tests; GPU 0
 #                                 this tree and the one before, the step profile, the whole run with and
 #                                 without evaluation, logging every 10 steps
-#   bash bench/device-run.sh T    one GPU, nothing beside it (written for the next session; not run yet): the
-#                                 bench's ratios in one bench run (the seed as written, the whole run logging
-#                                 every step and at the default logging, with evaluation, Unsloth), the step
-#                                 profile with the reads attributed by the fixed --syncs, the GPU tests last
+#   bash bench/device-run.sh T    one GPU, nothing beside it: the bench's ratios in one bench run (the seed as
+#                                 written, gradient checkpointing, the whole run logging every step and at the
+#                                 default logging, with evaluation, Unsloth)
+#   bash bench/device-run.sh U    one GPU: the step profile with the reads attributed by --syncs; then the GPU
+#                                 tests, with the sync-free trainer's and the upstream checks on CUDA
 # Every pytest under `timeout` gets SIGKILL 10 s after SIGTERM (-k 10): a test that trains in-process has
 # saudial's SIGTERM handler installed (a graceful stop), which took timeout's SIGTERM in call Q (2026-11-30),
 # so the GPU tests ran on past their limit and the call ran out before the bench.
@@ -329,14 +330,20 @@ S)
     collect s
     ;;
 T)
-    # One GPU, nothing beside it: the seed as written, the whole run (logging every step, at the default logging,
-    # with evaluation) and Unsloth in one bench run, so that the bench prints its ratios; the step profile; then
-    # the GPU tests with what time is left.
-    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench t-peers 330 14 --sections configs,wholerun,unsloth --only "seed as written (bs 1x8)"
-    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench t-prof 90 3 --sections profile --only "profile: defaults"
-    head -45 /tmp/t-prof/profile-defaults.txt > "$OUT/profile-defaults.txt" 2>/dev/null; head -30 "$OUT/profile-defaults.txt"
+    # One GPU, nothing beside it: the seed as written, the small-GPU path (gradient checkpointing), the whole run
+    # (logging every step, at the default logging, with evaluation) and Unsloth in one bench run, so that the
+    # bench prints its ratios.
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench t-peers 470 16 --sections configs,wholerun,unsloth \
+        --only "seed as written (bs 1x8);defaults, GC on"
     collect t
-    gpu_tests_until 580 tests/test_sync_free.py
+    ;;
+U)
+    # One GPU, nothing beside it: the defaults' step profile (host-device reads attributed by --syncs), then the
+    # GPU tests, the sync-free trainer's and the upstream checks on CUDA, with what time is left.
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench u-prof 100 3 --sections profile --only "profile: defaults"
+    head -45 /tmp/u-prof/profile-defaults.txt > "$OUT/profile-defaults.txt" 2>/dev/null; head -30 "$OUT/profile-defaults.txt"
+    collect u
+    gpu_tests_until 585 -m "gpu or not slow" tests/test_sync_free.py tests/test_upstream.py
     ;;
 R)
     # One GPU, nothing beside it: the bench's ratios (the seed as written, Unsloth, the whole run) in one call,

@@ -16,13 +16,14 @@ import datasets
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback
 from trl import SFTTrainer
 from trl.trainer.utils import add_fused_lm_head
 
 from saudial.config.settings import Settings
 from saudial.data.examples import to_prompt_completion
 from saudial.data.workbook import load
-from saudial.errors import EXIT_TRAINING
+from saudial.errors import EXIT_TRAINING, TrainingError
 from saudial.model import lm_head, short_conv
 from saudial.model.loading import load_model, load_tokenizer
 from saudial.model.lora import lora_config
@@ -217,3 +218,37 @@ def test_a_nan_loss_before_the_first_log_leaves_no_checkpoint_to_resume(
     assert result.returncode == EXIT_TRAINING, result.stderr[-3000:]
     assert "the training loss became nan by step 4" in error_line(result.stderr)
     assert not list(out.rglob("checkpoint-*")), sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+
+
+class _NaNUpdate(TrainerCallback):
+    """A fault at the end of the last step: one trained weight NaN, as a NaN gradient norm leaves it."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step == state.max_steps:
+            next(p for p in model.parameters() if p.requires_grad).data[0, 0] = float("nan")
+
+
+def test_weights_made_nan_by_a_finite_loss_step_stop_before_its_checkpoint(
+    tiny_model: Path, workbook: Path, tmp_path: Path
+) -> None:
+    """The last step's loss is finite and its update not: no log reads the loss after it, so only the check of
+    the weights at the checkpoint stops it. Without that check, checkpoint-3 held a NaN adapter."""
+    settings = Settings(
+        data=workbook, model_name_or_path=str(tiny_model), quantization="none", output_dir=tmp_path,
+        max_steps=STEPS, logging_steps=10, per_device_train_batch_size=4, report_to="none",
+    )  # fmt: skip
+    tokenizer = load_tokenizer(settings)
+    short_conv.install_boundary_aware_conv()
+    trainer = SyncFreeSFTTrainer(
+        model=load_model(settings),
+        args=sft_config(settings, torch.float32),
+        data_collator=padding_free_collator(tokenizer.pad_token_id, 64, count_tokens=True),
+        train_dataset=to_prompt_completion(load(workbook).rows.head(12)),
+        processing_class=tokenizer,
+        peft_config=lora_config(settings),
+        callbacks=[_NaNUpdate()],
+    )
+    with pytest.raises(TrainingError, match="the adapter's weights became NaN or infinite by step 3") as raised:
+        trainer.train()
+    assert raised.value.exit_code == EXIT_TRAINING and "adapter was not saved" in str(raised.value)
+    assert not list(tmp_path.rglob("checkpoint-*"))

@@ -129,3 +129,58 @@ def test_aot_autograd_cache_still_needs_the_flag_for_custom_functions() -> None:
     assert "autograd_cache_bypass" in counters("default"), (
         "AOTAutograd now caches custom autograd.Functions by itself: drop the flag in patches.enable_compile_cache"
     )
+
+
+def test_lfm2_takes_a_dict_of_masks_as_made(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """patches._no_masks_for_varlen hands LFM2's decoder its masks as a dict, which it uses without making any."""
+    from transformers.masking_utils import create_causal_mask
+    from transformers.models.lfm2 import modeling_lfm2
+
+    made: list[int] = []
+
+    def counted(**kwargs):
+        made.append(1)
+        return create_causal_mask(**kwargs)
+
+    monkeypatch.setattr(modeling_lfm2, "create_causal_mask", counted)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    ids = torch.randint(3, model.config.vocab_size, (1, 12))
+    with torch.no_grad():
+        expected = model(input_ids=ids, use_cache=False).logits
+        assert made == [1]
+        causal = create_causal_mask(
+            config=model.config,
+            inputs_embeds=model.get_input_embeddings()(ids),
+            attention_mask=None,
+            past_key_values=None,
+            position_ids=torch.arange(12)[None],
+        )
+        given = {"full_attention": causal, "conv": None}
+        got = model(input_ids=ids, attention_mask=given, use_cache=False).logits
+    assert made == [1], "LFM2 made masks although it was given them: patches._no_masks_for_varlen no longer helps"
+    torch.testing.assert_close(got, expected)
+    assert set(given) == set(model.config.layer_types)
+
+
+def test_varlen_masks_are_none_for_padding_free_rows(tiny_model: Path) -> None:
+    """What LFM2 makes for a padding-free row under saudial's varlen attention, and patches._no_masks_for_varlen
+    gives it without making them (and without the host-device read of the packed-sequence check): None for
+    each layer type."""
+    from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
+
+    from saudial.model import patches
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    patches.use_varlen_attention(model)
+    batch = padding_free_collator(tokenizer.pad_token_id, 64)([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}])
+    kwargs = {
+        "config": model.config,
+        "inputs_embeds": model.get_input_embeddings()(batch["input_ids"]),
+        "attention_mask": None,
+        "past_key_values": None,
+        "position_ids": batch["position_ids"],
+    }
+    assert create_causal_mask(**kwargs) is None
+    assert create_recurrent_attention_mask(**kwargs) is None
+    assert set(model.config.layer_types) == {"full_attention", "conv"}

@@ -145,14 +145,22 @@ class SyncFreeSFTTrainer(SFTTrainer):
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         # A checkpoint can come before the next log (the last step always saves; save_steps need not be a multiple
         # of logging_steps): the losses summed since the last log are read here, once per checkpoint, so that no
-        # checkpoint of a diverged run is written for a restart to resume from. Gathered: every rank stops alike.
-        self._stop_if_diverged(float(self.accelerator.gather(self._tr_loss.detach()).sum()))
+        # checkpoint of a diverged run is written for a restart to resume from. So are the trained weights: a
+        # step whose loss was finite but whose gradient was not (its norm NaN) makes them NaN, and its loss
+        # shows only in the next step's. One read, gathered: every rank stops alike.
+        trained = [p.detach() for p in model.parameters() if p.requires_grad]
+        finite = torch.stack([p.isfinite().all() for p in trained]).all() if trained else self._tr_loss.new_ones(())
+        both = self.accelerator.gather(torch.stack([self._tr_loss.detach(), finite.to(self._tr_loss)]).view(1, 2))
+        loss, ranks_finite = both.sum(0).tolist()
+        self._stop_if_diverged(loss)
+        if ranks_finite < len(both):
+            self._stop_if_diverged(math.nan, "the adapter's weights became NaN or infinite")
         super()._save_checkpoint(model, trial)
 
-    def _stop_if_diverged(self, loss: float) -> None:
+    def _stop_if_diverged(self, loss: float, became: str | None = None) -> None:
         if not math.isfinite(loss):
             error = TrainingError(
-                f"the training loss became {loss} by step {self.state.global_step} "
+                f"{became or f'the training loss became {loss}'} by step {self.state.global_step} "
                 f"(learning_rate {self.args.learning_rate:g}): training diverged and its adapter was not saved; "
                 "lower SAUDIAL_LEARNING_RATE or SAUDIAL_MAX_GRAD_NORM, or check that the model's weights are finite"
             )
