@@ -46,7 +46,8 @@
 #   bash bench/device-run.sh S    a 2-GPU machine: GPU 1 the sync-free trainer's tests, then the GPU tests; GPU 0
 #                                 this tree and the one before, the step profile, the whole run with and
 #                                 without evaluation, logging every 10 steps
-#   bash bench/device-run.sh T    one GPU, nothing beside it: the bench's ratios in one bench run (the seed as
+#   bash bench/device-run.sh T    one GPU, nothing beside it: the host's cost per operation (how fast this host
+#                                 is); the bench's ratios in one bench run (the seed as
 #                                 written, gradient checkpointing, the whole run logging every step and at the
 #                                 default logging, with evaluation, Unsloth)
 #   bash bench/device-run.sh U    one GPU: the step profile with the reads attributed by --syncs; then the GPU
@@ -333,6 +334,7 @@ T)
     # One GPU, nothing beside it: the seed as written, the small-GPU path (gradient checkpointing), the whole run
     # (logging every step, at the default logging, with evaluation) and Unsloth in one bench run, so that the
     # bench prints its ratios.
+    CUDA_VISIBLE_DEVICES=0 timeout 60 python3 bench/dispatch_cost.py > "$OUT/dispatch.txt" 2>&1; cat "$OUT/dispatch.txt"
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench t-peers 470 16 --sections configs,wholerun,unsloth \
         --only "seed as written (bs 1x8);defaults, GC on"
     collect t
