@@ -52,6 +52,8 @@
 #                                 default logging, with evaluation, Unsloth)
 #   bash bench/device-run.sh U    one GPU: the step profile with the reads attributed by --syncs; then the GPU
 #                                 tests, with the sync-free trainer's and the upstream checks on CUDA
+#   bash bench/device-run.sh V    one GPU: a whole run's time outside training split (bench/startup.py, import
+#                                 times), then the whole runs of T again
 # Every pytest under `timeout` gets SIGKILL 10 s after SIGTERM (-k 10): a test that trains in-process has
 # saudial's SIGTERM handler installed (a graceful stop), which took timeout's SIGTERM in call Q (2026-11-30),
 # so the GPU tests ran on past their limit and the call ran out before the bench.
@@ -346,6 +348,16 @@ U)
     head -45 /tmp/u-prof/profile-defaults.txt > "$OUT/profile-defaults.txt" 2>/dev/null; head -30 "$OUT/profile-defaults.txt"
     collect u
     gpu_tests_until 585 -m "gpu or not slow" tests/test_sync_free.py tests/test_upstream.py
+    ;;
+V)
+    # One GPU: where a whole run's time outside training goes on the GPU machine (bench/startup.py on the tiny
+    # model; python -X importtime of the training modules), then the whole runs again (another host's sample).
+    CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/startup.py --runs 2 --steps 2 --work /tmp/startup \
+        --json "$OUT/startup.json" 2>&1 | tail -22
+    CUDA_VISIBLE_DEVICES=0 python3 -X importtime -c "import saudial.run.train" 2> "$OUT/importtime.txt"
+    sort -t'|' -k2 -n -r "$OUT/importtime.txt" | head -25
+    CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench v-whole 150 6 --sections wholerun
+    collect v
     ;;
 R)
     # One GPU, nothing beside it: the bench's ratios (the seed as written, Unsloth, the whole run) in one call,
