@@ -54,6 +54,8 @@
 #                                 tests, with the sync-free trainer's and the upstream checks on CUDA
 #   bash bench/device-run.sh V    one GPU: a whole run's time outside training split (bench/startup.py, import
 #                                 times), then the whole runs of T again
+#   bash bench/device-run.sh W    one GPU: this tree against the one before (before.patch), three times in turns,
+#                                 logging every 10 steps (the default)
 # Every pytest under `timeout` gets SIGKILL 10 s after SIGTERM (-k 10): a test that trains in-process has
 # saudial's SIGTERM handler installed (a graceful stop), which took timeout's SIGTERM in call Q (2026-11-30),
 # so the GPU tests ran on past their limit and the call ran out before the bench.
@@ -127,13 +129,15 @@ gpu_tests_until() {  # END [PYTEST ARGS]: the GPU test files on GPU 0 until END 
     # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
     CUDA_VISIBLE_DEVICES=0 timeout -k 10 "$left" python3 -m pytest -q -p no:cacheprovider $GPU_TESTS "$@" 2>&1 | tail -4
 }
-turns() {  # PREFIX COUNT LIMIT: the defaults of this tree and of /tmp/before (before_tree), COUNT times in turns
-    local turn tree
+turns() {  # PREFIX COUNT LIMIT [ROW]: the defaults (or the levers ROW) of this tree and of /tmp/before (before_tree),
+    # COUNT times in turns
+    local turn tree only=(--only "${4:-levers: defaults}") skip=(--skip "levers: defaults,")
+    [ -z "${4:-}" ] || skip=()
     for turn in $(seq "$2"); do
         say "turn $turn: this tree, then before"
         for tree in after before; do
             (cd "$([ $tree = after ] && pwd || echo /tmp/before)" && CUDA_VISIBLE_DEVICES=0 OUT=/tmp \
-                bench "$1-$tree-$turn" "$3" 3 --sections levers --only "levers: defaults" --skip "levers: defaults,")
+                bench "$1-$tree-$turn" "$3" 3 --sections levers "${only[@]}" "${skip[@]}")
         done
     done
 }
@@ -358,6 +362,13 @@ V)
     sort -t'|' -k2 -n -r "$OUT/importtime.txt" | head -25
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench v-whole 150 6 --sections wholerun
     collect v
+    ;;
+W)
+    # One GPU: this tree against the one before the change under test (before.patch: ed977de, the forward's
+    # last read and the checkpoint's weight check), three times in turns, at the default logging (every 10 steps)
+    before_tree
+    turns w 3 60 "levers: defaults, logging every 10"
+    collect w
     ;;
 R)
     # One GPU, nothing beside it: the bench's ratios (the seed as written, Unsloth, the whole run) in one call,
