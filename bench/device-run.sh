@@ -56,6 +56,7 @@
 #                                 times), then the whole runs of T again
 #   bash bench/device-run.sh W    one GPU: this tree against the one before (before.patch), three times in turns,
 #                                 logging every 10 steps (the default)
+#   bash bench/device-run.sh X    W with the tree before first in each turn, twice
 # Every pytest under `timeout` gets SIGKILL 10 s after SIGTERM (-k 10): a test that trains in-process has
 # saudial's SIGTERM handler installed (a graceful stop), which took timeout's SIGTERM in call Q (2026-11-30),
 # so the GPU tests ran on past their limit and the call ran out before the bench.
@@ -134,8 +135,8 @@ turns() {  # PREFIX COUNT LIMIT [ROW]: the defaults (or the levers ROW) of this 
     local turn tree only=(--only "${4:-levers: defaults}") skip=(--skip "levers: defaults,")
     [ -z "${4:-}" ] || skip=()
     for turn in $(seq "$2"); do
-        say "turn $turn: this tree, then before"
-        for tree in after before; do
+        say "turn $turn: ${ORDER:-after before}"
+        for tree in ${ORDER:-after before}; do  # ORDER="before after": the tree before first
             (cd "$([ $tree = after ] && pwd || echo /tmp/before)" && CUDA_VISIBLE_DEVICES=0 OUT=/tmp \
                 bench "$1-$tree-$turn" "$3" 3 --sections levers "${only[@]}" "${skip[@]}")
         done
@@ -369,6 +370,12 @@ W)
     before_tree
     turns w 3 60 "levers: defaults, logging every 10"
     collect w
+    ;;
+X)
+    # W with the tree before first in each turn (W ran this tree first: 3 of 3 pairs slower, by 3-7%), twice
+    before_tree
+    ORDER="before after" turns x 2 60 "levers: defaults, logging every 10"
+    collect x
     ;;
 R)
     # One GPU, nothing beside it: the bench's ratios (the seed as written, Unsloth, the whole run) in one call,
