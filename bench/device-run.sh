@@ -60,9 +60,9 @@
 # Every pytest under `timeout` gets SIGKILL 10 s after SIGTERM (-k 10): a test that trains in-process has
 # saudial's SIGTERM handler installed (a graceful stop), which took timeout's SIGTERM in call Q (2026-11-30),
 # so the GPU tests ran on past their limit and the call ran out before the bench.
-# M, N, P and Q compare with a copy of the tree that has the change under test taken out: before.patch, written
+# M, N, P, Q, S, W and X compare with a copy of the tree that has the change under test taken out: before.patch, written
 # here by `git diff BASE -- saudial > before.patch` (BASE: the commit to compare with; 9608377 for M and N,
-# ada56ee for P and Q;
+# ada56ee for P, Q and S; ed977de for W and X;
 # untracked, not committed; it travels with the tree, and the GPU machine's copy has no git history).
 # Needs .gpuwheels/ and .unsloth-wheels/ (bash bench/gpu-wheels/fetch.sh) beside the checkout; OUT: results.
 set -uo pipefail
@@ -365,14 +365,16 @@ V)
     collect v
     ;;
 W)
-    # One GPU: this tree against the one before the change under test (before.patch: ed977de, the forward's
-    # last read and the checkpoint's weight check), three times in turns, at the default logging (every 10 steps)
+    # One GPU: this tree against the one before the change under test (before.patch), three times in turns, at
+    # the default logging (every 10 steps). On 2026-11-30 (sixth session) before.patch was `git diff ed977de --
+    # saudial`: the decoder-mask hook (since taken out: every pair slower) and the checkpoint's weight check.
     before_tree
     turns w 3 60 "levers: defaults, logging every 10"
     collect w
     ;;
 X)
-    # W with the tree before first in each turn (W ran this tree first: 3 of 3 pairs slower, by 3-7%), twice
+    # W with the tree before first in each turn, twice (on 2026-11-30 W had run this tree first, and all three
+    # pairs were slower, by 3-7%: was it the order?)
     before_tree
     ORDER="before after" turns x 2 60 "levers: defaults, logging every 10"
     collect x

@@ -144,25 +144,6 @@ def use_varlen_attention(model: Any) -> None:
     AttentionMaskInterface.register(VARLEN, _varlen_mask)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation(VARLEN)
-    base.get_decoder().register_forward_pre_hook(_no_masks_for_varlen, with_kwargs=True)
-
-
-def _no_masks_for_varlen(
-    module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-    """A padding-free training batch reaches the decoder (LFM2's `Lfm2Model`) with its masks already made.
-
-    Upstream: without an attention mask, transformers' `create_causal_mask` looks for packed sequences in
-    `position_ids` (`find_packed_sequence_indices`, an `if` on a GPU tensor: a host-device read in every
-    forward), only for `_varlen_mask` to return None, as `create_recurrent_attention_mask` does without a
-    mask. LFM2's decoder takes a dict of per-layer-type masks as already made: given None for each, it skips
-    both. The same masks reach the layers (tests/test_upstream.py)."""
-    if kwargs.get("cu_seq_lens_q") is None or kwargs.get("attention_mask") is not None:
-        return None  # a padded batch (evaluation) or generation: transformers makes the masks
-    if kwargs.get("past_key_values") is not None:
-        return None
-    kwargs["attention_mask"] = dict.fromkeys(module.config.layer_types)  # e.g. {"full_attention": None, "conv": None}
-    return args, kwargs
 
 
 # Measured on an H100 with torch 2.11 (docs/benchmarks.md): compiling the decoder layers takes ~80 s

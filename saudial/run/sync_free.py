@@ -18,9 +18,10 @@ same values reach the same logs. The collator counts each batch's non-pad tokens
 counts them (`input_ids != pad_token_id`). With the NaN filter off (but in fp16, where the grad scaler
 skips an overflowed step and the run goes on), a NaN or infinite loss is logged as it is (upstream logs the
 mean of the earlier losses in its place), and the run stops there with a `TrainingError` (exit 3), at the log
-or at a checkpoint before it, so that no diverged adapter or checkpoint is saved. tests/test_sync_free.py
-checks the loss, the logged metrics and the token count against TRL's own trainer, and that the overridden
-Trainer methods are still called.
+or at a checkpoint before it (which also checks that the trained weights are finite: a step with a finite
+loss and a NaN gradient norm makes them NaN), so that no diverged adapter or checkpoint is saved.
+tests/test_sync_free.py checks the loss, the logged metrics and the token count against TRL's own trainer,
+and that the overridden Trainer methods are still called.
 """
 
 from __future__ import annotations
