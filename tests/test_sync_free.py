@@ -1,5 +1,6 @@
 """run/sync_free.py: the trainer without a GPU read per step learns and logs exactly what TRL's trainer does,
-and a run whose loss turns NaN stops with exit 3 before saving anything over the previous adapter.
+and a run whose loss, or whose adapter's weights, turn NaN or infinite stops with exit 3 before saving anything
+over the previous adapter.
 
 Whether a step really reads the GPU less is a property of a CUDA run: `bench/profile_step.py --syncs` counts
 the reads per step on the GPU machine (docs/benchmarks.md).
@@ -251,4 +252,5 @@ def test_weights_made_nan_by_a_finite_loss_step_stop_before_its_checkpoint(
     with pytest.raises(TrainingError, match="the adapter's weights became NaN or infinite by step 3") as raised:
         trainer.train()
     assert raised.value.exit_code == EXIT_TRAINING and "adapter was not saved" in str(raised.value)
+    assert "SAUDIAL_LEARNING_RATE" in str(raised.value)
     assert not list(tmp_path.rglob("checkpoint-*"))

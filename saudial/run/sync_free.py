@@ -154,16 +154,24 @@ class SyncFreeSFTTrainer(SFTTrainer):
         both = self.accelerator.gather(torch.stack([self._tr_loss.detach(), finite.to(self._tr_loss)]).view(1, 2))
         loss, ranks_finite = both.sum(0).tolist()
         self._stop_if_diverged(loss)
-        if ranks_finite < len(both):
-            self._stop_if_diverged(math.nan, "the adapter's weights became NaN or infinite")
+        if ranks_finite < len(both):  # clipping cannot mend a NaN gradient norm: its coefficient is NaN too
+            raise self._diverged(
+                "the adapter's weights became NaN or infinite",
+                "lower SAUDIAL_LEARNING_RATE, or check that the model's weights are finite",
+            )
         super()._save_checkpoint(model, trial)
 
-    def _stop_if_diverged(self, loss: float, became: str | None = None) -> None:
+    def _stop_if_diverged(self, loss: float) -> None:
         if not math.isfinite(loss):
-            error = TrainingError(
-                f"{became or f'the training loss became {loss}'} by step {self.state.global_step} "
-                f"(learning_rate {self.args.learning_rate:g}): training diverged and its adapter was not saved; "
-                "lower SAUDIAL_LEARNING_RATE or SAUDIAL_MAX_GRAD_NORM, or check that the model's weights are finite"
+            raise self._diverged(
+                f"the training loss became {loss}",
+                "lower SAUDIAL_LEARNING_RATE or SAUDIAL_MAX_GRAD_NORM, or check that the model's weights are finite",
             )
-            error.shared = True  # every rank logs the same gathered loss
-            raise error
+
+    def _diverged(self, became: str, fix: str) -> TrainingError:
+        error = TrainingError(
+            f"{became} by step {self.state.global_step} (learning_rate {self.args.learning_rate:g}): "
+            f"training diverged and its adapter was not saved; {fix}"
+        )
+        error.shared = True  # every rank saw the same gathered values
+        return error
