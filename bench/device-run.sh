@@ -57,6 +57,8 @@
 #   bash bench/device-run.sh W    one GPU: this tree against the one before (before.patch), three times in turns,
 #                                 logging every 10 steps (the default)
 #   bash bench/device-run.sh X    W with the tree before first in each turn, twice
+#   bash bench/device-run.sh Y    one GPU: the loss head against TRL's fused head on this tree, four pairs in
+#                                 turns (both orders), logging every 10 steps (not run yet)
 # Every pytest under `timeout` gets SIGKILL 10 s after SIGTERM (-k 10): a test that trains in-process has
 # saudial's SIGTERM handler installed (a graceful stop), which took timeout's SIGTERM in call Q (2026-11-30),
 # so the GPU tests ran on past their limit and the call ran out before the bench.
@@ -378,6 +380,23 @@ X)
     before_tree
     ORDER="before after" turns x 2 60 "levers: defaults, logging every 10"
     collect x
+    ;;
+Y)
+    # One GPU: the loss head (model/lm_head.py) against TRL's fused head, on this tree: /tmp/before is a copy
+    # whose lm_head.supported() answers False, so the trainer keeps TRL's head (and its reads). Four pairs at the
+    # default logging (every 10 steps), two with each tree first. Written after W and X (2026-11-30), not run yet.
+    rm -rf /tmp/before; cp -r . /tmp/before
+    python3 - /tmp/before/saudial/model/lm_head.py <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+head = "def supported(model: Any) -> bool:\n"
+assert head in text
+open(path, "w").write(text.replace(head, head + "    return False  # device-run Y: TRL's head\n", 1))
+PY
+    turns y 2 60 "levers: defaults, logging every 10"
+    ORDER="before after" turns y-r 2 60 "levers: defaults, logging every 10"
+    collect y
     ;;
 R)
     # One GPU, nothing beside it: the bench's ratios (the seed as written, Unsloth, the whole run) in one call,
