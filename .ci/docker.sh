@@ -153,6 +153,20 @@ else
 fi
 docker info --format 'engine {{.ServerVersion}}, storage {{.Driver}}, cgroup {{.CgroupVersion}}'
 
+# Disk: the images, their build cache, and `docker save` of the CUDA image for the layer scan, which
+# Docker Engine 20.10 writes whole under its root before it streams it (a 4.5 GB-free machine failed there
+# after 15 minutes). Say so now, in one line, rather than at the scan.
+docker_root=$(docker info --format '{{.DockerRootDir}}')
+free_gb() { df -Pk "$docker_root" | awk 'NR == 2 { print int($4 / 1048576) }'; }
+image_gb() { docker image inspect --format '{{.Size}}' "$1" 2>/dev/null | awk '{ print int($1 / 1073741824 + 1) }'; }
+need_gb=9 # docker save of the CUDA image (5.8 GB in docs/docker.md), and room to spare
+docker image inspect "$CUDA_IMAGE" >/dev/null 2>&1 || need_gb=$((need_gb + 9)) # its layers + pip's downloads
+docker image inspect "$CPU_IMAGE" >/dev/null 2>&1 || need_gb=$((need_gb + 3))
+disk_fix="free space there (docker system prune -a; old clones, pytest and torchinductor temp dirs under /tmp) and run again"
+[ "$(free_gb)" -ge "$need_gb" ] \
+    || fail "$(free_gb) GB free under $docker_root; this run needs about $need_gb GB (the images, their build cache, and docker save of the CUDA image for the layer scan): $disk_fix"
+echo "disk: $(free_gb) GB free under $docker_root (this run needs about $need_gb GB)"
+
 # --- 3./4. base image; lock checks in the background --------------------------------------------------
 step "lock checks started in the background (.ci/lock-check.sh); base image $BASE_IMAGE_CI"
 PYTHON="$CI_WORK/tools/bin/python" bash .ci/lock-check.sh >"$CI_WORK/lock-check.log" 2>&1 &
@@ -322,8 +336,14 @@ fi
 ok "positive controls: the scanner finds the canary (plain and gzipped layer) and the proxy CA lines"
 for image in "$CPU_IMAGE" "$CUDA_IMAGE"; do
     echo "$image:"
-    docker save "$image" | python3 .ci/scan_layers.py "$scan/patterns" \
-        || fail "the CA bundle or the token is in a layer of $image (above)"
+    # docker save first writes the whole image under the engine's root: check for that space here too.
+    save_gb=$(($(image_gb "$image") + 1))
+    [ "$(free_gb)" -ge "$save_gb" ] \
+        || fail "$(free_gb) GB free under $docker_root; docker save of $image for the layer scan needs about $save_gb GB: $disk_fix"
+    docker save "$image" | python3 .ci/scan_layers.py "$scan/patterns" && scan_rc=(0 0) || scan_rc=("${PIPESTATUS[@]}")
+    [ "${scan_rc[0]}" = 0 ] || fail "docker save $image failed (exit ${scan_rc[0]}; its error is above), so its layers were not scanned"
+    [ "${scan_rc[1]}" = 1 ] && fail "the CA bundle or the token is in a layer of $image (above)"
+    [ "${scan_rc[1]}" = 0 ] || fail "the layer scan of $image could not read the saved image (exit ${scan_rc[1]}, above)"
     if grep -qF -e "$FAKE_TOKEN" -e "saudial-ci-ca-canary" <(docker history --no-trunc "$image"); then
         fail "docker history of $image shows the CA bundle or the token"
     fi
