@@ -178,6 +178,33 @@ def test_the_collator_counts_non_pad_tokens_as_upstream(tiny_model: Path) -> Non
     assert NON_PAD_TOKENS not in padding_free_collator(tokenizer.pad_token_id, 64)(examples)
 
 
+def test_a_model_that_keeps_trls_head_gets_no_positions_from_the_collator(tiny_model: Path, tmp_path: Path) -> None:
+    """A model whose logits TRL's head scales keeps TRL's head: the collator, built before the trainer knew, stops
+    finding the positions (work on the CPU every step, then dropped), and the loss is still TRL's."""
+    settings = Settings(model_name_or_path=str(tiny_model), quantization="none", output_dir=tmp_path, report_to="none")
+    tokenizer = load_tokenizer(settings)
+    short_conv.install_boundary_aware_conv()
+    model = load_model(settings)
+    model.config.logit_scale = 1.0  # one of lm_head.SCALED_BY
+    examples = datasets.Dataset.from_list([{"input_ids": list(range(5, 5 + n))} for n in (7, 3, 11)])
+    collator = padding_free_collator(tokenizer.pad_token_id, 64, count_tokens=True)
+    assert lm_head.POSITIONS in collator([examples[0]])
+    trainer = SyncFreeSFTTrainer(
+        model=model,
+        args=sft_config(settings, torch.float32),
+        data_collator=collator,
+        train_dataset=examples,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings),
+    )
+    assert not trainer.compact_head
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert NON_PAD_TOKENS in batch and lm_head.POSITIONS not in batch and lm_head.TARGETS not in batch
+    assert trainer.model is not None
+    trainer.model.train()
+    assert torch.isfinite(trainer.compute_loss(trainer.model, batch))
+
+
 def _nan_model(tiny_model: Path, target: Path) -> Path:
     """A copy of the tiny model whose final norm holds NaN: a damaged model file that still loads."""
     shutil.copytree(tiny_model, target)

@@ -43,10 +43,13 @@ class CountingCollator(DataCollatorForLanguageModeling):
     """TRL's collator, also counting the batch's non-pad tokens on the host (upstream counts them on the GPU) and,
     for padding-free rows, giving the positions to score (model/lm_head.py)."""
 
+    # Off when the model keeps TRL's head (SyncFreeSFTTrainer sets it once it knows, before any batch).
+    score_positions = True
+
     def torch_call(self, examples: list[Any]) -> dict[str, Any]:
         batch = super().torch_call(examples)
         batch[NON_PAD_TOKENS] = int((batch["input_ids"] != self.pad_token_id).sum())
-        if self.padding_free:
+        if self.padding_free and self.score_positions:
             batch[lm_head.POSITIONS], batch[lm_head.TARGETS] = lm_head.label_positions(batch["labels"])
         return batch
 
@@ -58,6 +61,8 @@ class SyncFreeSFTTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         model: Any = self.model
         self.compact_head = lm_head.install(model.get_base_model() if hasattr(model, "get_base_model") else model)
+        if isinstance(self.data_collator, CountingCollator):  # built before the head was known
+            self.data_collator.score_positions = self.compact_head
         self._host_tokens: int | None = None  # the current batch's non-pad tokens, from CountingCollator
         self.host_counted_batches = 0  # batches counted on the host (tests: the override is still called)
         self._pending: list[torch.Tensor] = []  # per step [entropy, mean token accuracy], on the GPU
