@@ -128,7 +128,8 @@ class SyncFreeSFTTrainer(SFTTrainer):
         return loss
 
     def _flush_metrics(self) -> None:
-        """The pending metrics into TRL's lists (one read of the GPU), as its compute_loss appends them."""
+        """The pending metrics into TRL's lists, as its compute_loss appends them: one read of the GPU, and a second
+        when the token counts are on it too (several processes, or an attention mask)."""
         if not self._pending:
             return
         metrics = self._metrics["train"]
