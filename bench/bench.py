@@ -346,7 +346,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
 
-    from saudial.run.environment import device_name, versions
+    from saudial.process.environment import device_name, versions
 
     tflops = matmul_tflops()
     model, n_params = build_model(args.work, args.smoke)
@@ -482,7 +482,7 @@ def cold_then_warm(cache: Path) -> list[tuple[str, dict[str, str]]]:
 def warm_imports() -> float:
     """Import what a run imports once, in a child allowed to write bytecode; returns its seconds."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    code = "import saudial.jobs.train, saudial.run.train, saudial.inference.evaluate, saudial.publish.card"
+    code = "import saudial.jobs.train, saudial.training.recipe, saudial.inference.evaluation, saudial.publish.card"
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, check=True)
     return time.perf_counter() - start

@@ -361,7 +361,7 @@ V)
     # model; python -X importtime of the training modules), then the whole runs again (another host's sample).
     CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/startup.py --runs 2 --steps 2 --work /tmp/startup \
         --json "$OUT/startup.json" 2>&1 | tail -22
-    CUDA_VISIBLE_DEVICES=0 python3 -X importtime -c "import saudial.run.train" 2> "$OUT/importtime.txt"
+    CUDA_VISIBLE_DEVICES=0 python3 -X importtime -c "import saudial.training.recipe" 2> "$OUT/importtime.txt"
     sort -t'|' -k2 -n -r "$OUT/importtime.txt" | head -25
     CUDA_VISIBLE_DEVICES=0 OUT=/tmp bench v-whole 150 6 --sections wholerun
     collect v

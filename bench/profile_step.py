@@ -3,7 +3,7 @@
     SAUDIAL_DATA=... SAUDIAL_MODEL_NAME_OR_PATH=... python bench/profile_step.py OUT.txt [--steps 3]
 
 Settings come from the environment exactly as for entrypoint.py (SAUDIAL_*), and the trainer is the one
-`saudial.run.trainer.build_trainer` makes. It prints, per step: wall time, GPU busy time (sum of kernel times),
+`saudial.training.trainer.build_trainer` makes. It prints, per step: wall time, GPU busy time (sum of kernel times),
 kernel launches and CPU-side operator calls, then the top kernels and the top CPU operators. A step whose
 wall time is far above its GPU busy time is bound by the host (Python, dispatch, launches), not the GPU.
 With `--syncs N`, the N steps before the profiled ones run under torch's sync debug mode and the report
@@ -34,7 +34,7 @@ from saudial.data.examples import to_prompt_completion
 from saudial.data.workbook import load
 from saudial.model.hardware import compute_dtype
 from saudial.model.loading import load_model, load_tokenizer
-from saudial.run.trainer import build_trainer
+from saudial.training.trainer import build_trainer
 
 
 def sync() -> None:

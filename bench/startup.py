@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 PROBES: dict[str, tuple[str, ...]] = {
     "saudial.cli.main": ("main", "load_settings", "print_settings"),
     "saudial.jobs.train": ("load_configured_data", "after_training"),
-    "saudial.run.train": ("train", "prepare_output_dir", "load_tokenizer", "load_model", "build_trainer"),
+    "saudial.training.recipe": ("train", "prepare_output_dir", "load_tokenizer", "load_model", "build_trainer"),
     "saudial.data.examples": ("split", "prepare"),
     "saudial.model.hardware": ("gpu_memory_gib",),
 }
@@ -134,7 +134,7 @@ def run_once(work: Path, model: Path, data: Path, steps: int, dry_run: bool) -> 
         first, last = m[name]
         return float(last - first)
 
-    main, train = m["saudial.cli.main.main"], m["saudial.run.train.train"]
+    main, train = m["saudial.cli.main.main"], m["saudial.training.recipe.train"]
     data_file = m["saudial.jobs.train.load_configured_data"]
     parts = {
         "wall": end - begin,
@@ -144,7 +144,7 @@ def run_once(work: Path, model: Path, data: Path, steps: int, dry_run: bool) -> 
         "data file": span("saudial.jobs.train.load_configured_data"),
         "imports for training": train[0] - data_file[1],
         "train(): split": span("saudial.data.examples.split"),
-        "train(): tokenizer": span("saudial.run.train.load_tokenizer"),
+        "train(): tokenizer": span("saudial.training.recipe.load_tokenizer"),
         "train(): tokenizing": span("saudial.data.examples.prepare"),
         "train() total": train[1] - train[0],
     }
@@ -152,9 +152,9 @@ def run_once(work: Path, model: Path, data: Path, steps: int, dry_run: bool) -> 
         after = m["saudial.jobs.train.after_training"]
         parts |= {
             "train(): CUDA probe": span("saudial.model.hardware.gpu_memory_gib"),
-            "train(): output dir": span("saudial.run.train.prepare_output_dir"),
-            "train(): model": span("saudial.run.train.load_model"),
-            "train(): trainer": span("saudial.run.train.build_trainer"),
+            "train(): output dir": span("saudial.training.recipe.prepare_output_dir"),
+            "train(): model": span("saudial.training.recipe.load_model"),
+            "train(): trainer": span("saudial.training.recipe.build_trainer"),
             "after train()": after[1] - train[1],
         }
         metrics = json.loads((out / "metrics.json").read_text())

@@ -17,15 +17,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTTrainer
 
 from saudial.config.settings import Settings
-from saudial.data.chat import Conversation, check_template, parse_messages, prompt_ids, render, split, tokenize
 from saudial.data.chat_examples import held_out_frame, to_examples
 from saudial.data.conversations import ChatData, load_configured_data, read_conversations
+from saudial.data.messages import Conversation, check_template, parse_messages, prompt_ids, render, split, tokenize
 from saudial.data.workbook import Dataset, read_table
 from saudial.errors import ConfigError, DataError
 from saudial.inference.batches import reply_text, special_ids
-from saudial.inference.evaluate import loss_examples
+from saudial.inference.evaluation import loss_examples
 from saudial.inference.generate import chat_replies
-from saudial.run.trainer import sft_config
+from saudial.training.trainer import sft_config
 from tests.adapter_run import random_adapter
 
 THREE_TURNS = Conversation(

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from saudial.cli.parser import COMMAND_SETTINGS, GROUPS, SUMMARY
-from saudial.config.loading import load_settings
 from saudial.config.settings import Settings, env_name, flag_name
+from saudial.config.sources import load_settings
 from saudial.errors import ConfigError
 from tests.conftest import ENTRYPOINT, REPO, RunEntry, base_env
 

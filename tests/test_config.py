@@ -8,8 +8,8 @@ import re
 import pytest
 
 from saudial.cli.main import main
-from saudial.config.loading import load_settings
 from saudial.config.settings import LFM2_LINEAR_MODULES, Settings
+from saudial.config.sources import load_settings
 from saudial.errors import ConfigError
 
 
@@ -153,7 +153,7 @@ def test_redacted_is_json_and_complete() -> None:
 def test_readme_settings_table_is_current() -> None:
     from pathlib import Path
 
-    from saudial.config.loading import settings_table
+    from saudial.config.sources import settings_table
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert settings_table() in readme, "regenerate the README's table: python -m saudial.config"

@@ -14,7 +14,7 @@ import torch
 from saudial.config.settings import Settings
 from saudial.data.examples import split
 from saudial.data.text import clean_text
-from saudial.inference.evaluate import cap, evaluate
+from saudial.inference.evaluation import cap, evaluate
 from saudial.inference.scoring import OVERALL, normalize, score, score_by_dialect
 from tests.adapter_run import copy_run, random_adapter, trained_adapter
 from tests.conftest import RunEntry, base_env
@@ -132,7 +132,7 @@ def test_eval_loss_equals_the_trainers_completion_loss(
 ) -> None:
     """Our per-token loss over response+EOS matches a direct computation with TRL-style masking."""
     from saudial.data.prompts import build_prompt
-    from saudial.inference.evaluate import eval_loss
+    from saudial.inference.evaluation import eval_loss
 
     model, tokenizer, settings = peft_model
     rows = split(_rows(saudial_frame), 0.2, 0).eval.head(3)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from saudial.errors import EXIT_BUG, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_TRAINING, ConfigError
-from saudial.run.staging import check_not_protected
+from saudial.rundir.staging import check_not_protected
 from tests.adapter_run import copy_run, trained_adapter
 from tests.conftest import ENTRYPOINT, REPO, base_env
 from tests.jobs import ADAPTER, Job
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 PAGE = 4096
 
-TRAINING_STEP = re.compile(r"^step \d+/\d+  loss ", re.M)  # a logged training step (run/steplines.py)
+TRAINING_STEP = re.compile(r"^step \d+/\d+  loss ", re.M)  # a logged training step (training/steplines.py)
 
 
 def tree(root: Path, skip: str | None = None) -> dict[str, str]:
@@ -400,7 +400,7 @@ def test_out_of_memory_in_merge_exits_3(finished: Path, tiny_model: Path, workbo
 
 def test_a_bug_is_one_line_and_debug_shows_the_traceback(tiny_model: Path, workbook: Path, tmp_path: Path) -> None:
     env = injected(
-        env_for(tiny_model, workbook, tmp_path / "out"), tmp_path, "saudial.run.environment:git_revision:bug"
+        env_for(tiny_model, workbook, tmp_path / "out"), tmp_path, "saudial.process.environment:git_revision:bug"
     )
     result = run(env)
     assert result.returncode == EXIT_BUG
@@ -419,7 +419,7 @@ def test_a_bug_is_one_line_and_debug_shows_the_traceback(tiny_model: Path, workb
 
 def _runs(output: Path) -> tuple[dict[str, str], dict[str, str]]:
     """A finished run A in `output` and a finished run B in its staging (as `promote` finds them)."""
-    from saudial.run import record
+    from saudial.rundir import record
 
     output.mkdir()
     for name, text in {"adapter_model.safetensors": "A", "old_only.md": "A", "metrics.json": "{}"}.items():
@@ -443,7 +443,7 @@ def _runs(output: Path) -> tuple[dict[str, str], dict[str, str]]:
 def test_a_move_into_place_killed_at_any_step_is_completed_by_the_next_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from saudial.run import staging
+    from saudial.rundir import staging
 
     real_replace, step = os.replace, 0
     while True:
@@ -481,7 +481,7 @@ def test_a_move_into_place_killed_at_any_step_is_completed_by_the_next_start(
 
 def test_merge_output_follows_the_same_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from saudial.config.settings import Settings
-    from saudial.inference.merge import prepare
+    from saudial.jobs.merge import prepare
 
     settings = Settings.model_validate({"overwrite_output_dir": True})
     merged = tmp_path / "merged"
@@ -501,7 +501,7 @@ def test_merge_output_follows_the_same_rules(tmp_path: Path, monkeypatch: pytest
 
 def test_a_record_saudial_did_not_write_is_never_taken_for_one(tmp_path: Path) -> None:
     from saudial.config.settings import Settings
-    from saudial.run.outputs import prepare_output_dir
+    from saudial.rundir.outputs import prepare_output_dir
 
     out = tmp_path / "out"
     out.mkdir()

@@ -72,7 +72,7 @@ def test_the_trainer_fuses_the_norms_as_set(tiny_model: Path, tmp_path: Path, fu
     from transformers import AutoTokenizer
 
     from saudial.config.settings import Settings
-    from saudial.run.trainer import build_trainer
+    from saudial.training.trainer import build_trainer
 
     settings = Settings(
         model_name_or_path=str(tiny_model), quantization="none", output_dir=tmp_path, fused_rms_norm=fused

@@ -145,7 +145,7 @@ def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path, var
     from saudial.model import patches as speed
     from saudial.model import short_conv
     from saudial.model.loading import load_model
-    from saudial.run.trainer import padding_free_collator
+    from saudial.training.trainer import padding_free_collator
     from tests.test_padding_free import _chat_examples, _examples, _padded_batch, _per_example_loss
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)

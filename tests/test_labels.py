@@ -14,8 +14,8 @@ from saudial.data.workbook import load, load_configured
 from saudial.errors import TrainingError
 from saudial.model.loading import load_model, load_tokenizer
 from saudial.model.lora import lora_config
-from saudial.run.train import train
-from saudial.run.trainer import sft_config
+from saudial.training.recipe import train
+from saudial.training.trainer import sft_config
 
 
 def test_labels_mask_exactly_the_prompt(tiny_model: Path, workbook: Path, tmp_path: Path) -> None:

@@ -193,7 +193,7 @@ def test_tiny_run_logs_lines_and_leaves_the_saudial_card(
     for noise in ("gemm_4bit_forward", "is_gradient_checkpointing", "is falling back to its reference"):
         assert noise not in text, noise
     assert "'learning_rate': '0'" not in result.stdout  # no log of the warm-up's first step (lr 0)
-    # One line per logged step (run/steplines.py), never upstream's printed dicts of TRL's diagnostics.
+    # One line per logged step (training/steplines.py), never upstream's printed dicts of TRL's diagnostics.
     steps = re.findall(
         r"^step (\d+)/4  loss [\d.]+  grad_norm [\d.e+-]+  learning_rate [\d.e+-]+  epoch", result.stdout, re.M
     )

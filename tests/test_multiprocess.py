@@ -13,7 +13,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from saudial.errors import EXIT_INTERRUPTED
-from saudial.run import checkpoints
+from saudial.rundir import checkpoints
 from tests.jobs import Job, job_env, run_job
 
 pytestmark = pytest.mark.slow

@@ -11,12 +11,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.lfm2 import modeling_lfm2
 
 from saudial.data import workbook as data
-from saudial.data.chat import tokenize
 from saudial.data.conversations import row_conversation
+from saudial.data.messages import tokenize
 from saudial.data.prompts import build_prompt
 from saudial.model import patches as speed
 from saudial.model import short_conv
-from saudial.run.trainer import padding_free_collator
+from saudial.training.trainer import padding_free_collator
 from tests.chat_files import conversations
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from saudial.run.record import run_fingerprint
+from saudial.rundir.record import run_fingerprint
 from tests.jobs import adapter, assert_bitwise_equal, job_env, run_job
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def test_same_seed_is_bitwise_identical_and_another_seed_differs(
 def test_a_setting_added_later_leaves_earlier_fingerprints_alone() -> None:
     """A run started before `task` existed resumes: at its default, `task` is not part of the fingerprint."""
     from saudial.config.settings import Settings
-    from saudial.run.record import NOT_TRAINING
+    from saudial.rundir.record import NOT_TRAINING
 
     settings = Settings(data=Path("x.xlsx"))
     earlier = {k: v for k, v in settings.redacted().items() if k not in NOT_TRAINING and k != "task"}

@@ -18,8 +18,8 @@ from saudial.config.settings import Settings
 from saudial.devtools import synthetic
 from saudial.errors import EXIT_CONFIG, EXIT_INTERRUPTED
 from saudial.publish import hub
-from saudial.run import checkpoints
-from saudial.run.outputs import prepare_output_dir
+from saudial.rundir import checkpoints
+from saudial.rundir.outputs import prepare_output_dir
 from tests.jobs import ADAPTER, Job, adapter, assert_bitwise_equal, job_env, run_job
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from peft import LoraConfig
 from saudial.config.settings import Settings
 from saudial.model.loading import bnb_fields, quantization_config
 from saudial.model.lora import lora_config, lora_fields
-from saudial.run.trainer import HANDLED_HERE, RENAMED, SFT_FIELDS, sft_config, sft_fields
+from saudial.training.trainer import HANDLED_HERE, RENAMED, SFT_FIELDS, sft_config, sft_fields
 
 PACKAGE = Path(__file__).resolve().parent.parent / "saudial"
 
@@ -25,18 +25,18 @@ SAUDIAL_OWN = {
     "sheet_name": "data/workbook.py",
     "dialects": "data/workbook.py",
     "max_data_file_mb": "data/workbook.py",  # and jobs/translate.py for --input
-    "eval_size": "run/train.py",
+    "eval_size": "training/recipe.py",
     "model_name_or_path": "model/loading.py",
     "model_revision": "model/loading.py",
     "tokenizer_name_or_path": "model/loading.py",
     "quantization": "model/loading.py",
     "torch_dtype": "model/hardware.py",
     "attn_implementation": "model/loading.py",
-    "overwrite_output_dir": "run/outputs.py",
-    "resume": "run/outputs.py",
-    "num_processes": "run/distributed.py",
-    "eval": "inference/evaluate.py",
-    "max_eval_samples": "inference/evaluate.py",
+    "overwrite_output_dir": "rundir/outputs.py",
+    "resume": "rundir/outputs.py",
+    "num_processes": "process/distributed.py",
+    "eval": "inference/evaluation.py",
+    "max_eval_samples": "inference/evaluation.py",
     "max_new_tokens": "inference/batches.py",
     "do_sample": "inference/batches.py",
     "temperature": "inference/batches.py",
@@ -44,12 +44,12 @@ SAUDIAL_OWN = {
     "repetition_penalty": "inference/batches.py",
     "hub_private": "publish/hub.py",
     # SFTConfig fields that saudial handles itself (run/trainer.HANDLED_HERE says why)
-    "fused_lora": "run/trainer.py",
-    "fused_rms_norm": "run/trainer.py",
-    "padding_free": "run/trainer.py",
-    "pad_to_multiple_of": "run/trainer.py",
+    "fused_lora": "training/trainer.py",
+    "fused_rms_norm": "training/trainer.py",
+    "padding_free": "training/trainer.py",
+    "pad_to_multiple_of": "training/trainer.py",
     "torch_compile": "model/patches.py",
-    "save_total_limit": "run/checkpoints.py",
+    "save_total_limit": "rundir/checkpoints.py",
     "push_to_hub": "jobs/train.py",
     "hub_model_id": "publish/hub.py",
     "hub_strategy": "jobs/train.py",

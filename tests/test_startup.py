@@ -1,4 +1,4 @@
-"""Start-up: the garbage collector around the model libraries' imports (run/collector.py).
+"""Start-up: the garbage collector around the model libraries' imports (process/collector.py).
 
 Each case runs in its own interpreter: freezing is process-wide and would keep this test process's garbage.
 The time it saves is a benchmark's (bench/startup.py, docs/benchmarks.md), not asserted here.
@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 CHECK = """
 import gc, sys
-from saudial.run.collector import long_lived_imports
+from saudial.process.collector import long_lived_imports
 {before}
 enabled = gc.isenabled()
 with long_lived_imports():

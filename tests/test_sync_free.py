@@ -1,4 +1,4 @@
-"""run/sync_free.py: the trainer without a GPU read per step learns and logs exactly what TRL's trainer does,
+"""training/sync_free.py: the trainer without a GPU read per step learns and logs exactly what TRL's trainer does,
 and a run whose loss, or whose adapter's weights, turn NaN or infinite stops with exit 3 before saving anything
 over the previous adapter.
 
@@ -28,8 +28,8 @@ from saudial.errors import EXIT_TRAINING, TrainingError
 from saudial.model import lm_head, short_conv
 from saudial.model.loading import load_model, load_tokenizer
 from saudial.model.lora import lora_config
-from saudial.run.sync_free import NON_PAD_TOKENS, SyncFreeSFTTrainer
-from saudial.run.trainer import padding_free_collator, sft_config
+from saudial.training.sync_free import NON_PAD_TOKENS, SyncFreeSFTTrainer
+from saudial.training.trainer import padding_free_collator, sft_config
 from tests.adapter_run import copy_run, trained_adapter
 from tests.conftest import base_env
 from tests.test_faults import error_line, run, tree

@@ -1,7 +1,7 @@
 """Each workaround of a library's behaviour, and the behaviour it works around.
 
 If one of these fails, upstream changed: the workaround named in the failure may no longer be
-needed (or may need changing). The workarounds live in saudial/model/patches.py and saudial/run/trainer.py.
+needed (or may need changing). The workarounds live in saudial/model/patches.py and saudial/training/trainer.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from saudial.model import short_conv
-from saudial.run.trainer import HANDLED_HERE, padding_free_collator
+from saudial.training.trainer import HANDLED_HERE, padding_free_collator
 
 
 def test_lfm2_conv_fallback_still_mixes_packed_examples() -> None:
@@ -35,7 +35,7 @@ def test_lfm2_conv_fallback_still_mixes_packed_examples() -> None:
 
 
 def test_trl_still_refuses_padding_free_with_max_length(tiny_model: Path, tmp_path: Path) -> None:
-    """run/trainer.py passes padding_free=False and gives the padding-free collator itself because of this."""
+    """training/trainer.py passes padding_free=False and gives the padding-free collator itself because of this."""
     assert "padding_free" in HANDLED_HERE
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     data = datasets.Dataset.from_list([{"prompt": "a", "completion": "b"}] * 2)

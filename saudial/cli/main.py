@@ -19,15 +19,15 @@ from typing import Any
 from saudial.cli import logs
 from saudial.cli.parser import parse
 from saudial.config.huggingface import check_adapter_dir
-from saudial.config.loading import changed_settings, load_settings
 from saudial.config.runtime import configure_allocator
 from saudial.config.settings import Settings
+from saudial.config.sources import changed_settings, load_settings
 from saudial.errors import EXIT_BUG, EXIT_OK, OOM_ANY, as_user_error, unexpected
-from saudial.run import distributed
-from saudial.run.collector import long_lived_imports
+from saudial.process import distributed
+from saudial.process.collector import long_lived_imports
 
 # The commands that load a model import their modules and the libraries under them (transformers at least:
-# logs.fold_transformers_handler) with the garbage collector paused, then frozen: run/collector.py.
+# logs.fold_transformers_handler) with the garbage collector paused, then frozen: process/collector.py.
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
@@ -73,7 +73,7 @@ def run_translate(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_merge(args: argparse.Namespace, settings: Settings) -> int:
     with long_lived_imports():
-        from saudial.inference.merge import merge
+        from saudial.jobs.merge import merge
 
         logs.fold_transformers_handler()
     merge(settings, args.adapter, args.output)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from saudial import __version__
-from saudial.config.loading import default_of
 from saudial.config.settings import Settings, env_name, flag_name
+from saudial.config.sources import default_of
 
 # The settings in help groups, in the order the help shows them. tests/test_cli.py checks that every
 # setting is in exactly one group, so a new setting must be placed here.

@@ -1,6 +1,6 @@
 """Conversations -> what the trainer sees: token ids and assistant masks, and what they look like in tokens.
 
-`to_examples` tokenizes every conversation with the tokenizer's chat template (`chat.tokenize`): TRL takes
+`to_examples` tokenizes every conversation with the tokenizer's chat template (`messages.tokenize`): TRL takes
 the pre-tokenized `input_ids` and `assistant_masks`, builds the labels from the masks and cuts each example
 to max_length (dropping one left without an assistant token). `summarize` counts conversations, turns and
 roles, conversations per dialect and split, and tokens per conversation as trained, including how many
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import datasets
 import pandas as pd
 
-from saudial.data import chat
-from saudial.data.chat import Conversation
+from saudial.data import messages
 from saudial.data.examples import split_table
+from saudial.data.messages import Conversation
 from saudial.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -47,8 +47,8 @@ class ChatSplit:
 
 
 def split(data: ChatData, eval_size: float, seed: int) -> ChatSplit:
-    """`chat.split`: each conversation whole, those opening with the same user message on one side."""
-    train, held = chat.split(data.conversations, eval_size, seed)
+    """`messages.split`: each conversation whole, those opening with the same user message on one side."""
+    train, held = messages.split(data.conversations, eval_size, seed)
     train_counts, eval_counts = Counter(c.dialect for c in train), Counter(c.dialect for c in held)
     dialects = sorted(d for d in set(train_counts) | set(eval_counts) if d)
     return ChatSplit(train, held, {d: {"train": train_counts[d], "eval": eval_counts[d]} for d in dialects})
@@ -65,9 +65,9 @@ def held_out_frame(conversations: list[Conversation]) -> pd.DataFrame:
 def prepare(
     data: ChatData, split: ChatSplit, tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> tuple[datasets.Dataset, datasets.Dataset, dict[str, Any]]:
-    """Both sides as token ids with their assistant masks (the tokenizer's chat template, `chat.check_template`
+    """Both sides as token ids with their assistant masks (the tokenizer's chat template, `messages.check_template`
     first), and the summary (logged) of what the trainer will see."""
-    chat.check_template(tokenizer, getattr(tokenizer, "name_or_path", "") or "the base model")
+    messages.check_template(tokenizer, getattr(tokenizer, "name_or_path", "") or "the base model")
     train_ds = to_examples(split.train, tokenizer, max_length)
     eval_ds = to_examples(split.eval, tokenizer, max_length, learnable_only=True)
     summary = summarize(data, split, max_length, train_ds)
@@ -80,7 +80,7 @@ def to_examples(
 ) -> datasets.Dataset:
     """Each conversation as `input_ids` + `assistant_masks`, whole (TRL cuts them to max_length and leaves out
     those without an assistant token within it; `learnable_only` leaves them out here already)."""
-    records = [chat.tokenize(tokenizer, c, max_length) for c in conversations]
+    records = [messages.tokenize(tokenizer, c, max_length) for c in conversations]
     if learnable_only:
         records = [r for r in records if any(r["assistant_masks"][:max_length])]
     return datasets.Dataset.from_list(records, features=FEATURES)
@@ -112,7 +112,7 @@ def summarize(data: ChatData, split: ChatSplit, max_length: int, train_ds: datas
         "turns": {
             "total": turns,
             "per_conversation": round(turns / max(len(data.conversations), 1), 2),
-            "roles": {role: roles[role] for role in chat.ROLES},
+            "roles": {role: roles[role] for role in messages.ROLES},
         },
         "train_tokens": {
             "mean": round(statistics.fmean(lengths), 1) if lengths else 0,

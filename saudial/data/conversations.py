@@ -5,7 +5,7 @@ A `.jsonl` or `.parquet` file with a `messages` column (TRL's conversational for
 only a regular file within SAUDIAL_MAX_DATA_FILE_MB (`files.py`), JSON line by line so that a bad line is
 named (`formats.py`), invisible control characters removed from every content and counted (`text.py`),
 an optional `dialect` field that must be text and look like a name, exact duplicates kept once, the
-dialect filter. Every message must be valid (`chat.parse_messages`): a bad one is one DataError naming
+dialect filter. Every message must be valid (`messages.parse_messages`): a bad one is one DataError naming
 the file, the line and the message, never quoting it.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from saudial.data import workbook
-from saudial.data.chat import COMPLETION, MESSAGES, PROMPT, Conversation, parse_messages
 from saudial.data.files import DATA_SETTING, printable
+from saudial.data.messages import COMPLETION, MESSAGES, PROMPT, Conversation, parse_messages
 from saudial.data.text import describe_names, is_missing
 from saudial.data.workbook import Dataset, Table, read_table
 from saudial.errors import DataError

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 import pandas as pd
 
 from saudial.data import files, formats
-from saudial.data.chat import is_conversations
 from saudial.data.files import DATA_SETTING, DEFAULT_MAX_MB, read_bytes
+from saudial.data.messages import is_conversations
 from saudial.data.text import clean_cell, describe_names, kind_of, name_problem, strip_controls
 from saudial.errors import ConfigError, DataError
 

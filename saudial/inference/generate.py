@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from saudial.config.huggingface import check_adapter_dir
 from saudial.config.settings import Settings
-from saudial.data.chat import prompt_ids
+from saudial.data.messages import prompt_ids
 from saudial.data.prompts import build_prompt
 from saudial.errors import OOM_INFERENCE, ConfigError, faults
 from saudial.inference.batches import (
@@ -41,8 +41,8 @@ from saudial.inference.batches import (
     special_ids,
 )
 from saudial.model.loading import load_model, load_tokenizer
-from saudial.run import signals
-from saudial.run.record import MANIFEST, NOT_TRAINING, read_json
+from saudial.process import signals
+from saudial.rundir.record import MANIFEST, NOT_TRAINING, read_json
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ import pandas as pd
 
 from saudial.config.settings import Settings
 from saudial.data import conversations
-from saudial.data.chat import check_template
+from saudial.data.messages import check_template
 from saudial.data.text import strip_controls
 from saudial.data.workbook import read_table
 from saudial.errors import ConfigError
 from saudial.jobs.translate import deliver, output_path_for, text_or_file
-from saudial.run.collector import long_lived_imports
+from saudial.process.collector import long_lived_imports
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def run_chat(
         frame, prompts = read_inputs(input_path, settings.max_data_file_mb, system)
     else:
         prompts = [with_system([{"role": "user", "content": cleaned(str(message), "MESSAGE")}], system)]
-    with long_lived_imports():  # torch, transformers, PEFT (run/collector.py)
+    with long_lived_imports():  # torch, transformers, PEFT (process/collector.py)
         from saudial.inference.generate import chat_replies, load_for_inference, settings_for_adapter, trained_task
 
     settings = settings_for_adapter(settings, adapter_dir)

@@ -10,14 +10,14 @@ import pandas as pd
 
 from saudial.config.settings import Settings
 from saudial.data import chat_examples
-from saudial.data.chat import check_template
 from saudial.data.chat_examples import CONVERSATION
 from saudial.data.conversations import ChatData, load_configured_data
 from saudial.data.examples import split
+from saudial.data.messages import check_template
 from saudial.errors import ConfigError
-from saudial.inference.evaluate import evaluate
+from saudial.inference.evaluation import evaluate
 from saudial.inference.generate import load_for_inference, settings_for_adapter
-from saudial.run import signals
+from saudial.process import signals
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from saudial.config.settings import Settings
 from saudial.publish import hub
 from saudial.publish.card import CARD, write_card
-from saudial.run import record
+from saudial.rundir import record
 
 
 def push(settings: Settings, output_dir: Path) -> str:

@@ -2,11 +2,11 @@
 
 1. Cheap checks first, so a wrong path or a missing GPU fails in seconds, not after the slow imports of
    transformers, PEFT and TRL: the data (pandas only), the GPU (torch only), the Hub upload.
-2. With several GPUs, this same command as one process per GPU (run/distributed.py).
-3. Training (run/train.py): the adapter, tokenizer and run record in OUTPUT_DIR/staging (status trained).
+2. With several GPUs, this same command as one process per GPU (process/distributed.py).
+3. Training (training/recipe.py): the adapter, tokenizer and run record in OUTPUT_DIR/staging (status trained).
 4. After training, in this order, each recorded in the run record so that a restart with the same
    settings does only what is left: evaluation (SAUDIAL_EVAL; SIGTERM stops it with exit 75) -> evaluated;
-   the run's files moved into OUTPUT_DIR (run/staging.py) -> finished; the Hub upload (SAUDIAL_PUSH_TO_HUB)
+   the run's files moved into OUTPUT_DIR (rundir/staging.py) -> finished; the Hub upload (SAUDIAL_PUSH_TO_HUB)
    -> pushed. Only the main process does these.
 """
 
@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 from saudial.config.settings import Settings
 from saudial.data.conversations import load_configured_data
 from saudial.errors import EXIT_OK, OOM_INFERENCE, faults
-from saudial.run import distributed
-from saudial.run.collector import long_lived_imports
+from saudial.process import distributed
+from saudial.process.collector import long_lived_imports
 
 if TYPE_CHECKING:
-    from saudial.run.checkpoints import CheckpointStore
-    from saudial.run.train import Trained
+    from saudial.rundir.checkpoints import CheckpointStore
+    from saudial.training.recipe import Trained
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def run(settings: Settings, dry_run: bool = False) -> int:
     with long_lived_imports():
         from saudial.model.hardware import check_cuda
         from saudial.publish import hub
-        from saudial.run.train import train
+        from saudial.training.recipe import train
 
     if settings.quantization != "none" and not dry_run:
         check_cuda()
@@ -57,7 +57,7 @@ def checkpoint_store(settings: Settings) -> CheckpointStore | None:
     if not (settings.push_to_hub and settings.hub_strategy == "checkpoint"):
         return None
     from saudial.publish import hub
-    from saudial.run.checkpoints import CheckpointStore
+    from saudial.rundir.checkpoints import CheckpointStore
 
     return CheckpointStore(
         upload=partial(hub.upload_checkpoint, settings), download=partial(hub.download_checkpoint, settings)
@@ -72,7 +72,7 @@ def after_training(trained: Trained) -> dict[str, Any]:
     (exit code 4) after the adapter and the evaluation are safely in place.
     """
     from saudial.publish.card import CARD, write_card
-    from saudial.run import record, staging
+    from saudial.rundir import record, staging
 
     settings, output_dir = trained.settings, trained.settings.output_dir
     results: dict[str, Any] = {}
@@ -94,12 +94,13 @@ def after_training(trained: Trained) -> dict[str, Any]:
 
 def evaluate_run(trained: Trained) -> dict[str, Any]:
     """Evaluate the adapter in staging (in memory after training, else loaded again); status evaluated."""
-    from saudial.run import record, signals
+    from saudial.process import signals
+    from saudial.rundir import record
 
     settings, run_dir = trained.settings, trained.run_dir
     results: dict[str, Any] = {}
     if settings.eval != "none" and not trained.eval_rows.empty:
-        from saudial.inference.evaluate import evaluate
+        from saudial.inference.evaluation import evaluate
         from saudial.inference.generate import load_for_inference
 
         then = f"the trained adapter is in {run_dir}: restart with the same settings to finish the evaluation"

@@ -26,7 +26,7 @@ from saudial.data.files import SUFFIXES
 from saudial.data.text import describe_names, is_missing, name_problem, strip_controls
 from saudial.data.workbook import read_table
 from saudial.errors import ConfigError, DataError
-from saudial.run.collector import long_lived_imports
+from saudial.process.collector import long_lived_imports
 
 if TYPE_CHECKING:
     from saudial.inference.generate import Request
@@ -50,7 +50,7 @@ class InputRow(NamedTuple):
 
 def known_dialects(adapter_dir: Path) -> list[str]:
     """The dialects the adapter was trained on, from its manifest (empty when unknown)."""
-    from saudial.run.record import MANIFEST, read_json
+    from saudial.rundir.record import MANIFEST, read_json
 
     manifest = read_json(adapter_dir / MANIFEST) or {}
     per_dialect = (manifest.get("data") or {}).get("per_dialect") or {}
@@ -202,7 +202,7 @@ def run_translate(
     if input_path is not None:  # the file first: a broken one fails before any model is looked at
         target = output_path_for(input_path, output)
         frame, rows = read_inputs(input_path, settings.max_data_file_mb)
-    with long_lived_imports():  # torch, transformers, PEFT (run/collector.py)
+    with long_lived_imports():  # torch, transformers, PEFT (process/collector.py)
         from saudial.inference.generate import (
             Request,
             load_for_inference,

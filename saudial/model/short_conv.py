@@ -1,6 +1,6 @@
 """LFM2's short convolution on padding-free rows: each example's first tokens never see the previous one's.
 
-Padding-free batches put all examples of a micro-batch in one flat row (run/trainer.py); LFM2's short conv
+Padding-free batches put all examples of a micro-batch in one flat row (training/trainer.py); LFM2's short conv
 must not read the last tokens of the previous example. Upstream: transformers' torch fallback for
 `causal_conv1d_fn` (used without the `causal_conv1d` CUDA package) ignores TRL's `seq_idx` and lets every
 example's first tokens see the previous example's last ones (5.17 and 5.23; some builds refuse `seq_idx`

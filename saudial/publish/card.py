@@ -17,11 +17,11 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from saudial.config.loading import default_of
 from saudial.config.settings import Settings
+from saudial.config.sources import default_of
 from saudial.inference.scoring import OVERALL
 from saudial.publish import chat_card
-from saudial.run.record import MANIFEST, METRICS, RESULTS_MD, read_json
+from saudial.rundir.record import MANIFEST, METRICS, RESULTS_MD, read_json
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from saudial.config.huggingface import hub_endpoint, hub_offline
 from saudial.config.settings import Settings
 from saudial.config.settings import check_repo_id as settings_check_repo_id
 from saudial.errors import ConfigError, PushError
-from saudial.run.checkpoints import MARKER, PREFIX, TRAINING_ARGS, problem
-from saudial.run.record import HUB_DOWNLOAD, MANIFEST, METRICS, RESULTS_MD, STAGING, read_json
+from saudial.rundir.checkpoints import MARKER, PREFIX, TRAINING_ARGS, problem
+from saudial.rundir.record import HUB_DOWNLOAD, MANIFEST, METRICS, RESULTS_MD, STAGING, read_json
 
 log = logging.getLogger(__name__)
 

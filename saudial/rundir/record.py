@@ -4,7 +4,7 @@ both and is the only one that writes them, through `update`. The status moves
 
     running <-> interrupted -> trained -> evaluated -> finished -> pushed
 
-(running to trained in OUTPUT_DIR/staging; finished once its files are in place in OUTPUT_DIR: run/outputs.py).
+(running to trained in OUTPUT_DIR/staging; finished once its files are in place in OUTPUT_DIR: rundir/outputs.py).
 `files` lists every file and folder the run wrote into its directory: the only ones saudial may ever
 replace or delete there.
 
@@ -22,16 +22,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from saudial.run.environment import environment
+from saudial.process.environment import environment
 
 if TYPE_CHECKING:
     from saudial.config.settings import Settings
 
 MANIFEST = "run_manifest.json"
 METRICS = "metrics.json"
-STAGING = "staging"  # OUTPUT_DIR/staging: the run in progress (run/staging.py)
+STAGING = "staging"  # OUTPUT_DIR/staging: the run in progress (rundir/staging.py)
 HUB_DOWNLOAD = ".hub-checkpoint"  # in staging while the Hub's last checkpoint downloads (publish/hub.py)
-RESULTS_MD = "eval_results.md"  # the evaluation table (inference/evaluate.py)
+RESULTS_MD = "eval_results.md"  # the evaluation table (inference/evaluation.py)
 PREDICTIONS = "eval_predictions.jsonl"  # every held-out translation, base and adapter
 # Settings that change what is trained. A checkpoint may only be resumed by a run whose settings
 # agree on all of these (the rest, e.g. output_dir, logging, evaluation and push, may differ).

@@ -4,7 +4,7 @@ The Trainer writes ``checkpoint-N`` every `save_steps` optimizer steps (adapter,
 RNG states, trainer state). Once it has, `CheckpointCallback` writes ``saudial_checkpoint.json`` into
 it: the step, the run's fingerprint and every file's size and sha256. Only a checkpoint with a marker
 whose files all match is valid; one killed mid-save (SIGKILL, power loss) has no marker or a file that
-does not match, and is skipped with a warning (and deleted when the run resumes: run/outputs.py). The
+does not match, and is skipped with a warning (and deleted when the run resumes: rundir/outputs.py). The
 callback, not the Trainer, deletes old checkpoints (keeping `save_total_limit`), and only after the new
 one is marked: at every moment at least one valid checkpoint is on disk once the first was written.
 """
@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from saudial.data.files import sha256_of
-from saudial.run import distributed, record
-from saudial.run.record import now, read_json, write_json
+from saudial.process import distributed
+from saudial.rundir import record
+from saudial.rundir.record import now, read_json, write_json
 
 if TYPE_CHECKING:
     from saudial.config.settings import Settings

@@ -29,15 +29,16 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from saudial.data.chat import tokenize
 from saudial.data.chat_examples import CONVERSATION
+from saudial.data.messages import tokenize
 from saudial.data.prompts import build_prompt
 from saudial.data.workbook import iter_rows
 from saudial.errors import OOM_INFERENCE, faults
 from saudial.inference.dense import dequantize_base_weights, merged_adapter
 from saudial.inference.generate import Request, chat_replies, translate
 from saudial.inference.scoring import OVERALL, SYSTEMS, markdown_table, score_by_dialect, signatures
-from saudial.run import record, signals
+from saudial.process import signals
+from saudial.rundir import record
 
 if TYPE_CHECKING:
     from saudial.config.settings import Settings

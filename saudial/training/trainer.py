@@ -25,9 +25,9 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from saudial.errors import ConfigError
 from saudial.model import fused_lora, patches, short_conv
 from saudial.model.lora import lora_config
-from saudial.run import distributed
-from saudial.run.steplines import StepLines
-from saudial.run.sync_free import CountingCollator, SyncFreeSFTTrainer
+from saudial.process import distributed
+from saudial.training.steplines import StepLines
+from saudial.training.sync_free import CountingCollator, SyncFreeSFTTrainer
 
 if TYPE_CHECKING:
     from saudial.config.settings import Settings
@@ -49,7 +49,7 @@ HANDLED_HERE = {
     "truncation (padding_free=False) and gives the Trainer TRL's padding-free collator itself",
     "pad_to_multiple_of": "an argument of that collator",
     "torch_compile": "saudial compiles the decoder layers one by one (model/patches.py), not the whole model",
-    "save_total_limit": "run/checkpoints.py rotates, and only once the new checkpoint is complete",
+    "save_total_limit": "rundir/checkpoints.py rotates, and only once the new checkpoint is complete",
     "push_to_hub": "saudial uploads once, after evaluation (publish/hub.py); the Trainer would upload every save",
     "hub_model_id": "used by publish/hub.py",
     "hub_strategy": "used by publish/hub.py",
@@ -93,12 +93,12 @@ def sft_config(settings: Settings, dtype: torch.dtype) -> SFTConfig:
         # No log after the first step: with warmup, transformers' linear schedule gives that step a learning
         # rate of 0 (lr(step) = step / warmup_steps), so the first line would read `learning_rate 0`.
         logging_first_step=False,
-        save_strategy="steps",  # checkpoint-N every save_steps (resume after preemption: run/checkpoints.py)
+        save_strategy="steps",  # checkpoint-N every save_steps (resume after preemption: rundir/checkpoints.py)
         save_total_limit=None,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient every step
         eval_strategy="no",
-        include_num_input_tokens_seen="non_padding",  # counted on the host by CountingCollator (run/sync_free.py)
-        # No host-device sync per step (run/sync_free.py): batches copied to the GPU without blocking, from
+        include_num_input_tokens_seen="non_padding",  # counted on the host by CountingCollator (training/sync_free.py)
+        # No host-device sync per step (training/sync_free.py): batches copied to the GPU without blocking, from
         # pinned memory; and the loss not checked for NaN/inf in every step (SyncFreeSFTTrainer stops a run
         # whose loss is not finite, where upstream would log the earlier losses' mean instead). Except in fp16:
         # there the grad scaler skips a step whose loss overflowed, and the run goes on, as upstream logs it.

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from saudial.errors import ConfigError
-from saudial.run import record
+from saudial.rundir import record
 
 log = logging.getLogger(__name__)
 

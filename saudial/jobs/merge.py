@@ -5,7 +5,7 @@ the adapter is merged with PEFT's `merge_and_unload`, and the result is saved wi
 so plain `AutoModelForCausalLM.from_pretrained(DIR)` loads it (what vLLM and llama.cpp's converter take).
 
 Like a training run, a merge is written into --output/staging and moved into --output only once it is
-complete (run/staging.py): a merge that fails (disk full, out of memory) leaves the previous merged
+complete (rundir/staging.py): a merge that fails (disk full, out of memory) leaves the previous merged
 model as it was. Its run_manifest.json (the adapter's, with the merge's own list of files) says what
 a later merge with SAUDIAL_OVERWRITE_OUTPUT_DIR=true may replace; nothing else there is touched.
 """
@@ -22,9 +22,9 @@ from saudial.config.settings import Settings
 from saudial.errors import ConfigError, faults
 from saudial.inference.generate import check_adapter_weights, settings_for_adapter
 from saudial.model.loading import load_model, load_tokenizer
-from saudial.run import record, staging
-from saudial.run.environment import versions
-from saudial.run.record import MANIFEST, now, read_json, write_json
+from saudial.process.environment import versions
+from saudial.rundir import record, staging
+from saudial.rundir.record import MANIFEST, now, read_json, write_json
 
 log = logging.getLogger(__name__)
 

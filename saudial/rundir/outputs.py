@@ -1,6 +1,6 @@
 """The output directory: start fresh, continue the run that is there, or refuse, before any model loads.
 
-A run in progress lives in OUTPUT_DIR/staging (run/staging.py); the last finished run's files are in
+A run in progress lives in OUTPUT_DIR/staging (rundir/staging.py); the last finished run's files are in
 OUTPUT_DIR itself. `prepare_output_dir` decides (the rules are in its docstring and docs/resume.md),
 and writes the run's record in staging with status running and the fingerprint, so the next start can
 tell whether it is the same run.
@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saudial.errors import ConfigError, faults
-from saudial.run import distributed, record, staging
-from saudial.run.checkpoints import checkpoint_step, latest_valid
-from saudial.run.record import now, read_json
+from saudial.process import distributed
+from saudial.rundir import record, staging
+from saudial.rundir.checkpoints import checkpoint_step, latest_valid
+from saudial.rundir.record import now, read_json
 
 if TYPE_CHECKING:
     from saudial.config.settings import Settings

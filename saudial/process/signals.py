@@ -1,7 +1,7 @@
 """Stopping cleanly on SIGTERM/SIGINT: what a job on a preemptible GPU or under `docker stop` needs.
 
 A process that runs as PID 1 in a container ignores SIGTERM unless it has a handler; this is that
-handler. During training the run then writes a checkpoint and exits 75 (run/train.py raises
+handler. During training the run then writes a checkpoint and exits 75 (training/recipe.py raises
 `Interrupted`). During evaluation (`interruptible`), generation and the loss loop call `check()` between
 batches: it raises `Interrupted` (exit 75); the next start with the same settings finishes the evaluation.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from saudial.errors import Interrupted
-from saudial.run import distributed
+from saudial.process import distributed
 
 log = logging.getLogger(__name__)
 

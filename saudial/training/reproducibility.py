@@ -1,4 +1,4 @@
-"""Repeatable runs: the deterministic settings that cost nothing (the lock file's hash is in run/record.py).
+"""Repeatable runs: the deterministic settings that cost nothing (the lock file's hash is in rundir/record.py).
 
 On the CPU a run is bitwise repeatable (same seed, data, settings, package versions and thread count):
 the Trainer seeds Python, NumPy and torch (`seed`), the data order has its own seed (`data_seed`), and

@@ -20,12 +20,14 @@ from saudial.data.conversations import ChatData
 from saudial.errors import OOM_INFERENCE, ConfigError, Interrupted, faults
 from saudial.model import hardware
 from saudial.model.loading import load_model, load_tokenizer, resolve_revision
-from saudial.run import distributed, record, reproducibility
-from saudial.run.checkpoints import PREFIX, TRAINING_ARGS, CheckpointCallback, CheckpointStore
-from saudial.run.meter import ThroughputMeter
-from saudial.run.outputs import ResumePlan, prepare_output_dir
-from saudial.run.signals import StopOnSignal
-from saudial.run.trainer import build_trainer, check_optimizer, count_parameters
+from saudial.process import distributed
+from saudial.process.signals import StopOnSignal
+from saudial.rundir import record
+from saudial.rundir.checkpoints import PREFIX, TRAINING_ARGS, CheckpointCallback, CheckpointStore
+from saudial.rundir.outputs import ResumePlan, prepare_output_dir
+from saudial.training import reproducibility
+from saudial.training.meter import ThroughputMeter
+from saudial.training.trainer import build_trainer, check_optimizer, count_parameters
 
 if TYPE_CHECKING:
     from saudial.config.settings import Settings
@@ -44,7 +46,7 @@ class Trained:
     eval_rows: pd.DataFrame  # held-out rows (chat: dialect + conversation, data/chat_examples.held_out_frame)
     metrics: dict[str, Any] = field(default_factory=dict)
     run_dir: Path = Path()  # where the run's files are: OUTPUT_DIR/staging (OUTPUT_DIR when only the upload is left)
-    stage: str = "evaluate"  # what is left: evaluate, promote (move into place) or push (run/outputs.py)
+    stage: str = "evaluate"  # what is left: evaluate, promote (move into place) or push (rundir/outputs.py)
     revision: str | None = None  # the base model's pinned commit, to load it again for evaluation
     signal: str | None = None  # SIGTERM/SIGINT that arrived after the last step: evaluation stops at once
 
@@ -86,7 +88,7 @@ def train(
             )
             settings = fitted
         # Fresh start, resume, continue after training, or refuse (exit 2): rank 0 decides before any model
-        # is loaded (run/outputs.py) and writes the run's record with its fingerprint in OUTPUT_DIR/staging.
+        # is loaded (rundir/outputs.py) and writes the run's record with its fingerprint in OUTPUT_DIR/staging.
         distributed.init()
         fingerprint = record.run_fingerprint(settings, dataset.sha256)
         fetch = (lambda: store.download(fingerprint)) if store else None
@@ -106,7 +108,7 @@ def train(
 
     # 2. Tokenizer, and what the data looks like through it: SauDial rows as the seed's prompt and the
     # translation (prompt/completion), conversations as token ids with their assistant tokens marked, from
-    # the tokenizer's own chat template (data/chat.py).
+    # the tokenizer's own chat template (data/messages.py).
     tokenizer = load_tokenizer(settings, revision=revision)
     if isinstance(dataset, ChatData):
         train_ds, eval_ds, summary = chat_examples.prepare(dataset, chat_split, tokenizer, settings.max_length)

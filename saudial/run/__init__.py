@@ -1,1 +1,0 @@
-"""The training run: recipe, trainer, run record, output directory, checkpoints, signals, processes."""
