@@ -50,8 +50,8 @@ lint: setup-dev lint-docker ## ruff check, ruff format --check, mypy, and the co
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy saudial bench
 
-bench: setup ## The GPU benchmark (docs/benchmarks.md); results in bench/results/
-	$(PY) bench/bench.py --out bench/results
+bench: setup ## The benchmark table on a CUDA machine (docs/benchmarks.md); results in bench/results/
+	PYTHON="$(PY)" bash bench/device-run.sh bench bench/results
 
 bench-peers: setup ## On a GPU machine with network: Unsloth's own stack in .unsloth-site (bench --sections unsloth)
 	ONLINE=1 UNSLOTH_SITE="$(CURDIR)/.unsloth-site" PYTHON="$(PY)" bash bench/gpu-wheels/install-unsloth.sh

@@ -74,7 +74,10 @@ OOM_TRAINING = (
     "batch), lower SAUDIAL_MAX_LENGTH, or set SAUDIAL_GRADIENT_CHECKPOINTING=true"
 )
 OOM_INFERENCE = "lower SAUDIAL_PER_DEVICE_EVAL_BATCH_SIZE, SAUDIAL_MAX_NEW_TOKENS or SAUDIAL_MAX_LENGTH"
-OOM_ANY = "lower the batch sizes (SAUDIAL_PER_DEVICE_TRAIN/EVAL_BATCH_SIZE) or SAUDIAL_MAX_LENGTH, or use more memory"
+OOM_ANY = (
+    "lower the batch sizes (SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE, SAUDIAL_PER_DEVICE_EVAL_BATCH_SIZE) or "
+    "SAUDIAL_MAX_LENGTH, or use more memory"
+)
 
 # errno values that mean "this place cannot be written now", not "saudial has a bug".
 IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}

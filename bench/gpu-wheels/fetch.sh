@@ -33,7 +33,8 @@ get .gpuwheels transformers==5.23.0 trl==1.16.0 peft==0.21.2 bitsandbytes==0.50.
 slim .gpuwheels "bitsandbytes-*.whl" bitsandbytes/libbitsandbytes_cuda11 bitsandbytes/libbitsandbytes_cuda12 \
     bitsandbytes/libbitsandbytes_cuda132 bitsandbytes/libbitsandbytes_rocm bitsandbytes/libbitsandbytes_xpu
 cp bench/gpu-wheels/install-project.sh .gpuwheels/install.sh
-mkdir -p .gpuwheels/extra  # not installed by install.sh: bench/device-run.sh M installs it (host time by function)
+# Not installed by install.sh: py-spy, for host time by Python function (bench/host_profile.py).
+mkdir -p .gpuwheels/extra
 get .gpuwheels/extra py-spy==0.4.3
 
 get .unsloth-wheels unsloth==2026.10.9 unsloth-zoo==2026.10.9 trl==1.15.0 datasets==4.8.5 transformers==5.17.0 \

@@ -1,5 +1,5 @@
 """Every setting of a run, typed and documented in one place: the variable ``SAUDIAL_<NAME>``, the flag
-``--<name>`` (`loading.py` resolves them). Names follow TRL's `SFTConfig`, PEFT's `LoraConfig` and
+``--<name>`` (`sources.py` resolves them). Names follow TRL's `SFTConfig`, PEFT's `LoraConfig` and
 transformers' `TrainingArguments`, so their documentation applies as is. Hugging Face's own variables
 (`HF_TOKEN`, `HF_HOME`, `HF_HUB_OFFLINE`, `HF_ENDPOINT`) are huggingface_hub's, never copied in here.
 """
@@ -15,20 +15,22 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ENV_PREFIX = "SAUDIAL_"
 
 # LFM2's linear layers: attention (q/k/v/out_proj, 6 of 16 layers), the short-conv blocks' in_proj/out_proj
-# (the other 10) and every layer's SwiGLU MLP (w1/w2/w3). The seed's `q_proj,v_proj` reaches only the 6
-# attention layers; LiquidAI's own SFT recipe targets all. (No `o_proj`: PEFT matches `out_proj` in both.)
+# (the other 10) and every layer's SwiGLU MLP (w1/w2/w3). The original recipe's (recipes/seed.yaml)
+# `q_proj,v_proj` reaches only the 6 attention layers; LiquidAI's own SFT recipe targets all. (No `o_proj`:
+# PEFT matches `out_proj` in both.)
 LFM2_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"]
 
 # Variables with the SAUDIAL_ prefix that are not settings but are allowed in the environment:
 # the image records its source revision, compose passes the host user's ids, the multi-process
-# launcher (distributed.py) marks the processes it started; SAUDIAL_DEBUG=1 prints tracebacks (cli/main.py).
+# launcher (process/distributed.py) marks the processes it started; SAUDIAL_DEBUG=1 prints tracebacks (cli/main.py).
 NON_SETTING_VARIABLES = {f"SAUDIAL_{name}" for name in ("IMAGE_REVISION", "UID", "GID", "LAUNCHER_PID", "DEBUG")}
 
 CommaList = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
-    """The resolved configuration of one run. Defaults are the seed recipe, corrected where it was wrong."""
+    """The resolved configuration of one run. Defaults start from the original recipe (recipes/seed.yaml),
+    corrected where it was wrong and retuned for speed (docs/benchmarks.md)."""
 
     # allow_inf_nan=False: NaN, inf and 1e309 are refused for every float (they pass every gt/le check, then crash).
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, allow_inf_nan=False)
@@ -75,14 +77,14 @@ class Settings(BaseSettings):
         "4bit",
         description="Base-model weights: 4bit (QLoRA, NF4 + double quant), 8bit, or none (bf16/fp32 LoRA).",
     )
-    # The seed's bare `load_in_4bit=True` silently gives FP4 without double quantization (bitsandbytes'
+    # A bare `load_in_4bit=True` (the original recipe's) silently gives FP4 without double quantization (bitsandbytes'
     # defaults); QLoRA's NF4 + double quant is both more accurate and smaller.
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
     bnb_4bit_use_double_quant: bool = Field(True, description="Quantize the 4-bit scales too.")
     torch_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto",
         # auto: bf16 where the GPU supports it, fp16 (with fp32 trainable weights) on older GPUs, fp32 on
-        # the CPU. The seed's fp16=True crashes with a 4-bit model on the current stack: TRL casts LoRA
+        # the CPU. fp16=True (the original recipe's) crashes with a 4-bit model on the current stack: TRL casts LoRA
         # weights to bf16 and the fp16 grad scaler cannot unscale bf16 gradients.
         description="Compute dtype: auto, bfloat16, float16 or float32.",
     )
@@ -98,8 +100,8 @@ class Settings(BaseSettings):
     # Upper bounds on numbers below: generous limits far past any sensible run, so that a typo such as
     # 1e30 is refused here (exit 2, one line) rather than overflowing inside torch or the scheduler hours later.
     lora_alpha: int = Field(16, ge=1, le=8192, description="LoRA scaling numerator (scale = alpha / r).")
-    # 0, not the seed's 0.05: held-out loss 6.148 vs 6.150 (bench/learning.py), no mask or per-layer copy of the
-    # input to keep (22.6 -> 18.3 GiB reserved on an H200), and the fused 4-bit LoRA step below needs it.
+    # 0, not the original recipe's 0.05: it learns as well (bench/learning.py), keeps no dropout mask or
+    # per-layer copy of the input (less memory, docs/benchmarks.md), and the fused 4-bit LoRA step needs it.
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input (fused_lora needs 0).")
     fused_lora: bool = Field(
         True, description="Each 4-bit LoRA linear as one autograd step (model/fused_lora.py); false: PEFT's layers."
@@ -114,9 +116,8 @@ class Settings(BaseSettings):
     overwrite_output_dir: bool = Field(
         False, description="Allow writing into a non-empty output directory from an earlier run."
     )
-    # 1e-3 x 3 epochs with batch 64 (45 steps on 900 rows) instead of the seed's 2e-4 x 1 epoch with
-    # batch 8 (113 steps): the faster batching makes fewer, larger steps, and this schedule learns better
-    # than the seed's on the learnable synthetic task (held-out loss 6.15 vs 6.41; bench/learning.py).
+    # 1e-3 for 3 epochs: batches of 64 make few, large steps (45 on the 900-row workbook), and at this rate
+    # they learn better than the original recipe's 2e-4 for one epoch at batch 8 (bench/learning.py).
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Peak learning rate (AdamW).")
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "linear", description="Learning-rate schedule after warmup."
@@ -126,14 +127,12 @@ class Settings(BaseSettings):
     num_train_epochs: float = Field(3.0, gt=0.0, le=10_000, description="Passes over the training split.")
     # Up to 10M steps: at one step a second, four months of training.
     max_steps: int = Field(-1, ge=-1, le=10_000_000, description="Stop after this many optimizer steps (-1: epochs).")
-    # Batching retuned from the seed's 1 x 8 (docs/benchmarks.md): each micro-batch costs a roughly fixed
-    # CPU overhead (~0.15-0.25 s on an H100), so more examples per micro-batch (one padding-free row) is what
-    # makes QLoRA fast: 64 gave 1.5-2.5x the tokens/s of 32.
+    # Each micro-batch costs the host a roughly fixed time to launch its kernels, so more examples per
+    # micro-batch (one padding-free row) is what makes QLoRA fast (docs/benchmarks.md).
     # Batch bounds (65,536 examples) are far past what any GPU holds even at 16 tokens an example.
     per_device_train_batch_size: int = Field(64, ge=1, le=65_536, description="Examples per micro-batch per GPU.")
-    # Generation is bound by a fixed cost per decode step (~17.5 ms for LFM2-1.2B on an H200, docs/benchmarks.md),
-    # so its rate grows with the batch: 8 -> 64 gave ~10x the generated tokens/s, and 128 (the 900-row workbook's
-    # 99 held-out rows in one batch) 2,299 -> 3,700 (base) and 1,159 -> 2,000 (adapter) on an H200.
+    # Generation is bound by a fixed cost per decode step, so its rate grows with the batch; 128 generates the
+    # 900-row workbook's 99 held-out rows in one batch.
     per_device_eval_batch_size: int = Field(
         128, ge=1, le=65_536, description="Examples per evaluation and generation batch per GPU."
     )
@@ -146,8 +145,8 @@ class Settings(BaseSettings):
     )
     padding_free: bool = Field(
         True,
-        # Measured on an H100 (docs/benchmarks.md): no compute on padding, and per-example losses equal to
-        # padded batches thanks to the boundary-aware conv of speed.py (tests/test_padding_free.py).
+        # No compute on padding; per-example losses equal padded batches' thanks to the boundary-aware short
+        # conv (model/short_conv.py; tests/test_padding_free.py).
         description="Flatten each micro-batch into one row without padding (TRL padding_free).",
     )
     pad_to_multiple_of: int = Field(
@@ -155,8 +154,8 @@ class Settings(BaseSettings):
     )
     torch_compile: bool | Literal["auto"] = Field(
         "auto",
-        # Measured on an H100 (docs/benchmarks.md): compiling costs ~80 s once per run and saves ~0.1 s a step,
-        # so `auto` compiles only runs long enough to pay it back (speed.COMPILE_MIN_STEPS).
+        # Compiling costs a warm-up once per run and saves a little on every step, so `auto` compiles only runs
+        # long enough to pay it back (model/patches.COMPILE_MIN_STEPS).
         description="torch.compile each decoder layer: true, false, or auto (on a GPU, for runs of at least "
         "800 optimizer steps, without gradient checkpointing).",
     )

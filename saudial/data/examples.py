@@ -1,8 +1,8 @@
 """Clean SauDial rows -> what the trainer sees: the split, TRL prompt/completion records, their token counts.
 
 `split` holds out a deterministic, dialect-stratified share with every English sentence on one side only.
-`prepare` formats both sides with the seed's prompt (`prompts.py`: TRL computes the loss on the completion,
-the translation, and the EOS it appends) and measures them: rows per dialect and split, the control
+`prepare` formats both sides with the original recipe's prompt (`prompts.py`: TRL computes the loss on the
+completion, the translation, and the EOS it appends) and measures them: rows per dialect and split, the control
 characters the loader removed, tokens per example as trained and how many `max_length` will truncate.
 (Conversations have the same two steps in `chat_examples.py`.)
 """

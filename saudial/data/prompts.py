@@ -1,7 +1,7 @@
 """The one prompt format, shared by training, evaluation and translation.
 
-It is the seed recipe's prompt character for character. Training gives TRL a prompt/completion
-pair, so the loss covers the response (and the EOS that TRL appends) only; inference sends the
+It is the original recipe's prompt (recipes/seed.yaml) character for character. Training gives TRL a
+prompt/completion pair, so the loss covers the response (and the EOS that TRL appends) only; inference sends the
 same prompt with an empty response and reads what the model writes after it.
 """
 

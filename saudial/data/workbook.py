@@ -6,7 +6,7 @@ cells, treats the one empty context as "no context", and keeps exact duplicates 
 translations all. The columns it reads must hold text: a number, bytes, a list or a date there is
 refused with the column and first row named (other columns, e.g. the integer Localization Difficulty,
 are never read); a dialect must look like a name. `read_table` reads any supported file: the bytes
-(`files.py`), then the format's reader (`formats.py`); one cell is `text.py`; the split is `split.py`.
+(`files.py`), then the format's reader (`formats.py`); one cell is `text.py`; the split is `examples.split`.
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def chat_replies(
 ) -> list[str]:
     """The assistant's next turn after each conversation (messages ending with the user's), from the tokenizer's
     chat template with its generation prompt, as training formatted them; at most max_length prompt tokens each
-    (data/chat.prompt_ids: the oldest turns after the system prompt are left out first)."""
+    (data/messages.prompt_ids: the oldest turns after the system prompt are left out first)."""
     encoded = [prompt_ids(tokenizer, messages, settings.max_length) for messages in conversations]
     if cut := sum(was_cut for _, was_cut in encoded):
         log.warning(

@@ -6,7 +6,7 @@ boolean index (`hidden_states[mask]`, `labels[mask]`), and scatters the results 
 A boolean index must know its count on the host, forward and backward (the scatter's backward is a
 `masked_select`, the index's an `index_put`): four or five host-device syncs per step, each leaving the GPU
 idle while the host catches up (bench/profile_step.py --syncs). Here the collator sends the positions with the
-batch (run/sync_free.CountingCollator computes them from the labels on the CPU); the hidden states are
+batch (training/sync_free.CountingCollator computes them from the labels on the CPU); the hidden states are
 gathered with `index_select` (backward `index_add_`), and the per-token results stay compact: no sync. The
 kernel, its tiles and its arithmetic are TRL's own (`trl.kernels.ChunkedLogProbFunction`); it sees the same
 rows in the same order as upstream's boolean index gives it. tests/test_sync_free.py checks the per-token

@@ -92,7 +92,7 @@ def varlen_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else query.dtype
     if query.shape[0] != 1 or dtype not in (torch.bfloat16, torch.float16) or dropout:
-        # Unreachable through train.py (use_varlen_attention is called only for bf16/fp16 padding-free runs);
+        # Unreachable through training/trainer.py (use_varlen_attention is called only for bf16/fp16 padding-free runs);
         # SDPA without a mask here would let the examples of the row attend to each other.
         raise RuntimeError("varlen attention needs one bf16/fp16 padding-free row and no attention dropout")
     q, k, v = (t[0].transpose(0, 1).to(dtype) for t in (query, key, value))  # [tokens, heads, dim]

@@ -106,8 +106,8 @@ def train(
         run_dir = plan.run_dir
         staged = settings.model_copy(update={"output_dir": run_dir})  # the Trainer writes into staging
 
-    # 2. Tokenizer, and what the data looks like through it: SauDial rows as the seed's prompt and the
-    # translation (prompt/completion), conversations as token ids with their assistant tokens marked, from
+    # 2. Tokenizer, and what the data looks like through it: SauDial rows as the original recipe's prompt and
+    # the translation (prompt/completion), conversations as token ids with their assistant tokens marked, from
     # the tokenizer's own chat template (data/messages.py).
     tokenizer = load_tokenizer(settings, revision=revision)
     if isinstance(dataset, ChatData):

@@ -12,7 +12,7 @@ TRL 1.16), every step reads the GPU 22 times (bench/profile_step.py --syncs):
    checks the loss for NaN/inf (`logging_nan_inf_filter`).
 
 Here 1 is accelerate's own `non_blocking` from pinned memory, and the NaN check is off (both set in
-run/trainer.sft_config); 2 is model/lm_head.py, on the positions this module's collator finds on the CPU. The
+training/trainer.sft_config); 2 is model/lm_head.py, on the positions this module's collator finds on the CPU. The
 metrics of 3 stay on the GPU and are read once per logged step, where the Trainer reads the loss anyway: the
 same values reach the same logs. The collator counts each batch's non-pad tokens on the host, as upstream
 counts them (`input_ids != pad_token_id`). With the NaN filter off (but in fp16, where the grad scaler

@@ -115,7 +115,7 @@ def padding_free_collator(
 ) -> DataCollatorForLanguageModeling:
     """TRL's own collator, flattening each micro-batch into one row with position_ids and seq_idx; with
     `count_tokens`, also what SyncFreeSFTTrainer reads on the host: the batch's non-pad token count and the
-    positions the loss head scores (run/sync_free.CountingCollator)."""
+    positions the loss head scores (training/sync_free.CountingCollator)."""
     kind = CountingCollator if count_tokens else DataCollatorForLanguageModeling
     return kind(pad_token_id=pad_token_id, padding_free=True, pad_to_multiple_of=pad_to_multiple_of)
 
