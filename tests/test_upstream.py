@@ -1,17 +1,23 @@
-"""Each workaround of a library's behaviour, and the behaviour it works around.
+"""Each place saudial replaces or wraps a library's behaviour, and what it relies on there.
 
-If one of these fails, upstream changed: the workaround named in the failure may no longer be
-needed (or may need changing). The workarounds live in saudial/model/patches.py and saudial/training/trainer.py.
+If one of these fails, upstream changed: the override named in the failure may no longer be needed, or may
+need changing. docs/architecture.md ("Upstream overrides") lists every override with the upstream versions it
+was written against; the behaviour tests of each override live beside it (tests/test_sync_free.py,
+tests/test_fused_lora.py, tests/test_fused_norm.py, tests/test_padding_free.py, tests/test_logs.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.trainer_callback import ProgressCallback
 from trl import SFTConfig, SFTTrainer
 
 from saudial.model import short_conv
@@ -61,7 +67,7 @@ def test_trl_still_refuses_padding_free_with_max_length(tiny_model: Path, tmp_pa
 
 
 def test_trl_still_casts_quantized_lora_weights_to_bf16(tiny_model: Path, tmp_path: Path) -> None:
-    """run/trainer.build_trainer turns them back to fp32 for fp16 training because of this cast."""
+    """training/trainer.build_trainer turns them back to fp32 for fp16 training because of this cast."""
     from saudial.config.settings import Settings
     from saudial.model.lora import lora_config
 
@@ -129,3 +135,224 @@ def test_aot_autograd_cache_still_needs_the_flag_for_custom_functions() -> None:
     assert "autograd_cache_bypass" in counters("default"), (
         "AOTAutograd now caches custom autograd.Functions by itself: drop the flag in patches.enable_compile_cache"
     )
+
+
+# --- signatures and private state the overrides rely on -----------------------------------------------------
+
+
+def params(function: Any) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def test_trainer_methods_sync_free_overrides_keep_their_signatures() -> None:
+    """training/sync_free.SyncFreeSFTTrainer overrides these methods and calls them through super()."""
+    from transformers import Trainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from saudial.training.sync_free import CountingCollator, SyncFreeSFTTrainer
+
+    expected = {
+        (Trainer, "training_step"): ["self", "model", "inputs", "num_items_in_batch"],
+        (Trainer, "_track_num_input_tokens"): ["self", "inputs"],
+        (SFTTrainer, "compute_loss"): ["self", "model", "inputs", "return_outputs", "num_items_in_batch"],
+        (Trainer, "log"): ["self", "logs", "start_time"],
+        (Trainer, "_save_checkpoint"): ["self", "model", "trial"],
+        (DataCollatorForLanguageModeling, "torch_call"): ["self", "examples"],
+    }
+    for (cls, name), names in expected.items():
+        assert params(getattr(cls, name)) == names, f"{cls.__name__}.{name} changed: review training/sync_free.py"
+        ours = SyncFreeSFTTrainer if cls is not DataCollatorForLanguageModeling else CountingCollator
+        assert params(getattr(ours, name)) == names, f"{ours.__name__}.{name} no longer matches upstream's"
+    source = inspect.getsource(Trainer)
+    assert "self._track_num_input_tokens(inputs)" in source, "the Trainer no longer counts tokens there"
+    assert "self._tr_loss = torch.tensor" in source, "the Trainer's on-device running loss (_save_checkpoint reads it)"
+
+
+def test_sft_trainer_state_that_sync_free_reads(tiny_model: Path, tmp_path: Path) -> None:
+    """SyncFreeSFTTrainer reads and writes TRL's private metric state and repeats TRL's plain-loss conditions."""
+    data = datasets.Dataset.from_list([{"prompt": "a", "completion": "b"}] * 2)
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=False)
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model),
+        args=args,
+        train_dataset=data,
+        processing_class=AutoTokenizer.from_pretrained(tiny_model),
+    )
+    assert set(trainer._metrics) == {"train", "eval"} and trainer._metrics["train"]["entropy"] == []
+    assert trainer._total_train_tokens == 0 and trainer._tp_size == 1 and trainer.get_tp_size() == 1
+    assert trainer.aux_loss_enabled is False and trainer.compute_loss_func is None and trainer.label_smoother is None
+    assert args.loss_type == "nll"
+    # training/trainer.build_trainer swaps this callback for saudial's step lines.
+    assert ProgressCallback in {type(c) for c in trainer.callback_handler.callbacks}
+    # TRL's plain path, which SyncFreeSFTTrainer.compute_loss repeats without the per-step reads.
+    source = inspect.getsource(SFTTrainer.compute_loss)
+    for piece in (
+        "outputs = model(**inputs, fused_lm_head=True)",
+        "per_token_loss = -outputs.log_probs",
+        "outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch",
+        'self._metrics[mode]["entropy"].append(',
+        'self._metrics[mode]["mean_token_accuracy"].append(',
+        'self._metrics[mode]["num_tokens"] = [self._total_train_tokens]',
+        ".item()",  # the per-step reads SyncFreeSFTTrainer exists to avoid
+    ):
+        assert piece in source, f"TRL's compute_loss changed ({piece!r}): review SyncFreeSFTTrainer.compute_loss"
+
+
+def test_trl_chunked_logprob_kernel_as_lm_head_calls_it() -> None:
+    """model/lm_head.py calls ChunkedLogProbFunction.apply with 9 positional arguments and reads 3 of its 5
+    outputs; it must score exactly as a full log-softmax does."""
+    from trl.kernels import ChunkedLogProbFunction
+    from trl.trainer import utils as trl_utils
+
+    from saudial.model import lm_head
+
+    assert params(ChunkedLogProbFunction.forward) == [
+        "ctx", "hidden", "weight", "bias", "targets", "temperature", "chunk_size",
+        "final_logit_softcapping", "logit_scale", "outputs",
+    ]  # fmt: skip
+    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == lm_head.CHUNK
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(6, 8), torch.randn(11, 8)
+    targets = torch.randint(0, 11, (6,))
+    out = ChunkedLogProbFunction.apply(hidden, weight, None, targets, 1.0, 4, None, 1.0, lm_head.OUTPUTS)
+    assert len(out) == 5
+    log_probs, entropy, _, _, is_top1 = out
+    logp = torch.log_softmax(hidden @ weight.T, dim=-1)
+    torch.testing.assert_close(log_probs, logp.gather(1, targets[:, None])[:, 0])
+    torch.testing.assert_close(entropy, -(logp.exp() * logp).sum(-1))
+    assert torch.equal(is_top1.bool(), logp.argmax(-1) == targets)
+
+
+def test_trl_fused_head_scales_logits_only_by_what_lm_head_refuses() -> None:
+    """lm_head.supported leaves to TRL every model whose head TRL rescales; a new scaling attribute in TRL's
+    add_fused_lm_head must be added to lm_head.SCALED_BY."""
+    import re
+
+    from trl.trainer import utils as trl_utils
+
+    from saudial.model import lm_head
+
+    source = inspect.getsource(trl_utils.add_fused_lm_head)
+    read = set(re.findall(r'getattr\(text_config, "(\w+)"', source))
+    # MoE's router loss: such a model has TRL's aux_loss_enabled, and SyncFreeSFTTrainer._plain_loss leaves it to TRL.
+    known = {*lm_head.SCALED_BY, "output_router_logits", "router_aux_loss_coef"}
+    assert read and read <= known, f"TRL's head also reads {sorted(read - known)}: review lm_head.supported"
+    assert 'outputs=("log_probs", "entropy", "is_top1")' in inspect.getsource(SFTTrainer.__init__)
+    fields = {f.name for f in dataclasses.fields(trl_utils.FusedCausalLMOutput)}
+    assert {"log_probs", "entropy", "is_top1", "label_mask"} <= fields
+
+
+def test_lfm2_short_conv_looks_up_the_function_short_conv_replaces() -> None:
+    """short_conv.install_boundary_aware_conv swaps the module-level `causal_conv1d_fn` of modeling_lfm2; LFM2's
+    conv must still look it up there at call time, with a signature the replacement covers."""
+    from transformers.models.lfm2 import modeling_lfm2
+
+    assert "causal_conv1d_fn" in inspect.unwrap(modeling_lfm2.Lfm2ShortConv.forward).__code__.co_names
+    upstream = params(short_conv.upstream_causal_conv1d())
+    assert upstream == ["hidden_states", "weight", "bias", "activation", "kwargs"]
+    assert set(upstream) <= set(params(short_conv.boundary_aware_causal_conv1d))
+
+
+def test_lfm2_rms_norm_is_what_the_fused_forward_replaces() -> None:
+    """patches.use_fused_rms_norm swaps Lfm2RMSNorm.forward per module; it reads `variance_epsilon` and `weight`
+    and must compute upstream's value (tests/test_fused_norm.py checks the whole model)."""
+    from transformers.models.lfm2.modeling_lfm2 import Lfm2RMSNorm
+
+    from saudial.model import patches
+
+    norm = Lfm2RMSNorm(16, eps=1e-5)
+    assert params(Lfm2RMSNorm.forward) == ["self", "hidden_states"]
+    assert isinstance(norm.variance_epsilon, float) and isinstance(norm.weight, torch.nn.Parameter)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(2, 3, 16, dtype=torch.bfloat16)
+    torch.testing.assert_close(patches.fused_rms_norm(norm, x), norm(x), rtol=0, atol=0)
+
+
+def test_attention_hooks_varlen_attention_plugs_into() -> None:
+    """patches.varlen_attention is registered through transformers' attention interfaces, falls back to its SDPA
+    function, reads TRL's padding-free boundaries and calls torch's varlen kernel positionally."""
+    from torch.nn.attention import varlen
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    assert callable(AttentionInterface.register) and callable(AttentionMaskInterface.register)
+    sdpa = params(sdpa_attention_forward)
+    assert sdpa[:7] == ["module", "query", "key", "value", "attention_mask", "dropout", "scaling"]
+    assert "attention_mask" in params(sdpa_mask)
+    kernel = inspect.signature(varlen.varlen_attn).parameters
+    assert list(kernel)[:7] == ["query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k"]
+    assert "scale" in kernel and ("window_size" in kernel or "is_causal" in kernel)
+    collator = padding_free_collator(0, None)
+    batch = collator([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}])
+    assert batch["cu_seq_lens_q"].tolist() == [0, 3, 5] and batch["max_length_q"] == 3
+    assert batch["seq_idx"].tolist() == [[0, 0, 0, 1, 1]]  # what the boundary-aware conv reads
+
+
+def test_compile_cache_flag_exists() -> None:
+    """patches.enable_compile_cache sets this flag (the probe above shows what it does)."""
+    import torch._functorch.config as functorch_config
+
+    assert isinstance(functorch_config.autograd_cache_allow_custom_autograd_functions, bool)
+
+
+def test_peft_4bit_lora_layer_that_fused_lora_takes_over() -> None:
+    """fused_lora.fuse swaps the forward of PEFT's LoRA layer on a bitsandbytes 4-bit linear and reads its state;
+    every call it does not cover goes to PEFT's forward, with the same arguments."""
+    import bitsandbytes as bnb
+    from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
+
+    from saudial.config.settings import Settings
+    from saudial.model.lora import lora_config
+
+    assert params(LoraLinear4bit.forward) == ["self", "x", "args", "kwargs"]
+    base = bnb.nn.Linear4bit(16, 8, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
+    config = lora_config(Settings())  # the defaults: r 8, alpha 16, dropout 0
+    layer = LoraLinear4bit(base, "default", config=config, r=config.r, lora_alpha=config.lora_alpha)
+    for name in ("active_adapters", "disable_adapters", "merged", "lora_variant", "base_layer"):
+        assert hasattr(layer, name), f"PEFT's LoRA layer has no {name}: review model/fused_lora.py"
+    assert layer.active_adapters == ["default"] and not layer.merged and not layer.disable_adapters
+    assert isinstance(layer.lora_dropout["default"], torch.nn.Identity)  # dropout 0: what the fused step needs
+    assert layer.scaling["default"] == 2.0 and layer.lora_A["default"].weight.shape == (8, 16)
+    assert layer.base_layer.compute_dtype == torch.bfloat16 and layer.base_layer.bias is None
+    # inference/dense.py replaces bitsandbytes' layer by an nn.Linear of these sizes.
+    assert (base.in_features, base.out_features) == (16, 8)
+    # inference/dense.merged_adapter folds PEFT's own delta into the weight.
+    assert params(LoraLinear4bit.get_delta_weight) == ["self", "adapter"]
+
+
+def test_bitsandbytes_dequantize_op_with_cached_scales_is_bitsandbytes_own() -> None:
+    """fused_lora calls bitsandbytes' dequantize op with scales it dequantized once; that must be what
+    `dequantize_4bit` computes on every call (tests/test_fused_lora.py checks it on a whole model)."""
+    import bitsandbytes.functional as bnb_functional
+
+    from saudial.model import fused_lora
+
+    schema = str(torch.ops.bitsandbytes.dequantize_4bit.default._schema)
+    assert "(Tensor A, Tensor absmax, int blocksize, str quant_type, int[] shape, ScalarType dtype)" in schema
+    torch.manual_seed(0)
+    weight = torch.randn(64, 32, dtype=torch.bfloat16)
+    packed, state = bnb_functional.quantize_4bit(weight, quant_type="nf4", compress_statistics=True, blocksize=64)
+    assert state.nested and {"absmax", "state2", "offset", "blocksize", "quant_type", "shape"} <= set(vars(state))
+    ours = fused_lora._dequantize(packed, state, fused_lora.block_scales(state), torch.bfloat16)
+    assert torch.equal(ours, bnb_functional.dequantize_4bit(packed, state))
+
+
+def test_trainer_settings_that_training_trainer_renames_or_sets() -> None:
+    """training/trainer.py passes gradient_checkpointing and warmup_ratio under transformers 5's names, asks
+    accelerate for non-blocking copies, and counts non-padding tokens; model/loading.py passes the bnb_4bit_*
+    settings by BitsAndBytesConfig's own names."""
+    from transformers import BitsAndBytesConfig, TrainingArguments
+    from transformers.trainer_pt_utils import AcceleratorConfig
+
+    from saudial.config.settings import Settings
+    from saudial.training.trainer import RENAMED, SFT_FIELDS
+
+    assert set(RENAMED.values()) <= SFT_FIELDS
+    args = TrainingArguments(output_dir="/nonexistent", warmup_steps=0.03, use_cpu=True, report_to=[])
+    assert args.get_warmup_steps(100) == 3, "warmup_steps below 1 is no longer a ratio: RENAMED['warmup_ratio']"
+    assert "non_blocking" in {f.name for f in dataclasses.fields(AcceleratorConfig)}
+    assert "non_padding" in inspect.getsource(TrainingArguments)  # include_num_input_tokens_seen's value
+    bnb_names = {name for name in Settings.model_fields if name.startswith("bnb_4bit_")}
+    assert bnb_names <= set(params(BitsAndBytesConfig.__init__))
