@@ -59,7 +59,7 @@ gpu_tests() {  # GPU [SECONDS]: pytest -m gpu on that GPU; the log in OUT/gpu-te
     CUDA_VISIBLE_DEVICES=$1 timeout -k 10 "$limit" "$PY" -m pytest -m gpu -v -p no:cacheprovider tests \
         > "$OUT/gpu-tests.log" 2>&1
     echo "exit $?" >> "$OUT/gpu-tests.log"
-    grep -E "FAILED|ERROR|passed|failed|^exit" "$OUT/gpu-tests.log" | tail -12
+    grep -E "FAILED|ERROR|passed|failed|skipped|^exit" "$OUT/gpu-tests.log" | tail -12
 }
 
 bench() {  # GPU [SECONDS]: the table's sections; results in OUT/bench/, the log in OUT/bench.log
