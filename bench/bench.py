@@ -110,6 +110,7 @@ def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
     return [
         ("levers: defaults", {}, steps or 40),
         ("levers: defaults, foreach AdamW", foreach, steps or 40),
+        ("levers: defaults, kernels off", {"SAUDIAL_FUSED_KERNELS": "false"}, steps or 40),
         ("levers: defaults, 2 data loader workers", workers, steps or 40),
         ("levers: defaults, again", {}, steps or 40),
         ("levers: defaults, foreach AdamW, again", foreach, steps or 40),

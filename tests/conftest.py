@@ -16,6 +16,10 @@ import pandas as pd
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # Triton's kernels (model/kernels.py, tests/test_kernels.py) run in its interpreter on the CPU; it is chosen when
+    # triton's language is imported, which transformers' imports below can do.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from saudial.devtools import synthetic, tiny
 
 REPO = Path(__file__).resolve().parent.parent

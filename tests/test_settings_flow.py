@@ -46,6 +46,7 @@ SAUDIAL_OWN = {
     # SFTConfig fields that saudial handles itself (run/trainer.HANDLED_HERE says why)
     "fused_lora": "training/trainer.py",
     "fused_rms_norm": "training/trainer.py",
+    "fused_kernels": "training/trainer.py",
     "padding_free": "training/trainer.py",
     "pad_to_multiple_of": "training/trainer.py",
     "torch_compile": "model/patches.py",

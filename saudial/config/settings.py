@@ -13,7 +13,6 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "SAUDIAL_"
-
 # LFM2's linear layers: attention (q/k/v/out_proj, 6 of 16 layers), the short-conv blocks' in_proj/out_proj
 # (the other 10) and every layer's SwiGLU MLP (w1/w2/w3). The original recipe's (recipes/seed.yaml)
 # `q_proj,v_proj` reaches only the 6 attention layers; LiquidAI's own SFT recipe targets all. (No `o_proj`:
@@ -94,6 +93,7 @@ class Settings(BaseSettings):
         "(each example attends only to itself), SDPA otherwise; sdpa = SDPA with a block-diagonal mask.",
     )
     fused_rms_norm: bool = Field(True, description="LFM2's RMSNorms through torch's fused rms_norm (model/patches.py).")
+    fused_kernels: bool = Field(True, description="Triton kernels for LFM2's element-wise work (model/fast_lfm2.py).")
 
     # --- LoRA (PEFT LoraConfig names) ----------------------------------------------------------------
     lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank.")

@@ -26,6 +26,7 @@ changes, so the patch can be dropped then. Measured in bench/ (docs/benchmarks.m
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -144,6 +145,33 @@ def use_varlen_attention(model: Any) -> None:
     AttentionMaskInterface.register(VARLEN, _varlen_mask)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation(VARLEN)
+    skip_packed_check(base.get_decoder())
+
+
+def skip_packed_check(decoder: Any) -> None:
+    """No mask building for padding-free rows under varlen attention: the boundaries come with the batch.
+
+    Upstream (transformers 5.23): with no attention mask, `create_causal_mask` looks for packed sequences in
+    `position_ids` (`find_packed_sequence_indices`) and asks the GPU whether it found any (`.all()` read on the
+    host): one host-device sync per step, and the mask it builds is not used (varlen reads `cu_seq_lens_q`).
+    A decoder given a mapping of masks builds none; for a padding-free training forward (`cu_seq_lens_q`, no
+    mask, no cache) it gets the one upstream would pass on to varlen attention and the short convs: None.
+    """
+    inner = decoder.forward
+    none_per_type = dict.fromkeys(set(decoder.config.layer_types))
+
+    @functools.wraps(inner)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if (
+            kwargs.get("cu_seq_lens_q") is not None
+            and kwargs.get("attention_mask") is None
+            and kwargs.get("past_key_values") is None
+            and kwargs.get("use_cache") is False
+        ):
+            kwargs["attention_mask"] = dict(none_per_type)
+        return inner(*args, **kwargs)
+
+    decoder.forward = forward
 
 
 # Measured on an H100 with torch 2.11 (docs/benchmarks.md): compiling the decoder layers takes ~80 s

@@ -23,7 +23,7 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from saudial.errors import ConfigError
-from saudial.model import fused_lora, patches, short_conv
+from saudial.model import fast_lfm2, fused_lora, patches, short_conv
 from saudial.model.lora import lora_config
 from saudial.process import distributed
 from saudial.training.steplines import StepLines
@@ -167,6 +167,8 @@ def build_trainer(
         log.info("torch.compile: off (%s)", why)
         if settings.fused_rms_norm:  # one kernel per norm each way instead of seven (compiled layers fuse their own)
             log.info("fused RMSNorm: %d norms", patches.use_fused_rms_norm(peft_model))
+        if settings.fused_kernels and fast_lfm2.available():  # one Triton kernel per element-wise piece, each way
+            log.info("fused kernels: %s", fast_lfm2.install(peft_model))
         # One autograd step per 4-bit LoRA linear instead of PEFT's chain (compiled layers fuse on their own).
         if settings.fused_lora and settings.quantization == "4bit" and dtype == torch.bfloat16:
             if settings.lora_dropout:
