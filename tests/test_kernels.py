@@ -17,9 +17,8 @@ triton = pytest.importorskip("triton")
 
 from saudial.model import fast_lfm2, kernels  # noqa: E402
 
-DEVICES = [pytest.param("cpu", id="interpreted")] + (
-    [pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)] if CUDA else []
-)
+# Where CUDA is, triton compiles for it and cannot run CPU tensors: the same checks then run there, and only there.
+DEVICES = [pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)] if CUDA else [pytest.param("cpu", id="interpreted")]
 DTYPES = [torch.float32, torch.bfloat16]
 BOUND = {torch.float32: 1e-5, torch.bfloat16: 1e-2}  # ||out - ref|| / ||ref||: fp32 math, then the output dtype
 
@@ -143,13 +142,14 @@ def _tiny_lfm2() -> torch.nn.Module:
     return model
 
 
-def test_lfm2_with_kernels_matches_lfm2_without() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_lfm2_with_kernels_matches_lfm2_without(device: str) -> None:
     """A padding-free row of four sequences: the same loss and input gradient with the kernels as without."""
-    model = _tiny_lfm2()
+    model = _tiny_lfm2().to(device)
     lengths = [6, 1, 9, 4]
-    ids = torch.randint(3, 97, (1, sum(lengths)))
-    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
-    seq_idx = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))[None].int()
+    ids = torch.randint(3, 97, (1, sum(lengths)), device=device)
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
+    seq_idx = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))[None].int().to(device)
     from saudial.model import short_conv
 
     short_conv.install_boundary_aware_conv()
@@ -161,13 +161,13 @@ def test_lfm2_with_kernels_matches_lfm2_without() -> None:
         return out.loss.detach(), grad
 
     loss_ref, grad_ref = run()
-    counts = fast_lfm2.install(model, cpu=True)
+    counts = fast_lfm2.install(model, cpu=device == "cpu")
     assert counts == {"mlp": 4, "norm": 4 * 2 + 2 + 1, "layer": 4, "conv": 3}
     loss, grad = run()
     assert abs(float(loss - loss_ref)) < 1e-5 * float(loss_ref)
     assert _rel(grad, grad_ref.double()) < 1e-5
     # A padded batch (an attention mask) and the cache of generation take the upstream forward.
     with torch.no_grad():
-        mask = torch.ones(2, 7, dtype=torch.long)
+        mask = torch.ones(2, 7, dtype=torch.long, device=device)
         mask[1, 5:] = 0
         assert model(input_ids=ids[:, :7].expand(2, 7), attention_mask=mask).logits.isfinite().all()
