@@ -45,7 +45,8 @@ HADOLINT ?= $(or $(wildcard $(PYTHON_VENV)/bin/hadolint),hadolint)
 CHECK_JSONSCHEMA ?= $(or $(wildcard $(PYTHON_VENV)/bin/check-jsonschema),check-jsonschema)
 
 # torch is installed on its own (see docs/docker.md), so it and the CUDA wheels it pulls in (nvidia-*,
-# cuda-*, triton) are resolved -- the pins stay compatible with torch -- but not written to the locks.
+# cuda-*, triton) are resolved -- the pins stay compatible with torch -- but not written to the locks (triton is
+# in the dev lock: requirements-dev.in pins it for the CPU tests of the Triton kernels).
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes -c requirements-torch.txt
 
 .PHONY: image image-test lint-docker lock
@@ -73,4 +74,5 @@ lock: ## Recompile requirements.lock and requirements-dev.lock from the .in file
 		excl="$$excl --no-emit-package $$p"; done; \
 	echo "lock: leaving out $$excl"; \
 	$(UV) pip compile $(LOCK_FLAGS) $$excl -o requirements.lock requirements.in; \
-	$(UV) pip compile $(LOCK_FLAGS) $$excl -c requirements.lock -o requirements-dev.lock requirements-dev.in
+	$(UV) pip compile $(LOCK_FLAGS) $${excl/ --no-emit-package triton/} -c requirements.lock -o requirements-dev.lock \
+		requirements-dev.in  # triton kept: the kernels' tests run in its interpreter (requirements-dev.in)
