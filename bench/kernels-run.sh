@@ -5,6 +5,8 @@
 #   packed-sequence check's sync gone only), this tree; the loss head against TRL's (a copy whose
 #   lm_head.supported() answers False); the step profile; the whole run with and without evaluation; the seed
 #   as written and Unsloth with what time is left. Results merge into $OUT/results.json as they come.
+#   `bash bench/kernels-run.sh B`: the GPU tests of per-example losses with the kernels, and the kernels on, off
+#   and on again in one bench run (a second, short call).
 set -uo pipefail
 BEFORE=${BEFORE:-../..}
 OUT=${OUT:-/tmp/kernels-out}; mkdir -p "$OUT"
@@ -36,6 +38,16 @@ say "installing the project's wheels"
 bash .gpuwheels/install.sh > /tmp/install.log 2>&1 || tail -5 /tmp/install.log
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c 'import torch, triton, transformers, trl, peft, bitsandbytes as b; print("versions:", torch.__version__, "triton", triton.__version__, transformers.__version__, trl.__version__, peft.__version__, b.__version__)'
+if [ "${1:-}" = B ]; then
+    # The second, shorter call: the per-example losses against padded batches with the kernels (tests/test_gpu.py),
+    # then the kernels on, off and on again in one bench run.
+    say "GPU tests: kernels, and padding-free against padded"
+    timeout -k 10 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels.py tests/test_gpu.py \
+        -k "kernels or padding_free_equals_padded" > "$OUT/gpu-tests.log" 2>&1; tail -3 "$OUT/gpu-tests.log"
+    bench onoff 150 "$HERE" --sections levers --only "levers: defaults" \
+        --skip "levers: defaults, foreach;levers: defaults, 2 data;levers: defaults, bs;levers: defaults, logging;levers: defaults, GC"
+    say "done"; exit 0
+fi
 say "GPU tests of the kernels"
 timeout -k 10 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels.py tests/test_fused_norm.py \
     > "$OUT/gpu-tests.log" 2>&1; tail -3 "$OUT/gpu-tests.log"

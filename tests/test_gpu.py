@@ -133,12 +133,17 @@ def test_fused_lora_trains_like_peft_on_gpu(
 
 
 @pytest.mark.parametrize("rows", ["translation", "chat"])
-@pytest.mark.parametrize("varlen", [False, True], ids=["sdpa-mask", "flash-varlen"])
-def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path, varlen: bool, rows: str) -> None:
+@pytest.mark.parametrize(
+    ("varlen", "kernels"), [(False, False), (True, False), (True, True)], ids=["sdpa-mask", "flash-varlen", "kernels"]
+)
+def test_padding_free_equals_padded_on_gpu(
+    tiny_model: Path, workbook: Path, varlen: bool, kernels: bool, rows: str
+) -> None:
     """Per-example losses of a 4-bit bf16 model: padding-free row vs padded batch, to bf16 noise.
 
-    With SDPA and a block-diagonal mask, and with the flash varlen kernel training uses (model/patches.py);
-    translation rows and chat rows (conversations through the chat template).
+    With SDPA and a block-diagonal mask, and with the flash varlen kernel training uses (model/patches.py), that
+    one also with the Triton kernels (model/fast_lfm2.py); translation rows and chat rows (conversations through
+    the chat template).
     """
     from transformers import AutoTokenizer
 
@@ -156,6 +161,11 @@ def test_padding_free_equals_padded_on_gpu(tiny_model: Path, workbook: Path, var
     batch = padding_free_collator(tokenizer.pad_token_id, 256)([{"input_ids": e} for e in examples])
     if varlen:
         speed.use_varlen_attention(model)
+    if kernels:
+        from saudial.model import fast_lfm2
+
+        model.requires_grad_(False)  # the base is frozen under LoRA: the norm and conv kernels cover frozen weights
+        assert fast_lfm2.install(model)["conv"] > 0
     inputs = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         padded = model(input_ids=ids.cuda(), attention_mask=mask.cuda(), use_cache=False).logits.float().cpu()

@@ -171,3 +171,27 @@ def test_lfm2_with_kernels_matches_lfm2_without(device: str) -> None:
         mask = torch.ones(2, 7, dtype=torch.long, device=device)
         mask[1, 5:] = 0
         assert model(input_ids=ids[:, :7].expand(2, 7), attention_mask=mask).logits.isfinite().all()
+
+
+def test_no_packed_sequence_check_under_varlen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """patches.skip_packed_check: a padding-free training forward (cu_seq_lens_q, no mask, no cache) builds no mask,
+    so transformers' find_packed_sequence_indices (a host-device sync per step) is not called; others still build it."""
+    from transformers import masking_utils
+
+    from saudial.model import patches
+
+    model = _tiny_lfm2()
+    patches.skip_packed_check(model.get_decoder())
+    calls: list[int] = []
+    upstream = masking_utils.find_packed_sequence_indices
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda p: calls.append(1) or upstream(p))
+    lengths = [3, 5]
+    ids = torch.randint(3, 97, (1, sum(lengths)))
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    cu = torch.tensor([0, 3, 8], dtype=torch.int32)
+    varlen = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": 5, "max_length_k": 5}
+    with torch.no_grad():
+        model(input_ids=ids, position_ids=position_ids, use_cache=False, **varlen)
+        assert calls == []
+        model(input_ids=ids, position_ids=position_ids, use_cache=False)
+    assert calls == [1]
