@@ -42,10 +42,12 @@ if [ "${1:-}" = B ]; then
     # The second, shorter call: the per-example losses against padded batches with the kernels (tests/test_gpu.py),
     # then the kernels on, off and on again in one bench run.
     say "GPU tests: kernels, and padding-free against padded"
-    timeout -k 10 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels.py tests/test_gpu.py \
+    timeout -k 10 70 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels.py tests/test_gpu.py \
         -k "kernels or padding_free_equals_padded" > "$OUT/gpu-tests.log" 2>&1; tail -3 "$OUT/gpu-tests.log"
-    bench onoff 150 "$HERE" --sections levers --only "levers: defaults" \
-        --skip "levers: defaults, foreach;levers: defaults, 2 data;levers: defaults, bs;levers: defaults, logging;levers: defaults, GC"
+    say "kernels on, off, on (results written as they come)"
+    timeout 150 python3 bench/bench.py --out "$OUT/onoff" --work /tmp/bench --sections levers --only "levers: defaults" \
+        --skip "levers: defaults, foreach;levers: defaults, 2 data;levers: defaults, bs;levers: defaults, logging;levers: defaults, GC" \
+        2>&1 | grep --line-buffered -E "exit [0-9-]+, wall"
     say "done"; exit 0
 fi
 say "GPU tests of the kernels"
