@@ -2,8 +2,9 @@
 
 Versions (Python, saudial, torch, CUDA, NVIDIA driver), the GPU (name, memory, compute capability),
 bf16 or fp16, whether bitsandbytes' CUDA library loads, the Hub (reachable in a few seconds?) and the
-token (present or not; never shown), then the settings a run would pick here: gradient checkpointing,
-batch, torch.compile. Without a usable GPU it names the two ways forward: `make demo`, and
+token (present or not; never shown), the base model (family, size, LiquidAI's status, its shape, and what
+a run does with it; a model saudial cannot train is a blocker), then the settings a run would pick here:
+gradient checkpointing, batch, torch.compile. Without a usable GPU it names the two ways forward: `make demo`, and
 SAUDIAL_QUANTIZATION=none. Returns 0 when training can run here, 2 when it cannot (`make train` runs
 `saudial check --quiet` first: silent when training can run).
 """
@@ -22,7 +23,7 @@ from saudial import __version__
 from saudial.config import huggingface as hf
 from saudial.config.settings import Settings
 from saudial.errors import EXIT_CONFIG, EXIT_OK, SaudialError
-from saudial.model import hardware, patches
+from saudial.model import base_model, hardware, patches
 
 # Rows of the published workbook's training split: what `auto` compile is judged on when no data is set.
 WORKBOOK_TRAIN_ROWS = 900
@@ -120,6 +121,19 @@ def hub_section(report: Report, settings: Settings) -> None:
     report.add("base model", f"{settings.model_name_or_path} ({where})")
 
 
+def base_section(report: Report, settings: Settings) -> None:
+    """The base model's family, size and status, its shape, and what a run does with it (model/base_model.py)."""
+    report.add("", f"Base model {settings.model_name_or_path}:")
+    try:
+        info = base_model.inspect_base(settings)
+    except SaudialError as exc:
+        report.add("family", "cannot be trained by saudial")
+        report.blockers.append(str(exc))
+        return
+    for label, text in base_model.describe(info, settings):
+        report.add(label, text)
+
+
 def picks_section(report: Report, settings: Settings, memory: float | None) -> None:
     """The settings a run here would pick (model/hardware.fit_to_gpu, model/patches.decide_compile)."""
     report.add("", "A run here would pick:")
@@ -160,6 +174,7 @@ def build(settings: Settings) -> Report:
     bitsandbytes_section(report, needs_cuda=settings.quantization != "none" and memory is not None)
     report.add("", "Hugging Face Hub:")
     hub_section(report, settings)
+    base_section(report, settings)
     picks_section(report, settings, memory)
     return report
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from saudial.config.settings import Settings
 from saudial.data.conversations import load_configured_data
 from saudial.errors import EXIT_OK, OOM_INFERENCE, faults
+from saudial.model import base_model
 from saudial.process import distributed
 from saudial.process.collector import long_lived_imports
 
@@ -40,13 +41,16 @@ def run(settings: Settings, dry_run: bool = False) -> int:
         from saudial.publish import hub
         from saudial.training.recipe import train
 
+    # The base model: a size that does not exist or an architecture saudial does not train stops here (exit 2).
+    info = base_model.inspect_base(settings)
+    base_model.log_base(info, settings)
     if settings.quantization != "none" and not dry_run:
         check_cuda()
     if settings.push_to_hub:  # a push that would fail must fail now, not after hours of training (exit 2)
         hub.preflight(settings)
     if not dry_run and (processes := distributed.needs_launch(settings)):
         return distributed.launch(processes)  # N ranks of this same command (checked once, here); their exit code
-    trained = train(settings, dataset, dry_run=dry_run, store=checkpoint_store(settings))
+    trained = train(settings, dataset, dry_run, checkpoint_store(settings), base_model.record_of(info))
     if trained is not None:
         after_training(trained)
     return EXIT_OK

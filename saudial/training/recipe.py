@@ -20,6 +20,7 @@ from saudial.data.conversations import ChatData
 from saudial.errors import OOM_INFERENCE, ConfigError, Interrupted, faults
 from saudial.model import hardware
 from saudial.model.loading import load_model, load_tokenizer, resolve_revision
+from saudial.model.lora import check_targets
 from saudial.process import distributed
 from saudial.process.signals import StopOnSignal
 from saudial.rundir import record
@@ -52,14 +53,19 @@ class Trained:
 
 
 def train(
-    settings: Settings, dataset: Dataset | ChatData, dry_run: bool = False, store: CheckpointStore | None = None
+    settings: Settings,
+    dataset: Dataset | ChatData,
+    dry_run: bool = False,
+    store: CheckpointStore | None = None,
+    base: dict[str, Any] | None = None,
 ) -> Trained | None:
     """Train an adapter on `dataset` (SauDial rows, or conversations: SAUDIAL_TASK) as configured and save it
     in OUTPUT_DIR/staging (status trained).
 
     Returns None for a dry run, and on the processes other than rank 0 of a multi-process run. Where an
     earlier start trained this run already, trains nothing and returns what is left to do (`Trained.stage`).
-    `store`: where else checkpoints go and come from (the Hub, with hub_strategy=checkpoint).
+    `store`: where else checkpoints go and come from (the Hub, with hub_strategy=checkpoint). `base`: what
+    model/base_model.py found of the base model (family, size, status), kept in the run record.
     """
     check_optimizer(settings)
     clock = time.perf_counter()
@@ -129,6 +135,9 @@ def train(
     log.info("loading %s (%s, compute dtype %s)", settings.model_name_or_path, settings.quantization, dtype)
     model = load_model(settings, revision=revision)
     timings["load_s"] = time.perf_counter() - tick
+    # Every target name must select a module (PEFT skips one that selects none): exit 2 before training.
+    matched = check_targets(model, settings.target_modules)
+    log.info("LoRA targets, modules each name selects: %s", ", ".join(f"{k} {v}" for k, v in matched.items()))
 
     # 4. TRL's SFTTrainer: prompt/completion pairs, loss on the completion and its EOS only (chat: token ids,
     # loss where the assistant mask is 1: every assistant turn and its end-of-turn token).
@@ -177,6 +186,8 @@ def train(
         "train_samples": len(train_ds),
         "eval_samples": len(eval_ds),
         "trainable_parameters": trainable,
+        "lora_target_modules": matched,
+        **({"base_model": base} if base else {}),
         **meter.result,
         "loss_curve": [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e],
     }
