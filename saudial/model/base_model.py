@@ -122,7 +122,7 @@ def check_architecture(name: str, config: dict[str, Any]) -> None:
             f"{SETTING}={name!r} is {shown} model that needs code from its own repository (trust_remote_code), "
             f"which saudial never runs: {SUPPORTED}"
         )
-    if arch != ARCHITECTURE or config.get("model_type") != "lfm2":
+    if config.get("model_type") != "lfm2" or (archs is not None and arch != ARCHITECTURE):
         raise ConfigError(f"{SETTING}={name!r} is {shown} model, which saudial does not train: {SUPPORTED}")
 
 

@@ -84,17 +84,17 @@ SIXTEEN = (2, 5, 8, 10, 12, 14)  # the 16-layer sizes' attention layers (every p
 # layer_types with full_attention at 2,5,8,10,12,14, num_attention_heads 16, num_key_value_heads 8, block_ff_dim
 # 6656 with block_auto_adjust_ff_dim true, vocab_size 65536. The effective MLP width 4608 is also in
 # huggingface.co/florianvoss/LFM2-350M_reducecache devkit/vlm_config.json (models--LiquidAI--LFM2-350M).
-# Parameters 354,483,968: LiquidAI/LFM2-700M README (commit d300d6a), the table of the three sizes.
+# Parameters 354,483,968: the LFM2 model card's "Model details" table (LiquidAI/LFM2-* README, all four sizes).
 LFM2_350M = Shape(1024, 16, SIXTEEN, 16, 8, 6656, True)
 # LFM2-700M. huggingface.co/LiquidAI/LFM2-700M/blob/refs/pr/8/config.json (LiquidAI's repository): hidden_size
 # 1536, 16 layers, full_attn_idxs 2,5,8,10,12,14, 24 heads, 8 kv heads, block_ff_dim 10240 auto-adjusted (6912:
 # the feed_forward_length of the GGUF conversion, ollama.com/jewelzufo/lfm2-700-gguf), vocab_size 65536.
-# Parameters 742,489,344: the LFM2-700M README table.
+# Parameters 742,489,344: the LFM2 model card's table.
 LFM2_700M = Shape(1536, 16, SIXTEEN, 24, 8, 10240, True)
 # LFM2-1.2B. ../shared/notes/field-notes.md ("LFM2-1.2B"), bench/bench.py's LFM2_1_2B, and
 # huggingface.co/FastFlowLM/LFM2-1.2B-NPU2 config.json: hidden_size 2048, 16 layers, full_attn_idxs
 # 2,5,8,10,12,14, 32 heads, 8 kv heads, block_ff_dim 12288 auto-adjusted (8192), vocab_size 65536.
-# Parameters 1,170,340,608: the LFM2-700M README table and the field notes.
+# Parameters 1,170,340,608: the LFM2 model card's table and the field notes.
 LFM2_1_2B = Shape(2048, 16, SIXTEEN, 32, 8, 12288, True)
 # LFM2-2.6B. huggingface.co/LiquidAI/LFM2-2.6B-Transcript-ONNX config.json (LiquidAI's fine-tune of LFM2-2.6B, same
 # shape): hidden_size 2048, num_hidden_layers 30, layer_types with full_attention at 2,5,9,13,17,21,24,27, 32
@@ -102,7 +102,8 @@ LFM2_1_2B = Shape(2048, 16, SIXTEEN, 32, 8, 12288, True)
 # own figures agree: ollama.com/sam860/LFM2:2.6b-Q8_0 (GGUF of LFM2-2.6B: block_count 30, embedding_length 2048,
 # feed_forward_length 10752, head_count 32, head_count_kv 8, vocab_size 65536) and
 # huggingface.co/florianvoss/LFM2-2.6B_logits devkit/vlm_config.json (model_name LFM2-2.6B: the same, and the same
-# layer_types as far as the stored copy shows them, to layer 23).
+# layer_types as far as the stored copy shows them, to layer 23). The LFM2 model card's table: 2,569,272,320
+# parameters, 30 layers (22 conv + 8 attn), vocabulary 65,536.
 LFM2_2_6B = Shape(2048, 30, (2, 5, 9, 13, 17, 21, 24, 27), 32, 8, 10752, False)
 # LFM2.5-1.2B. huggingface.co/Open4bits/LFM2.5-1.2B-Instruct-Quantized nf4/config.json (a 4-bit copy of
 # LiquidAI/LFM2.5-1.2B-Instruct): hidden_size 2048, 16 layers, full_attention at 2,5,8,10,12,14, 32 heads, 8 kv
