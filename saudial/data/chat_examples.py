@@ -71,6 +71,8 @@ def prepare(
     train_ds = to_examples(split.train, tokenizer, max_length)
     eval_ds = to_examples(split.eval, tokenizer, max_length, learnable_only=True)
     summary = summarize(data, split, max_length, train_ds)
+    # Where the assistant tokens come from (data/messages.py): the template's markers, or saudial's turn prefixes.
+    summary["assistant_tokens_from"] = "generation markers" if messages.has_markers(tokenizer) else "turn prefixes"
     log_summary(summary)
     return train_ds, eval_ds, summary
 
@@ -141,9 +143,14 @@ def log_summary(summary: dict[str, Any]) -> None:
     ]
     t = summary["train_tokens"]
     dropped = t["without_loss_at_max_length"]
+    found = (
+        "the chat template's {% generation %} markers, as TRL's assistant_only_loss does"
+        if summary.get("assistant_tokens_from") == "generation markers"
+        else "the chat template's turn prefixes"
+    )
     lines.append(
         f"  train tokens/conversation: mean {t['mean']}, median {t['median']}, p90 {t['p90']}, max {t['max']}; "
-        f"{t['assistant']} of the {t['trained']} tokens trained on are the assistant's (the loss); "
+        f"{t['assistant']} of the {t['trained']} tokens trained on are the assistant's (the loss; found by {found}); "
         f"{t['truncated_at_max_length']} conversation(s) longer than max_length={t['max_length']} will be truncated"
         + (f", {dropped} of them left out (no assistant token within it)" if dropped else "")
     )

@@ -6,8 +6,14 @@ str} (TRL's, Axolotl's and LLaMA-Factory's standard format), or a conversational
 as TRL does). It is formatted with the tokenizer's own chat template (LFM2's is ChatML-like:
 `<|im_start|>role\\n...<|im_end|>\\n`, the system prompt first).
 
-Which tokens carry the loss. LFM2's template has no `{% generation %}` markers, so TRL's
-`assistant_only_loss` cannot find the assistant tokens by itself. `tokenize` finds them exactly, from
+Which tokens carry the loss. A template with `{% generation %}` markers (LiquidAI's LEAP templates for
+LFM2/LFM2.5 have them) says which tokens are the assistant's: `tokenize` asks it the way TRL's
+`assistant_only_loss` does (`apply_chat_template(..., return_assistant_tokens_mask=True)`), and
+`check_template` refuses one whose mask leaves out the end-of-turn token (TRL's
+`is_chat_template_stop_token_trained`: the model would never learn to stop). Such a template may render a
+turn differently once later turns follow (LFM2.5's drops earlier turns' `<think>` blocks), which the
+markers handle and the prefix rule below cannot. LFM2's template has no markers, so TRL's
+`assistant_only_loss` cannot find the assistant tokens by itself. `tokenize` then finds them exactly, from
 the template's own output: the text of messages[:i] with the generation prompt is a prefix of the text
 of messages[:i+1], and what the latter adds is assistant turn i, up to and including the end-of-turn
 token (`<|im_end|>`, the EOS the model must learn to stop with). The characters of those spans,
@@ -137,6 +143,23 @@ def check_template(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
         )
     if not tokenizer.is_fast:
         raise ConfigError(f"the tokenizer of {name} is not a fast tokenizer: chat data needs its offsets")
+    if has_markers(tokenizer):
+        from trl.chat_template_utils import is_chat_template_stop_token_trained
+
+        if not is_chat_template_stop_token_trained(tokenizer):
+            raise ConfigError(
+                f"the chat template of {name} marks the assistant's turns ({{% generation %}}) without its "
+                "end-of-turn token, so the model would never learn to stop: move the end-of-turn token inside "
+                "{% generation %}...{% endgeneration %}, or use a template without the markers"
+            )
+
+
+def has_markers(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Does the tokenizer's chat template mark the assistant's tokens (TRL's test for `{% generation %}`)?"""
+    from trl.chat_template_utils import has_generation_markers
+
+    template = getattr(tokenizer, "chat_template", None)
+    return isinstance(template, (str, dict)) and bool(template) and has_generation_markers(template)
 
 
 def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool) -> str:
@@ -176,6 +199,15 @@ def tokenize(
     """`input_ids` of the rendered conversation and `assistant_masks` (1 on assistant tokens) for TRL, whole
     (TRL cuts them to max_length); with `max_length`, the mask past that many tokens is left 0 unlooked-at, so
     a conversation of thousands of turns costs what its first max_length tokens cost."""
+    if has_markers(tokenizer):
+        return marked(tokenizer, conversation)
+    return prefix_masks(tokenizer, conversation, max_length)
+
+
+def prefix_masks(
+    tokenizer: PreTrainedTokenizerBase, conversation: Conversation, max_length: int | None = None
+) -> dict[str, list[int]]:
+    """`tokenize` by saudial's own rule (the template's turn prefixes), for a template without markers."""
     text = render(tokenizer, conversation.as_dicts(), generation_prompt=False)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     offsets = encoded["offset_mapping"]
@@ -183,6 +215,24 @@ def tokenize(
     _, spans = assistant_spans(tokenizer, conversation, stop_at)
     mask = [int(any(start in span for span in spans)) for start, _end in offsets]
     return {"input_ids": list(encoded["input_ids"]), "assistant_masks": mask}
+
+
+def marked(tokenizer: PreTrainedTokenizerBase, conversation: Conversation) -> dict[str, list[int]]:
+    """`input_ids` and `assistant_masks` from the template's `{% generation %}` markers, the call TRL's
+    `assistant_only_loss` makes; a prompt/completion row's prompt turns (before `learn_from`) carry no loss."""
+    out: Any = tokenizer.apply_chat_template(
+        conversation.as_dicts(), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    if conversation.learn_from:
+        before: Any = tokenizer.apply_chat_template(
+            conversation.as_dicts(conversation.learn_from), tokenize=True, add_generation_prompt=True, return_dict=True
+        )
+        prompt = list(before["input_ids"])
+        differ = (i for i, (a, b) in enumerate(zip(prompt, ids, strict=False)) if a != b)
+        shared = next(differ, min(len(prompt), len(ids)))
+        mask[:shared] = [0] * shared
+    return {"input_ids": ids, "assistant_masks": mask}
 
 
 def prompt_ids(

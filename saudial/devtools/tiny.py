@@ -30,6 +30,58 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# A chat template of the shape LiquidAI publishes for LFM2.5 (its LEAP training templates), written here from that
+# format: the same ChatML-like turns; tools listed in the system prompt between <|tool_list_start|> and
+# <|tool_list_end|>; an assistant's tool calls as a Python list between <|tool_call_start|> and <|tool_call_end|>;
+# a tool's answer as a `tool` turn between <|tool_response_start|> and <|tool_response_end|>; the `<think>` block
+# kept only in the last assistant turn (earlier ones keep what follows `</think>`); and every assistant turn,
+# its end-of-turn token included, inside {% generation %} markers, which TRL's assistant-only loss reads.
+LFM25_CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    '{%- set ns = namespace(system="", last=-1) -%}'
+    '{%- if messages and messages[0]["role"] == "system" -%}'
+    '{%- set ns.system = messages[0]["content"] -%}{%- set messages = messages[1:] -%}'
+    "{%- endif -%}"
+    "{%- if tools -%}"
+    '{%- set ns.system = ns.system + ("\n" if ns.system else "") + "List of tools: <|tool_list_start|>" '
+    '+ (tools | tojson) + "<|tool_list_end|>" -%}'
+    "{%- endif -%}"
+    '{%- if ns.system -%}{{- "<|im_start|>system\n" + ns.system + "<|im_end|>\n" -}}{%- endif -%}'
+    '{%- for message in messages -%}{%- if message["role"] == "assistant" -%}{%- set ns.last = loop.index0 -%}'
+    "{%- endif -%}{%- endfor -%}"
+    "{%- for message in messages -%}"
+    '{{- "<|im_start|>" + message["role"] + "\n" -}}'
+    '{%- set content = message["content"] or "" -%}'
+    '{%- if message["role"] == "assistant" -%}'
+    '{%- if loop.index0 != ns.last and "</think>" in content -%}'
+    '{%- set content = (content.split("</think>") | last) | trim -%}'
+    "{%- endif -%}"
+    "{%- generation -%}"
+    '{%- if message["tool_calls"] is defined and message["tool_calls"] -%}'
+    '{{- "<|tool_call_start|>[" -}}'
+    '{%- for call in message["tool_calls"] -%}'
+    '{%- set f = call["function"] if call["function"] is defined else call -%}'
+    '{{- ("" if loop.first else ", ") + f["name"] + "(" -}}'
+    '{%- for key, value in f["arguments"].items() -%}'
+    '{{- ("" if loop.first else ", ") + key + "=" + (value | tojson) -}}'
+    "{%- endfor -%}"
+    '{{- ")" -}}'
+    "{%- endfor -%}"
+    '{{- "]<|tool_call_end|>" -}}'
+    "{%- endif -%}"
+    '{{- content + "<|im_end|>" -}}'
+    "{%- endgeneration -%}"
+    '{{- "\n" -}}'
+    '{%- elif message["role"] == "tool" -%}'
+    '{{- "<|tool_response_start|>" + content + "<|tool_response_end|><|im_end|>\n" -}}'
+    "{%- else -%}"
+    '{{- content + "<|im_end|>\n" -}}'
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    '{%- if add_generation_prompt -%}{{- "<|im_start|>assistant\n" -}}{%- endif -%}'
+)
+TEMPLATES = {"lfm2": CHAT_TEMPLATE, "lfm2.5": LFM25_CHAT_TEMPLATE}
+
 
 def build_tokenizer(texts: list[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE())
@@ -78,12 +130,15 @@ def tiny_config(vocab_size: int, hidden_size: int = 64, layers: int = 4) -> Lfm2
     )
 
 
-def build(output: Path, rows: int = 400, seed: int = 0, hidden_size: int = 64, layers: int = 4) -> Path:
-    """Write a tiny LFM2 + tokenizer into `output`; returns it."""
+def build(
+    output: Path, rows: int = 400, seed: int = 0, hidden_size: int = 64, layers: int = 4, template: str = "lfm2"
+) -> Path:
+    """Write a tiny LFM2 + tokenizer into `output` (chat template: TEMPLATES[template]); returns it."""
     frame = synthetic.make_rows(rows, seed)
     texts = [str(v) for column in frame.columns[5:9] for v in frame[column].dropna()]
     texts += ["### Instruction:", "Translate the following English text to Saudi Dialect", "### Response:"]
     tokenizer = build_tokenizer(texts)
+    tokenizer.chat_template = TEMPLATES[template]
     config = tiny_config(len(tokenizer), hidden_size, layers)
     config.eos_token_id = tokenizer.eos_token_id
     torch.manual_seed(seed)
@@ -99,11 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output", type=Path)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--chat-template", choices=sorted(TEMPLATES), default="lfm2")
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one shard of a few hundred kB: its progress bar is noise
-    build(args.output, hidden_size=args.hidden_size, layers=args.layers)
+    build(args.output, hidden_size=args.hidden_size, layers=args.layers, template=args.chat_template)
     print(f"wrote a tiny LFM2 to {args.output}")
 
 
