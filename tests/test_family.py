@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,42 @@ def test_the_lora_target_error_as_a_user_sees_it(
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: SAUDIAL_TARGET_MODULES: 'o_proj' matches no module of the base model")
     assert "Traceback" not in result.stderr and not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+REPO = Path(__file__).resolve().parent.parent
+FAMILY_RECIPES = sorted(p for p in (REPO / "recipes").glob("lfm2*.yaml"))
+
+
+def test_each_family_recipe_names_a_known_base_and_its_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    from saudial.config.sources import load_settings
+
+    for key in [k for k in os.environ if k.startswith("SAUDIAL_")]:
+        monkeypatch.delenv(key)
+    names = set()
+    for recipe in FAMILY_RECIPES:
+        settings = load_settings({}, config_file=recipe)
+        entry = base_model.check_name(settings.model_name_or_path)
+        assert entry is not None and entry.architecture == family.ARCHITECTURE, recipe.name
+        assert settings.lora_alpha == 2 * settings.lora_r, recipe.name  # the default's LoRA scale
+        text = recipe.read_text()
+        assert "Why each value" in text and "learning rate" in text and "batch" in text and "LoRA r" in text
+        names.add(entry.name)
+    assert names == {
+        "LiquidAI/LFM2.5-1.2B-Instruct",
+        "LiquidAI/LFM2.5-1.2B-Base",
+        "LiquidAI/LFM2-350M",
+        "LiquidAI/LFM2-700M",
+        "LiquidAI/LFM2-2.6B",
+    }
+
+
+def test_a_recipe_naming_a_size_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    from saudial.config.sources import load_settings
+
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("model_name_or_path: LiquidAI/LFM2.5-1.6B-Instruct\n")
+    settings = load_settings({}, environ={}, config_file=recipe)
+    with pytest.raises(ConfigError) as caught:
+        base_model.inspect_base(settings)
+    assert "LFM2.5 has no 1.6B model" in str(caught.value)
+    assert "the closest names: LiquidAI/LFM2.5-1.2B-Instruct" in str(caught.value)
