@@ -66,13 +66,15 @@ def test_a_size_that_does_not_exist_is_refused_with_the_closest_names() -> None:
     with pytest.raises(ConfigError, match=r"LFM2\.5 has no 700M"):
         base_model.check_name("LiquidAI/LFM2.5-700M-Instruct")
     assert base_model.check_name("LiquidAI/LFM2-1.2B-Tool") is None  # a published fine-tune of a known size
+    with pytest.raises(ConfigError, match=r"did you mean LiquidAI/LFM2\.5-1\.2B-Instruct\?"):
+        base_model.check_name("LiquidAI/LFM2.5-1.2B-Instrcut")
 
 
 def test_an_architecture_saudial_does_not_train_stops_before_loading(tmp_path: Path) -> None:
     qwen = tmp_path / "qwen"
     qwen.mkdir()
     (qwen / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3"}))
-    with pytest.raises(ConfigError, match="is Qwen3ForCausalLM model, which saudial does not train: saudial trains"):
+    with pytest.raises(ConfigError, match="is a Qwen3ForCausalLM model, which saudial does not train: saudial trains"):
         base_model.inspect_base(Settings(model_name_or_path=str(qwen)))
     lfm3 = tmp_path / "lfm3"
     lfm3.mkdir()

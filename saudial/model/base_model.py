@@ -12,6 +12,7 @@ Without config.json (offline and not cached) it says what the table knows and le
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
@@ -62,9 +63,14 @@ def check_name(name: str) -> Base | None:
     if match is None:
         return None
     fam, size = match.group(1).upper(), match.group(2).upper()
-    if any(b.family == fam and b.size == size for b in family.FAMILY.values()):
-        return None  # a known size under another name (a fine-tune LiquidAI published: LFM2-1.2B-Tool, ...)
     near = family.closest(name)
+    if any(b.family == fam and b.size == size for b in family.FAMILY.values()):
+        # A known size under another name: a fine-tune LiquidAI published (LFM2-1.2B-Tool, ...), or a misspelt
+        # name of the table (one or two letters off: LFM2.5-1.2B-Instrcut), which is refused.
+        typo = [n for n in near if difflib.SequenceMatcher(None, n.lower(), name.strip().lower()).ratio() >= 0.9]
+        if not typo:
+            return None
+        raise ConfigError(f"{SETTING}={name!r} is not a model LiquidAI publishes: did you mean {typo[0]}?")
     sizes = sorted({b.size for b in family.FAMILY.values() if b.family == fam}, key=_size_order)
     raise ConfigError(
         f"{SETTING}={name!r}: {fam} has no {size} model (its sizes: {', '.join(sizes)}; read {family.STATUS_READ})"
@@ -98,7 +104,7 @@ def read_config(name: str, revision: str) -> tuple[dict[str, Any] | None, str]:
             return None, "not read: not in the Hugging Face cache and the Hub is not reachable"
         else:
             try:
-                path, where = Path(hf_hub_download(name, "config.json", revision=revision)), "the Hub"
+                path, where = Path(hf_hub_download(name, "config.json", revision=revision)), "Hub"
             except Exception as exc:  # gated, missing, a hiccup: the load says what it is, with its own words
                 return None, f"not read from the Hub ({type(exc).__name__})"
     try:
@@ -116,14 +122,14 @@ def check_architecture(name: str, config: dict[str, Any]) -> None:
     """ConfigError unless `config` is an LFM2 model transformers runs with its own code."""
     archs = config.get("architectures")
     arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
-    shown = arch if arch and arch.isidentifier() and len(arch) <= 60 else "an unknown"
+    kind = f"a {arch} model" if arch and arch.isidentifier() and len(arch) <= 60 else "a model of another architecture"
     if config.get("auto_map"):
         raise ConfigError(
-            f"{SETTING}={name!r} is {shown} model that needs code from its own repository (trust_remote_code), "
+            f"{SETTING}={name!r} is {kind} that needs code from its own repository (trust_remote_code), "
             f"which saudial never runs: {SUPPORTED}"
         )
     if config.get("model_type") != "lfm2" or (archs is not None and arch != ARCHITECTURE):
-        raise ConfigError(f"{SETTING}={name!r} is {shown} model, which saudial does not train: {SUPPORTED}")
+        raise ConfigError(f"{SETTING}={name!r} is {kind}, which saudial does not train: {SUPPORTED}")
 
 
 def inspect_base(settings: Settings, revision: str | None = None) -> BaseInfo:
