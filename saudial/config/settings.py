@@ -108,9 +108,7 @@ class Settings(BaseSettings):
     )
     target_modules: CommaList = Field(
         default_factory=lambda: list(LFM2_LINEAR_MODULES),
-        # Each name must select a module of the loaded model (model/lora.check_targets: exit 2 naming it otherwise).
-        description="Comma-separated module names to adapt (default: all LFM2 linear layers; all-linear: PEFT's "
-        "shorthand for every linear layer but the output head); a name that selects no module is an error.",
+        description="Module names to adapt, comma-separated, each must exist (default: all LFM2 linear layers).",
     )
 
     # --- training (TRL SFTConfig / transformers TrainingArguments names) ----------------------------
