@@ -1,7 +1,8 @@
 """Benchmark: each LFM2 size with a published shape, trained in 4-bit with its own recipe, start to end.
 
-    python bench/family.py --out bench/results-family           # on a CUDA GPU (one command, ~10-15 min on an H100)
-    python bench/family.py --out /tmp/family-smoke --smoke      # the same code path on the CPU, tiny models
+    python bench/family.py --out OUT                          # on a CUDA GPU: every size, ~10-15 min on an H100
+    python bench/family.py --out OUT --sizes 2.6B             # a part (a later call into the same OUT keeps the rest)
+    python bench/family.py --out /tmp/family-smoke --smoke    # the same code path on the CPU, tiny models
 
 For each size of the table (model/family.py: LFM2-350M, LFM2-700M, LFM2-1.2B, LFM2-2.6B; LFM2.5-1.2B has
 LFM2-1.2B's shape, so its number is that one's) it builds a random-weight `Lfm2ForCausalLM` of the size's
@@ -205,6 +206,10 @@ def main() -> None:
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "device": device_name(), "versions": versions()}
     report["smoke"], report["results"] = args.smoke, []
     results: list[dict[str, Any]] = report["results"]
+    earlier = args.out / "family.json"
+    if earlier.is_file():  # a call per part (--sizes): the other sizes' results of an earlier call are kept
+        kept = [r for r in json.loads(earlier.read_text()).get("results", []) if r.get("size") not in sizes]
+        results.extend(kept)
     data = write_rows(args.work / "rows-1000.xlsx", 1000)  # 900 train + 100 eval rows, as bench.py's whole run
 
     def record(result: dict[str, Any]) -> None:
