@@ -45,7 +45,7 @@ VARIABLE = re.compile(r"\bSAUDIAL_[A-Z0-9_]*[A-Z0-9]\b")
 # File suffixes, so that `x/y.json` or `path/to/file.xlsx` is not read as module y's attribute json.
 FILE_SUFFIXES = {
     *("md", "py", "sh", "yaml", "yml", "json", "jsonl", "toml", "txt", "png", "in", "lock", "mk", "cfg"),
-    *("xlsx", "xlsm", "csv", "parquet", "log", "gguf", "bin"),
+    *("xlsx", "xlsm", "csv", "parquet", "log", "gguf", "bin", "mdx"),
 }
 # Upstream files that prose names by their own name (not this repository's).
 UPSTREAM_FILES = {"peft_model.py", "convert_hf_to_gguf.py"}
