@@ -187,6 +187,35 @@ def faults(path: Path | None = None, oom_advice: str = OOM_TRAINING, note: str =
         raise error from exc
 
 
+# --- what messages echo ------------------------------------------------------------------------------
+
+# A Hugging Face access token ('hf_' and 30+ letters and digits): never printed, logged or written.
+_HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")
+REDACTED = "hf_***"
+
+
+def printable(text: str) -> str:
+    """`text` with its unprintable characters (control, ANSI escapes, newlines, bidi) escaped as Python writes
+    them: what every message does with a name or value the user (or a file) gave, so that it cannot forge
+    lines, clear the screen or reorder what is shown."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def redact(text: str) -> str:
+    """`text` without the value of HF_TOKEN and without anything shaped like a Hugging Face token: every
+    message that carries a server's words (an error body may echo the request's Authorization header) goes
+    through this before it is printed, logged or written."""
+    token = os.environ.get("HF_TOKEN", "").strip()
+    if len(token) >= 8:
+        text = text.replace(token, REDACTED)
+    return _HF_TOKEN.sub(REDACTED, text)
+
+
+def one_line(text: str) -> str:
+    """A message as the entry point prints it: one line, control characters escaped, tokens redacted."""
+    return printable(redact(text))
+
+
 def unexpected(exc: BaseException) -> str:
     """The one line for a bug: the exception's type and the start of its message (never a whole payload)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -1,9 +1,11 @@
 """Where settings come from: CLI flags > SAUDIAL_* environment variables > a recipe file > defaults.
 
-`load_settings` is the one way a command gets its `Settings`. The recipe (`--config recipe.yaml`) is
-read by pydantic-settings' own YAML source, placed below the environment in its list of sources; a
-typo in a SAUDIAL_* name or a recipe key, and an invalid value anywhere, all end as one `ConfigError`
-line that names the variable, flag or file and the fix.
+`load_settings` is the one way a command gets its `Settings`. The recipe (`--config recipe.yaml`) is read
+once, as data files are (config/reading.py: a regular file only, at most RECIPE_MAX_BYTES, refused at once
+otherwise), parsed with yaml.safe_load and handed to pydantic-settings as a source below the environment
+(its `InitSettingsSource`, the base of its own YAML source); a typo in a SAUDIAL_* name or a recipe key,
+and an invalid value anywhere, all end as one `ConfigError` line that names the variable, flag or file
+and the fix.
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource
 
+from saudial.config.reading import Unreadable, read_regular
 from saudial.config.settings import ENV_PREFIX, NON_SETTING_VARIABLES, Settings, env_name, flag_name
-from saudial.errors import ConfigError
+from saudial.errors import ConfigError, printable
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
+# The largest recipe saudial reads: the shipped ones are 1-2 KB (one line per setting, with comments), so
+# 64 KB is room for every setting and long comments; a larger file is not a recipe (a log, a data file,
+# /dev/zero behind a symlink), and parsing megabytes of YAML takes minutes.
+RECIPE_MAX_BYTES = 64 * 1024
 
 
 def check_unknown_env(environ: Mapping[str, str]) -> None:
@@ -41,40 +48,54 @@ def read_recipe(path: Path) -> dict[str, Any]:
     """A recipe's keys and values, checked: an existing YAML mapping of known setting names."""
     import yaml
 
+    shown = printable(str(path))
     if path.suffix.lower() not in RECIPE_SUFFIXES:
-        raise ConfigError(f"--config {path}: a recipe is a .yaml file (see recipes/)")
+        raise ConfigError(f"--config {shown}: a recipe is a .yaml file (see recipes/)")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: file not found (recipes/ holds the shipped recipes)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config {path}: cannot read it ({type(exc).__name__})") from None
+        text = read_regular(path, RECIPE_MAX_BYTES).decode("utf-8")
+    except Unreadable as why:
+        raise ConfigError(f"--config {shown}: {_unreadable(why)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {shown}: it is not UTF-8 text (a recipe is YAML text)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"--config {path} is not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"--config {shown} is not valid YAML{where}: {printable(str(problem))}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {path} must be a mapping of `setting: value` lines, e.g. `learning_rate: 2.0e-4`")
+        raise ConfigError(f"--config {shown} must be a mapping of `setting: value` lines, e.g. `learning_rate: 2.0e-4`")
     for key in data:
         if str(key) not in Settings.model_fields:
             raise ConfigError(
-                f"--config {path}: unknown setting {str(key)!r}: {_closest(str(key), Settings.model_fields)} "
-                "(fix or remove it)"
+                f"--config {shown}: unknown setting {printable(repr(str(key)))}: "
+                f"{_closest(str(key), Settings.model_fields)} (fix or remove it)"
             )
     return {str(k): v for k, v in data.items()}
 
 
-def _with_recipe(path: Path) -> type[Settings]:
-    """Settings whose sources are flags, the environment, then `path` through pydantic-settings' YAML source."""
+def _unreadable(why: Unreadable) -> str:
+    if why.why == Unreadable.MISSING:
+        return "file not found (recipes/ holds the shipped recipes)"
+    if why.why == Unreadable.DANGLING:
+        return "it is a symlink that points to nothing: fix the link or give the recipe file itself"
+    if why.why == Unreadable.NOT_REGULAR:
+        return f"it is {why.detail}, not a recipe: give a .yaml file (recipes/ holds the shipped recipes)"
+    if why.why == Unreadable.TOO_BIG:
+        return (
+            f"it is {why.size:,} bytes, over the {RECIPE_MAX_BYTES // 1024} KB a recipe may have (the shipped ones "
+            "are 1-2 KB): check that it is the right file"
+        )
+    return f"cannot read it: {why.detail}"
+
+
+def _with_recipe(recipe: dict[str, Any]) -> type[Settings]:
+    """Settings whose sources are flags, the environment, then the recipe's values (read by `read_recipe`)."""
 
     class RecipeSettings(Settings):
-        model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": path})
-
         @classmethod
         def settings_customise_sources(
             cls,
@@ -86,7 +107,7 @@ def _with_recipe(path: Path) -> type[Settings]:
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             # Highest first: flags (init arguments), SAUDIAL_* variables, the recipe. (No .env or secrets
             # directory: saudial reads neither.)
-            return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
+            return init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=recipe)
 
     return RecipeSettings
 
@@ -98,7 +119,7 @@ def load_settings(
     environ = os.environ if environ is None else environ
     check_unknown_env(environ)
     recipe = read_recipe(config_file) if config_file is not None else {}
-    cls = Settings if config_file is None else _with_recipe(config_file)
+    cls = Settings if config_file is None else _with_recipe(recipe)
     try:
         # Init arguments take precedence over every other source in pydantic-settings.
         loaded = cls(**dict(cli_values))
@@ -128,7 +149,7 @@ def _explain(
     elif env_name(field) in environ or field not in recipe:
         where, value = env_name(field), environ.get(env_name(field), error.get("input"))
     else:
-        where, value = f"{config_file}: {field}", recipe[field]
+        where, value = f"{printable(str(config_file))}: {field}", recipe[field]
     about = f"default: {default_of(field)!r}; {Settings.model_fields[field].description}"
     return f"{where}={value!r} is invalid: {message}. Fix it or unset it ({about})"
 

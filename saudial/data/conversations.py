@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from saudial.data import workbook
-from saudial.data.files import DATA_SETTING, printable
+from saudial.data.files import DATA_SETTING
 from saudial.data.messages import COMPLETION, MESSAGES, PROMPT, Conversation, parse_messages
 from saudial.data.text import describe_names, is_missing
 from saudial.data.workbook import Dataset, Table, read_table
-from saudial.errors import DataError
+from saudial.errors import DataError, printable
 
 if TYPE_CHECKING:
     from saudial.config.settings import Settings

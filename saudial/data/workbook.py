@@ -47,7 +47,7 @@ class Table:
     """A data file as read: its cells (index: the row or line number the user sees), and where it came from."""
 
     frame: pd.DataFrame
-    shown: str  # how messages name the file: 'a.csv', or 'a.csv (a symlink to /data/b.csv)'
+    shown: str  # how messages name the file: the path the user gave, escaped (never where a symlink points)
     sha256: str  # of exactly the bytes parsed
     row_word: str  # "row" (a spreadsheet row, counting the header) or "line" (of a JSONL file)
     suffix: str
