@@ -69,3 +69,63 @@ def test_a_recipe_under_the_cap_is_read(tmp_path: Path) -> None:
     recipe.write_text("# note\n" * 2000 + "learning_rate: 1.0e-4\n")
     assert recipe.stat().st_size < RECIPE_MAX_BYTES
     assert load_settings({}, environ={}, config_file=recipe).learning_rate == 1.0e-4
+
+
+# --- 13. output directories that cannot be one ----------------------------------------------------------
+
+
+def _unusable_output(tmp_path: Path, case: str) -> Path:
+    if case == "under-a-file":
+        (tmp_path / "file.txt").write_text("the user's")
+        return tmp_path / "file.txt" / "out"
+    if case == "symlink-loop":
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+        return tmp_path / "loop" / "out"
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    return tmp_path / "a"
+
+
+@pytest.mark.parametrize("case", ["under-a-file", "symlink-loop", "two-link-loop"])
+def test_an_output_directory_that_cannot_be_one_is_the_users_input(case: str, tmp_path: Path) -> None:
+    """Training and merge: exit 2 naming the path, nothing created (was exit 1, a bug)."""
+    from saudial.config.settings import Settings
+    from saudial.jobs.merge import prepare
+    from saudial.rundir.outputs import prepare_output_dir
+
+    out = _unusable_output(tmp_path, case)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    settings = Settings.model_construct(**{**Settings().model_dump(), "output_dir": out})
+    for call, setting in (
+        (lambda: prepare_output_dir(settings, "f" * 64, "0" * 64), "SAUDIAL_OUTPUT_DIR"),
+        (lambda: prepare(out, settings), "--output"),
+    ):
+        with pytest.raises(ConfigError) as raised:
+            call()
+        line = str(raised.value)
+        assert line.startswith(f"{setting}={str(out)!r} is ") and "\n" not in line, line
+        assert ("symlink loop" in line) if "loop" in case else ("which is a file" in line), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# --- 18. a run record whose list of files is damaged ------------------------------------------------------
+
+
+@pytest.mark.parametrize("files", ['"adapter_model.safetensors"', "{}", "[1, 2]", "null"])
+def test_a_record_with_a_damaged_list_of_files_is_named_as_damaged(files: str, tmp_path: Path) -> None:
+    """The finished run's record is named as damaged, not its files as "files that no saudial run wrote"."""
+    from saudial.config.settings import Settings
+    from saudial.rundir.outputs import prepare_output_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_bytes(b"weights")
+    record = f'{{"saudial_run": 1, "status": "finished", "fingerprint": "{"f" * 64}", "files": {files}}}'
+    (out / "run_manifest.json").write_text(record)
+    settings = Settings.model_construct(**{**Settings().model_dump(), "output_dir": out})
+    with pytest.raises(ConfigError) as raised:
+        prepare_output_dir(settings, "e" * 64, "0" * 64)
+    line = str(raised.value)
+    assert line.startswith(f"{out / 'run_manifest.json'} is damaged (its 'files' entry is not a list"), line
+    assert "no saudial run wrote" not in line
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_model.safetensors", "run_manifest.json"]

@@ -116,7 +116,12 @@ def damaged(path: Path) -> str | None:
         return "it is not valid JSON (cut short or edited)"
     if not isinstance(data, dict):
         return "it is not a JSON object"
-    return None if data.get("saudial_run") else "it is not a saudial run record"
+    if not data.get("saudial_run"):
+        return "it is not a saudial run record"
+    files = data.get(FILES, [])
+    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+        return f"its {FILES!r} entry is not a list of file names"
+    return None
 
 
 # --- the record of one run -------------------------------------------------------------------------

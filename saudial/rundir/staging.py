@@ -15,14 +15,16 @@ one above it, and the data file's folder or one above it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
-from saudial.errors import ConfigError
+from saudial.errors import ConfigError, printable
 from saudial.rundir import record
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,34 @@ def staging_dir(output_dir: Path) -> Path:
     return output_dir / STAGING
 
 
+def check_can_be_directory(path: Path, setting: str) -> None:
+    """Refuse (exit 2) a path that cannot be a directory: under a regular file (`file.txt/out`), in a symlink
+    loop, or itself something other than a directory. Whatever does not exist yet is created later."""
+    shown = repr(printable(str(path)))
+    probe = path.expanduser().absolute()
+    for place in [*reversed(probe.parents), probe]:
+        try:
+            info = os.stat(place)
+        except FileNotFoundError:
+            return  # from here on nothing exists: mkdir creates it
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                why = f"a symlink loop at {printable(str(place))!r}"
+            elif exc.errno == errno.ENOTDIR:
+                why = f"under {printable(str(place.parent))!r}, which is not a directory"
+            else:
+                why = f"not a place saudial can look at ({exc.strerror})"
+            raise ConfigError(f"{setting}={shown} is {why}: choose a directory path, e.g. 'outputs/run'") from None
+        if not stat.S_ISDIR(info.st_mode):
+            what = "a file, not a directory" if place == probe else f"under {printable(str(place))!r}, which is a file"
+            raise ConfigError(f"{setting}={shown} is {what}: choose a directory path, e.g. 'outputs/run'")
+
+
 def check_not_protected(path: Path, setting: str, data: Path | None = None) -> None:
-    """Refuse (exit 2) an output directory that saudial must never write into or clean."""
+    """Refuse (exit 2) an output directory that saudial must never write into or clean, or that cannot be one."""
     if not str(path).strip():
         raise ConfigError(f"{setting} is empty: set it to the directory for the run's outputs, e.g. 'outputs/run'")
+    check_can_be_directory(path, setting)
     target = path.expanduser().resolve()
     cwd, home = Path.cwd().resolve(), Path.home().resolve()
     why = None
