@@ -129,3 +129,92 @@ def test_a_record_with_a_damaged_list_of_files_is_named_as_damaged(files: str, t
     assert line.startswith(f"{out / 'run_manifest.json'} is damaged (its 'files' entry is not a list"), line
     assert "no saudial run wrote" not in line
     assert sorted(p.name for p in out.iterdir()) == ["adapter_model.safetensors", "run_manifest.json"]
+
+
+# --- 17. damaged checkpoints and adapters -------------------------------------------------------------------
+
+
+def _checkpoint(run_dir: Path, step: int, fingerprint: str, damage: str | None = None) -> Path:
+    """A checkpoint folder as the Trainer writes it (small tensors), vouched for by saudial's marker, with one
+    file replaced before the marker was written: its files match the marker, and still do not load."""
+    import pickle
+
+    import torch
+    from safetensors.torch import save_file
+
+    from saudial.rundir.checkpoints import write_marker
+
+    path = run_dir / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    save_file({"lora_A": torch.zeros(2, 2)}, str(path / "adapter_model.safetensors"))
+    (path / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+    torch.save({"state": {}, "param_groups": []}, path / "optimizer.pt")
+    torch.save({"last_epoch": step}, path / "scheduler.pt")
+    torch.save({"cpu": torch.get_rng_state()}, path / "rng_state.pth")
+    if damage == "rng_state.pth":  # a pickle of something that is not tensors: torch refuses it
+        (path / "rng_state.pth").write_bytes(pickle.dumps(Path("/etc")))
+    elif damage == "adapter_model.safetensors":
+        (path / "adapter_model.safetensors").write_bytes(b"\xff" * 64)
+    write_marker(path, step, fingerprint)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["rng_state.pth", "adapter_model.safetensors"])
+def test_a_checkpoint_that_does_not_load_is_passed_over_for_the_previous_one(damage: str, tmp_path: Path) -> None:
+    from saudial.rundir.checkpoints import latest_valid
+
+    fingerprint = "f" * 64
+    good = _checkpoint(tmp_path, 2, fingerprint)
+    bad = _checkpoint(tmp_path, 4, fingerprint, damage)
+    found, skipped = latest_valid(tmp_path, fingerprint)
+    assert found == good
+    assert [(path, reason.split(" (")[0]) for path, reason in skipped] == [(bad, f"{damage} does not load")]
+
+
+@pytest.fixture
+def adapter_dir(tmp_path: Path) -> Path:
+    """An adapter's folder as a run leaves it, with tiny weights (no model is ever loaded here)."""
+    import torch
+    from safetensors.torch import save_file
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "%s"}' % (tmp_path / "no-model"))
+    save_file({"lora_A": torch.zeros(2, 2)}, str(adapter / "adapter_model.safetensors"))
+    return adapter
+
+
+@pytest.mark.parametrize(
+    ("damaged", "content", "why"),
+    [
+        ("adapter_config.json", b"\xff\xfe\x00garbage\x9b", "not UTF-8 text"),
+        ("adapter_config.json", b"{not json", "not valid JSON"),
+        ("adapter_model.safetensors", b"\xff" * 64, "header too large"),
+    ],
+)
+def test_a_damaged_adapter_is_named_with_exit_2(
+    damaged: str, content: bytes, why: str, adapter_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """translate with a damaged adapter: one line naming the file (was exit 1: UnicodeDecodeError, a
+    safetensors error)."""
+    from saudial.cli.main import main
+
+    (adapter_dir / damaged).write_bytes(content)
+    code = main(["translate", "--adapter", str(adapter_dir), "--dialect", "Najdi", "Hello"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: --adapter {str(adapter_dir)!r}: {adapter_dir / damaged} is damaged ("), line
+    assert why in line and "Traceback" not in err, line
+
+
+def test_a_refused_merge_writes_nothing(adapter_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """merge of an adapter that is only a pickle (adapter_model.bin): refused, and --output is not created."""
+    from saudial.cli.main import main
+
+    (adapter_dir / "adapter_model.safetensors").rename(adapter_dir / "adapter_model.bin")
+    out = tmp_path / "merged"
+    code = main(["merge", "--adapter", str(adapter_dir), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "only adapter_model.bin, a pickle" in err.strip().splitlines()[-1], err[-2000:]
+    assert not out.exists()

@@ -14,10 +14,12 @@ the answer is kept for the rest of the process.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from pathlib import Path
 
-from saudial.errors import ConfigError
+from saudial.config.reading import Unreadable, read_regular
+from saudial.errors import ConfigError, printable
 
 # Seconds the reachability probe waits for the endpoint (connection and answer). A reachable Hub answers
 # a HEAD in well under a second; a black-holed network is declared unreachable after this long.
@@ -102,11 +104,31 @@ def check_model_access(
     raise ConfigError(f"cannot reach {hub_endpoint()} to load the model {name!r} ({why}): {fix}")
 
 
+# adapter_config.json is a few hundred bytes; anything this large is not one.
+ADAPTER_CONFIG_MAX_BYTES = 1 << 20
+
+
 def check_adapter_dir(adapter_dir: Path) -> None:
-    """--adapter names a training run's output: checked by the command line before any model library is
-    imported (seconds), and again by every adapter load."""
-    if not (adapter_dir / "adapter_config.json").is_file():
+    """--adapter names a training run's output whose adapter_config.json is a JSON object: checked by the
+    command line before any model library is imported (seconds), and again by every adapter load."""
+    where = f"--adapter {printable(str(adapter_dir))!r}"
+    config = adapter_dir / "adapter_config.json"
+    if not config.is_file():
         raise ConfigError(
-            f"--adapter {str(adapter_dir)!r} holds no adapter_config.json: point it at the output directory "
-            "of a training run (SAUDIAL_OUTPUT_DIR)"
+            f"{where} holds no adapter_config.json: point it at the output directory of a training run "
+            "(SAUDIAL_OUTPUT_DIR)"
+        )
+    try:
+        parsed = json.loads(read_regular(config, ADAPTER_CONFIG_MAX_BYTES).decode("utf-8"))
+        why = None if isinstance(parsed, dict) else "not a JSON object"
+    except Unreadable as exc:
+        why = f"too large ({exc.size:,} bytes)" if exc.why == Unreadable.TOO_BIG else f"unreadable ({exc.detail})"
+    except UnicodeDecodeError:
+        why = "not UTF-8 text"
+    except ValueError:
+        why = "not valid JSON"
+    if why is not None:
+        raise ConfigError(
+            f"{where}: {printable(str(config))} is damaged ({why}): restore the run's output directory (or "
+            "download the adapter from the Hub again), or train it again"
         )

@@ -22,13 +22,14 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from safetensors import safe_open
 from transformers import PreTrainedTokenizerBase
 
 from saudial.config.huggingface import check_adapter_dir
 from saudial.config.settings import Settings
 from saudial.data.messages import prompt_ids
 from saudial.data.prompts import build_prompt
-from saudial.errors import OOM_INFERENCE, ConfigError, faults
+from saudial.errors import OOM_INFERENCE, ConfigError, faults, printable
 from saudial.inference.batches import (
     chunks,
     encode,
@@ -102,8 +103,10 @@ def trained_task(adapter_dir: Path) -> str | None:
 
 
 def check_adapter_weights(adapter_dir: Path) -> None:
-    """The adapter's weights are safetensors: a pickle (adapter_model.bin) is never loaded."""
-    if not (adapter_dir / "adapter_model.safetensors").is_file():
+    """The adapter's weights are safetensors whose header reads: a pickle (adapter_model.bin) is never loaded,
+    and a damaged file is named (exit 2) before any model loads."""
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
         pickle = (adapter_dir / "adapter_model.bin").is_file()
         raise ConfigError(
             f"--adapter {str(adapter_dir)!r} has "
@@ -114,6 +117,15 @@ def check_adapter_weights(adapter_dir: Path) -> None:
                 else "no adapter_model.safetensors: point it at the output directory of a finished training run"
             )
         )
+    try:
+        with safe_open(str(weights), framework="pt") as opened:
+            opened.keys()
+    except Exception as exc:  # safetensors' own error: its first words say what (e.g. HeaderTooLarge)
+        why = printable(str(exc).strip().splitlines()[0][:120]) if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"--adapter {printable(str(adapter_dir))!r}: {printable(str(weights))} is damaged ({why}): restore the "
+            "run's output directory (or download the adapter from the Hub again), or train it again"
+        ) from None
 
 
 def inference_settings(settings: Settings) -> Settings:

@@ -12,6 +12,7 @@ a later merge with SAUDIAL_OVERWRITE_OUTPUT_DIR=true may replace; nothing else t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,21 @@ OOM_MERGE = "merging holds the whole base model in host memory in bf16 (about 2.
 
 
 def merge(settings: Settings, adapter_dir: Path, output: Path) -> Path:
+    """Merge; a refusal (exit 2) leaves --output as it was: the adapter is checked before anything is written,
+    and a refusal that comes later (the base model cannot be loaded) takes back what `prepare` wrote."""
     settings = settings_for_adapter(settings, adapter_dir)
+    check_adapter_weights(adapter_dir)
+    existed = output.exists()
     work = prepare(output, settings)
     merge_settings = settings.model_copy(update={"quantization": "none", "torch_dtype": "bfloat16"})
     log.info("loading %s unquantized (bf16) and merging %s into it", settings.model_name_or_path, adapter_dir)
     with faults(work, oom_advice=OOM_MERGE, note=f"nothing in {output} outside {work} was changed"):
-        tokenizer = load_tokenizer(merge_settings, source=str(adapter_dir))
-        base = load_model(merge_settings, device_map="cpu")
-        check_adapter_weights(adapter_dir)
+        try:
+            tokenizer = load_tokenizer(merge_settings, source=str(adapter_dir))
+            base = load_model(merge_settings, device_map="cpu")
+        except ConfigError:  # e.g. the base model cannot be reached: take back what `prepare` wrote
+            discard(output, work, existed)
+            raise
         model: Any = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True).merge_and_unload()
         model.config.use_cache = True  # training switched the KV cache off; inference wants it
         model.save_pretrained(work)
@@ -64,6 +72,14 @@ def merge(settings: Settings, adapter_dir: Path, output: Path) -> Path:
         staging.promote(output)
     log.info("merged model written to %s", output.resolve())
     return output
+
+
+def discard(output: Path, work: Path, existed: bool) -> None:
+    """Remove the empty merge `prepare` started in `work` (saudial's own), and `output` if this merge made it."""
+    staging.remove(work, [*staging.contents(work), MANIFEST])
+    for folder in (work, *([] if existed else [output])):
+        with contextlib.suppress(OSError):  # not empty: a helper of an interrupted run, an earlier merge's files
+            folder.rmdir()
 
 
 def prepare(output: Path, settings: Settings) -> Path:

@@ -4,17 +4,21 @@ The Trainer writes ``checkpoint-N`` every `save_steps` optimizer steps (adapter,
 RNG states, trainer state). Once it has, `CheckpointCallback` writes ``saudial_checkpoint.json`` into
 it: the step, the run's fingerprint and every file's size and sha256. Only a checkpoint with a marker
 whose files all match is valid; one killed mid-save (SIGKILL, power loss) has no marker or a file that
-does not match, and is skipped with a warning (and deleted when the run resumes: rundir/outputs.py). The
+does not match, and is skipped with a warning (and deleted when the run resumes: rundir/outputs.py); so is
+one whose files match but do not load as the Trainer loads them (`unloadable`: a pickle where a tensor file
+should be, a safetensors file with a broken header, a trainer_state.json that is not JSON). The
 callback, not the Trainer, deletes old checkpoints (keeping `save_total_limit`), and only after the new
 one is marked: at every moment at least one valid checkpoint is on disk once the first was written.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +101,34 @@ def problem(checkpoint: Path, fingerprint: str | None = None) -> str | None:
             return f"{name} has {path.stat().st_size} bytes, expected {expected.get('size')}"
         if sha256_of(path) != expected.get("sha256"):
             return f"{name} does not match its sha256"
+    return unloadable(checkpoint)
+
+
+def unloadable(checkpoint: Path) -> str | None:
+    """Why a file of `checkpoint` would not load as the Trainer loads it when resuming, else None: its tensor
+    files with torch.load(weights_only=True) under the Trainer's own allowlist (a pickle of anything else is
+    refused), the adapter's safetensors header, the trainer state's JSON."""
+    import torch
+    from safetensors import safe_open
+    from transformers.trainer_pt_utils import safe_globals
+
+    for path in sorted(p for p in checkpoint.iterdir() if p.suffix in (".pt", ".pth")):
+        try:
+            with safe_globals(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's remarks on a foreign pickle: the reason says it
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            return f"{path.name} does not load ({type(exc).__name__}: not what the Trainer saves)"
+    for path in sorted(checkpoint.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                weights.keys()
+        except Exception as exc:
+            return f"{path.name} does not load ({type(exc).__name__}: its header is damaged)"
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"trainer_state.json does not load ({type(exc).__name__})"
     return None
 
 
