@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,3 +219,70 @@ def test_a_refused_merge_writes_nothing(adapter_dir: Path, tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert code == 2 and "only adapter_model.bin, a pickle" in err.strip().splitlines()[-1], err[-2000:]
     assert not out.exists()
+
+
+# --- 19. what messages echo --------------------------------------------------------------------------------
+
+FORGED = "x\x1b[2J\x1b[H\rfine\nerror: all good\u202e.csv"
+
+
+def _logged(call: Any) -> str:
+    """What saudial's log handler (with its filters, cli/logs.setup) prints while `call` runs."""
+    import io
+    import logging
+
+    from saudial.cli.logs import FORMAT, Echoes
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(Echoes())
+    logger = logging.getLogger("saudial")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        call()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return stream.getvalue()
+
+
+def test_the_settings_table_escapes_what_it_echoes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data path and a recipe name holding ANSI escapes and newlines: one table row each, nothing forged."""
+    from saudial.cli import logs
+    from saudial.config.sources import changed_settings
+
+    recipe = tmp_path / "r\x1b[31m\nerror: recipe ok.yaml"
+    recipe.write_text("learning_rate: 1.0e-4\n")
+    monkeypatch.setenv("SAUDIAL_DATA", str(tmp_path / FORGED))
+    environ = dict(os.environ)
+    settings = load_settings({}, environ=environ, config_file=recipe)
+    rows = changed_settings(settings, {}, environ, recipe)
+    out = _logged(lambda: logs.print_settings(rows, "flag > env"))
+    assert "\x1b" not in out and "\r" not in out and "\u202e" not in out, repr(out)
+    lines = out.splitlines()
+    assert not [line for line in lines if line.lstrip().startswith("error:")], lines
+    assert len(lines) == 1 + len(rows) and "\\x1b[2J" in out and "\\nerror: all good" in out, lines
+
+
+def test_log_lines_escape_paths_and_text_values() -> None:
+    import logging
+
+    out = _logged(lambda: logging.getLogger("saudial.x").info("saved to %s (%s)", Path(FORGED), "a\x1b[2Jb"))
+    assert out.count("\n") == 1 and "\x1b" not in out and "\\x1b[2J" in out, repr(out)
+
+
+def test_an_error_line_is_one_line_whatever_it_echoes(capsys: pytest.CaptureFixture[str]) -> None:
+    """The entry point's last line, for a message holding a name the user gave (here: an unknown variable)."""
+    from saudial.cli.main import main
+
+    forged = "SAUDIAL_X\x1b[2J\nerror: all good"
+    os.environ[forged] = "1"
+    try:
+        code = main(["check"])
+    finally:
+        del os.environ[forged]
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: unknown setting SAUDIAL_X\\x1b[2J\\nerror: all good"), repr(err)
+    assert "\x1b" not in err and err.endswith("\n") and err.count("\n") == 1, repr(err)

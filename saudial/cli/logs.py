@@ -3,6 +3,9 @@
 - `setup`: every message in one format on stderr, each printed once (huggingface_hub's and
   transformers' own handlers are folded into ours), the warnings below filtered at their source, and
   progress bars as whole lines when stderr is not a terminal.
+- `Echoes`: every record, whoever logs it, has the control characters of its values escaped (no value can
+  clear the screen or move the cursor; a path or a name cannot start a line of its own) and any Hugging
+  Face token redacted (errors.redact: a server's message may echo the Authorization header).
 - `KNOWN_HARMLESS`: each filtered message, why it is harmless here, and the upstream version that fixes
   it. tests/test_logs.py checks that the filters still match upstream's text and drop nothing else.
 - `line_progress`: tqdm draws a bar in place with carriage returns; in a log file (CI, `docker compose run`
@@ -20,7 +23,10 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import PurePath
 from typing import Any
+
+from saudial.errors import printable, redact
 
 log = logging.getLogger("saudial")
 progress_log = logging.getLogger("saudial.progress")
@@ -59,6 +65,28 @@ KNOWN_HARMLESS: list[tuple[str, str, str]] = [
 DEPRECATION_FILTERS = [(r"`is_gradient_checkpointing` is deprecated", FutureWarning)]
 
 
+class Echoes(logging.Filter):
+    """On the handler: the values of a record escaped (a path wholly; text but its newlines and tabs, which a
+    multi-line message such as the dry run's first example means), the message redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            if isinstance(record.args, tuple):
+                record.args = tuple(_escaped(arg) for arg in record.args)
+            record.msg, record.args = redact(record.getMessage()), None
+        except Exception:  # a message that does not format: logging reports it as it always does
+            pass
+        return True
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, PurePath):
+        return printable(str(value))
+    if isinstance(value, str):
+        return "".join(ch if ch.isprintable() or ch in "\n\t" else printable(ch) for ch in value)
+    return value
+
+
 class DropKnownHarmless(logging.Filter):
     """Drops the records of one logger whose message starts with a known-harmless text (a regex)."""
 
@@ -84,6 +112,9 @@ def install_filters() -> None:
 def setup() -> None:
     """saudial's logging, for every command (cheap: imports nothing heavy)."""
     logging.basicConfig(level=logging.INFO, format=FORMAT, datefmt="%H:%M:%S", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, Echoes) for f in handler.filters):
+            handler.addFilter(Echoes())
     log.setLevel(logging.INFO)
     # Library chatter below WARNING hides our own progress lines.
     for name in LIBRARIES:
@@ -213,7 +244,11 @@ def print_settings(rows: Sequence[tuple[str, Any, str]], sources: str) -> None:
     if not rows:
         log.info("settings: all defaults (%s; %s)", sources, token)
         return
-    shown = [(name, ",".join(map(str, value)) if isinstance(value, list) else str(value), o) for name, value, o in rows]
+    # Every value, name and origin escaped whole (newlines too): a value cannot forge a line of the table.
+    shown = [
+        (printable(name), printable(",".join(map(str, value)) if isinstance(value, list) else str(value)), printable(o))
+        for name, value, o in rows
+    ]
     width = max(len(name) for name, _, _ in shown)
     value_width = min(max(len(value) for _, value, _ in shown), 48)
     lines = [f"  {name:<{width}}  {value:<{value_width}}  {origin}" for name, value, origin in shown]

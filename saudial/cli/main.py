@@ -22,7 +22,7 @@ from saudial.config.huggingface import check_adapter_dir
 from saudial.config.runtime import configure_allocator
 from saudial.config.settings import Settings
 from saudial.config.sources import changed_settings, load_settings
-from saudial.errors import EXIT_BUG, EXIT_OK, OOM_ANY, as_user_error, unexpected
+from saudial.errors import EXIT_BUG, EXIT_OK, OOM_ANY, as_user_error, one_line, redact, unexpected
 from saudial.process import distributed
 from saudial.process.collector import long_lived_imports
 
@@ -144,13 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = as_user_error(exc, oom_advice=OOM_ANY) if isinstance(exc, Exception) else None
         close_progress_bars()  # the line goes on a line of its own, the last one
         if debug:
-            traceback.print_exception(exc, file=sys.stderr)
+            print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
         if isinstance(exc, KeyboardInterrupt):
             print("error: interrupted (Ctrl-C)", file=sys.stderr)
             return 130
+        # One line, whatever the message holds: control characters escaped, any Hugging Face token redacted.
         if error is None:
-            print(f"error: {unexpected(exc)}", file=sys.stderr)
+            print(f"error: {one_line(unexpected(exc))}", file=sys.stderr)
             return EXIT_BUG
         if distributed.is_main_process() or not getattr(error, "shared", False):  # rank 0's, said once
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {one_line(str(error))}", file=sys.stderr)
         return error.exit_code
