@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +287,78 @@ def test_an_error_line_is_one_line_whatever_it_echoes(capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: unknown setting SAUDIAL_X\\x1b[2J\\nerror: all good"), repr(err)
     assert "\x1b" not in err and err.endswith("\n") and err.count("\n") == 1, repr(err)
+
+
+# --- 20. a server's message that echoes the token ---------------------------------------------------------
+
+TOKEN = "hf_" + "a1B2c3D4e5" * 3 + "XyZw"
+
+
+@pytest.fixture
+def echoing_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A local HTTP server (127.0.0.1) that answers every request with 400 and an error message quoting the
+    request's Authorization header, as HF_ENDPOINT; HF_TOKEN set."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from huggingface_hub import constants
+
+    class Echo(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            said = f"bad request from Authorization: {self.headers.get('Authorization')}"
+            body = json.dumps({"error": said}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_HEAD = _answer
+
+        def log_message(self, *_args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    yield endpoint
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_hub_error_that_echoes_the_token_is_redacted(
+    echoing_hub: str, adapter_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`push` (exit 4) and the pre-flight check (exit 2): the server's words are shown, the token never."""
+    from saudial.cli.main import main
+    from saudial.config.settings import Settings
+    from saudial.publish import hub
+
+    code = main(["push", "--output-dir", str(adapter_dir), "--hub-model-id", "someone/model"])
+    err = capsys.readouterr().err
+    assert code == 4, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: upload to {echoing_hub}/someone/model failed: 400 bad request from"), line
+    assert "Authorization: Bearer hf_***" in line and TOKEN not in err, line
+
+    settings = Settings.model_construct(
+        **{**Settings().model_dump(), "push_to_hub": True, "hub_model_id": "someone/model"}
+    )
+    with pytest.raises(ConfigError) as raised:
+        hub.preflight(settings)
+    assert "bad request from Authorization: Bearer hf_***" in str(raised.value) and TOKEN not in str(raised.value)
+
+
+def test_a_record_never_holds_a_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from saudial.rundir import record
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    record.update(tmp_path, {"saudial_run": 1, "push_error": f"403 from Authorization: Bearer {TOKEN}"})
+    written = (tmp_path / "run_manifest.json").read_text()
+    assert TOKEN not in written and "Bearer hf_***" in written

@@ -4,7 +4,8 @@ of the newest checkpoint (SAUDIAL_HUB_STRATEGY=checkpoint). One retry policy ser
 
 The token is huggingface_hub's own business: it reads HF_TOKEN (or the saved login) and sends it in
 the Authorization header. saudial only asks whether there is one (`get_token()`) and never prints,
-logs or stores it; error messages are built from status codes and the server's message only.
+logs or stores it; error messages are built from status codes and the server's message only, and that
+message passes through errors.redact first (a server or proxy may echo the request's headers).
 
 Before training (`preflight`), a push bound to fail stops the run at once with exit code 2: no token,
 a bad repo id, HF_HUB_OFFLINE set, no Hub reachable, a token the Hub rejects, a read-only token, or a
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 from saudial.config.huggingface import hub_endpoint, hub_offline
 from saudial.config.settings import Settings
 from saudial.config.settings import check_repo_id as settings_check_repo_id
-from saudial.errors import ConfigError, PushError
+from saudial.errors import ConfigError, PushError, redact
 from saudial.rundir.checkpoints import MARKER, PREFIX, TRAINING_ARGS, problem
 from saudial.rundir.record import HUB_DOWNLOAD, MANIFEST, METRICS, RESULTS_MD, STAGING, read_json
 
@@ -81,7 +82,7 @@ def _is_transient(exc: BaseException) -> bool:
 def _server_message(exc: BaseException) -> str:
     """The first line of the Hub's answer, without anything from the request (headers hold the token)."""
     server = getattr(exc, "server_message", None)
-    text = str(server or exc).strip()
+    text = redact(str(server or exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 

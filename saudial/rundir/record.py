@@ -9,8 +9,9 @@ both and is the only one that writes them, through `update`. The status moves
 replace or delete there.
 
 `run_manifest.json` never holds a secret: the settings hold none by construction (HF_TOKEN is read
-by huggingface_hub from the environment, not copied into `Settings`), and nothing here reads the
-environment wholesale.
+by huggingface_hub from the environment, not copied into `Settings`), nothing here reads the
+environment wholesale, and what is written passes through errors.redact (a Hub message kept in a record
+cannot carry a token).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from saudial.errors import redact
 from saudial.process.environment import environment
 
 if TYPE_CHECKING:
@@ -85,7 +87,8 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically: a reader (or a resumed run) never sees half a file; a failed write leaves no .tmp."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        text = redact(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+        tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
