@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,7 +24,7 @@ from saudial.config.runtime import configure_allocator
 from saudial.config.settings import Settings
 from saudial.config.sources import changed_settings, load_settings
 from saudial.errors import EXIT_BUG, EXIT_OK, OOM_ANY, as_user_error, one_line, redact, unexpected
-from saudial.process import distributed
+from saudial.process import distributed, signals
 from saudial.process.collector import long_lived_imports
 
 # The commands that load a model import their modules and the libraries under them (transformers at least:
@@ -31,11 +32,13 @@ from saudial.process.collector import long_lived_imports
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
-    with long_lived_imports():  # pandas, transformers; torch, datasets and the rest once the data is read
-        from saudial.jobs import train
+    # SIGTERM from here to the exit is heard by saudial, whatever the phase (process/signals.py).
+    with signals.watching():
+        with long_lived_imports():  # pandas, transformers; torch, datasets and the rest once the data is read
+            from saudial.jobs import train
 
-        logs.fold_transformers_handler()
-    return train.run(settings, dry_run=args.dry_run)
+            logs.fold_transformers_handler()
+        return train.run(settings, dry_run=args.dry_run)
 
 
 def run_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -118,6 +121,24 @@ def close_progress_bars() -> None:
         bar.close()
 
 
+def quiet_threads(debug: bool) -> None:
+    """An exception in a library's thread prints no traceback (with --debug it does): a fault of the machine
+    (TensorBoard's writer on a full disk) is said once, as the one error line, by the main thread, which
+    meets it too (the writer raises it again there); anything else is one warning line."""
+    if debug:
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or isinstance(args.exc_value, SystemExit):
+            return
+        if isinstance(args.exc_value, Exception) and as_user_error(args.exc_value) is not None:
+            return  # disk full, read-only, out of memory: the main thread's error line says it
+        name = args.thread.name if args.thread is not None else "a thread"
+        logs.log.warning("%s stopped: %s", name, one_line(unexpected(args.exc_value)))
+
+    threading.excepthook = hook
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     configure_allocator()  # before anything initializes CUDA
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -127,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = with_default_command([a for i, a in enumerate(argv) if a != "--debug" or i >= end])
     args = parse(argv)
     logs.setup()
+    quiet_threads(debug)
     distributed.quiet_other_ranks()
     cli_values: dict[str, Any] = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     try:

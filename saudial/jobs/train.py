@@ -6,8 +6,10 @@
 3. Training (training/recipe.py): the adapter, tokenizer and run record in OUTPUT_DIR/staging (status trained).
 4. After training, in this order, each recorded in the run record so that a restart with the same
    settings does only what is left: evaluation (SAUDIAL_EVAL; SIGTERM stops it with exit 75) -> evaluated;
-   the run's files moved into OUTPUT_DIR (rundir/staging.py) -> finished; the Hub upload (SAUDIAL_PUSH_TO_HUB)
-   -> pushed. Only the main process does these.
+   the run's files moved into OUTPUT_DIR (rundir/staging.py) -> finished, then saudial's model card (the record
+   notes it: a crash between the two is completed by the next start); the Hub upload (SAUDIAL_PUSH_TO_HUB)
+   -> pushed. A start that finds this run finished and nothing left exits 0 ("nothing to do"). Only the
+   main process does these.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from saudial.training.recipe import Trained
 
 log = logging.getLogger(__name__)
+
+CARD_WRITTEN = "card_written"  # in the run record once saudial's model card is in OUTPUT_DIR
 
 
 def run(settings: Settings, dry_run: bool = False) -> int:
@@ -75,6 +79,7 @@ def after_training(trained: Trained) -> dict[str, Any]:
     Returns the evaluation results (also merged into metrics.json). A failed upload raises PushError
     (exit code 4) after the adapter and the evaluation are safely in place.
     """
+    from saudial.process import signals
     from saudial.publish.card import CARD, write_card
     from saudial.rundir import record, staging
 
@@ -83,15 +88,30 @@ def after_training(trained: Trained) -> dict[str, Any]:
     if trained.stage == "evaluate":
         results = evaluate_run(trained)
     if trained.stage in ("evaluate", "promote"):
+        signals.stop_if_received(
+            "the move into place",
+            f"the finished run is complete in {trained.run_dir}: restart with the same settings to move it into place",
+        )
         with faults(output_dir, note=f"the finished run is complete in {trained.run_dir}: restart to move it"):
             staging.promote(output_dir)
+        log.info("the finished run is in %s", output_dir.resolve())
+    if trained.stage in ("evaluate", "promote", "done") and not (
+        record.read_json(output_dir / record.MANIFEST) or {}
+    ).get(CARD_WRITTEN):
+        with faults(output_dir, note=f"the finished run is in {output_dir}: restart to write its model card"):
             record.own(output_dir, CARD)  # the run's card (it names OUTPUT_DIR, so it is written in place)
             write_card(output_dir, settings.hub_model_id)  # saudial's card replaces TRL's placeholder README.md
-        log.info("the finished run is in %s", output_dir.resolve())
-    if settings.push_to_hub:
+            record.update(output_dir, {CARD_WRITTEN: record.now()})
+    if trained.stage == "done":
+        log.info("nothing to do: %s already holds this run, finished (same settings and data)", output_dir.resolve())
+    elif settings.push_to_hub:
         from saudial.jobs.push import push
+        from saudial.publish.hub import retry_command
 
-        push(settings, output_dir)
+        then = f"the finished run is in {output_dir}: upload it with `{retry_command(output_dir)}`"
+        signals.stop_if_received("the upload", then)
+        with signals.interruptible("the upload", then, at_once=True):
+            push(settings, output_dir)
         record.advance(output_dir, record.PUSHED, hub_model_id=settings.hub_model_id)
     return results
 

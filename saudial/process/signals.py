@@ -1,9 +1,20 @@
 """Stopping cleanly on SIGTERM/SIGINT: what a job on a preemptible GPU or under `docker stop` needs.
 
-A process that runs as PID 1 in a container ignores SIGTERM unless it has a handler; this is that
-handler. During training the run then writes a checkpoint and exits 75 (training/recipe.py raises
-`Interrupted`). During evaluation (`interruptible`), generation and the loss loop call `check()` between
-batches: it raises `Interrupted` (exit 75); the next start with the same settings finishes the evaluation.
+A process that runs as PID 1 in a container ignores SIGTERM unless it has a handler, and any other
+process dies of it; `saudial train` has one from the moment its command is known to the moment it exits
+(`watching`, installed by cli/main.py before the heavy imports). Handlers nest: the innermost one in
+place hears the signal, and passes what it heard outward when it is removed, so no signal is lost
+between phases. What each phase does with it:
+
+- before training (imports, data, the output directory, loading the model): nothing is stopped midway;
+  training then stops after its first step with a checkpoint (exit 75);
+- training: the current optimizer step finishes, a checkpoint is written, exit 75 (training/recipe.py's
+  StopOnSignal callback, built on `Stopper`);
+- evaluation (`interruptible`): generation and the loss loop call `check()` between batches: exit 75;
+  the next start with the same settings finishes the evaluation;
+- between the phases after training (`stop_if_received`, jobs/train.py): before the move into place and
+  before the upload, exit 75 with what is left; the move itself is never cut short (it is journaled);
+- the upload (`interruptible(..., at_once=True)`): stops at once, exit 75: the run is safe on disk.
 """
 
 from __future__ import annotations
@@ -14,49 +25,48 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-
 from saudial.errors import Interrupted
-from saudial.process import distributed
 
 log = logging.getLogger(__name__)
 
-_installed: list[StopOnSignal] = []  # the handler in place now (at most one)
+_installed: list[Stopper] = []  # the handlers in place, innermost last
 
 
-class StopOnSignal(TrainerCallback):
-    """SIGTERM/SIGINT: finish the current optimizer step, save a checkpoint, stop training.
-
-    The handler only sets a flag; the callback acts on it at the end of the step, on every rank at the
-    same step (the flag is all-reduced), because ranks that stopped at different steps would wait for
-    each other forever. Further signals while stopping are logged and otherwise ignored: the checkpoint
-    is being written, and a SIGKILL in the middle of it leaves a folder that the next start skips.
-    """
+class Stopper:
+    """Records SIGTERM/SIGINT (or only `signals`) while installed; `at_once` raises at the signal instead."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[signal.Signals, ...] | None = None, at_once: bool = False) -> None:
         self.received: str | None = None
-        self.stopped_at: int | None = None
         self.stopping = "stopping after the current step and saving a checkpoint"  # what the log line says
+        self.signals = signals or self.SIGNALS
+        self.at_once = at_once
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        for sig in self.SIGNALS:
+        if _installed and self.received is None:  # heard before this phase began: this phase stops at once
+            self.received = _installed[-1].received
+        for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
-        _installed[:] = [self]
+        _installed.append(self)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
-        _installed.clear()
+        if self in _installed:
+            _installed.remove(self)
+        if self.received is not None and _installed and _installed[-1].received is None:
+            _installed[-1].received = self.received  # the next phase out hears of it
 
     def _handle(self, signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
         if self.received is None:
             self.received = name
             log.warning("%s received: %s", name, self.stopping)
+            if self.at_once:
+                raise _Stop(name)
         else:
             log.warning(
                 "%s received again: already stopping, ignored (a SIGKILL now would leave an incomplete "
@@ -64,35 +74,51 @@ class StopOnSignal(TrainerCallback):
                 name,
             )
 
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
-        if distributed.any_rank(self.received is not None) and state.global_step < state.max_steps:
-            self.received = self.received or "a signal (on another process)"
-            self.stopped_at = state.global_step
-            control.should_save = True
-            control.should_training_stop = True
-        return control
+
+class _Stop(BaseException):
+    """Raised by `check` (or at once) inside `interruptible`, which turns it into `Interrupted` with its message.
+    Not an Exception: no `except Exception` on the way (a retry loop, a fault handler) may swallow it."""
 
 
-class _Stop(Exception):
-    """Raised by `check` inside `interruptible`, which turns it into `Interrupted` with its message."""
+def received() -> str | None:
+    """The signal heard so far by the innermost handler in place (None: none, or no handler)."""
+    return _installed[-1].received if _installed else None
 
 
 def check() -> None:
     """A place where stopping loses nothing: raise if SIGTERM/SIGINT arrived inside `interruptible`."""
-    if _installed and _installed[0].received is not None:
-        raise _Stop(_installed[0].received)
+    if (name := received()) is not None:
+        raise _Stop(name)
+
+
+def stop_if_received(before: str, then: str) -> None:
+    """Between two phases: Interrupted (exit 75) "stopped by SIGTERM before <before>; <then>" if one came."""
+    if (name := received()) is not None:
+        raise Interrupted(f"stopped by {name} before {before}; {then}")
 
 
 @contextmanager
-def interruptible(what: str, then: str, received: str | None = None) -> Iterator[None]:
-    """SIGTERM/SIGINT inside the block (or `received` before it) stops it at the next `check()`:
-    Interrupted (exit 75) "stopped by SIGTERM during <what>; <then>"."""
-    stopper = StopOnSignal()
-    stopper.received, stopper.stopping = received, f"stopping the {what} after the current batch"
+def watching() -> Iterator[Stopper]:
+    """SIGTERM from here to the end of the block is heard, never fatal; the phases inside act on it."""
+    stopper = Stopper(signals=(signal.SIGTERM,))
+    stopper.stopping = "stopping at the next point where nothing is lost"
     stopper.install()
     try:
+        yield stopper
+    finally:
+        stopper.restore()
+
+
+@contextmanager
+def interruptible(what: str, then: str, received: str | None = None, at_once: bool = False) -> Iterator[None]:
+    """SIGTERM/SIGINT inside the block (or `received` before it, or one an outer handler heard) stops it at the
+    next `check()`, or at once with `at_once`: Interrupted (exit 75) "stopped by SIGTERM during <what>; <then>"."""
+    stopper = Stopper(at_once=at_once)
+    stopper.received, stopper.stopping = received, f"stopping the {what}" + ("" if at_once else " after this batch")
+    stopper.install()
+    try:
+        if at_once:
+            check()
         yield
     except _Stop as stop:
         raise Interrupted(f"stopped by {stop} during {what}; {then}") from None

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # What is left to do for a run, in order: train (or continue training), evaluate, promote (move its
-# files into place), push. A start begins at the first step its record says is not done yet.
-STAGES = ("train", "evaluate", "promote", "push")
+# files into place), push; done: nothing. A start begins at the first step its record says is not done yet.
+STAGES = ("train", "evaluate", "promote", "push", "done")
 _STAGE_OF_STATUS = {
     record.RUNNING: "train",
     record.INTERRUPTED: "train",
@@ -84,8 +84,11 @@ def prepare_output_dir(
       SAUDIAL_OVERWRITE_OUTPUT_DIR does not discard it (the result would be the same, only later);
     - an unfinished run of other settings or data, or resume=never: exit 2, unless overwrite, which deletes
       that unfinished run's files (its record lists them) and starts fresh;
-    - a finished run in OUTPUT_DIR: with the same fingerprint and an upload that has not happened, only the
-      upload; else exit 2, unless overwrite: a new run in staging replaces it once the new one has finished;
+    - a finished run in OUTPUT_DIR with the same fingerprint (this very run: a scheduled job's rerun, a
+      restart after a crash during the move into place): only the upload if it has not happened, else
+      nothing (stage done, exit 0), overwrite or not (a new run would train the same);
+    - a finished run of other settings or data: exit 2, unless overwrite: a new run in staging replaces it
+      once the new one has finished;
     - otherwise a fresh start in staging, or from the checkpoint `fetch_checkpoint` brings (the Hub's).
     """
     output_dir = settings.output_dir
@@ -111,8 +114,8 @@ def prepare_output_dir(
             log.warning("deleting the unfinished run in %s: %s", run_dir, staging.listing(doomed, 8))
             staging.remove(run_dir, doomed)
         if finished is not None:
-            if finished.get("fingerprint") == fingerprint and _push_pending(settings, finished):
-                return _only_push(settings, plan, finished)
+            if finished.get("fingerprint") == fingerprint:
+                return _only_push(settings, plan, finished) if _push_pending(settings, finished) else _done(plan)
             if not settings.overwrite_output_dir:
                 kept = staging.listing(sorted(staging.ours(output_dir, finished)))
                 raise ConfigError(
@@ -230,6 +233,14 @@ def _only_push(settings: Settings, plan: ResumePlan, finished: dict[str, Any]) -
     plan.stage, plan.run_dir = "push", settings.output_dir
     plan.metrics = read_json(settings.output_dir / record.METRICS) or {}
     log.info("%s holds this run, finished but not uploaded: uploading it (no training)", settings.output_dir)
+    return plan
+
+
+def _done(plan: ResumePlan) -> ResumePlan:
+    """This run is finished (and uploaded, if asked): nothing to do (jobs/train.py completes its card if a
+    crash came between the move into place and the card)."""
+    plan.stage, plan.run_dir = "done", plan.run_dir.parent
+    plan.metrics = read_json(plan.run_dir / record.METRICS) or {}
     return plan
 
 

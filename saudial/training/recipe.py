@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from saudial.data import chat_examples, examples
 from saudial.data.conversations import ChatData
@@ -22,7 +23,7 @@ from saudial.model import hardware
 from saudial.model.loading import load_model, load_tokenizer, resolve_revision
 from saudial.model.lora import check_targets
 from saudial.process import distributed
-from saudial.process.signals import StopOnSignal
+from saudial.process.signals import Stopper
 from saudial.rundir import record
 from saudial.rundir.checkpoints import PREFIX, TRAINING_ARGS, CheckpointCallback, CheckpointStore
 from saudial.rundir.outputs import ResumePlan, prepare_output_dir
@@ -35,6 +36,31 @@ if TYPE_CHECKING:
     from saudial.data.workbook import Dataset
 
 log = logging.getLogger(__name__)
+
+
+class StopOnSignal(Stopper, TrainerCallback):
+    """SIGTERM/SIGINT: finish the current optimizer step, save a checkpoint, stop training.
+
+    The handler only sets a flag; the callback acts on it at the end of the step, on every rank at the
+    same step (the flag is all-reduced), because ranks that stopped at different steps would wait for
+    each other forever. Further signals while stopping are logged and otherwise ignored: the checkpoint
+    is being written, and a SIGKILL in the middle of it leaves a folder that the next start skips. A
+    signal heard before training began (process/signals.py) stops it after its first step.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped_at: int | None = None
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        if distributed.any_rank(self.received is not None) and state.global_step < state.max_steps:
+            self.received = self.received or "a signal (on another process)"
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control
 
 
 @dataclass
