@@ -158,7 +158,7 @@ def test_a_restart_after_a_kill_during_the_move_completes_it_and_succeeds(
     assert "model_name: staging" not in card and "model_name: out" in card
     assert not run_dir.exists() and (out / ADAPTER).read_bytes() == (finished / ADAPTER).read_bytes()
 
-    other = run(env_for(tiny_model, workbook, out, SAUDIAL_LEARNING_RATE="1e-3"))  # a different run: refused
+    other = run(env_for(tiny_model, workbook, out, SAUDIAL_LEARNING_RATE="3e-3"))  # a different run: refused
     assert other.returncode == 2 and "already holds a finished run" in error_line(other.stderr)
 
 
