@@ -52,6 +52,9 @@ def run(settings: Settings, dry_run: bool = False) -> int:
         check_cuda()
     if settings.push_to_hub:  # a push that would fail must fail now, not after hours of training (exit 2)
         hub.preflight(settings)
+    from saudial.process import signals
+
+    signals.stop_if_received("training started", "nothing was written: start it again")  # heard while importing
     if not dry_run and (processes := distributed.needs_launch(settings)):
         return distributed.launch(processes)  # N ranks of this same command (checked once, here); their exit code
     trained = train(settings, dataset, dry_run, checkpoint_store(settings), base_model.record_of(info))
