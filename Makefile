@@ -9,7 +9,9 @@ SAUDIAL := $(VENV)/bin/saudial
 # `make train` trains on SAUDIAL_DATA, or on the bundled synthetic sample when it is unset.
 SAMPLE := samples/saudial_synthetic_sample.xlsx
 SAUDIAL_DATA ?= $(SAMPLE)
-DEMO_DIR ?= outputs/demo
+# The demo's tiny model and adapter: outside `outputs` (the default SAUDIAL_OUTPUT_DIR), so that `make train`
+# after `make demo` finds its output folder as it was (a folder holding anything saudial did not write is refused).
+DEMO_DIR ?= runs/demo
 
 .PHONY: help setup setup-dev train demo test test-gpu lint bench bench-peers
 
