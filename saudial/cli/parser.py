@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         "saudial train [--config RECIPE.yaml] [--dry-run] [setting flags]",
         recipe="a recipe: settings in YAML (see recipes/)",
     )
-    dry_run = "check settings and data, print the data summary; loads the tokenizer (Hub or local), no model weights"
+    dry_run = "check settings and data, print the data summary; counts tokens where the tokenizer loads; no weights"
     p.add_argument("--dry-run", action="store_true", help=dry_run)
 
     p = _command(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from saudial.config.huggingface import fetch_command, not_here
 from saudial.data import chat_examples, examples
 from saudial.data.conversations import ChatData
 from saudial.errors import OOM_INFERENCE, ConfigError, Interrupted, faults
@@ -115,6 +116,17 @@ def train(
     # 2. Tokenizer, and what the data looks like through it: SauDial rows as the original recipe's prompt and
     # the translation (prompt/completion), conversations as token ids with their assistant tokens marked, from
     # the tokenizer's own chat template (data/messages.py).
+    name = settings.tokenizer_name_or_path or settings.model_name_or_path
+    if dry_run and (why := not_here(name, settings.model_revision)):  # the settings and data are checked offline
+        data_split = chat_split if isinstance(dataset, ChatData) else split
+        examples.log_summary(examples.summarize(dataset, data_split, None, settings.max_length, None))
+        log.warning(
+            "token statistics skipped: the tokenizer %s. To count tokens too, cache it where the Hub is reachable "
+            "(same HF_HOME) and dry-run again: %s",
+            why,
+            fetch_command(name, settings.model_revision),
+        )
+        return None
     tokenizer = load_tokenizer(settings, revision=revision)
     if isinstance(dataset, ChatData):
         train_ds, eval_ds, summary = chat_examples.prepare(dataset, chat_split, tokenizer, settings.max_length)
