@@ -21,7 +21,7 @@ from saudial.config.settings import Settings
 from saudial.config.sources import default_of
 from saudial.inference.scoring import OVERALL
 from saudial.publish import chat_card
-from saudial.rundir.record import MANIFEST, METRICS, RESULTS_MD, read_json
+from saudial.rundir.record import EVALUATIONS, MANIFEST, METRICS, RESULTS_MD, read_json
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def _data_section(data: dict[str, Any]) -> str:
 def _evaluation_section(output_dir: Path, metrics: dict[str, Any]) -> str:
     table = output_dir / RESULTS_MD
     if table.is_file():
-        return table.read_text(encoding="utf-8").strip() + _samples_note(metrics)
+        return table.read_text(encoding="utf-8").strip() + _samples_note(metrics) + _history_note(metrics)
     if "eval_loss" in metrics:
         return f"Eval loss: {metrics['eval_loss']:.4f} (translations were not scored in this run)."
     return "Not evaluated in this run (`saudial evaluate --adapter DIR` does it)."
@@ -189,6 +189,18 @@ def _samples_note(metrics: dict[str, Any]) -> str:
             "sampled per dialect in proportion)."
         )
     return ""
+
+
+def _history_note(metrics: dict[str, Any]) -> str:
+    """Which of the run's evaluations the card shows: the latest; metrics.json keeps them all."""
+    history = metrics.get(EVALUATIONS)
+    if not isinstance(history, list) or len(history) < 2 or not isinstance(history[-1], dict):
+        return ""
+    last = history[-1]
+    return (
+        f"\n\nThe latest of {len(history)} evaluations of this adapter ({last.get('evaluated')}, by `saudial "
+        f"{last.get('command')}`); `evaluations` in metrics.json keeps every one with its settings."
+    )
 
 
 def _training_results(metrics: dict[str, Any]) -> str:
