@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -45,3 +46,25 @@ def test_make_demo_then_make_train_use_different_folders(tmp_path: Path, monkeyp
     assert plan.stage == "train" and plan.run_dir == default / record.STAGING
     assert json.loads((plan.run_dir / record.MANIFEST).read_text())["status"] == record.RUNNING
     assert {p.as_posix(): p.read_bytes() for p in demo.rglob("*") if p.is_file()} == before
+
+
+def test_cpu_generation_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One thread for a small model; for a larger one the cores not busy with other work; the user's
+    OMP_NUM_THREADS always wins (and is named)."""
+    import torch
+
+    from saudial.model import hardware
+
+    for name in hardware.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert hardware.cpu_threads(250_000)[0] == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert hardware.cpu_threads(1_200_000_000) == (
+        cores,
+        f"{cores} core(s), 0 busy with other work; OMP_NUM_THREADS sets it",
+    )
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 9.0, 0.0, 0.0))
+    assert hardware.cpu_threads(1_200_000_000)[0] == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert hardware.cpu_threads(250_000) == (torch.get_num_threads(), "OMP_NUM_THREADS=3")

@@ -40,6 +40,7 @@ from saudial.inference.batches import (
     reply_text,
     special_ids,
 )
+from saudial.model.hardware import set_cpu_threads
 from saudial.model.loading import load_model, load_tokenizer
 from saudial.process import signals
 from saudial.rundir.record import MANIFEST, NOT_TRAINING, read_json
@@ -136,6 +137,7 @@ def load_for_inference(
     base = load_model(settings, revision=revision)
     model = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True)
     model.eval()
+    set_cpu_threads(model)
     return model, tokenizer
 
 
