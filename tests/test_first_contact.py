@@ -68,3 +68,61 @@ def test_cpu_generation_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert hardware.cpu_threads(1_200_000_000)[0] == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert hardware.cpu_threads(250_000) == (torch.get_num_threads(), "OMP_NUM_THREADS=3")
+
+
+def test_the_evaluation_table_says_why_its_scores_are_zero() -> None:
+    from saudial.inference.scoring import markdown_table, signatures
+
+    zero = {"chrf++": 0.0, "bleu": 0.0, "n": 16}
+    evaluation = {
+        "task": "translate",
+        "samples": 16,
+        "generation": {"max_new_tokens": 48, "do_sample": False},
+        "normalization": "NFC",
+        "signatures": signatures(),
+        "scores": {"base": {"overall": zero}, "adapter": {"overall": zero}},
+        "empty_outputs": {"base": 16, "adapter": 11},
+    }
+    table = markdown_table(evaluation)
+    assert "Empty outputs: base 16 of 16, adapter 11 of 16. An empty output scores 0" in table
+    assert "Empty outputs" not in markdown_table(evaluation | {"empty_outputs": {"base": 0, "adapter": 0}})
+
+
+def card_for(tmp_path: Path, config: dict[str, str], data: dict[str, object], dtype: str | None) -> str:
+    from saudial.publish.card import build_card
+
+    manifest = {"saudial_run": 1, "config": config, "data": data} | ({"compute_dtype": dtype} if dtype else {})
+    (tmp_path / "run_manifest.json").write_text(json.dumps(manifest))
+    return str(build_card(tmp_path))
+
+
+def test_the_card_names_what_the_run_was(tmp_path: Path) -> None:
+    """LoRA on an unquantized base is not QLoRA; the card says the base's dtype, and QLoRA where it was."""
+    lora = card_for(tmp_path, {"quantization": "none", "model_name_or_path": "m"}, {}, "float32")
+    assert "A LoRA (on the unquantized float32 base) adapter" in lora
+    assert "QLoRA" not in lora and "(none base)" not in lora and "- qlora" not in lora
+    qlora = card_for(tmp_path, {"quantization": "4bit", "model_name_or_path": "m"}, {}, "bfloat16")
+    assert "A QLoRA (LoRA on the 4-bit NF4-quantized base, bfloat16 compute) adapter" in qlora and "- qlora" in qlora
+
+
+def test_the_synthetic_sample_is_named_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The bundled sample (and any file devtools/synthetic.py writes) is found by its Scenario mark, and the data
+    summary and the model card say "synthetic sample (not SauDial)"; a file without the mark is not."""
+    import pandas as pd
+
+    from saudial.data import examples, workbook
+
+    sample = workbook.load(SAMPLE)
+    assert sample.synthetic
+    frame = pd.read_excel(SAMPLE)
+    frame["Scenario"] = frame["Scenario"].str.removeprefix("SYNTHETIC ")
+    frame.to_csv(tmp_path / "SauDial.csv", index=False)
+    assert not workbook.load(tmp_path / "SauDial.csv").synthetic
+    split = examples.split(sample.rows, 0.1, 0)
+    summary = examples.summarize(sample, split, None, 512, None)
+    with caplog.at_level("INFO"):
+        examples.log_summary(summary)
+    assert "(sha256 b5739d7accb9), synthetic sample (not SauDial)" in caplog.text
+    card = card_for(tmp_path, {"quantization": "none", "model_name_or_path": "m"}, summary, "float32")
+    assert "on the synthetic sample (not SauDial)" in card and "**The bundled synthetic sample, not SauDial.**" in card
+    assert "- SauDial" not in card.split("---")[1]  # the metadata names no SauDial dataset

@@ -21,6 +21,7 @@ import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
 from saudial.data.prompts import build_example
+from saudial.data.text import SYNTHETIC
 
 if TYPE_CHECKING:
     from saudial.data.chat_examples import ChatSplit
@@ -121,6 +122,8 @@ def summarize(
         "eval_rows": len(split.eval),
         "per_dialect": split.counts,
     }
+    if getattr(dataset, "synthetic", False):
+        summary["synthetic"] = True  # the data summary and the model card say "synthetic sample (not SauDial)"
     if tokenizer is None or train_ds is None:
         return summary
     lengths = token_lengths(train_ds, tokenizer)
@@ -145,8 +148,9 @@ def split_table(summary: dict[str, Any]) -> list[str]:
 
 
 def log_summary(summary: dict[str, Any]) -> None:
+    synthetic = f", {SYNTHETIC}: a word code in Arabic script, not translations" if summary.get("synthetic") else ""
     lines = [
-        f"data: {summary['file']} (sha256 {summary['sha256'][:12]})",
+        f"data: {summary['file']} (sha256 {summary['sha256'][:12]}){synthetic}",
         f"  rows read {summary['rows_read']}, dropped empty {summary['dropped_empty']}, "
         f"exact duplicates removed {summary['duplicates_removed']}, used {summary['rows_used']}; "
         f"invisible control characters removed {summary['control_chars_removed']}",

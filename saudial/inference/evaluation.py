@@ -36,7 +36,7 @@ from saudial.data.workbook import iter_rows
 from saudial.errors import OOM_INFERENCE, faults
 from saudial.inference.dense import dequantize_base_weights, merged_adapter
 from saudial.inference.generate import Request, chat_replies, translate
-from saudial.inference.scoring import OVERALL, SYSTEMS, markdown_table, score_by_dialect, signatures
+from saudial.inference.scoring import OVERALL, SYSTEMS, markdown_table, normalize, score_by_dialect, signatures
 from saudial.process import signals
 from saudial.rundir import record
 
@@ -218,6 +218,7 @@ def generate_and_score(
             for k in ("max_new_tokens", "do_sample", "temperature", "min_p", "repetition_penalty")
         },
         "generation_speed": rates,
+        "empty_outputs": {system: sum(not normalize(text) for text in outputs[system]) for system in SYSTEMS},
         "normalization": "NFC; wrapping quotes and surrounding whitespace removed; whitespace runs collapsed",
         "signatures": signatures(),
         "scores": scores,

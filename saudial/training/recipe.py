@@ -145,6 +145,8 @@ def train(
     tick = time.perf_counter()
     dtype = hardware.compute_dtype(settings)
     log.info("loading %s (%s, compute dtype %s)", settings.model_name_or_path, settings.quantization, dtype)
+    if distributed.is_main_process():  # what the model card says the adapter was trained on
+        record.update(run_dir, {"compute_dtype": str(dtype).removeprefix("torch.")})
     model = load_model(settings, revision=revision)
     timings["load_s"] = time.perf_counter() - tick
     # Every target name must select a module (PEFT skips one that selects none): exit 2 before training.
