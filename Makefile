@@ -27,7 +27,7 @@ setup-dev: ## setup + the dev tools (pytest, ruff, mypy, hadolint, check-jsonsch
 # `saudial check --quiet` first: silent where training can run; where it cannot (no CUDA GPU, no Hub) it
 # prints what this machine can do and the ways forward (make demo), and make stops with its exit code 2.
 train: setup ## Train LFM2-1.2B in 4-bit on a CUDA GPU, on SAUDIAL_DATA (default: the synthetic sample)
-	@$(SAUDIAL) check --quiet
+	@SAUDIAL_DATA="$(SAUDIAL_DATA)" $(SAUDIAL) check --quiet
 	SAUDIAL_DATA="$(SAUDIAL_DATA)" $(SAUDIAL) train
 
 # Six optimizer steps of a tiny random LFM2 on the sample: the loss every 2 steps, 16 held-out rows translated.

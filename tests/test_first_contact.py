@@ -7,9 +7,11 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from saudial.config.settings import Settings
 from saudial.rundir import record
@@ -126,3 +128,111 @@ def test_the_synthetic_sample_is_named_so(tmp_path: Path, caplog: pytest.LogCapt
     card = card_for(tmp_path, {"quantization": "none", "model_name_or_path": "m"}, summary, "float32")
     assert "on the synthetic sample (not SauDial)" in card and "**The bundled synthetic sample, not SauDial.**" in card
     assert "- SauDial" not in card.split("---")[1]  # the metadata names no SauDial dataset
+
+
+# The command line in a fresh process (the test process has torch already): the error, its exit code, and
+# whether torch was imported before it.
+CHEAP = """
+import sys
+from saudial.cli.main import main
+code = main(sys.argv[1:])
+print("EXIT", code, "torch" in sys.modules)
+"""
+
+
+def fake_adapter(directory: Path, task: str) -> Path:
+    """What these checks read of an adapter: adapter_config.json, the run record's task and dialects."""
+    directory.mkdir()
+    (directory / "adapter_config.json").write_text("{}")
+    manifest = {"saudial_run": 1, "config": {"task": task}, "data": {"per_dialect": {"Najdi": {}, "Hijazi": {}}}}
+    (directory / "run_manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("task", "args", "said"),
+    [
+        ("translate", ["translate", "Open the door."], "--dialect is required: one of Hijazi, Najdi"),
+        ("translate", ["translate", "--dialect", "Kuwaiti", "Hi"], "'Kuwaiti' is not a dialect this adapter was"),
+        ("translate", ["chat", "Where is the market?"], "was trained to translate SauDial rows"),
+        ("chat", ["translate", "--dialect", "Najdi", "Hi"], "is a chat adapter (trained on conversations)"),
+        ("translate", ["translate", "--dialect", "Najdi"], "translate needs either an English TEXT argument"),
+    ],
+    ids=["no-dialect", "unknown-dialect", "chat-on-translate", "translate-on-chat", "no-text"],
+)
+def test_cheap_mistakes_are_said_before_torch_is_imported(
+    task: str, args: list[str], said: str, tmp_path: Path
+) -> None:
+    adapter = fake_adapter(tmp_path / "adapter", task)
+    command = [sys.executable, "-c", CHEAP, args[0], "--adapter", str(adapter), *args[1:]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAUDIAL_")}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "EXIT 2 False", result.stdout + result.stderr[-2000:]
+    assert said in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what `check` says on a machine without CUDA")
+def test_check_lists_every_problem_the_data_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing data file, no GPU for 4-bit and a model not in the cache while offline: all three, in one
+    screen, the data first."""
+    from huggingface_hub import constants
+
+    from saudial.jobs.check import build, render
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    settings = Settings(data=tmp_path / "SauDial Dataset.xlsx")
+    report = build(settings)
+    assert len(report.blockers) == 3, report.blockers
+    assert report.blockers[0].startswith("data file not found: ") and "SauDial Dataset.xlsx" in report.blockers[0]
+    assert report.blockers[1].startswith("no usable CUDA GPU")
+    assert "is not in the Hugging Face cache" in report.blockers[2]
+    screen = render(report, settings)
+    assert screen.index("Data:") < screen.index("This machine:") and len(screen.splitlines()) <= 40
+    sample = build(Settings(data=SAMPLE))
+    assert ("data", f"{SAMPLE} (197 usable rows, the synthetic sample (not SauDial))") in sample.lines
+
+
+def tracked_files() -> set[str]:
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return set(listed.splitlines())
+
+
+# Where a CI script writes: the target of a shell redirection or tee; a line of sed -i, or of Python's
+# write_text / write_bytes / open(..., "w").
+REDIRECT = re.compile(r"(?:>>?|\btee(?:\s+-a)?)\s*\"?([^\s\"&|;)]+)")
+WRITES = re.compile(r"\bsed -i\b|write_text|write_bytes|open\(.*['\"][wax]")
+
+
+def test_ci_writes_no_tracked_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """CI measures and logs; it never edits the tree: no line of a .ci script that writes names a tracked file,
+    the image report's invocations name none, and the report (run here with recorded measurements, as docker
+    is not on this machine) prints the block and writes only where --out says."""
+    import importlib.util
+
+    tracked = tracked_files()
+    for script in sorted((REPO / ".ci").iterdir()):
+        for number, line in enumerate(script.read_text().splitlines(), 1):
+            named = {path for path in tracked if re.search(rf"(?<![\w./-]){re.escape(path)}(?![\w/-])", line)}
+            if "image_report.py" in line:
+                assert not named - {".ci/image_report.py"}, f"{script.name}:{number}: {line}"
+            targets = {target.removeprefix("./") for target in REDIRECT.findall(line)}
+            assert not targets & tracked, f"{script.name}:{number} writes {targets & tracked}: {line}"
+            assert not (named and WRITES.search(line)), f"{script.name}:{number} writes {named}: {line}"
+
+    spec = importlib.util.spec_from_file_location("image_report", REPO / ".ci" / "image_report.py")
+    assert spec and spec.loader
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    measured = {"size": 1_950_000_000, "layers": [(865_000_000, "RUN pip install torch")], "n_layers": 9}
+    monkeypatch.setattr(report, "measure", lambda ref: measured)
+    monkeypatch.setattr(report, "docker", lambda *args: "20.10.24\n")
+    before = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+    monkeypatch.chdir(REPO)
+    assert report.main(["--out", str(tmp_path / "sizes.md"), "CPU=saudial:ci-cpu=torch+cpu"]) == 0
+    after = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+    assert after == before
+    written = (tmp_path / "sizes.md").read_text()
+    assert "| CPU | `saudial:ci-cpu` | torch+cpu | **1.95 GB** |" in written and written in capsys.readouterr().out

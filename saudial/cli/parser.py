@@ -49,7 +49,7 @@ BATCHING += ["num_processes"]
 # The settings each command reads (the rest still come from SAUDIAL_* variables, and are checked there).
 COMMAND_SETTINGS: dict[str, list[str]] = {
     "train": ALL,
-    "check": [*BASE_MODEL, *BATCHING],
+    "check": [*GROUPS["data"], *BASE_MODEL, *BATCHING],
     # An adapter evaluates on the task it was trained for (its run_manifest.json), not SAUDIAL_TASK.
     "evaluate": [*DATA, *BASE_MODEL, "output_dir", "max_length", "seed", *GROUPS["evaluation"]],
     "translate": [*BASE_MODEL, *GENERATION, "max_length", "max_data_file_mb"],

@@ -43,7 +43,7 @@ from saudial.inference.batches import (
 from saudial.model.hardware import set_cpu_threads
 from saudial.model.loading import load_model, load_tokenizer
 from saudial.process import signals
-from saudial.rundir.record import MANIFEST, NOT_TRAINING, read_json
+from saudial.rundir.record import MANIFEST, NOT_TRAINING, read_json, trained_task
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,6 @@ def settings_for_adapter(settings: Settings, adapter_dir: Path) -> Settings:
         merged["task"] = task
     # Settings() would read SAUDIAL_* again; model_validate on the merged values keeps this explicit.
     return Settings.model_validate({**settings.model_dump(), **merged})
-
-
-def trained_task(adapter_dir: Path) -> str | None:
-    """The task an adapter was trained for, as its run record says (translate before SAUDIAL_TASK existed);
-    None for an adapter without saudial's record."""
-    manifest = read_json(adapter_dir / MANIFEST) or {}
-    config = manifest.get("config")
-    return str(config.get("task", "translate")) if isinstance(config, dict) else None
 
 
 def check_adapter_weights(adapter_dir: Path) -> None:

@@ -102,6 +102,14 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def trained_task(adapter_dir: Path) -> str | None:
+    """The task an adapter was trained for, as its run record says (translate before SAUDIAL_TASK existed);
+    None for an adapter without saudial's record."""
+    manifest = read_json(adapter_dir / MANIFEST) or {}
+    config = manifest.get("config")
+    return str(config.get("task", "translate")) if isinstance(config, dict) else None
+
+
 def damaged(path: Path) -> str | None:
     """Why the record at `path` cannot be read (it exists but is not a JSON object), else None."""
     if not path.exists() and not path.is_symlink():
