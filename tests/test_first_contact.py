@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -236,3 +237,36 @@ def test_ci_writes_no_tracked_file(
     assert after == before
     written = (tmp_path / "sizes.md").read_text()
     assert "| CPU | `saudial:ci-cpu` | torch+cpu | **1.95 GB** |" in written and written in capsys.readouterr().out
+
+
+def command_help(name: str) -> str:
+    from saudial.cli.parser import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return " ".join(sub.choices[name].format_help().split())  # argparse's wrapping undone
+
+
+def test_help_says_where_each_command_takes_its_settings_from() -> None:
+    for name in ("train", "check"):
+        assert "which win over a recipe, then the defaults." in command_help(name)
+    for name in ("translate", "chat", "evaluate", "merge"):
+        assert "which win over the adapter's run record, then the defaults." in command_help(name), name
+        assert "recipe" not in command_help(name), name
+    assert "which win over the defaults." in command_help("push") and "recipe" not in command_help("push")
+    evaluate = command_help("evaluate")
+    data = evaluate[evaluate.index("--data PATH") :].split("--sheet-name")[0]
+    assert "Required" not in data and "[SAUDIAL_DATA; default: the adapter's run record]" in data
+    assert "[SAUDIAL_DATA; default: none]" in command_help("train") and "Required." in command_help("train")
+
+
+def test_deploy_validation_summary_names_actionlint_with_a_space() -> None:
+    """deploy/validate.sh's last lines (its summary), run as they are with and without an actionlint found."""
+    lines = (REPO / "deploy" / "validate.sh").read_text().splitlines()
+    summary = [line for line in lines if "actionlint_said" in line or "all checks passed" in line]
+    script = "set -euo pipefail\nK8S_VERSIONS=(1.31 1.33)\n" + "\n".join(summary)
+    found = subprocess.run(
+        ["bash", "-c", "actionlint_bin=/opt/bin/actionlint\n" + script], capture_output=True, text=True
+    )
+    assert found.stdout.endswith("(Kubernetes 1.31 1.33; actionlint: ran (/opt/bin/actionlint))\n"), found
+    missing = subprocess.run(["bash", "-c", "actionlint_bin=\n" + script], capture_output=True, text=True)
+    assert missing.stdout.endswith("; actionlint: skipped)\n"), missing
