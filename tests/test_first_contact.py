@@ -128,7 +128,8 @@ def test_the_synthetic_sample_is_named_so(tmp_path: Path, caplog: pytest.LogCapt
     assert "(sha256 b5739d7accb9), synthetic sample (not SauDial)" in caplog.text
     card = card_for(tmp_path, {"quantization": "none", "model_name_or_path": "m"}, summary, "float32")
     assert "on the synthetic sample (not SauDial)" in card and "**The bundled synthetic sample, not SauDial.**" in card
-    assert "- SauDial" not in card.split("---")[1]  # the metadata names no SauDial dataset
+    metadata = card.split("---")[1]
+    assert "- SauDial" not in metadata and "type: SauDial" not in metadata  # it names no SauDial dataset
 
 
 # The command line in a fresh process (the test process has torch already): the error, its exit code, and

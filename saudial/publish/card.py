@@ -45,7 +45,7 @@ def eval_results(metrics: dict[str, Any], dataset: str = DATASET_NAME, chat: boo
                 EvalResult(
                     task_type="text-generation" if chat else "translation",
                     task_name=chat_card.TASK_NAME if chat else "English to Saudi dialect translation",
-                    dataset_type="json" if chat else DATASET_ID,
+                    dataset_type="json" if chat else DATASET_ID if dataset == DATASET_NAME else "synthetic",
                     dataset_name=name,
                     dataset_config=config,
                     dataset_split="held-out",
