@@ -364,8 +364,9 @@ cat "$CI_WORK/lock-check.log"
 ok "requirements.lock: wheels for arm64 and amd64 (CPython 3.12), torch $TORCH_VERSION resolves on both, nothing tied to CUDA 13"
 
 # --- 8. sizes into the docs ---------------------------------------------------------------------------
-step "image sizes and largest layers -> docs/docker.md"
-python3 .ci/image_report.py --docs docs/docker.md --readme README.md \
+# Into the log and $CI_WORK only: CI never edits a tracked file (docs/docker.md's figures are copied by hand).
+step "image sizes and largest layers (for docs/docker.md's Image size, by hand)"
+python3 .ci/image_report.py --out "$CI_WORK/image-sizes.md" \
     "CUDA=$CUDA_IMAGE=Debian bookworm (local), torch $TORCH_VERSION from PyPI (CUDA 13.0)" \
     "CPU=$CPU_IMAGE=Debian bookworm (local), torch $TORCH_VERSION+cpu"
 

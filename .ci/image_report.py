@@ -1,12 +1,12 @@
-"""Print the measured size and the five largest layers of built images, and write them into docs/docker.md.
+"""Print the measured size and the five largest layers of built images, as the Markdown of docs/docker.md's
+"Image size" section, into the CI log (and with --out, into that file as well).
 
-    python3 .ci/image_report.py [--docs docs/docker.md] [--readme README.md] "LABEL=IMAGE[=NOTE]" ...
+    python3 .ci/image_report.py [--out FILE] "LABEL=IMAGE[=NOTE]" ...
 
 Sizes are what the engine stores, uncompressed (`docker image inspect .Size`); layers come from
-`docker history`, with the Dockerfile instruction that made each. With --docs, the block between
-BEGIN and END below is rewritten in place (the rest of the file is left as it is); with --readme, the text
-between README_BEGIN and README_END (one sentence); so the numbers in the documentation are always the
-ones the last CI run measured.
+`docker history`, with the Dockerfile instruction that made each. CI never edits a tracked file: the
+figures in docs/docker.md and README.md are the last measurement a developer copied there by hand, with its
+date; this report (the log's "image sizes" step, or --out) is what to copy.
 """
 
 from __future__ import annotations
@@ -18,11 +18,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-
-BEGIN = "<!-- image-sizes:begin (written by .ci/docker.sh via .ci/image_report.py; do not edit by hand) -->"
-END = "<!-- image-sizes:end -->"
-README_BEGIN = "<!-- image-sizes:readme -->"
-README_END = "<!-- /image-sizes:readme -->"
 
 
 def docker(*args: str) -> str:
@@ -68,51 +63,48 @@ def gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
-def replace_between(path: Path, begin: str, end: str, new: str) -> None:
-    text = path.read_text()
-    if begin not in text or end not in text:
-        raise SystemExit(f"image_report: {path} has no '{begin}' ... '{end}' block")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(head + begin + new + end + tail)
-    print(f"wrote the sizes into {path}")
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--docs", type=Path)
-    ap.add_argument("--readme", type=Path)
-    ap.add_argument("images", nargs="+", help="LABEL=IMAGE[=NOTE]")
-    a = ap.parse_args()
+def report(measured: list[tuple[str, str, str, dict]], engine: str, day: str) -> str:
+    """The Markdown block of docs/docker.md's "Image size" and README's sentence, for (label, image, note,
+    `measure`'s result) of each image."""
     rows, details, sentence = [], [], []
+    for label, ref, note, m in measured:
+        details.append(f"\n{label} (`{ref}`), five largest layers:\n\n| size | layer |\n| ---: | --- |")
+        details += [f"| {gb(size)} | `{what}` |" for size, what in m["layers"][:5]]
+        rows.append(f"| {label} | `{ref}` | {note} | **{gb(m['size'])}** |")
+        sentence.append(f"{gb(m['size'])} for the {label} image")
+    return "\n".join(
+        [
+            f"Measured by CI (`.ci/docker.sh`) on {day}, Docker Engine {engine}: sizes uncompressed, as the engine "
+            "stores them (`docker image inspect`).",
+            "",
+            "| flavour | image | base, torch | size |",
+            "| --- | --- | --- | ---: |",
+            *rows,
+            *details,
+            "",
+            f"README.md: {' and '.join(sentence)} (measured {day}).",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, help="also write the report here (an untracked file: CI uses its work dir)")
+    ap.add_argument("images", nargs="+", help="LABEL=IMAGE[=NOTE]")
+    a = ap.parse_args(argv)
+    measured = []
     for spec in a.images:
         label, ref, *note = spec.split("=", 2)
         m = measure(ref)
         print(f"{label} ({ref}): {gb(m['size'])} uncompressed ({m['size']} bytes), {m['n_layers']} layers")
-        details.append(f"\n{label} (`{ref}`), five largest layers:\n\n| size | layer |\n| ---: | --- |")
-        for size, what in m["layers"][:5]:
-            print(f"  {gb(size):>9}  {what}")
-            details.append(f"| {gb(size)} | `{what}` |")
-        rows.append(f"| {label} | `{ref}` | {note[0] if note else ''} | **{gb(m['size'])}** |")
-        sentence.append(f"{gb(m['size'])} for the {label} image")
-    if a.docs:
-        engine = docker("version", "--format", "{{.Server.Version}}").strip()
-        block = "\n".join(
-            [
-                "",
-                f"Measured by CI (`.ci/docker.sh`) on {dt.date.today().isoformat()}, Docker Engine {engine}: "
-                "sizes uncompressed, as the engine stores them (`docker image inspect`).",
-                "",
-                "| flavour | image | base, torch | size |",
-                "| --- | --- | --- | ---: |",
-                *rows,
-                *details,
-                "",
-            ]
-        )
-        replace_between(a.docs, BEGIN, END, block)
-    if a.readme:
-        replace_between(a.readme, README_BEGIN, README_END, " and ".join(sentence))
+        measured.append((label, ref, note[0] if note else "", m))
+    engine = docker("version", "--format", "{{.Server.Version}}").strip()
+    text = report(measured, engine, dt.date.today().isoformat())
+    print('\nFor docs/docker.md\'s "Image size" and README.md (copy by hand when they change):\n' + text)
+    if a.out:
+        a.out.write_text(text)
+        print(f"image report written to {a.out}")
     return 0
 
 

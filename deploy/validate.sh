@@ -237,4 +237,6 @@ if [ "$failures" -ne 0 ]; then
   echo "deploy validation: $failures failure(s)" >&2
   exit 1
 fi
-echo "deploy validation: all checks passed (Kubernetes ${K8S_VERSIONS[*]}; actionlint: ${actionlint_bin:+ran}${actionlint_bin:-skipped})"
+actionlint_said=skipped
+[ -z "${actionlint_bin:-}" ] || actionlint_said="ran ($actionlint_bin)"
+echo "deploy validation: all checks passed (Kubernetes ${K8S_VERSIONS[*]}; actionlint: $actionlint_said)"

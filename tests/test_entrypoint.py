@@ -25,7 +25,10 @@ def test_train_end_to_end(tiny_model: Path, workbook: Path, tmp_path: Path, run_
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert secret not in log
-    assert "Najdi" in log and "truncated" in log and "adapter saved to" in log
+    assert "Najdi" in log and "truncated" in log and f"adapter saved; it goes to {out}" in log
+    # Every path named from the end of training on is where the file is once the run is in place.
+    after = log[log.index("adapter saved") :]
+    assert f"{out}/staging" not in after and "written to " + str(out / "metrics.json") in after, after
 
     for name in (
         "adapter_model.safetensors",

@@ -179,3 +179,34 @@ def test_evaluate_command_needs_an_adapter(
     result = run_entry(base_env(tiny_model, workbook, tmp_path), "evaluate", "--adapter", str(tmp_path))
     assert result.returncode == 2
     assert "holds no adapter_config.json" in result.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_again_updates_card_record_and_metrics_and_keeps_the_earlier_one(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `saudial evaluate` runs on a finished run (in-process, ~5 s): metrics.json shows the latest at the top
+    and keeps both in `evaluations` with their settings; the run record's numbers and the model card agree."""
+    from saudial.jobs.evaluate import run_evaluate
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = copy_run(trained, tmp_path / "run")
+    card_before = (out / "README.md").read_text()
+    for tokens in (3, 5):
+        run_evaluate(Settings(eval="full", max_eval_samples=4, max_new_tokens=tokens), out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = metrics["evaluations"]
+    assert [(e["command"], e["max_new_tokens"]) for e in history] == [("evaluate", 3), ("evaluate", 5)]
+    assert history[0]["evaluation"]["generation"]["max_new_tokens"] == 3  # the first one, still readable
+    assert history[-1]["eval_chrf++_adapter"] == metrics["eval_chrf++_adapter"]
+    assert "train_loss" in metrics  # training's numbers stay
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert manifest["metrics"] == {
+        k: v for k, v in metrics.items() if k not in ("timings", "evaluation", "evaluations")
+    }
+    assert manifest["evaluated"] == history[-1]["evaluated"] and manifest["status"] == "finished"
+    card = (out / "README.md").read_text()
+    assert card != card_before and (out / "eval_results.md").read_text().strip() in card
+    assert f"| eval_loss | {metrics['eval_loss']:.4g} |" in card
+    assert f"value: {metrics['eval_chrf++_adapter']}" in card  # the model-index
+    assert "The latest of 2 evaluations" in card

@@ -249,21 +249,6 @@ def test_foreign_files_are_refused_even_with_overwrite(
     assert tree(out) == before
 
 
-def test_make_demo_then_make_train_is_refused_safely(
-    finished: Path, tiny_model: Path, workbook: Path, tmp_path: Path
-) -> None:
-    """`make demo` writes outputs/demo; `make train` then uses outputs/: refused, outputs/demo untouched."""
-    outputs = tmp_path / "outputs"
-    copy_run(finished, outputs / "demo" / "adapter")  # what `make demo` leaves (and its tiny model beside it)
-    shutil.copytree(tiny_model, outputs / "demo" / "tiny-lfm2")
-    before = tree(outputs)
-    result = run(env_for(tiny_model, workbook, outputs, SAUDIAL_OVERWRITE_OUTPUT_DIR="true"))
-    assert result.returncode == EXIT_CONFIG
-    line = error_line(result.stderr)
-    assert "('demo')" in line and f"e.g. {str(outputs / 'run')!r}" in line, line
-    assert tree(outputs) == before
-
-
 @pytest.mark.parametrize("case", ["cwd", "home", "data folder"])
 def test_directories_that_are_never_an_output_directory(
     case: str, tiny_model: Path, workbook: Path, tmp_path: Path

@@ -99,3 +99,19 @@ def test_train_without_the_hub_fails_once_without_retries(workbook: Path, tmp_pa
     assert "Retrying" not in result.stderr and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == len(set(lines)), "a line printed twice"
+
+
+@pytest.mark.slow  # one start of the entry point: ~15 s on 2 busy cores
+def test_dry_run_without_the_hub_checks_settings_and_data(tmp_path: Path, run_entry: RunEntry) -> None:
+    """The default base model, no Hub, nothing cached: the settings and the data are checked (exit 0), and the
+    token statistics are said to be skipped, with the command that caches the tokenizer."""
+    env = base_env(tmp_path, REPO / "samples" / "saudial_synthetic_sample.xlsx", tmp_path / "out")
+    env.pop("SAUDIAL_MODEL_NAME_OR_PATH")
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    result = run_entry(env, "train", "--config", str(REPO / "recipes" / "default.yaml"), "--dry-run", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "rows read 200" in result.stderr and "  total           178     19" in result.stderr
+    skipped = [line for line in result.stderr.splitlines() if "token statistics skipped" in line]
+    assert len(skipped) == 1 and "HF_HUB_OFFLINE=1" in skipped[0], result.stderr[-2000:]
+    assert skipped[0].endswith(f"hf download {MODEL} --include '*.json' --include '*.jinja'")
+    assert not (tmp_path / "out").exists() and "Traceback" not in result.stderr

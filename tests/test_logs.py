@@ -134,6 +134,12 @@ for _ in tqdm(range(5), desc="vanishing", leave=False, mininterval=0):  # leave=
 logs.MIN_GAP_S = 0.5
 for _ in tqdm(range(5), desc="quick", mininterval=0):  # over within MIN_GAP_S: nothing at all
     pass
+steps = tqdm(total=6, desc="steps", mininterval=0)  # as the Trainer's: closed after its own last lines
+for pause in (0.3, 0.3, 0.3, 0.3, 0.3, 0.1):  # lines at steps 2 and 4; the last step within MIN_GAP_S of one
+    time.sleep(pause)
+    steps.update(1)
+print("AFTER THE LAST STEP", file=sys.stderr, flush=True)
+steps.close()
 import datasets
 datasets.Dataset.from_dict({"a": list(range(40))}).map(lambda row: time.sleep(0.05) or row, desc="Mapping rows")
 
@@ -160,6 +166,8 @@ def test_progress_bars_are_lines_without_a_terminal() -> None:
     vanishing = re.findall(r"saudial\.progress: vanishing: +(\d+)%", err)
     assert vanishing == ["20", "40", "60", "80", "100"]  # its 10% lines, and no last line after them
     assert "quick" not in err
+    steps = re.findall(r"saudial\.progress: steps: +(\d+)% ", err)
+    assert steps[-1] == "100" and err.index("steps: 100%") < err.index("AFTER THE LAST STEP"), err
     mapping = re.findall(r"saudial\.progress: Mapping rows: +(\d+)% ", err)
     assert 2 <= len(mapping) <= 10 and mapping[-1] == "100", mapping  # datasets' map: a line per 0.5 s
 

@@ -182,8 +182,10 @@ def _emit(bar: Any, final: bool = False) -> None:
     bucket = int(bar.n * 100 / bar.total) // EVERY_PERCENT if bar.total else 0
     due = (bucket > last_bucket and now - last_time >= MIN_GAP_S) or now - last_time >= EVERY_S
     # The last line, unless the bar was over within MIN_GAP_S (a quick map over the data, a small load): a
-    # line for what took no time at all is noise.
-    due = due or (final and bar.n != last_n and (last_n >= 0 or now - last_time >= MIN_GAP_S))
+    # line for what took no time at all is noise. Printed when the bar reaches its total, not when it is
+    # closed: the Trainer closes its bar after its own closing lines, and 100% would come after them.
+    last = final or bool(bar.total and bar.n >= bar.total)
+    due = due or (last and bar.n != last_n and (last_n >= 0 or now - last_time >= MIN_GAP_S))
     if due and bar.n > 0:
         progress_log.info("%s", _line(bar))
         last_bucket, last_time, last_n = bucket, now, bar.n

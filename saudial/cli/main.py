@@ -48,11 +48,14 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_chat(args: argparse.Namespace, settings: Settings) -> int:
-    with long_lived_imports():  # torch and PEFT once the input is read (jobs/chat.py)
-        from saudial.jobs.chat import run_chat as chat
+    from saudial.jobs.chat import check_chat
+    from saudial.jobs.chat import run_chat as chat
 
+    # The arguments, the adapter's record and the input file first: a mistake answers before torch is imported.
+    asked = check_chat(settings, args.adapter, args.message, args.system, args.input, args.output)
+    with long_lived_imports():  # torch and PEFT
         logs.fold_transformers_handler()
-    chat(settings, args.adapter, args.message, args.system, args.input, args.output)
+    chat(settings, args.adapter, args.message, args.system, args.input, args.output, asked)
     return EXIT_OK
 
 
@@ -66,11 +69,14 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_translate(args: argparse.Namespace, settings: Settings) -> int:
-    with long_lived_imports():  # torch and PEFT once the input is read (jobs/translate.py)
-        from saudial.jobs.translate import run_translate as translate
+    from saudial.jobs.translate import check_translate
+    from saudial.jobs.translate import run_translate as translate
 
+    given = (args.text, args.dialect, args.context, args.input, args.output)
+    asked = check_translate(settings, args.adapter, *given)  # before torch: a mistake answers at once
+    with long_lived_imports():  # torch and PEFT
         logs.fold_transformers_handler()
-    translate(settings, args.adapter, args.text, args.dialect, args.context, args.input, args.output)
+    translate(settings, args.adapter, *given, asked=asked)
     return EXIT_OK
 
 

@@ -49,7 +49,7 @@ BATCHING += ["num_processes"]
 # The settings each command reads (the rest still come from SAUDIAL_* variables, and are checked there).
 COMMAND_SETTINGS: dict[str, list[str]] = {
     "train": ALL,
-    "check": [*BASE_MODEL, *BATCHING],
+    "check": [*GROUPS["data"], *BASE_MODEL, *BATCHING],
     # An adapter evaluates on the task it was trained for (its run_manifest.json), not SAUDIAL_TASK.
     "evaluate": [*DATA, *BASE_MODEL, "output_dir", "max_length", "seed", *GROUPS["evaluation"]],
     "translate": [*BASE_MODEL, *GENERATION, "max_length", "max_data_file_mb"],
@@ -83,6 +83,8 @@ settings or data, 3 out of memory, 4 Hub upload failed, 74 disk full or not writ
 saving a checkpoint (start again to resume)."""
 
 ADAPTER_HELP = "a training output directory (adapter_config.json, tokenizer, run_manifest.json)"
+# What a command with --adapter takes from the adapter's run record unless set (generate.settings_for_adapter).
+RECORDED = {"data", "sheet_name", "dialects", "eval_size", "max_length", "seed", *BASE_MODEL}
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -121,8 +123,9 @@ def shown_default(name: str) -> str:
     return "none" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
 
 
-def add_setting(group: Any, name: str) -> None:
-    """`--name-with-dashes`, and `--name_with_underscores` accepted but not listed."""
+def add_setting(group: Any, name: str, recorded: bool = False) -> None:
+    """`--name-with-dashes`, and `--name_with_underscores` accepted but not listed. `recorded`: by default
+    the adapter's (its run record's), not the setting's default."""
     info = Settings.model_fields[name]
     is_bool = info.annotation is bool
     kwargs: dict[str, Any] = {
@@ -132,21 +135,24 @@ def add_setting(group: Any, name: str) -> None:
         "const": "true" if is_bool else None,
         "metavar": "BOOL" if is_bool else metavar(name),
     }
-    text = f"{info.description} [{env_name(name)}; default: {shown_default(name)}]"
+    default = "the adapter's run record" if recorded else shown_default(name)
+    described = info.description or ""
+    if recorded:  # required by train; here the adapter's run record has it
+        described = described.removesuffix(" Required.")
+    text = f"{described} [{env_name(name)}; default: {default}]"
     group.add_argument(flag_name(name), help=text, **kwargs)
     alias = "--" + name
     if alias != flag_name(name):
         group.add_argument(alias, help=argparse.SUPPRESS, **kwargs)
 
 
-def add_settings(parser: argparse.ArgumentParser, names: list[str]) -> None:
-    """The settings among `names`, in their help groups."""
+def add_settings(parser: argparse.ArgumentParser, names: list[str], recorded: set[str]) -> None:
+    """The settings among `names`, in their help groups; `recorded`: those that default to the adapter's."""
     for title, members in GROUPS.items():
-        chosen = [n for n in members if n in names]
-        if chosen:
+        if chosen := [n for n in members if n in names]:
             group = parser.add_argument_group(f"{title} settings")
             for name in chosen:
-                add_setting(group, name)
+                add_setting(group, name, name in recorded)
 
 
 def _command(
@@ -155,6 +161,7 @@ def _command(
     """One command: its help, `--config` (recipe: its help) and `--adapter` (adapter: its help) where it takes
     them, `ARG | --input FILE [--output FILE]` (io: ARG, its help, --input's, --output's; see
     jobs/translate.text_or_file), and its settings in their groups; the caller adds the command's own flags."""
+    over = "a recipe, then " if recipe else "the adapter's run record, then " if adapter else ""
     parser: argparse.ArgumentParser = sub.add_parser(
         name,
         prog=f"saudial {name}",
@@ -162,7 +169,7 @@ def _command(
         description=inspect.cleandoc(description),  # written as a docstring below
         usage=usage,
         formatter_class=_formatter,
-        epilog="Flags win over SAUDIAL_* variables, which win over a recipe, which wins over the defaults.",
+        epilog=f"Flags win over SAUDIAL_* variables, which win over {over}the defaults.",
     )
     if recipe:
         parser.add_argument("--config", type=Path, metavar="RECIPE.yaml", help=recipe)
@@ -173,7 +180,7 @@ def _command(
         parser.add_argument("--input", type=Path, metavar="FILE", help=input_help)
         parser.add_argument("--output", type=Path, metavar="FILE", help=output_help)
         parser.add_argument(argument.lower(), nargs="?", metavar=argument, help=argument_help)
-    add_settings(parser, COMMAND_SETTINGS[name])  # argument groups: printed after the command's own flags
+    add_settings(parser, COMMAND_SETTINGS[name], RECORDED if adapter else set())  # after the command's own flags
     return parser
 
 
@@ -201,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         "saudial train [--config RECIPE.yaml] [--dry-run] [setting flags]",
         recipe="a recipe: settings in YAML (see recipes/)",
     )
-    dry_run = "check settings and data, print the data summary; loads the tokenizer (Hub or local), no model weights"
+    dry_run = "check settings and data, print the data summary; counts tokens where the tokenizer loads; no weights"
     p.add_argument("--dry-run", action="store_true", help=dry_run)
 
     p = _command(
@@ -223,12 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         quantization come from the adapter's run_manifest.json unless set here.""",
         "saudial translate --adapter DIR [--dialect D] [--context C] (TEXT | --input FILE [--output FILE])",
         adapter=ADAPTER_HELP,
-        io=(
-            "TEXT",
-            "English text to translate",
-            "file to translate instead of TEXT",
-            "where --input's translations go",
-        ),
+        io=("TEXT", "English text to translate", "file to translate instead of TEXT", "where its translations go"),
     )
     p.add_argument("--dialect", help="Najdi, Hijazi, Eastern or Southern (with --input: overrides the file's column)")
     p.add_argument("--context", help="in-game context line of the prompt (optional)")
@@ -242,12 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         adapter's run_manifest.json unless set here.""",
         "saudial chat --adapter DIR [--system TEXT] (MESSAGE | --input FILE [--output FILE])",
         adapter=ADAPTER_HELP,
-        io=(
-            "MESSAGE",
-            "the user's message",
-            "conversations to reply to instead of MESSAGE",
-            "where --input's replies go",
-        ),
+        io=("MESSAGE", "the user's message", "conversations to reply to instead of MESSAGE", "where its replies go"),
     )
     p.add_argument("--system", metavar="TEXT", help="system prompt (with --input: replaces each conversation's)")
 

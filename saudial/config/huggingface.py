@@ -104,6 +104,23 @@ def check_model_access(
     raise ConfigError(f"cannot reach {hub_endpoint()} to load the model {name!r} ({why}): {fix}")
 
 
+def not_here(name: str, revision: str, filename: str = "tokenizer_config.json") -> str | None:
+    """Why the Hub repo `name` cannot be read here (not cached, and offline or the Hub unreachable), else None
+    (a local directory, a path, a cached or reachable repo: loading it says what else is wrong)."""
+    if Path(name).expanduser().is_dir() or _looks_like_path(name) or in_cache(name, revision, filename):
+        return None
+    if hub_offline():
+        return f"{name!r} is not in the Hugging Face cache ({hub_cache()}) and HF_HUB_OFFLINE=1"
+    why = hub_unreachable()
+    return None if why is None else f"{name!r} is not in the Hugging Face cache and {hub_endpoint()} is unreachable"
+
+
+def fetch_command(name: str, revision: str) -> str:
+    """The command that puts the small files of `name` (config, tokenizer, chat template) in the cache."""
+    pinned = "" if revision == "main" else f" --revision {revision}"
+    return f"hf download {name}{pinned} --include '*.json' --include '*.jinja'"
+
+
 # adapter_config.json is a few hundred bytes; anything this large is not one.
 ADAPTER_CONFIG_MAX_BYTES = 1 << 20
 

@@ -21,8 +21,11 @@ import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
 from saudial.data.prompts import build_example
+from saudial.data.text import SYNTHETIC
 
 if TYPE_CHECKING:
+    from saudial.data.chat_examples import ChatSplit
+    from saudial.data.conversations import ChatData
     from saudial.data.workbook import Dataset
 
 log = logging.getLogger(__name__)
@@ -100,35 +103,41 @@ def token_lengths(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> l
 
 
 def summarize(
-    dataset: Dataset,
-    split: Split,
-    tokenizer: PreTrainedTokenizerBase,
+    dataset: Dataset | ChatData,
+    split: Split | ChatSplit,
+    tokenizer: PreTrainedTokenizerBase | None,
     max_length: int,
-    train_ds: datasets.Dataset,
+    train_ds: datasets.Dataset | None,
 ) -> dict[str, Any]:
-    lengths = token_lengths(train_ds, tokenizer)
-    ordered = sorted(lengths)
-    return {
+    """What the trainer will see; without a tokenizer (a dry run without the Hub) no token counts."""
+    summary = {
         "file": str(dataset.path),
         "sha256": dataset.sha256,
         "rows_read": dataset.rows_read,
-        "dropped_empty": dataset.dropped_empty,
+        "dropped_empty": getattr(dataset, "dropped_empty", 0),  # conversations: a line without text is an error
         "duplicates_removed": dataset.duplicates_removed,
         "control_chars_removed": dataset.control_chars_removed,
-        "rows_used": len(dataset.rows),
+        "rows_used": len(split.train) + len(split.eval),
         "train_rows": len(split.train),
         "eval_rows": len(split.eval),
         "per_dialect": split.counts,
-        "train_tokens": {
-            "mean": round(statistics.fmean(lengths), 1),
-            "median": statistics.median(lengths),
-            "p90": ordered[int(0.9 * (len(ordered) - 1))],
-            "max": ordered[-1],
-            "total": sum(lengths),
-            "truncated_at_max_length": sum(1 for n in lengths if n > max_length),
-            "max_length": max_length,
-        },
     }
+    if getattr(dataset, "synthetic", False):
+        summary["synthetic"] = True  # the data summary and the model card say "synthetic sample (not SauDial)"
+    if tokenizer is None or train_ds is None:
+        return summary
+    lengths = token_lengths(train_ds, tokenizer)
+    ordered = sorted(lengths)
+    summary["train_tokens"] = {
+        "mean": round(statistics.fmean(lengths), 1),
+        "median": statistics.median(lengths),
+        "p90": ordered[int(0.9 * (len(ordered) - 1))],
+        "max": ordered[-1],
+        "total": sum(lengths),
+        "truncated_at_max_length": sum(1 for n in lengths if n > max_length),
+        "max_length": max_length,
+    }
+    return summary
 
 
 def split_table(summary: dict[str, Any]) -> list[str]:
@@ -139,13 +148,17 @@ def split_table(summary: dict[str, Any]) -> list[str]:
 
 
 def log_summary(summary: dict[str, Any]) -> None:
+    synthetic = f", {SYNTHETIC}: a word code in Arabic script, not translations" if summary.get("synthetic") else ""
     lines = [
-        f"data: {summary['file']} (sha256 {summary['sha256'][:12]})",
+        f"data: {summary['file']} (sha256 {summary['sha256'][:12]}){synthetic}",
         f"  rows read {summary['rows_read']}, dropped empty {summary['dropped_empty']}, "
         f"exact duplicates removed {summary['duplicates_removed']}, used {summary['rows_used']}; "
         f"invisible control characters removed {summary['control_chars_removed']}",
         *split_table(summary),
     ]
+    if "train_tokens" not in summary:
+        log.info("\n".join(lines))
+        return
     t = summary["train_tokens"]
     lines.append(
         f"  train tokens/example: mean {t['mean']}, median {t['median']}, p90 {t['p90']}, max {t['max']}; "

@@ -22,6 +22,12 @@ QUOTE_PAIRS = {'"': '"', "\u201c": "\u201d", "\u00ab": "\u00bb"}  # "...", “..
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 NEWLINES = re.compile(r"\r\n?")
 
+# devtools/synthetic.py starts every row's Scenario with this word: a file where all rows do is its synthetic
+# sample (or another file it wrote), not SauDial (workbook.is_synthetic), and the data summary and the model
+# card say so, in these words.
+SYNTHETIC_MARK = "SYNTHETIC "
+SYNTHETIC = "synthetic sample (not SauDial)"
+
 
 def strip_controls(text: str) -> tuple[str, int]:
     """`text` without the invisible control characters of CONTROL, and how many were removed."""

@@ -22,7 +22,7 @@ import pandas as pd
 from saudial.data import files, formats
 from saudial.data.files import DATA_SETTING, DEFAULT_MAX_MB, read_bytes
 from saudial.data.messages import is_conversations
-from saudial.data.text import clean_cell, describe_names, kind_of, name_problem, strip_controls
+from saudial.data.text import SYNTHETIC_MARK, clean_cell, describe_names, kind_of, name_problem, strip_controls
 from saudial.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -40,6 +40,14 @@ OPTIONAL_COLUMNS = {
     "context": "In-Game Context",
     "msa": "Modern Standard Arabic (MSA) Translation",
 }
+
+
+def is_synthetic(frame: pd.DataFrame) -> bool:
+    """Whether every row of the file as read carries devtools/synthetic.py's mark in its Scenario column."""
+    column = next((c for c in frame.columns if header_key(c) == "scenario"), None)
+    return (
+        column is not None and len(frame) > 0 and bool(frame[column].astype(str).str.startswith(SYNTHETIC_MARK).all())
+    )
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,7 @@ class Dataset:
     duplicates_removed: int
     dialect_filter: list[str] | None = None
     control_chars_removed: int = 0  # invisible control characters stripped from the cells (text.CONTROL)
+    synthetic: bool = False  # written by saudial.devtools.synthetic (the bundled sample): not SauDial (`is_synthetic`)
     task: ClassVar[str] = "translate"  # the SAUDIAL_TASK this data is for (conversations.ChatData: "chat")
 
 
@@ -258,4 +267,5 @@ def from_table(table: Table, path: Path, dialects: list[str] | None = None) -> D
         duplicates_removed=duplicates,
         dialect_filter=dialects,
         control_chars_removed=control_chars,
+        synthetic=is_synthetic(table.frame),
     )

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from saudial.data.text import SYNTHETIC_MARK
+
 DIALECT_SHARES = {"Najdi": 271, "Hijazi": 265, "Eastern": 241, "Southern": 223}
 COLUMNS = [
     "Dialect",
@@ -159,7 +161,7 @@ def make_rows(
 def _row(rng: random.Random, dialect: str, sentences: list[list[str]], codes: dict[str, dict[str, str]]) -> dict:
     return {
         "Dialect": dialect,
-        "Scenario": "SYNTHETIC " + rng.choice(SCENARIOS),
+        "Scenario": SYNTHETIC_MARK + rng.choice(SCENARIOS),  # how saudial tells it from SauDial
         "Game Type": rng.choice(GAME_TYPES),
         "Tone": rng.choice(TONES),
         "Age Rating": rng.choice(AGE_RATINGS),

@@ -36,7 +36,7 @@ from saudial.data.workbook import iter_rows
 from saudial.errors import OOM_INFERENCE, faults
 from saudial.inference.dense import dequantize_base_weights, merged_adapter
 from saudial.inference.generate import Request, chat_replies, translate
-from saudial.inference.scoring import OVERALL, SYSTEMS, markdown_table, score_by_dialect, signatures
+from saudial.inference.scoring import OVERALL, SYSTEMS, markdown_table, normalize, score_by_dialect, signatures
 from saudial.process import signals
 from saudial.rundir import record
 
@@ -121,8 +121,10 @@ def evaluate(
     eval_rows: pd.DataFrame,
     output_dir: Path,
     loss: float | None = None,
+    command: str = "train",
 ) -> dict[str, Any]:
-    """Evaluate as `settings.eval` says; write metrics.json, eval_results.md and the predictions.
+    """Evaluate as `settings.eval` says; write metrics.json (the latest at the top, every evaluation in its
+    `evaluations`, with `command` and the settings it ran with), eval_results.md and the predictions.
 
     `model` is a PeftModel (the adapter is switched off for the base model's scores); a 4-bit base is
     dequantized in place for generation, so the model is not for training afterwards. `loss` is the
@@ -148,20 +150,26 @@ def evaluate(
             results[f"eval_bleu_{system}"] = overall["bleu"]
     results["eval_runtime_s"] = round(time.perf_counter() - clock, 2)
 
-    record.update(output_dir, metrics=results)
+    how = {"command": command} | {k: getattr(settings, k) for k in HOW}
+    record.add_evaluation(output_dir, results, how | {"data": str(settings.data)})
+    # Named where they are once the run is complete: a run's staging folder moves into OUTPUT_DIR.
+    final = output_dir.parent if output_dir.name == record.STAGING else output_dir
     if "evaluation" in results:
         table = markdown_table(results["evaluation"], loss)
         record.own(output_dir, record.RESULTS_MD)  # in a run's directory: listed as the run's before it exists
         (output_dir / record.RESULTS_MD).write_text(table, encoding="utf-8")
         print(table, flush=True)
-        log.info("evaluation written to %s and %s", output_dir / record.METRICS, output_dir / record.RESULTS_MD)
+        log.info("evaluation written to %s and %s", final / record.METRICS, final / record.RESULTS_MD)
     else:
         log.info(
-            "eval loss %.4f (SAUDIAL_EVAL=loss: no translations scored), written to %s",
-            loss,
-            output_dir / record.METRICS,
+            "eval loss %.4f (SAUDIAL_EVAL=loss: no translations scored), written to %s", loss, final / record.METRICS
         )
     return results
+
+
+# The settings an evaluation ran with, kept with its results in metrics.json's `evaluations`.
+HOW = ["eval", "eval_size", "seed", "max_eval_samples", "max_length", "max_new_tokens", "do_sample", "temperature"]
+HOW += ["min_p", "repetition_penalty"]
 
 
 def generate_and_score(
@@ -210,6 +218,7 @@ def generate_and_score(
             for k in ("max_new_tokens", "do_sample", "temperature", "min_p", "repetition_penalty")
         },
         "generation_speed": rates,
+        "empty_outputs": {system: sum(not normalize(text) for text in outputs[system]) for system in SYSTEMS},
         "normalization": "NFC; wrapping quotes and surrounding whitespace removed; whitespace runs collapsed",
         "signatures": signatures(),
         "scores": scores,

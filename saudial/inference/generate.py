@@ -41,9 +41,10 @@ from saudial.inference.batches import (
     reply_text,
     special_ids,
 )
+from saudial.model.hardware import set_cpu_threads
 from saudial.model.loading import load_model, load_tokenizer
 from saudial.process import signals
-from saudial.rundir.record import MANIFEST, NOT_TRAINING, read_json
+from saudial.rundir.record import MANIFEST, NOT_TRAINING, read_json, trained_task
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,6 @@ def settings_for_adapter(settings: Settings, adapter_dir: Path) -> Settings:
     return Settings.model_validate({**settings.model_dump(), **merged})
 
 
-def trained_task(adapter_dir: Path) -> str | None:
-    """The task an adapter was trained for, as its run record says (translate before SAUDIAL_TASK existed);
-    None for an adapter without saudial's record."""
-    manifest = read_json(adapter_dir / MANIFEST) or {}
-    config = manifest.get("config")
-    return str(config.get("task", "translate")) if isinstance(config, dict) else None
-
-
 def check_adapter_weights(adapter_dir: Path) -> None:
     """The adapter's weights are safetensors whose header reads: a pickle (adapter_model.bin) is never loaded,
     and a damaged file is named (exit 2) before any model loads."""
@@ -148,6 +141,7 @@ def load_for_inference(
     base = load_model(settings, revision=revision)
     model = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True)
     model.eval()
+    set_cpu_threads(model)
     return model, tokenizer
 
 

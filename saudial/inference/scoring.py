@@ -108,6 +108,14 @@ def markdown_table(evaluation: dict[str, Any], loss: float | None = None) -> str
     ]
     if loss is not None and not math.isnan(loss):
         notes.insert(1, f"Eval loss (adapter): {loss:.4f}.")
+    empty = evaluation.get("empty_outputs") or {}
+    if any(empty.values()):
+        counts = ", ".join(f"{system} {n} of {evaluation['samples']}" for system, n in empty.items())
+        notes.insert(
+            1,
+            f"Empty outputs: {counts}. An empty output scores 0, so a model that writes nothing but its end token "
+            "(an untrained or barely trained adapter, or make demo's tiny random model) scores 0 everywhere.",
+        )
     return "\n".join(lines + notes) + "\n"
 
 

@@ -22,8 +22,9 @@ from saudial.data.messages import check_template
 from saudial.data.text import strip_controls
 from saudial.data.workbook import read_table
 from saudial.errors import ConfigError
-from saudial.jobs.translate import deliver, output_path_for, text_or_file
+from saudial.jobs.translate import Asked, deliver, output_path_for, text_or_file
 from saudial.process.collector import long_lived_imports
+from saudial.rundir.record import trained_task
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,30 @@ def read_inputs(path: Path, max_mb: int, system: str | None) -> tuple[pd.DataFra
     return table.frame, [with_system(c.as_dicts(), system) for c in found]
 
 
+def check_chat(
+    settings: Settings,
+    adapter_dir: Path,
+    message: str | None,
+    system: str | None,
+    input_path: Path | None,
+    output: Path | None = None,
+) -> Asked:
+    """Everything that can be wrong with the arguments, the adapter's record or the input file, said before
+    torch and the model libraries are imported (they take seconds)."""
+    text_or_file("chat", "a MESSAGE", message, input_path)
+    if trained_task(adapter_dir) not in (None, "chat"):  # an adapter without saudial's record is taken as it is
+        raise ConfigError(
+            f"--adapter {adapter_dir} was trained to translate SauDial rows, not on conversations: use "
+            "`saudial translate`, or train a chat adapter (SAUDIAL_TASK=chat)"
+        )
+    system = cleaned(system, "--system") if system is not None else None
+    if input_path is None:
+        return Asked([with_system([{"role": "user", "content": cleaned(str(message), "MESSAGE")}], system)], None, None)
+    target = output_path(input_path, output)  # the file first: a broken one fails before any model is looked at
+    frame, prompts = read_inputs(input_path, settings.max_data_file_mb, system)
+    return Asked(prompts, frame, target)
+
+
 def run_chat(
     settings: Settings,
     adapter_dir: Path,
@@ -78,28 +103,17 @@ def run_chat(
     system: str | None,
     input_path: Path | None,
     output: Path | None = None,
+    asked: Asked | None = None,
 ) -> list[str]:
-    """`saudial chat`: one reply to stdout, or a whole file of conversations to `name.replies.ext`."""
-    text_or_file("chat", "a MESSAGE", message, input_path)
-    system = cleaned(system, "--system") if system is not None else None
-    frame: pd.DataFrame | None = None  # with --input: the file's table, the results go in a new column
-    target: Path | None = None
-    if input_path is not None:  # the file first: a broken one fails before any model is looked at
-        target = output_path(input_path, output)
-        frame, prompts = read_inputs(input_path, settings.max_data_file_mb, system)
-    else:
-        prompts = [with_system([{"role": "user", "content": cleaned(str(message), "MESSAGE")}], system)]
+    """`saudial chat`: one reply to stdout, or a whole file of conversations to `name.replies.ext`.
+    `asked`: what `check_chat` returned for these arguments (checked here when not given)."""
+    asked = asked or check_chat(settings, adapter_dir, message, system, input_path, output)
     with long_lived_imports():  # torch, transformers, PEFT (process/collector.py)
-        from saudial.inference.generate import chat_replies, load_for_inference, settings_for_adapter, trained_task
+        from saudial.inference.generate import chat_replies, load_for_inference, settings_for_adapter
 
     settings = settings_for_adapter(settings, adapter_dir)
-    if trained_task(adapter_dir) not in (None, "chat"):  # an adapter without saudial's record is taken as it is
-        raise ConfigError(
-            f"--adapter {adapter_dir} was trained to translate SauDial rows, not on conversations: use "
-            "`saudial translate`, or train a chat adapter (SAUDIAL_TASK=chat)"
-        )
     model, tokenizer = load_for_inference(settings, adapter_dir)
     check_template(tokenizer, str(adapter_dir))
-    replies = chat_replies(model, tokenizer, prompts, settings, progress=input_path is not None)
-    deliver(replies, frame, REPLY_COLUMN, target, ("reply", "replies", "more conversations"))
+    replies = chat_replies(model, tokenizer, asked.requests, settings, progress=asked.frame is not None)
+    deliver(replies, asked.frame, REPLY_COLUMN, asked.target, ("reply", "replies", "more conversations"))
     return replies

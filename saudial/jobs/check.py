@@ -1,12 +1,14 @@
 """`saudial check`: one screen that says what this machine can do, and what a run here would pick.
 
-Versions (Python, saudial, torch, CUDA, NVIDIA driver), the GPU (name, memory, compute capability),
-bf16 or fp16, whether bitsandbytes' CUDA library loads, the Hub (reachable in a few seconds?) and the
-token (present or not; never shown), the base model (family, size, LiquidAI's status, its shape, and what
-a run does with it; a model saudial cannot train is a blocker), then the settings a run would pick here:
-gradient checkpointing, batch, torch.compile. Without a usable GPU it names the two ways forward: `make demo`, and
-SAUDIAL_QUANTIZATION=none. Returns 0 when training can run here, 2 when it cannot (`make train` runs
-`saudial check --quiet` first: silent when training can run).
+The data file first (read and checked as training reads it: its problem is the first one listed), then
+versions (Python, saudial, torch, CUDA, NVIDIA driver), the GPU (name, memory, compute capability), bf16
+or fp16, whether bitsandbytes' CUDA library loads, the Hub (reachable in a few seconds?) and the token
+(present or not; never shown), the base model (family, size, LiquidAI's status, its shape, and what a run
+does with it; a model saudial cannot train is a blocker), then the settings a run would pick here:
+gradient checkpointing, batch, torch.compile. Every problem found is listed, in that order. Without a
+usable GPU it names the two ways forward: `make demo`, and SAUDIAL_QUANTIZATION=none. Returns 0 when
+training can run here, 2 when it cannot (`make train` runs `saudial check --quiet` first: silent when
+training can run).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from saudial import __version__
 from saudial.config import huggingface as hf
 from saudial.config.settings import Settings
+from saudial.data.text import SYNTHETIC
 from saudial.errors import EXIT_CONFIG, EXIT_OK, SaudialError
 from saudial.model import base_model, hardware, patches
 
@@ -165,8 +168,30 @@ def _gpu_count() -> int:
     return torch.cuda.device_count()
 
 
+def data_section(report: Report, settings: Settings) -> None:
+    """The data file, read and checked as training reads it (data/conversations.py): its problem comes first."""
+    report.add("", "Data:")
+    if settings.data is None:
+        report.add("data", "not set (saudial train needs --data or SAUDIAL_DATA)")
+        return
+    from saudial.data.conversations import ChatData, load_configured_data
+
+    try:
+        dataset = load_configured_data(settings)
+    except SaudialError as exc:
+        report.add("data", f"{settings.data}: cannot be used")
+        report.blockers.append(str(exc))
+        return
+    if isinstance(dataset, ChatData):
+        report.add("data", f"{settings.data} ({len(dataset.conversations)} conversations)")
+    else:
+        synthetic = f", the {SYNTHETIC}" if dataset.synthetic else ""
+        report.add("data", f"{settings.data} ({len(dataset.rows)} usable rows{synthetic})")
+
+
 def build(settings: Settings) -> Report:
     report = Report()
+    data_section(report, settings)
     report.add("", "This machine:")
     report.add("python", f"{platform.python_version()} ({sys.executable})")
     report.add("saudial", __version__)

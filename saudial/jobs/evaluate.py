@@ -18,6 +18,8 @@ from saudial.errors import ConfigError
 from saudial.inference.evaluation import evaluate
 from saudial.inference.generate import load_for_inference, settings_for_adapter
 from saudial.process import signals
+from saudial.publish.card import CARD, write_card
+from saudial.rundir.record import MANIFEST, PUSHED, owned, read_json
 
 log = logging.getLogger(__name__)
 
@@ -53,4 +55,16 @@ def run_evaluate(settings: Settings, adapter_dir: Path) -> dict[str, Any]:
     if settings.task == "chat":
         check_template(tokenizer, str(adapter_dir))
     with signals.interruptible("evaluation", f"nothing was written; run `evaluate --adapter {adapter_dir}` again"):
-        return evaluate(settings, model, tokenizer, rows, output_dir)
+        results = evaluate(settings, model, tokenizer, rows, output_dir, command="evaluate")
+    update_card(output_dir)
+    return results
+
+
+def update_card(output_dir: Path) -> None:
+    """A run's model card shows its latest evaluation, as its metrics.json and run record do."""
+    manifest = read_json(output_dir / MANIFEST)
+    if manifest is None or CARD not in owned(manifest):
+        return
+    write_card(output_dir, (manifest.get("config") or {}).get("hub_model_id"))
+    if manifest.get("status") == PUSHED:
+        log.info("the copy on the Hub still shows the earlier evaluation: `saudial push --output-dir %s`", output_dir)

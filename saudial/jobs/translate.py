@@ -16,7 +16,7 @@ import math
 import numbers
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -27,9 +27,7 @@ from saudial.data.text import describe_names, is_missing, name_problem, strip_co
 from saudial.data.workbook import read_table
 from saudial.errors import ConfigError, DataError
 from saudial.process.collector import long_lived_imports
-
-if TYPE_CHECKING:
-    from saudial.inference.generate import Request
+from saudial.rundir.record import trained_task
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +126,14 @@ def read_inputs(path: Path, max_mb: int) -> tuple[pd.DataFrame, list[InputRow]]:
 
 def requests_for(
     rows: list[InputRow], dialect: str | None, context: str | None, known: list[str], row_word: str
-) -> list[Request]:
-    from saudial.inference.generate import Request
-
+) -> list[tuple[str, str, str | None]]:
+    """(dialect, English, context) of each row: what generate.Request takes."""
     requests = []
     for row in rows:
         # --dialect / --context win over the file's columns.
         resolved = resolve_dialect(dialect or row.dialect, known, where=f"{row_word} {row.number}: dialect")
         row_context = context if context is not None else row.context
-        requests.append(Request(resolved, row.english, row_context or None))
+        requests.append((resolved, row.english, row_context or None))
     return requests
 
 
@@ -186,6 +183,38 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
             raise
 
 
+class Asked(NamedTuple):
+    """A checked `translate` or `chat`: what to generate, and where the results go (None: printed)."""
+
+    requests: list[Any]  # (dialect, English, context) for translate; the messages of each prompt for chat
+    frame: pd.DataFrame | None  # with --input: the file's table, the results go in a new column
+    target: Path | None
+
+
+def check_translate(
+    settings: Settings,
+    adapter_dir: Path,
+    text: str | None,
+    dialect: str | None,
+    context: str | None,
+    input_path: Path | None,
+    output: Path | None = None,
+) -> Asked:
+    """Everything that can be wrong with the arguments, the adapter's record or the input file, said before
+    torch and the model libraries are imported (they take seconds)."""
+    text_or_file("translate", "an English TEXT", text, input_path)
+    if trained_task(adapter_dir) == "chat":
+        raise ConfigError(f"--adapter {adapter_dir} is a chat adapter (trained on conversations): use `saudial chat`")
+    known = known_dialects(adapter_dir)
+    if input_path is None:
+        english = strip_controls(str(text))[0].strip()
+        return Asked([(resolve_dialect(dialect, known), english, context or None)], None, None)
+    target = output_path_for(input_path, output)  # the file first: a broken one fails before any model is looked at
+    frame, rows = read_inputs(input_path, settings.max_data_file_mb)
+    row_word = "line" if input_path.suffix.lower() == ".jsonl" else "row"
+    return Asked(requests_for(rows, dialect, context, known, row_word), frame, target)
+
+
 def run_translate(
     settings: Settings,
     adapter_dir: Path,
@@ -194,41 +223,20 @@ def run_translate(
     context: str | None,
     input_path: Path | None,
     output: Path | None = None,
+    asked: Asked | None = None,
 ) -> list[str]:
-    """`python -m saudial translate`: one text to stdout, or a whole file to `name.translated.ext`."""
-    text_or_file("translate", "an English TEXT", text, input_path)
-    frame: pd.DataFrame | None = None  # with --input: the file's table, the results go in a new column
-    target: Path | None = None
-    if input_path is not None:  # the file first: a broken one fails before any model is looked at
-        target = output_path_for(input_path, output)
-        frame, rows = read_inputs(input_path, settings.max_data_file_mb)
+    """`python -m saudial translate`: one text to stdout, or a whole file to `name.translated.ext`.
+    `asked`: what `check_translate` returned for these arguments (checked here when not given)."""
+    asked = asked or check_translate(settings, adapter_dir, text, dialect, context, input_path, output)
     with long_lived_imports():  # torch, transformers, PEFT (process/collector.py)
-        from saudial.inference.generate import (
-            Request,
-            load_for_inference,
-            settings_for_adapter,
-            trained_task,
-            translate,
-        )
+        from saudial.inference.generate import Request, load_for_inference, settings_for_adapter, translate
 
     settings = settings_for_adapter(settings, adapter_dir)
-    if trained_task(adapter_dir) == "chat":
-        raise ConfigError(f"--adapter {adapter_dir} is a chat adapter (trained on conversations): use `saudial chat`")
-    known = known_dialects(adapter_dir)
-    if input_path is not None:
-        row_word = "line" if input_path.suffix.lower() == ".jsonl" else "row"
-        requests = requests_for(rows, dialect, context, known, row_word)
-    else:
-        english = strip_controls(str(text))[0].strip()
-        requests = [Request(resolve_dialect(dialect, known), english, context or None)]
     model, tokenizer = load_for_inference(settings, adapter_dir)
-    results = translate(model, tokenizer, requests, settings, progress=input_path is not None)
+    requests = [Request(*request) for request in asked.requests]
+    results = translate(model, tokenizer, requests, settings, progress=asked.frame is not None)
     deliver(
-        results,
-        frame if input_path else None,
-        TRANSLATION_COLUMN,
-        target,
-        ("translation", "translations", "the real SauDial data"),
+        results, asked.frame, TRANSLATION_COLUMN, asked.target, ("translation", "translations", "the real SauDial data")
     )
     return results
 

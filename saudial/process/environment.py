@@ -10,8 +10,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from saudial import __version__
 
 LOCK_FILE = "requirements.lock"
@@ -40,11 +38,15 @@ def versions() -> dict[str, str | None]:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             found[name] = None
+    import torch  # here, not at the top: the run record (rundir/record.py) is read before torch is imported
+
     found["cuda"] = torch.version.cuda
     return found
 
 
 def device_name() -> str:
+    import torch
+
     if torch.cuda.is_available():
         count = torch.cuda.device_count()
         return f"{count} x {torch.cuda.get_device_name(0)}"

@@ -19,9 +19,10 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from saudial.config.settings import Settings
 from saudial.config.sources import default_of
+from saudial.data.text import SYNTHETIC
 from saudial.inference.scoring import OVERALL
 from saudial.publish import chat_card
-from saudial.rundir.record import MANIFEST, METRICS, RESULTS_MD, read_json
+from saudial.rundir.record import EVALUATIONS, MANIFEST, METRICS, RESULTS_MD, read_json
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def eval_results(metrics: dict[str, Any], dataset: str = DATASET_NAME, chat: boo
                 EvalResult(
                     task_type="text-generation" if chat else "translation",
                     task_name=chat_card.TASK_NAME if chat else "English to Saudi dialect translation",
-                    dataset_type="json" if chat else DATASET_ID,
+                    dataset_type="json" if chat else DATASET_ID if dataset == DATASET_NAME else "synthetic",
                     dataset_name=name,
                     dataset_config=config,
                     dataset_split="held-out",
@@ -65,15 +66,18 @@ def build_card(output_dir: Path, repo_id: str | None = None) -> ModelCard:
     name = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
     chat = config.get("task") == "chat"  # trained on conversations (SAUDIAL_TASK=chat): publish/chat_card.py
     file_name = Path(str((manifest.get("data") or {}).get("file") or "conversations")).name
-    results = eval_results(metrics, file_name, chat=True) if chat else eval_results(metrics)
+    synthetic = bool((manifest.get("data") or {}).get("synthetic"))  # the bundled sample: data/workbook.is_synthetic
+    dataset_name = SYNTHETIC if synthetic else DATASET_NAME
+    results = eval_results(metrics, file_name, chat=True) if chat else eval_results(metrics, dataset_name)
+    quantized_4bit = config.get("quantization", "4bit") == "4bit"  # QLoRA; else LoRA (describe_method)
     data = ModelCardData(
         base_model=base_model,
         library_name="peft",
         pipeline_tag="text-generation",
         language=["en", "ar"],
         license="other",
-        datasets=None if chat else [DATASET_ID],
-        tags=chat_card.TAGS if chat else TAGS,
+        datasets=None if chat or synthetic else [DATASET_ID],
+        tags=[t for t in (chat_card.TAGS if chat else TAGS) if t != "qlora" or quantized_4bit],
         model_name=name,
         eval_results=results or None,
         metrics=["chrf", "bleu"] if results else None,
@@ -89,8 +93,7 @@ def render_body(
     config = manifest.get("config") or {}
     data = manifest.get("data") or {}
     dialects = ", ".join(data.get("per_dialect") or {}) or "Najdi, Hijazi, Eastern, Southern"
-    quant = config.get("quantization", "4bit")
-    method = "QLoRA (4-bit NF4 base)" if quant == "4bit" else f"LoRA ({quant} base)"
+    method = describe_method(config, manifest.get("compute_dtype"))
     base_link = (
         base_model
         if Path(base_model).is_absolute() or base_model.count("/") != 1
@@ -105,7 +108,14 @@ def render_body(
     else:
         what = (
             f"A {method} adapter for {base_link} that translates English game text into Saudi dialects "
-            f"({dialects}), trained with TRL's `SFTTrainer` by saudial on the SauDial workbook." + pinned
+            f"({dialects}), trained with TRL's `SFTTrainer` by saudial on "
+            + (
+                f"the {SYNTHETIC}: a word code in Arabic script, so it does not translate"
+                if data.get("synthetic")
+                else "the SauDial workbook"
+            )
+            + "."
+            + pinned
         )
         data_text = _data_section(data)
         usage = [
@@ -135,6 +145,18 @@ def render_body(
     return "\n\n".join(sections) + "\n"
 
 
+def describe_method(config: dict[str, Any], compute_dtype: Any = None) -> str:
+    """What the run trained: QLoRA on a 4-bit base, or LoRA on an 8-bit or unquantized one (with its dtype)."""
+    quant = config.get("quantization", "4bit")
+    dtype = f", {compute_dtype} compute" if compute_dtype else ""
+    if quant == "4bit":
+        kind = str(config.get("bnb_4bit_quant_type") or "nf4").upper()
+        return f"QLoRA (LoRA on the 4-bit {kind}-quantized base{dtype})"
+    if quant == "8bit":
+        return f"LoRA (on the 8-bit quantized base{dtype})"
+    return f"LoRA (on the unquantized {compute_dtype} base)" if compute_dtype else "LoRA (on the unquantized base)"
+
+
 def _settings_section(config: dict[str, Any]) -> str:
     """The settings that differ from saudial's defaults, then all of them (folded)."""
     if not config:
@@ -157,7 +179,8 @@ def _data_section(data: dict[str, Any]) -> str:
     if not data:
         return "See run_manifest.json."
     lines = [
-        f"File `{Path(str(data.get('file', ''))).name}` (sha256 `{str(data.get('sha256', ''))[:16]}…`): "
+        ("**The bundled synthetic sample, not SauDial.** " if data.get("synthetic") else "")
+        + f"File `{Path(str(data.get('file', ''))).name}` (sha256 `{str(data.get('sha256', ''))[:16]}…`): "
         f"{data.get('rows_read')} rows read, {data.get('dropped_empty')} empty dropped, "
         f"{data.get('duplicates_removed')} exact duplicates removed; held-out split without any English "
         "sentence on both sides.",
@@ -173,7 +196,7 @@ def _data_section(data: dict[str, Any]) -> str:
 def _evaluation_section(output_dir: Path, metrics: dict[str, Any]) -> str:
     table = output_dir / RESULTS_MD
     if table.is_file():
-        return table.read_text(encoding="utf-8").strip() + _samples_note(metrics)
+        return table.read_text(encoding="utf-8").strip() + _samples_note(metrics) + _history_note(metrics)
     if "eval_loss" in metrics:
         return f"Eval loss: {metrics['eval_loss']:.4f} (translations were not scored in this run)."
     return "Not evaluated in this run (`saudial evaluate --adapter DIR` does it)."
@@ -189,6 +212,18 @@ def _samples_note(metrics: dict[str, Any]) -> str:
             "sampled per dialect in proportion)."
         )
     return ""
+
+
+def _history_note(metrics: dict[str, Any]) -> str:
+    """Which of the run's evaluations the card shows: the latest; metrics.json keeps them all."""
+    history = metrics.get(EVALUATIONS)
+    if not isinstance(history, list) or len(history) < 2 or not isinstance(history[-1], dict):
+        return ""
+    last = history[-1]
+    return (
+        f"\n\nThe latest of {len(history)} evaluations of this adapter ({last.get('evaluated')}, by `saudial "
+        f"{last.get('command')}`); `evaluations` in metrics.json keeps every one with its settings."
+    )
 
 
 def _training_results(metrics: dict[str, Any]) -> str:

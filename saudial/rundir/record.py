@@ -105,6 +105,14 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def trained_task(adapter_dir: Path) -> str | None:
+    """The task an adapter was trained for, as its run record says (translate before SAUDIAL_TASK existed);
+    None for an adapter without saudial's record."""
+    manifest = read_json(adapter_dir / MANIFEST) or {}
+    config = manifest.get("config")
+    return str(config.get("task", "translate")) if isinstance(config, dict) else None
+
+
 def damaged(path: Path) -> str | None:
     """Why the record at `path` cannot be read (it exists but is not a JSON object), else None."""
     if not path.exists() and not path.is_symlink():
@@ -130,6 +138,9 @@ def damaged(path: Path) -> str | None:
 # --- the record of one run -------------------------------------------------------------------------
 
 RUNNING, INTERRUPTED, TRAINED, EVALUATED = "running", "interrupted", "trained", "evaluated"
+EVALUATIONS = "evaluations"  # metrics.json: every evaluation of the run, oldest first (`add_evaluation`)
+# What the record's copy of metrics.json (its `metrics`) leaves out: the long parts, which metrics.json keeps.
+NOT_IN_RECORD = {"timings", "evaluation", EVALUATIONS}
 FINISHED, PUSHED = "finished", "pushed"
 STATUSES = [RUNNING, INTERRUPTED, TRAINED, EVALUATED, FINISHED, PUSHED]  # in the order a run goes through them
 FILES = "files"
@@ -145,9 +156,12 @@ def update(
     `metrics` into metrics.json, each atomically. Returns the manifest as written."""
     current = {} if replace else read_json(output_dir / MANIFEST) or {}
     if metrics is not None:
-        write_json(output_dir / METRICS, (read_json(output_dir / METRICS) or {}) | metrics)
-        if current and METRICS not in current.get(FILES, []):  # a run's directory: metrics.json is its file
+        merged = (read_json(output_dir / METRICS) or {}) | metrics
+        write_json(output_dir / METRICS, merged)
+        if current:  # a run's directory: metrics.json is its file, and its record shows the same numbers
             manifest = {**(manifest or {}), FILES: sorted({*current.get(FILES, []), METRICS})}
+            if TRAINED in current or "metrics" in manifest:  # from the end of training on
+                manifest["metrics"] = {k: v for k, v in merged.items() if k not in NOT_IN_RECORD}
     if manifest is not None:
         current.update(manifest)
         write_json(output_dir / MANIFEST, current)
@@ -226,7 +240,7 @@ def trained(
             **environment(processes),
             "determinism": determinism,
             "trained": now(),
-            "metrics": {k: v for k, v in metrics.items() if k != "timings"},
+            "metrics": {},  # metrics.json's numbers (update)
         },
         metrics=metrics,
     )
@@ -235,3 +249,16 @@ def trained(
 def advance(output_dir: Path, status: str, **extra: Any) -> None:
     """The run moved on to `status` (evaluated, finished, pushed), with a timestamp under that name."""
     update(output_dir, {"status": status, status: now(), **extra})
+
+
+def add_evaluation(output_dir: Path, results: dict[str, Any], how: dict[str, Any]) -> None:
+    """An evaluation's results into metrics.json: at the top (the latest: what the record and the model card
+    show) and appended to its `evaluations`, with when and how (`how`: the command, the settings) it ran, so
+    that an evaluation never replaces an earlier one unread. The run record says when it was last evaluated."""
+    earlier = read_json(output_dir / METRICS) or {}
+    history = earlier.get(EVALUATIONS)
+    if not isinstance(history, list):  # evaluated before metrics.json kept a list: that one first
+        history = [{k: v for k, v in earlier.items() if k.startswith("eval")}] if "eval_loss" in earlier else []
+    entry = {"evaluated": now(), **how, **results}
+    when = {EVALUATED: entry["evaluated"]} if (output_dir / MANIFEST).is_file() else None
+    update(output_dir, when, {**results, EVALUATIONS: [*history, entry]})

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from saudial.config.huggingface import fetch_command, not_here
 from saudial.data import chat_examples, examples
 from saudial.data.conversations import ChatData
 from saudial.errors import OOM_INFERENCE, ConfigError, Interrupted, faults
@@ -141,6 +142,17 @@ def train(
     # 2. Tokenizer, and what the data looks like through it: SauDial rows as the original recipe's prompt and
     # the translation (prompt/completion), conversations as token ids with their assistant tokens marked, from
     # the tokenizer's own chat template (data/messages.py).
+    name = settings.tokenizer_name_or_path or settings.model_name_or_path
+    if dry_run and (why := not_here(name, settings.model_revision)):  # the settings and data are checked offline
+        data_split = chat_split if isinstance(dataset, ChatData) else split
+        examples.log_summary(examples.summarize(dataset, data_split, None, settings.max_length, None))
+        log.warning(
+            "token statistics skipped: the tokenizer %s. To count tokens too, cache it where the Hub is reachable "
+            "(same HF_HOME) and dry-run again: %s",
+            why,
+            fetch_command(name, settings.model_revision),
+        )
+        return None
     tokenizer = load_tokenizer(settings, revision=revision)
     if isinstance(dataset, ChatData):
         train_ds, eval_ds, summary = chat_examples.prepare(dataset, chat_split, tokenizer, settings.max_length)
@@ -159,6 +171,8 @@ def train(
     tick = time.perf_counter()
     dtype = hardware.compute_dtype(settings)
     log.info("loading %s (%s, compute dtype %s)", settings.model_name_or_path, settings.quantization, dtype)
+    if distributed.is_main_process():  # what the model card says the adapter was trained on
+        record.update(run_dir, {"compute_dtype": str(dtype).removeprefix("torch.")})
     model = load_model(settings, revision=revision)
     timings["load_s"] = time.perf_counter() - tick
     # Every target name must select a module (PEFT skips one that selects none): exit 2 before training.
@@ -232,7 +246,7 @@ def train(
             timings["total_s"] = time.perf_counter() - clock
             metrics["timings"] = timings
             record.trained(run_dir, summary, metrics, determinism, distributed.world_size())
-            log.info("adapter saved to %s", run_dir.resolve())
+            log.info("adapter saved; it goes to %s with the rest of the run", settings.output_dir.resolve())
     if len(eval_ds) and settings.eval != "none" and not distributed.any_rank(stopper.received is not None):
         then = f"the trained adapter is in {run_dir}: restart with the same settings to finish the evaluation"
         tick = time.perf_counter()
