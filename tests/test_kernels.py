@@ -173,6 +173,34 @@ def test_lfm2_with_kernels_matches_lfm2_without(device: str) -> None:
         assert model(input_ids=ids[:, :7].expand(2, 7), attention_mask=mask).logits.isfinite().all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_kernel_layers_keep_gradient_checkpointing(device: str) -> None:
+    """With the kernels' layer forwards and gradient checkpointing on, every decoder layer is still checkpointed
+    (recomputed in the backward) and gives the same loss and gradient: transformers checkpoints in the class's
+    forward, which an instance's own forward would bypass, keeping every layer's activations."""
+    model = _tiny_lfm2().to(device)
+    ids = torch.randint(3, 97, (1, 12), device=device)
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+        out = model(inputs_embeds=embeds, labels=ids, use_cache=False)
+        (grad,) = torch.autograd.grad(out.loss, [embeds])
+        return out.loss.detach(), grad
+
+    loss_ref, grad_ref = run()
+    fast_lfm2.install(model, cpu=device == "cpu")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    checkpointed: list[str] = []
+    for layer in model.model.layers:
+        upstream = layer._gradient_checkpointing_func
+        layer._gradient_checkpointing_func = lambda f, *a, _u=upstream, **k: checkpointed.append("x") or _u(f, *a, **k)
+    loss, grad = run()
+    assert len(checkpointed) == len(model.model.layers)
+    assert abs(float(loss - loss_ref)) < 1e-5 * float(loss_ref)
+    assert _rel(grad, grad_ref.double()) < 1e-5
+
+
 def test_no_packed_sequence_check_under_varlen(monkeypatch: pytest.MonkeyPatch) -> None:
     """patches.skip_packed_check: a padding-free training forward (cu_seq_lens_q, no mask, no cache) builds no mask,
     so transformers' find_packed_sequence_indices (a host-device sync per step) is not called; others still build it."""

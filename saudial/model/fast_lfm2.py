@@ -20,6 +20,7 @@ model's loss and gradients with and without them.
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import Any
 
@@ -101,6 +102,21 @@ def _layer_forward(
     return hidden_states + self.feed_forward(normed)
 
 
+def _checkpointed_layer_forward(self: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """`_layer_forward` under gradient checkpointing when the model has it on, as upstream's layers checkpoint.
+
+    transformers 5.23 checkpoints in the class's `forward` (GradientCheckpointingLayer wraps it when the class is
+    defined), so an instance's own `forward` would run unchecked: the activations of every layer would be kept
+    (14.0 GiB instead of ~3 on LFM2-1.2B's defaults). This does what that wrapper does: no cache under
+    checkpointing, the hidden states positional, the rest bound.
+    """
+    if self.gradient_checkpointing and self.training:
+        kwargs["use_cache"] = False
+        kwargs["past_key_values"] = None
+        return self._gradient_checkpointing_func(functools.partial(_layer_forward, self, **kwargs), *args)
+    return _layer_forward(self, *args, **kwargs)
+
+
 # The flat sequence ids of the last seq_idx seen: every conv layer of a forward pass gets the same seq_idx tensor.
 _SEQ: dict[str, Any] = {}
 
@@ -159,7 +175,7 @@ def install(model: torch.nn.Module, cpu: bool = False) -> dict[str, int]:
             module.forward = types.MethodType(_norm_forward, module)
             counts["norm"] += 1
         elif kind is lfm2.Lfm2DecoderLayer:
-            module.forward = types.MethodType(_layer_forward, module)
+            module.forward = types.MethodType(_checkpointed_layer_forward, module)
             counts["layer"] += 1
         elif kind is lfm2.Lfm2ShortConv:
             module.forward = types.MethodType(_conv_forward, module)
