@@ -49,6 +49,7 @@ ADAPTER = ["adapter_model.safetensors", "adapter_config.json"]
 TOKENIZER = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"]
 TOKENIZER += ["chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model"]
 UPLOAD_PATTERNS = [*ADAPTER, *TOKENIZER, MANIFEST, METRICS, RESULTS_MD, "README.md"]
+UPLOAD_PATTERNS += [f"gguf/{n}" for n in ("*.gguf", "Modelfile", "README.md", MANIFEST)]  # the GGUF export
 
 
 def retry_command(output_dir: Path) -> str:
