@@ -331,3 +331,23 @@ def test_sigterm_during_quantization_exits_75_and_keeps_nothing(
     assert "stopped by SIGTERM while llama.cpp wrote" in one_error_line(stderr)
     assert not [p for p in (out / "gguf").iterdir() if p.name != "staging"]
     assert not list((out / "gguf").rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_a_training_run_with_saudial_export_ends_with_the_gguf_files(
+    tiny_model: Path, workbook: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    bad = run(base_env(tiny_model, workbook, out, SAUDIAL_EXPORT="gguf:q4_k_m,q9"), "train")
+    assert bad.returncode == EXIT_CONFIG and "SAUDIAL_EXPORT: 'q9' is not a type llama.cpp knows" in one_error_line(
+        bad.stderr
+    )
+    assert not out.exists()  # refused before anything was written
+    result = run(base_env(tiny_model, workbook, out, SAUDIAL_EVAL="none", SAUDIAL_EXPORT="gguf:q8_0"), "train")
+    assert result.returncode == EXIT_OK, result.stderr[-3000:]
+    record = json.loads((out / "run_manifest.json").read_text())
+    assert record["status"] == "finished" and "gguf" in record["files"]
+    assert [f["type"] for f in record["export"]["files"]] == ["q8_0"]
+    assert (out / "gguf" / record["export"]["files"][0]["name"]).is_file()
+    card = (out / "README.md").read_text()
+    assert "## GGUF (llama.cpp, Ollama, LM Studio)" in card and record["export"]["files"][0]["sha256"][:16] in card

@@ -23,6 +23,7 @@ A LoRA adapter (PEFT) becomes a GGUF adapter the same way as llama.cpp's `conver
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -37,6 +38,7 @@ import torch
 from saudial.errors import ConfigError
 
 ARCH = gguf.MODEL_ARCH.LFM2
+logging.getLogger("gguf.gguf_writer").setLevel(logging.WARNING)  # it logs each file it opens at INFO
 # llama.cpp identifies a BPE pre-tokenizer by the token ids of this text (convert_hf_to_gguf.py,
 # get_vocab_base_pre): the text, and the hashes of the LFM2 tokenizers it lists, are llama.cpp's.
 CHECK_TEXT = (
