@@ -131,6 +131,6 @@ the Modelfile's TEMPLATE (the dialect in place of `{{{{ .System }}}}`), temperat
 vLLM serves the adapter itself on the unquantized base, without GGUF (this command was not run by saudial):
 
 ```bash
-vllm serve {base} --enable-lora --lora-modules saudial={adapter_dir} --max-lora-rank 64
+vllm serve {base} --enable-lora --lora-modules saudial={adapter_dir}
 ```
 """
