@@ -13,7 +13,7 @@
 #      checks it (.ci/image-checks.sh), trains a tiny LFM2 for 2 steps with `docker compose run --rm train`
 #      as an arbitrary host uid (scripts/image-test.sh), checks permissions, a missing data file;
 #   6. CUDA flavour: builds the same Dockerfile with the same build arguments users get (torch==2.13.0 from
-#      PyPI: the CUDA 13.0 build and its nvidia-* wheels), only BASE_IMAGE differs; checks it without a GPU;
+#      PyPI: the CUDA 13.0 build and its nvidia-* wheels), only BASE_IMAGE (and LLAMA_WHEELS) differs; checks it without a GPU;
 #   7. scans every layer of both images for the CA bundle (passed as a BuildKit secret, plus a canary
 #      line) and a token passed at run time;
 #   8. prints both images' sizes and largest layers and writes them into docs/docker.md;
