@@ -84,9 +84,8 @@ def run_export(
     settings = settings_for_adapter(settings, adapter_dir)
     output = output if output is not None else adapter_dir / FOLDER
     inside = output.resolve().parent == adapter_dir.resolve()
-    work = staging.prepare_folder(
-        output, settings, kind="export"
-    )  # refuses a folder holding anything saudial did not write
+    # A folder holding anything saudial did not write is refused (exit 2), as is an earlier export without overwrite.
+    work = staging.prepare_folder(output, settings, kind="export")
     if inside:
         record.own(adapter_dir, output.name)  # the run's record lists its export folder before it is filled
     then = f"nothing in {output} outside {work} was changed; start the same command again"
