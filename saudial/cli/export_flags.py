@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DESCRIPTION = """Merge the adapter into its base model (its own weights, float32), write it as GGUF in each --quant type with
-        an Ollama Modelfile and a README; llama.cpp loads every file and is compared with transformers."""
+DESCRIPTION = """Merge the adapter into its base model (its own weights, float32), write it as GGUF in each
+        --quant type with an Ollama Modelfile and a README; llama.cpp loads every file and is compared with
+        transformers."""
 USAGE = "saudial export --adapter DIR [--output DIR] [--quant q4_k_m,q8_0,f16,bf16] [--lora-only]"
 
 
