@@ -4,10 +4,11 @@
 #   docker run --gpus all --init --ipc=host --group-add saudial \
 #     -v "$PWD/data:/data:ro" -v "$PWD/outputs:/outputs" saudial:latest
 #
-# One stage, four layers of our own on top of the base: system Python + the user, torch with its CUDA
-# wheels, the rest of requirements.lock, the application (saudial installed into the venv, entrypoint.py, the
-# recipes, and the lock file whose hash every run records). The big torch layer changes only when torch
-# does, so a new lock or a code change costs a small download.
+# Two stages: llama-build compiles llama-cpp-python's wheel (source-only on PyPI) with a compiler, and the
+# image proper, four layers of our own on top of the base: system Python + the user, torch with its CUDA
+# wheels, the rest of requirements.lock (the llama-cpp-python wheel included), the application (saudial
+# installed into the venv, entrypoint.py, the recipes, and the lock file whose hash every run records). The
+# big torch layer changes only when torch does, so a new lock or a code change costs a small download.
 #
 # Build arguments
 #   BASE_IMAGE       NVIDIA's CUDA 13.0.1 *base* image on Ubuntu 24.04 (Python 3.12), pinned by the digest
@@ -29,11 +30,45 @@
 #                    never in a layer). Empty by default: a plain build never looks at local wheels, so a
 #                    CPU wheel left in docker/wheels (torch-2.13.0+cpu also matches torch==2.13.0) cannot
 #                    replace the CUDA build.
+#   LLAMA_CMAKE_ARGS how llama.cpp is compiled for llama-cpp-python (`saudial export`): portable code
+#                    (x86-64-v3 on amd64: AVX2/FMA/F16C; armv8 on arm64), ggml's own threads (no libgomp in the
+#                    image), no multimodal library. -DGGML_NATIVE=ON builds for the build machine's CPU only.
+#   LLAMA_WHEELS     a folder holding a llama_cpp_python-<locked version> wheel already built from the locked
+#                    sdist with LLAMA_CMAKE_ARGS (CI passes the one `make setup` built: /wheels). Empty by
+#                    default: the llama-build stage compiles it (~5 min on 2 cores).
 #   REVISION/VERSION source revision and version, recorded in OCI labels and SAUDIAL_IMAGE_REVISION.
 # Build secret
 #   ca               optional CA bundle for a TLS-intercepting proxy (docker build --secret id=ca,src=...):
 #                    mounted only during the pip steps, never written to a layer.
 ARG BASE_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04@sha256:f8ef28f579ea42a44b415d2c5d46f788e6a9b395c6c83f2929416e1fc192c143
+
+# llama-build stage: llama-cpp-python, the only locked package published as source only (llama.cpp in C/C++,
+# compiled by pip through CMake), built into a wheel here with the compilers the final image never carries.
+# The sdist is checked against requirements.lock's sha256. Its build backend (scikit-build-core) comes from
+# PyPI through pip's build isolation; CMake and Ninja from the distribution.
+FROM ${BASE_IMAGE} AS llama-build
+ARG DEBIAN_FRONTEND=noninteractive
+ARG LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF"
+ARG LLAMA_WHEELS=
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# hadolint ignore=DL3008
+RUN --mount=type=secret,id=ca \
+    --mount=type=bind,source=requirements.lock,target=/tmp/requirements.lock \
+    --mount=type=bind,source=docker/wheels,target=/wheels \
+    mkdir /llama-wheel \
+ && pin=$(sed -n 's/^llama-cpp-python==\([^ ]*\).*/\1/p' /tmp/requirements.lock) \
+ && if [ -n "$LLAMA_WHEELS" ] && cp "$LLAMA_WHEELS"/llama_cpp_python-"$pin"-*.whl /llama-wheel/ 2>/dev/null; then \
+        echo "llama-cpp-python $pin: using $(ls /llama-wheel)"; \
+    else \
+        apt-get update \
+     && apt-get install -y --no-install-recommends python3 python3-venv g++ cmake ninja-build ca-certificates \
+     && rm -rf /var/lib/apt/lists/* \
+     && if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+     && grep -A1 '^llama-cpp-python==' /tmp/requirements.lock > /tmp/llama.txt \
+     && python3 -m venv /opt/build \
+     && CMAKE_ARGS="$LLAMA_CMAKE_ARGS" /opt/build/bin/pip wheel --no-cache-dir --no-deps --require-hashes \
+            -r /tmp/llama.txt -w /llama-wheel; \
+    fi
 
 FROM ${BASE_IMAGE}
 ARG BASE_IMAGE
@@ -84,10 +119,14 @@ RUN --mount=type=secret,id=ca \
         ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "${TORCH_SPEC:?TORCH_SPEC is empty: leave it unset for the default}" \
  && rm -rf /opt/venv/lib/python3*/site-packages/triton/backends/nvidia/lib/cupti
 
-# Lock layer: every other package from requirements.lock, hash-checked, torch already present.
+# Lock layer: every other package from requirements.lock, hash-checked, torch already present; first the
+# llama-cpp-python wheel of the llama-build stage (bind-mounted, never a layer of its own), which then
+# satisfies the lock's pin of it.
 RUN --mount=type=secret,id=ca \
     --mount=type=bind,source=requirements.lock,target=/tmp/requirements.lock \
+    --mount=type=bind,from=llama-build,source=/llama-wheel,target=/tmp/llama-wheel \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && /opt/venv/bin/pip install --no-deps /tmp/llama-wheel/llama_cpp_python-*.whl \
  && /opt/venv/bin/pip install --require-hashes -r /tmp/requirements.lock \
  && /opt/venv/bin/pip check
 

@@ -13,7 +13,7 @@
 #      checks it (.ci/image-checks.sh), trains a tiny LFM2 for 2 steps with `docker compose run --rm train`
 #      as an arbitrary host uid (scripts/image-test.sh), checks permissions, a missing data file;
 #   6. CUDA flavour: builds the same Dockerfile with the same build arguments users get (torch==2.13.0 from
-#      PyPI: the CUDA 13.0 build and its nvidia-* wheels), only BASE_IMAGE differs; checks it without a GPU;
+#      PyPI: the CUDA 13.0 build and its nvidia-* wheels), only BASE_IMAGE (and LLAMA_WHEELS) differs; checks it without a GPU;
 #   7. scans every layer of both images for the CA bundle (passed as a BuildKit secret, plus a canary
 #      line) and a token passed at run time;
 #   8. prints both images' sizes and largest layers and writes them into docs/docker.md;
@@ -75,7 +75,7 @@ cleanup() {
     rc=$?
     trap - EXIT
     set +e
-    rm -f "$ROOT"/docker/wheels/torch-*.whl
+    rm -f "$ROOT"/docker/wheels/torch-*.whl "$ROOT"/docker/wheels/llama_cpp_python-*.whl
     if [ -n "$LOCK_PID" ] && kill -0 "$LOCK_PID" 2>/dev/null; then kill "$LOCK_PID"; fi
     for v in "saudial_hf-cache_uid$RUN_UID" saudial_hf-cache_uid1000; do
         docker volume rm -f "$v" >/dev/null 2>&1
@@ -222,7 +222,21 @@ done
 [ -n "$wheel" ] || fail "no torch-$TORCH_VERSION+cpu cp311 wheel in PIP_FIND_LINKS or /opt/wheels"
 ln -f "$wheel" docker/wheels/ 2>/dev/null || cp "$wheel" docker/wheels/
 echo "using $wheel"
-build ci-cpu TORCH_SPEC="torch==$TORCH_VERSION+cpu" TORCH_FIND_LINKS=/wheels
+# llama-cpp-python: the wheel `make setup` built on this machine from the same hash-checked sdist and CMake
+# arguments (pip's wheel cache), for both flavours, so that CI compiles llama.cpp once, not three times. A
+# build without LLAMA_WHEELS (what users get) compiles it in the Dockerfile's llama-build stage instead.
+LLAMA_VERSION=$(sed -n 's/^llama-cpp-python==\([^ ]*\).*/\1/p' requirements.lock)
+llama_wheel=$(find "$("$ROOT/.venv/bin/python" -m pip cache dir 2>/dev/null || echo /nonexistent)" \
+    -name "llama_cpp_python-$LLAMA_VERSION-*linux_x86_64.whl" 2>/dev/null | head -n 1)
+LLAMA_ARGS=()
+if [ -n "$llama_wheel" ]; then
+    cp "$llama_wheel" docker/wheels/
+    LLAMA_ARGS=(LLAMA_WHEELS=/wheels)
+    echo "llama-cpp-python: $llama_wheel (built by make setup)"
+else
+    echo "llama-cpp-python: no wheel in pip's cache: the llama-build stage compiles it"
+fi
+build ci-cpu TORCH_SPEC="torch==$TORCH_VERSION+cpu" TORCH_FIND_LINKS=/wheels "${LLAMA_ARGS[@]}"
 ok "image $CPU_IMAGE built from the Dockerfile via docker compose (buildx bake)"
 
 step "lint-docker"
@@ -291,7 +305,7 @@ ok "no data file: exit 2 and the message names '/data/SauDial Dataset.xlsx'"
 step "CUDA flavour: build $CUDA_IMAGE (torch==$TORCH_VERSION from PyPI with its CUDA wheels; only the base differs)"
 unset COMPOSE_FILE SAUDIAL_UID SAUDIAL_GID IMAGE_TAG
 ls docker/wheels
-build ci-cuda
+build ci-cuda "${LLAMA_ARGS[@]}"
 ok "image $CUDA_IMAGE built from the same Dockerfile and build arguments as the published image"
 
 step "CUDA flavour: checks inside $CUDA_IMAGE (no GPU)"

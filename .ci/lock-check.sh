@@ -6,7 +6,8 @@
 #      that applies there is downloaded as a wheel (--only-binary=:all:, hash-checked against the lock) into
 #      a temporary folder, deleted afterwards; torch==2.13.0 with everything it requires is resolved from
 #      PyPI's metadata (pip install --dry-run --report), and its Requires-Dist says whether it is a CUDA
-#      build.
+#      build. llama-cpp-python, published as source only (built in the Dockerfile's llama-build stage), is
+#      downloaded as its sdist instead and checked against the lock's hash.
 #   2. CUDA 12: no pin of the lock, and no requirement of a locked wheel, is tied to CUDA 13, so the lock
 #      installs unchanged beside a CUDA 12 torch from PyTorch's index (docs/docker.md, "Older drivers").
 #
@@ -46,6 +47,18 @@ for machine in aarch64 x86_64; do
         grep -v -e '^\[notice\]' "$WORK/log" | tail -n 5
         echo "FAILED requirements.lock has pins without a Linux $machine wheel for CPython 3.12 (above)"
         FAILED=$((FAILED + 1))
+    fi
+    # llama-cpp-python has no wheels: its sdist (the same file on every platform) is hash-checked once.
+    if [ "$machine" = x86_64 ]; then
+        "$PY" .ci/lock_platforms.py sdist requirements.lock "$machine" 3.12 >"$WORK/sdist.txt"
+        if "$PY" -m pip "${pip_args[@]}" download -q --no-deps --no-binary=:all: --require-hashes \
+            -r "$WORK/sdist.txt" -d "$WORK/sdists" >"$WORK/log" 2>&1; then
+            echo "ok   the source-only pins ($(cut -d' ' -f1 "$WORK/sdist.txt" | tr '\n' ' ')) download as sdists and match the lock's hashes"
+        else
+            grep -v -e '^\[notice\]' "$WORK/log" | tail -n 5
+            echo "FAILED a source-only pin of requirements.lock did not download or its hash differs (above)"
+            FAILED=$((FAILED + 1))
+        fi
     fi
     if [ "$machine" = aarch64 ]; then
         bnb=$(find "$WORK/wheels-$machine" -name 'bitsandbytes-*.whl' | head -n 1)

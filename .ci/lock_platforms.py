@@ -1,6 +1,7 @@
 """requirements.lock against the platforms the image is published for, and against CUDA 12 builds of torch.
 
-    python3 .ci/lock_platforms.py select  LOCK MACHINE PYVER   -> the lock's entries for that platform
+    python3 .ci/lock_platforms.py select  LOCK MACHINE PYVER   -> the lock's entries for that platform (wheels)
+    python3 .ci/lock_platforms.py sdist   LOCK MACHINE PYVER   -> those published as source only (SOURCE_ONLY)
     python3 .ci/lock_platforms.py cuda12  LOCK TORCH_CU12_VERSION WHEEL_DIR...  -> no pin needs CUDA 13
     python3 .ci/lock_platforms.py torch   REPORT_JSON MACHINE  -> what torch 2.13.0 from PyPI is there
 
@@ -76,11 +77,16 @@ def environment(machine: str, pyver: str) -> dict[str, str]:
     }
 
 
-def select(lock: Path, machine: str, pyver: str) -> int:
+# Pins published as source only, compiled at install time (the Dockerfile's llama-build stage, scripts/setup.sh):
+# `select` leaves them out of the wheel download, `sdist` prints them for lock-check.sh's sdist download.
+SOURCE_ONLY = {"llama-cpp-python"}
+
+
+def select(lock: Path, machine: str, pyver: str, sdists: bool = False) -> int:
     env = environment(machine, pyver)
     kept = skipped = 0
     for name, version, marker, hashes in entries(lock):
-        if marker and not Marker(marker).evaluate(env):
+        if (marker and not Marker(marker).evaluate(env)) or (canonical(name) in SOURCE_ONLY) != sdists:
             skipped += 1
             continue
         kept += 1
@@ -147,8 +153,8 @@ def torch_report(report: Path, machine: str) -> int:
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
-    if cmd == "select":
-        sys.exit(select(Path(args[0]), args[1], args[2]))
+    if cmd in ("select", "sdist"):
+        sys.exit(select(Path(args[0]), args[1], args[2], sdists=cmd == "sdist"))
     if cmd == "cuda12":
         sys.exit(cuda12(Path(args[0]), [Path(a) for a in args[2:]], args[1]))
     if cmd == "torch":

@@ -6,7 +6,8 @@
 #   make lint-docker  hadolint on the Dockerfile, compose schema check, docker compose config
 #   make lock         recompile requirements.lock / requirements-dev.lock (needs uv; network)
 #
-# Build knobs (environment or make variables): BASE_IMAGE, TORCH_SPEC, TORCH_INDEX_URL, TORCH_FIND_LINKS, IMAGE_NAME,
+# Build knobs (environment or make variables): BASE_IMAGE, TORCH_SPEC, TORCH_INDEX_URL, TORCH_FIND_LINKS,
+# LLAMA_CMAKE_ARGS, LLAMA_WHEELS, IMAGE_NAME,
 # IMAGE_TAG, BUILD_CA_BUNDLE (CA bundle for a TLS-intercepting proxy, a BuildKit secret; defaults to
 # $PIP_CERT when pip on this machine needs one). See docs/docker.md.
 
@@ -38,7 +39,7 @@ endif
 export IMAGE_NAME IMAGE_TAG BUILD_CA_BUNDLE VERSION REVISION SAUDIAL_UID SAUDIAL_GID
 # Passed to the build only when set and not empty (compose drops unset build args, and the Dockerfile's
 # defaults apply; a plain `export` would pass an undefined variable as an empty string).
-BUILD_ARG_VARS := BASE_IMAGE TORCH_SPEC TORCH_INDEX_URL TORCH_FIND_LINKS
+BUILD_ARG_VARS := BASE_IMAGE TORCH_SPEC TORCH_INDEX_URL TORCH_FIND_LINKS LLAMA_CMAKE_ARGS LLAMA_WHEELS
 $(foreach v,$(BUILD_ARG_VARS),$(if $(strip $($(v))),$(eval export $(v)),$(eval unexport $(v))))
 
 HADOLINT ?= $(or $(wildcard $(PYTHON_VENV)/bin/hadolint),hadolint)

@@ -2,7 +2,8 @@
 # Smoke test of the built image on the CPU (called by `make image-test` and .ci/docker.sh):
 # a tiny random LFM2 and a small SauDial-shaped workbook are made on the host with the project's venv,
 # mounted into `docker compose run --rm train`, and 2 optimizer steps are trained without quantization.
-# Checks from the host: exit code 0; adapter, adapter config and run_manifest.json in the outputs folder,
+# Checks from the host: exit code 0; adapter, adapter config and run_manifest.json in the outputs folder, and
+# the Q8_0 GGUF with its Modelfile that SAUDIAL_EXPORT=gguf:q8_0 makes (llama.cpp inside the image checked it),
 # owned by SAUDIAL_UID (the invoking user, 1000 when that is root): the trainer ran unprivileged.
 #
 # Environment: IMAGE_NAME/IMAGE_TAG (the image to test, default saudial:latest), SAUDIAL_UID/GID
@@ -59,6 +60,7 @@ HOST_DATA_DIR="$WORK/data" HOST_OUTPUTS_DIR="$WORK/outputs" \
     -e SAUDIAL_MAX_STEPS=2 \
     -e SAUDIAL_GRADIENT_ACCUMULATION_STEPS=1 \
     -e SAUDIAL_EVAL=none \
+    -e SAUDIAL_EXPORT=gguf:q8_0 \
     -e HF_HUB_OFFLINE=1 \
     train
 rc=$?
@@ -72,6 +74,10 @@ for f in adapter_model.safetensors adapter_config.json run_manifest.json; do
     owner=$(stat -c '%u:%g' "$WORK/outputs/$f")
     [ "$owner" = "$uid:$gid" ] || fail "$f is owned by $owner, expected $uid:$gid"
 done
+gguf=$(find "$WORK/outputs/gguf" -name '*-Q8_0.gguf' 2>/dev/null | head -n 1)
+[ -s "$gguf" ] || fail "SAUDIAL_EXPORT=gguf:q8_0: no Q8_0 GGUF in $WORK/outputs/gguf (llama.cpp in the image)"
+[ -s "$WORK/outputs/gguf/Modelfile" ] || fail "SAUDIAL_EXPORT: no Modelfile beside the GGUF"
+[ "$(stat -c '%u:%g' "$gguf")" = "$uid:$gid" ] || fail "$gguf is not owned by $uid:$gid"
 [ "$uid" != 0 ] || fail "the container ran as root"
-echo "image-test: OK: exit 0, adapter + run_manifest.json written by uid:gid $uid:$gid" >&2
+echo "image-test: OK: exit 0, adapter + run_manifest.json + a GGUF checked by llama.cpp, written by uid:gid $uid:$gid" >&2
 echo "$WORK"

@@ -18,6 +18,14 @@
 # came from the lock above; --no-build-isolation: the build backend (setuptools) is the locked one too,
 # so this step adds nothing unpinned and needs no network.
 #
+# llama-cpp-python (the GGUF export's llama.cpp) is published as source only: pip checks its sdist against
+# the lock's sha256 and compiles it (CMake and a C++ compiler; ~5 min on 2 cores), with CMAKE_ARGS (default
+# below: portable x86-64-v3 / armv8 code, ggml's own threads instead of OpenMP, no multimodal library; set
+# CMAKE_ARGS="-DGGML_NATIVE=ON" and PIP_NO_CACHE_DIR=1 for code tuned to this machine's CPU). pip keeps the
+# wheel it built in its cache, keyed by the sdist (not by CMAKE_ARGS), so the next venv (or CI run) on this
+# machine installs it without compiling. Its build backend (scikit-build-core) comes from PyPI through pip's
+# build isolation.
+#
 # Idempotent: a stamp in the venv records what was installed (one hash for the runtime, one for the dev
 # tools); when nothing changed it exits at once. A venv with the dev tools also satisfies a plain
 # `make setup`, so `make demo` after `make test` (or the other way round) reinstalls nothing.
@@ -30,6 +38,7 @@ DEV=${DEV:-0}
 STAMP="$VENV/.saudial-setup.stamp"
 
 say() { printf 'setup: %s\n' "$*" >&2; }
+export CMAKE_ARGS=${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF}
 
 runtime_inputs=(requirements-torch.txt requirements.lock pyproject.toml)
 inputs=("${runtime_inputs[@]}")
@@ -48,7 +57,7 @@ py="$VENV/bin/python"
 
 # The stamp holds two lines: the runtime's hash, and the dev tools' hash (or "-" when they are not
 # installed, or were installed for an older runtime).
-runtime=$( { cat "${runtime_inputs[@]}"; echo "TORCH_INDEX_URL=${TORCH_INDEX_URL:-}"; "$py" -VV; } | sha256sum | cut -d' ' -f1)
+runtime=$( { cat "${runtime_inputs[@]}"; echo "TORCH_INDEX_URL=${TORCH_INDEX_URL:-} CMAKE_ARGS=$CMAKE_ARGS"; "$py" -VV; } | sha256sum | cut -d' ' -f1)
 dev=$( { echo "$runtime"; cat requirements-dev.lock 2>/dev/null; } | sha256sum | cut -d' ' -f1)
 have_runtime=$(sed -n 1p "$STAMP" 2>/dev/null || true)
 have_dev=$(sed -n 2p "$STAMP" 2>/dev/null || true)
@@ -65,7 +74,7 @@ if [ "$need_runtime" = 1 ]; then
     say "installing $torch_req${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}"
     "$py" -m pip install --disable-pip-version-check ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$torch_req"
 
-    say "installing requirements.lock (hash-checked)"
+    say "installing requirements.lock (hash-checked; llama-cpp-python is compiled unless pip's cache has it)"
     "$py" -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 fi
 if [ "$DEV" = 1 ]; then

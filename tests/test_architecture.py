@@ -10,7 +10,20 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "saudial"
 
 # Bottom to top. A module may import from its own layer and the layers below it, never above.
-LAYERS = ["errors", "config", "data", "model", "process", "rundir", "training", "inference", "publish", "jobs", "cli"]
+LAYERS = [
+    "errors",
+    "config",
+    "data",
+    "model",
+    "process",
+    "rundir",
+    "training",
+    "inference",
+    "export",
+    "publish",
+    "jobs",
+    "cli",
+]
 SIDE = {"devtools": {"devtools", "data", "config", "errors"}}  # test/demo helpers: may use only these
 MAX_LINES = 300
 MAX_DEPTH = 7

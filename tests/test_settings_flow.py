@@ -43,6 +43,7 @@ SAUDIAL_OWN = {
     "min_p": "inference/batches.py",
     "repetition_penalty": "inference/batches.py",
     "hub_private": "publish/hub.py",
+    "export": "jobs/train.py",  # and jobs/export.py
     # SFTConfig fields that saudial handles itself (run/trainer.HANDLED_HERE says why)
     "fused_lora": "training/trainer.py",
     "fused_rms_norm": "training/trainer.py",

@@ -89,6 +89,15 @@ def run_merge(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def run_export(args: argparse.Namespace, settings: Settings) -> int:
+    with long_lived_imports():
+        from saudial.jobs.export import run_export as export
+
+        logs.fold_transformers_handler()
+    export(settings, args.adapter, args.output, args.quant, args.lora_only)
+    return EXIT_OK
+
+
 def run_push(args: argparse.Namespace, settings: Settings) -> int:
     from saudial.jobs.push import push
 
@@ -103,6 +112,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "chat": run_chat,
     "evaluate": run_evaluate,
     "merge": run_merge,
+    "export": run_export,
     "push": run_push,
 }
 

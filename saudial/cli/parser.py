@@ -1,10 +1,6 @@
-"""The command line's shape: `saudial COMMAND [flags]`, and the help that goes with it.
-
-Every setting is a flag (`--learning-rate`, also accepted as `--learning_rate` and not listed twice) with
-its SAUDIAL_* variable and default in the help. Each command lists only the settings it uses, in groups
-(data / model / LoRA / training / evaluation / Hub). Building the parser imports nothing heavy, so
-`--help` answers at once, without a GPU or the network.
-"""
+"""The command line's shape: `saudial COMMAND [flags]` and its help. Every setting is a flag (`--learning-rate`, also
+`--learning_rate`, listed once) with its SAUDIAL_* variable and default; each command lists only the settings it uses,
+in groups. Building the parser imports nothing heavy, so `--help` answers at once, without a GPU or the network."""
 
 from __future__ import annotations
 
@@ -17,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from saudial import __version__
+from saudial.cli import export_flags as export
 from saudial.config.settings import Settings, env_name, flag_name
 from saudial.config.sources import default_of
 
@@ -36,15 +33,15 @@ GROUPS: dict[str, list[str]] = {
                  "dataloader_num_workers", "save_steps", "save_total_limit", "resume", "num_processes"],
     "evaluation": ["eval", "max_eval_samples", "per_device_eval_batch_size", "max_new_tokens", "do_sample",
                    "temperature", "min_p", "repetition_penalty"],
-    "Hub": ["push_to_hub", "hub_model_id", "hub_private", "hub_strategy"],
+    "Hub": ["push_to_hub", "hub_model_id", "hub_private", "hub_strategy"], "export": ["export"],
 }
-# fmt: on
 ALL = [name for names in GROUPS.values() for name in names]
 DATA = [name for name in GROUPS["data"] if name != "task"]
 GENERATION = ["per_device_eval_batch_size", "max_new_tokens", "do_sample", "temperature", "min_p", "repetition_penalty"]
 BASE_MODEL = ["model_name_or_path", "model_revision", "quantization", "torch_dtype"]
-BATCHING = ["per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "torch_compile"]
-BATCHING += ["num_processes"]
+BATCHING = ["per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "torch_compile",
+            "num_processes"]
+# fmt: on
 
 # The settings each command reads (the rest still come from SAUDIAL_* variables, and are checked there).
 COMMAND_SETTINGS: dict[str, list[str]] = {
@@ -55,6 +52,7 @@ COMMAND_SETTINGS: dict[str, list[str]] = {
     "translate": [*BASE_MODEL, *GENERATION, "max_length", "max_data_file_mb"],
     "chat": [*BASE_MODEL, *GENERATION, "max_length", "max_data_file_mb"],
     "merge": ["model_name_or_path", "model_revision", "overwrite_output_dir"],
+    "export": [*BASE_MODEL[:2], "overwrite_output_dir", "max_length", *GENERATION[1:], "export"],
     "push": ["hub_model_id", "hub_private"],
 }
 
@@ -65,6 +63,7 @@ SUMMARY = {
     "chat": "reply to a message (or to a file of conversations) with a trained chat adapter",
     "evaluate": "score base model vs adapter (chrF++, BLEU per dialect) on the run's held-out split",
     "merge": "merge the adapter into the base model (bf16) for vLLM / llama.cpp",
+    "export": "write the merged model as GGUF (llama.cpp, Ollama, LM Studio), checked by llama.cpp",
     "push": "upload a training output directory to the Hugging Face Hub (retries a failed upload)",
 }
 
@@ -267,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         adapter=ADAPTER_HELP,
     )
     p.add_argument("--output", type=Path, required=True, metavar="DIR", help="directory for the merged model")
+
+    export.add_flags(_command(sub, "export", export.DESCRIPTION, export.USAGE, adapter=ADAPTER_HELP))
 
     p = _command(
         sub,

@@ -18,6 +18,8 @@ import json
 import re
 from pathlib import Path
 
+from safetensors import safe_open
+
 from saudial.config.reading import Unreadable, read_regular
 from saudial.errors import ConfigError, printable
 
@@ -149,3 +151,29 @@ def check_adapter_dir(adapter_dir: Path) -> None:
             f"{where}: {printable(str(config))} is damaged ({why}): restore the run's output directory (or "
             "download the adapter from the Hub again), or train it again"
         )
+
+
+def check_adapter_weights(adapter_dir: Path) -> None:
+    """The adapter's weights are safetensors whose header reads: a pickle (adapter_model.bin) is never loaded,
+    and a damaged file is named (exit 2) before any model loads."""
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        pickle = (adapter_dir / "adapter_model.bin").is_file()
+        raise ConfigError(
+            f"--adapter {str(adapter_dir)!r} has "
+            + (
+                "only adapter_model.bin, a pickle, which saudial never loads (loading one can run code): save the "
+                "adapter with safe_serialization=True to get adapter_model.safetensors"
+                if pickle
+                else "no adapter_model.safetensors: point it at the output directory of a finished training run"
+            )
+        )
+    try:
+        with safe_open(str(weights), framework="pt") as opened:
+            opened.keys()
+    except Exception as exc:  # safetensors' own error: its first words say what (e.g. HeaderTooLarge)
+        why = printable(str(exc).strip().splitlines()[0][:120]) if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"--adapter {printable(str(adapter_dir))!r}: {printable(str(weights))} is damaged ({why}): restore the "
+            "run's output directory (or download the adapter from the Hub again), or train it again"
+        ) from None

@@ -1,8 +1,6 @@
-"""Every setting of a run, typed and documented in one place: the variable ``SAUDIAL_<NAME>``, the flag
-``--<name>`` (`sources.py` resolves them). Names follow TRL's `SFTConfig`, PEFT's `LoraConfig` and
-transformers' `TrainingArguments`, so their documentation applies as is. Hugging Face's own variables
-(`HF_TOKEN`, `HF_HOME`, `HF_HUB_OFFLINE`, `HF_ENDPOINT`) are huggingface_hub's, never copied in here.
-"""
+"""Every setting of a run, typed and documented in one place: the variable ``SAUDIAL_<NAME>``, the flag ``--<name>``
+(`sources.py` resolves them). Names follow TRL's `SFTConfig`, PEFT's `LoraConfig` and transformers' `TrainingArguments`,
+so their documentation applies. Hugging Face's own variables (`HF_TOKEN`, `HF_HOME`, ...) are never copied in here."""
 
 from __future__ import annotations
 
@@ -25,6 +23,7 @@ LFM2_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1"
 NON_SETTING_VARIABLES = {f"SAUDIAL_{name}" for name in ("IMAGE_REVISION", "UID", "GID", "LAUNCHER_PID", "DEBUG")}
 
 CommaList = Annotated[list[str], NoDecode]
+EXPORT_HELP = "After training, write the merged model as GGUF in these llama.cpp types, e.g. 'gguf:q4_k_m,q8_0'."
 
 
 class Settings(BaseSettings):
@@ -216,6 +215,7 @@ class Settings(BaseSettings):
     hub_strategy: Literal["end", "checkpoint"] = Field(
         "end", description="end: upload once at the end; checkpoint: also upload each checkpoint."
     )
+    export: str | None = Field(None, pattern=r"^gguf:[\w,]+$", description=EXPORT_HELP)  # default: the adapter only
 
     @field_validator("dialects", "target_modules", mode="before")
     @classmethod

@@ -15,17 +15,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
 
-from peft import PeftModel
-
+from saudial.config.huggingface import check_adapter_weights
 from saudial.config.settings import Settings
 from saudial.errors import ConfigError, faults
-from saudial.inference.generate import check_adapter_weights, settings_for_adapter
-from saudial.model.loading import load_model, load_tokenizer
+from saudial.inference.generate import settings_for_adapter
+from saudial.inference.merged import load_merged
 from saudial.process.environment import versions
 from saudial.rundir import record, staging
 from saudial.rundir.record import MANIFEST, now, read_json, write_json
+from saudial.rundir.staging import prepare_folder as prepare
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +40,13 @@ def merge(settings: Settings, adapter_dir: Path, output: Path) -> Path:
     check_adapter_weights(adapter_dir)
     existed = output.exists()
     work = prepare(output, settings)
-    merge_settings = settings.model_copy(update={"quantization": "none", "torch_dtype": "bfloat16"})
     log.info("loading %s unquantized (bf16) and merging %s into it", settings.model_name_or_path, adapter_dir)
     with faults(work, oom_advice=OOM_MERGE, note=f"nothing in {output} outside {work} was changed"):
         try:
-            tokenizer = load_tokenizer(merge_settings, source=str(adapter_dir))
-            base = load_model(merge_settings, device_map="cpu")
+            model, tokenizer = load_merged(settings, adapter_dir, "bfloat16")
         except ConfigError:  # e.g. the base model cannot be reached: take back what `prepare` wrote
             discard(output, work, existed)
             raise
-        model: Any = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True).merge_and_unload()
-        model.config.use_cache = True  # training switched the KV cache off; inference wants it
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)
         write_json(
@@ -80,38 +75,3 @@ def discard(output: Path, work: Path, existed: bool) -> None:
     for folder in (work, *([] if existed else [output])):
         with contextlib.suppress(OSError):  # not empty: a helper of an interrupted run, an earlier merge's files
             folder.rmdir()
-
-
-def prepare(output: Path, settings: Settings) -> Path:
-    """An empty --output/staging to write the merge into; refuse an --output that is not for a merge."""
-    where = f"--output {str(output)!r}"
-    staging.check_not_protected(output, "--output", settings.data)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"{where} is a file, not a directory")
-    work = staging.staging_dir(output)
-    with faults(output):
-        output.mkdir(parents=True, exist_ok=True)
-        staging.resume_promotion(output)
-        damage = record.damaged(output / MANIFEST)
-        earlier = None if damage else read_json(output / MANIFEST)
-        in_work = read_json(work / MANIFEST) if work.is_dir() else None
-        work_is_ours = not work.exists() or (
-            work.is_dir() and (not staging.contents(work) or bool(in_work and in_work.get("saudial_merge")))
-        )
-        strangers = [n for n in staging.foreign(output, earlier) if n != staging.STAGING or not work_is_ours]
-        if strangers or damage:
-            raise ConfigError(
-                f"{where} holds files that no saudial merge wrote there ({staging.listing(strangers or [MANIFEST])}): "
-                "saudial never replaces or deletes those, not even with SAUDIAL_OVERWRITE_OUTPUT_DIR=true; choose a "
-                "new or empty directory, or move those files elsewhere"
-            )
-        if earlier is not None and not settings.overwrite_output_dir:
-            kept = staging.listing(sorted(staging.ours(output, earlier)))
-            raise ConfigError(
-                f"{where} is not empty: it holds an earlier merge ({kept}): choose another directory, or set "
-                "SAUDIAL_OVERWRITE_OUTPUT_DIR=true to replace those files once the new merge is written"
-            )
-        staging.remove(work, staging.contents(work))  # an earlier merge that did not finish: saudial's own
-        work.mkdir(exist_ok=True)
-        record.update(work, {"saudial_run": 1, "saudial_merge": 1, record.FILES: []}, replace=True)  # saudial's
-    return work

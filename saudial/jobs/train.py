@@ -7,7 +7,8 @@
 4. After training, in this order, each recorded in the run record so that a restart with the same
    settings does only what is left: evaluation (SAUDIAL_EVAL; SIGTERM stops it with exit 75) -> evaluated;
    the run's files moved into OUTPUT_DIR (rundir/staging.py) -> finished, then saudial's model card (the record
-   notes it: a crash between the two is completed by the next start); the Hub upload (SAUDIAL_PUSH_TO_HUB)
+   notes it: a crash between the two is completed by the next start); the GGUF export (SAUDIAL_EXPORT, into
+   OUTPUT_DIR/gguf: jobs/export.py; a start that finds it missing does it); the Hub upload (SAUDIAL_PUSH_TO_HUB)
    -> pushed. A start that finds this run finished and nothing left exits 0 ("nothing to do"). Only the
    main process does these.
 """
@@ -48,6 +49,10 @@ def run(settings: Settings, dry_run: bool = False) -> int:
     # The base model: a size that does not exist or an architecture saudial does not train stops here (exit 2).
     info = base_model.inspect_base(settings)
     base_model.log_base(info, settings)
+    if settings.export:  # an unknown GGUF type fails now, not after training (exit 2)
+        from saudial.export.llama import parse_types
+
+        parse_types(settings.export.removeprefix("gguf:"), "SAUDIAL_EXPORT")
     if settings.quantization != "none" and not dry_run:
         check_cuda()
     if settings.push_to_hub:  # a push that would fail must fail now, not after hours of training (exit 2)
@@ -105,8 +110,18 @@ def after_training(trained: Trained) -> dict[str, Any]:
             record.own(output_dir, CARD)  # the run's card (it names OUTPUT_DIR, so it is written in place)
             write_card(output_dir, settings.hub_model_id)  # saudial's card replaces TRL's placeholder README.md
             record.update(output_dir, {CARD_WRITTEN: record.now()})
+    exported = False
+    if settings.export and not (record.read_json(output_dir / record.MANIFEST) or {}).get("export"):
+        from saudial.jobs.export import run_export
+
+        run_export(settings, output_dir, None, None, lora_only=False)  # OUTPUT_DIR/gguf, in the run's record
+        write_card(output_dir, settings.hub_model_id)  # the card lists the GGUF files
+        exported = True
     if trained.stage == "done":
-        log.info("nothing to do: %s already holds this run, finished (same settings and data)", output_dir.resolve())
+        if not exported:
+            log.info(
+                "nothing to do: %s already holds this run, finished (same settings and data)", output_dir.resolve()
+            )
     elif settings.push_to_hub:
         from saudial.jobs.push import push
         from saudial.publish.hub import retry_command

@@ -133,6 +133,7 @@ def render_body(
         _evaluation_section(output_dir, metrics),
         "## Usage",
         *usage,
+        *_gguf_section(manifest.get("export")),
         "## Training settings",
         _settings_section(config),
         "## Training results",
@@ -155,6 +156,28 @@ def describe_method(config: dict[str, Any], compute_dtype: Any = None) -> str:
     if quant == "8bit":
         return f"LoRA (on the 8-bit quantized base{dtype})"
     return f"LoRA (on the unquantized {compute_dtype} base)" if compute_dtype else "LoRA (on the unquantized base)"
+
+
+def _gguf_section(export: Any) -> list[str]:
+    """The GGUF files `saudial export` wrote beside the adapter (SAUDIAL_EXPORT), with llama.cpp's checks."""
+    if not isinstance(export, dict) or not export.get("files"):
+        return []
+    folder = export.get("folder", "gguf")
+    rows = ["| file | type | size | sha256 | checked by llama.cpp |", "|---|---|---|---|---|"]
+    for entry in export["files"]:
+        check = entry.get("check") or {}
+        verdict = f"top-1 agreement {check.get('top1_agreement', 0):.1%}, greedy {check.get('greedy_identical', 0)}"
+        verdict += f"/{check.get('greedy_prompts', 0)} identical" if check.get("passed") else " (failed)"
+        rows.append(
+            f"| `{folder}/{entry['name']}` | {entry['type']} | {entry['bytes'] / 2**20:.1f} MiB | "
+            f"`{entry['sha256'][:16]}…` | {verdict} |"
+        )
+    versions = ", ".join(f"{k} {v}" for k, v in (export.get("versions") or {}).items())
+    how = (
+        f"For llama.cpp, Ollama and LM Studio: `{folder}/Modelfile` (`ollama create NAME -f Modelfile`) and "
+        f"`{folder}/README.md` say how to run them. Written and checked with {versions}."
+    )
+    return ["## GGUF (llama.cpp, Ollama, LM Studio)", "\n".join(rows), how]
 
 
 def _settings_section(config: dict[str, Any]) -> str:

@@ -43,12 +43,12 @@ HUB_FOLDER = "last-checkpoint"
 FETCH, NO_PICKLE = [f"{HUB_FOLDER}/*"], [f"*{TRAINING_ARGS}"]
 # Seconds to wait before each retry of a transient failure (connection error, 5xx, 429).
 RETRY_DELAYS_S = (1.0, 3.0, 9.0)
-# What a run's directory holds that goes to the Hub: the adapter, the tokenizer's files, the run record,
-# the evaluation table and the model card (never checkpoints, logs or training_args.bin).
+# To the Hub: adapter, tokenizer, run record, evaluation table, card, GGUF folder (no checkpoints, logs, pickles).
 ADAPTER = ["adapter_model.safetensors", "adapter_config.json"]
 TOKENIZER = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"]
 TOKENIZER += ["chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model"]
 UPLOAD_PATTERNS = [*ADAPTER, *TOKENIZER, MANIFEST, METRICS, RESULTS_MD, "README.md"]
+UPLOAD_PATTERNS += [f"gguf/{n}" for n in ("*.gguf", "Modelfile", "README.md", MANIFEST)]
 
 
 def retry_command(output_dir: Path) -> str:
