@@ -45,10 +45,12 @@ VARIABLE = re.compile(r"\bSAUDIAL_[A-Z0-9_]*[A-Z0-9]\b")
 # File suffixes, so that `x/y.json` or `path/to/file.xlsx` is not read as module y's attribute json.
 FILE_SUFFIXES = {
     *("md", "py", "sh", "yaml", "yml", "json", "jsonl", "toml", "txt", "png", "in", "lock", "mk", "cfg"),
-    *("xlsx", "xlsm", "csv", "parquet", "log", "gguf", "bin", "mdx"),
+    *("xlsx", "xlsm", "csv", "parquet", "log", "gguf", "bin", "mdx", "cpp"),
 }
 # Upstream files that prose names by their own name (not this repository's).
-UPSTREAM_FILES = {"peft_model.py", "convert_hf_to_gguf.py"}
+UPSTREAM_FILES = {"peft_model.py", "convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "base.py"}
+# llama.cpp's own source files, which docs/export.md and export/convert.py cite for what the converter mirrors.
+UPSTREAM_PATHS = {"conversion/base.py", "conversion/lfm2.py"}
 # Names written wrong on purpose: config/sources.py's example of a typo it catches.
 EXAMPLES = {"SAUDIAL_LEARNIGN_RATE"}
 
@@ -143,7 +145,7 @@ def stale_names(text: str, source: Path) -> Iterator[str]:
 
     for match in PY_PATH.finditer(having(".py")):
         path = match.group(1)
-        if path in UPSTREAM_FILES or resolve_py(path, source) is not None:
+        if path in UPSTREAM_FILES or path in UPSTREAM_PATHS or resolve_py(path, source) is not None:
             continue
         if prose and "/" not in path and path in repository_basenames():
             continue  # docs name modules by file name (no two share one)
