@@ -12,14 +12,12 @@ and everything around it runs for real.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +26,8 @@ import pytest
 from saudial.errors import EXIT_BUG, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_TRAINING, ConfigError
 from saudial.rundir.staging import check_not_protected
 from tests.adapter_run import copy_run, trained_adapter
-from tests.conftest import ENTRYPOINT, REPO, base_env
+from tests.conftest import REPO, base_env
+from tests.entry import error_line, run, tree
 from tests.jobs import ADAPTER, Job
 
 pytestmark = pytest.mark.slow
@@ -36,32 +35,6 @@ pytestmark = pytest.mark.slow
 PAGE = 4096
 
 TRAINING_STEP = re.compile(r"^step \d+/\d+  loss ", re.M)  # a logged training step (training/steplines.py)
-
-
-def tree(root: Path, skip: str | None = None) -> dict[str, str]:
-    """Every file and folder under `root` (but `skip`) -> its sha256 ('dir' for a folder)."""
-    found: dict[str, str] = {}
-    for path in sorted(root.rglob("*")):
-        name = path.relative_to(root).as_posix()
-        if skip and (name == skip or name.startswith(f"{skip}/")):
-            continue
-        found[name] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
-
-
-def error_line(stderr: str) -> str:
-    """The one `error:` line (the last line of stderr); no traceback anywhere."""
-    assert "Traceback" not in stderr, stderr[-3000:]
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, stderr[-3000:]
-    assert stderr.rstrip().splitlines()[-1] == errors[0]
-    return errors[0]
-
-
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ENTRYPOINT), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
-    )
 
 
 def env_for(tiny_model: Path, data: Path, out: Path, **extra: str) -> dict[str, str]:

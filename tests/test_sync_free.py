@@ -32,7 +32,7 @@ from saudial.training.sync_free import NON_PAD_TOKENS, SyncFreeSFTTrainer
 from saudial.training.trainer import padding_free_collator, sft_config
 from tests.adapter_run import copy_run, trained_adapter
 from tests.conftest import base_env
-from tests.test_faults import error_line, run, tree
+from tests.entry import error_line, run, tree
 
 STEPS = 3
 TIMINGS = {"train_runtime", "train_tokens_per_second", "train_samples_per_second", "train_steps_per_second"}
