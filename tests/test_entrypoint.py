@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from saudial.devtools import synthetic
 from tests.conftest import RunEntry, base_env
+from tests.entry import run_in_process
 
 
 def test_train_end_to_end(tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry) -> None:
@@ -151,7 +152,9 @@ def test_bad_input_exits_2_with_one_clear_line(
     elif case == "unknown-optimizer":
         extra = {"SAUDIAL_OPTIM": "adamw_bogus"}
     out = tmp_path / "out"
-    result = run_entry(base_env(tiny_model, data, out, **extra))
+    # Through main in this process (tests/entry.py); 4-bit without CUDA, refused once torch and the model
+    # libraries are imported, as a real process: the contract end to end.
+    result = (run_entry if case == "4bit-on-cpu" else run_in_process)(base_env(tiny_model, data, out, **extra))
     assert result.returncode == 2, result.stderr[-2000:]
     assert expected in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -161,10 +164,10 @@ def test_bad_input_exits_2_with_one_clear_line(
 
 
 def test_missing_columns_lists_expected_and_found(
-    tiny_model: Path, saudial_frame: pd.DataFrame, tmp_path: Path, run_entry: RunEntry
+    tiny_model: Path, saudial_frame: pd.DataFrame, tmp_path: Path
 ) -> None:
     data = synthetic.write(saudial_frame[["Dialect", "English Text"]], tmp_path / "two-columns.csv")
-    result = run_entry(base_env(tiny_model, data, tmp_path / "out"))
+    result = run_in_process(base_env(tiny_model, data, tmp_path / "out"))
     assert result.returncode == 2
     assert "expected ['Dialect', 'English Text', 'Dialect Translation']" in result.stderr
     assert "found ['Dialect', 'English Text']" in result.stderr
