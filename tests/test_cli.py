@@ -177,6 +177,7 @@ def test_bad_recipe_is_one_line_naming_the_file(content: str, expected: str, tmp
     assert str(recipe) in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_config_flag_through_the_entry_point(
     tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
 ) -> None:
@@ -202,6 +203,7 @@ def test_config_flag_through_the_entry_point(
 # --- saudial check ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="what `check` says on a machine without CUDA")
 def test_check_without_cuda_names_the_ways_forward(tmp_path: Path, tiny_model: Path) -> None:
     secret = "hf_CheckNeverPrintsThis0123456789"

@@ -19,6 +19,7 @@ from tests.conftest import RunEntry, base_env
 from tests.entry import run_in_process
 
 
+@pytest.mark.slow
 def test_train_end_to_end(tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry) -> None:
     out = tmp_path / "out"
     secret = "hf_DoNotLeakThisToken0123456789"
@@ -74,6 +75,7 @@ def test_train_end_to_end(tiny_model: Path, workbook: Path, tmp_path: Path, run_
         assert torch.equal(value, reference[original]), key
 
 
+@pytest.mark.slow
 def test_dry_run_prints_summary_and_first_example(
     tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
 ) -> None:
@@ -85,6 +87,7 @@ def test_dry_run_prints_summary_and_first_example(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_flags_override_env(tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry) -> None:
     env = base_env(tiny_model, workbook, tmp_path / "o", SAUDIAL_LEARNING_RATE="1e-3")
     result = run_entry(env, "--dry-run", "--learning-rate", "7e-5", "--dialects", "Najdi")
@@ -173,6 +176,7 @@ def test_missing_columns_lists_expected_and_found(
     assert "found ['Dialect', 'English Text']" in result.stderr
 
 
+@pytest.mark.slow
 def test_earlier_output_is_never_silently_overwritten(
     tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
 ) -> None:

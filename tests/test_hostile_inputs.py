@@ -444,6 +444,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
 # Text that is odd but valid: stripped and counted, the run goes on.
 
 
+@pytest.mark.slow
 def test_control_characters_are_stripped_and_counted(tiny_model: Path, tmp_path: Path) -> None:
     frame = FRAME.copy()
     # RLO before the quote would defeat the quote stripping; NEL and CSI are C1 controls (C0 cannot be in XML).
@@ -653,6 +654,7 @@ def untrained_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 FORMULAS = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "plain text"]
 
 
+@pytest.mark.slow
 def test_translate_escapes_formulas_in_spreadsheets(untrained_adapter: Path, tmp_path: Path) -> None:
     from openpyxl import load_workbook
 
