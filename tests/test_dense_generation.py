@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from saudial.inference.dense import dequantize_base_weights
+
+pytestmark = pytest.mark.slow  # each loads the tiny model in 4-bit and generates: 8-25 s on 2 busy cores
 
 
 def _tokens_and_logits(model: torch.nn.Module, model_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:

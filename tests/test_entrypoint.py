@@ -114,7 +114,7 @@ def _bad(path: Path, content: bytes) -> Path:
         ("bad-value", "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE='-1' is invalid"),
         ("typo", "did you mean SAUDIAL_NUM_TRAIN_EPOCHS"),
         ("wrong-type", "unsupported data file type '.txt'"),
-        ("4bit-on-cpu", "SAUDIAL_QUANTIZATION=none"),
+        pytest.param("4bit-on-cpu", "SAUDIAL_QUANTIZATION=none", marks=pytest.mark.slow),  # a real process
         ("unknown-optimizer", "SAUDIAL_OPTIM='adamw_bogus' is not an optimizer transformers knows"),
     ],
 )

@@ -101,6 +101,7 @@ def check_outcome(load: Callable[[Path], object], path: Path) -> None:
     assert time.perf_counter() - start < SECONDS_PER_CASE
 
 
+@pytest.mark.slow
 @settings(
     max_examples=600,
     derandomize=True,

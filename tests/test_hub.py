@@ -437,6 +437,7 @@ def test_preflight_stops_before_training(
     assert TOKEN not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_preflight_rejected_token(
     run_entry: RunEntry, tiny_model: Path, workbook: Path, tmp_path: Path, hub: StandIn
 ) -> None:

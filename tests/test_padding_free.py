@@ -108,6 +108,7 @@ def test_compiled_layers_train_like_eager(tiny_model: Path, workbook: Path, rest
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_varlen_attention_falls_back_to_sdpa_for_padded_batches(tiny_model: Path, workbook: Path, restore_conv) -> None:
     """Switched to saudial's varlen attention, a padded batch (evaluation, generation) is scored as by SDPA.
 

@@ -37,6 +37,7 @@ def test_a_pickle_only_base_model_is_refused(tiny_model: Path, tmp_path: Path) -
         load_model(settings(pickled))
 
 
+@pytest.mark.slow
 def test_a_pickle_only_adapter_is_refused(
     tiny_model: Path, workbook: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

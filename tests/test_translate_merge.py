@@ -35,6 +35,7 @@ def test_postprocess_cuts_at_the_next_prompt_section() -> None:
     assert postprocess("سطر\nسطر ثاني ") == "سطر\nسطر ثاني"
 
 
+@pytest.mark.slow
 def test_batched_generation_equals_one_by_one(tiny_model: Path) -> None:
     """Left padding must not change a row's translation: batch of mixed lengths == each alone."""
     settings = Settings.model_validate(
