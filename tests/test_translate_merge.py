@@ -97,6 +97,7 @@ def test_translate_file_writes_next_to_it_and_never_overwrites(
     assert "Model Translation" in (tmp_path / "lines.translated.jsonl").read_text()
 
 
+@pytest.mark.slow  # the shared training run (tests/adapter_run.py)
 def test_translate_rejects_an_unknown_dialect(trained: Path, tiny_model: Path, workbook: Path, tmp_path: Path) -> None:
     env = command_env(tiny_model, workbook, tmp_path)
     result = run_in_process(env, "translate", "--adapter", str(trained), "--dialect", "Egyptian", "Hello")
