@@ -219,7 +219,8 @@ def test_tiny_run_logs_lines_and_leaves_the_saudial_card(
 
     card = (out / "README.md").read_text()
     assert "fine-tuned version of" not in card and 'model="None"' not in card  # not TRL's placeholder
-    assert f"base_model: {tiny_model}" in card and f"A LoRA (on the unquantized float32 base) adapter for {tiny_model}" in card
+    assert f"base_model: {tiny_model}" in card
+    assert f"A LoRA (on the unquantized float32 base) adapter for {tiny_model}" in card
     assert "| Dialect | train | eval |" in card
     for dialect in ("Eastern", "Hijazi", "Najdi", "Southern"):
         assert re.search(rf"^\| {dialect} \| \d+ \| \d+ \|$", card, re.M), dialect
