@@ -13,7 +13,7 @@ SAUDIAL_DATA ?= $(SAMPLE)
 # after `make demo` finds its output folder as it was (a folder holding anything saudial did not write is refused).
 DEMO_DIR ?= runs/demo
 
-.PHONY: help setup setup-dev train demo test test-gpu lint bench bench-peers
+.PHONY: help setup setup-dev train demo test test-fast test-gpu lint bench bench-peers
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,8 +41,15 @@ demo: setup ## The whole pipeline offline on the CPU in about a minute, with a t
 	@echo 'demo: done. Try it:'
 	@echo '  $(SAUDIAL) translate --adapter $(DEMO_DIR)/adapter --dialect Najdi "Open the old door."'
 
+# The test suite. scripts/setup.sh itself is checked by CI's own `make setup-dev` on each run (.ci/run), not
+# by a test that builds a second venv.
 test: setup-dev ## Run the test suite (CPU; GPU tests are skipped without CUDA)
 	$(PY) -m pytest
+
+# The inner loop: everything but the tests marked slow (real training runs, subprocesses that import the
+# model libraries, compiles) and gpu; the bad-setting and bad-file tables run in process (tests/entry.py).
+test-fast: setup-dev ## The quick tests only (-m "not slow and not gpu"): the loop while editing
+	$(PY) -m pytest -m "not slow and not gpu"
 
 test-gpu: setup-dev ## Run only the GPU tests (on a CUDA machine)
 	$(PY) -m pytest -m gpu -v

@@ -7,9 +7,10 @@ the real `from_pretrained` path by the code under test.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -105,3 +106,30 @@ def no_model_adapter(tmp_path: Path) -> Path:
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "/nonexistent/base-model"}')
     return adapter
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 6 MiB tmpfs: a disk that really fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill `disk` so that `leave` bytes stay free."""
+    filler = disk / "filler.bin"
+    size = shutil.disk_usage(disk).free - leave
+    with filler.open("wb") as handle:
+        for _ in range(size // (1 << 20)):
+            handle.write(b"\0" * (1 << 20))
+        handle.write(b"\0" * (size % (1 << 20)))
+    return filler

@@ -34,6 +34,11 @@ def job_env(tiny_model: Path, data: Path, output_dir: Path, **extra: str) -> dic
     return base_env(tiny_model, data, output_dir, **settings)
 
 
+def env_for(tiny_model: Path, data: Path, out: Path, **extra: str) -> dict[str, str]:
+    """4 steps on the tiny model, no evaluation unless asked (conftest.base_env)."""
+    return base_env(tiny_model, data, out, **({"SAUDIAL_EVAL": "none", "SAUDIAL_REPORT_TO": "none"} | extra))
+
+
 class Job:
     """`python entrypoint.py` in the background, its stdout and stderr collected as they come."""
 

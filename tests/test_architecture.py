@@ -120,6 +120,20 @@ def test_modules_are_small() -> None:
     assert not big, f"modules over {MAX_LINES} lines: {big}"
 
 
+def test_no_test_module_imports_another() -> None:
+    """Shared test helpers live in support modules (tests/entry.py, jobs.py, models.py, ...), so that a test
+    file runs alone and its helpers do not drag another file's fixtures and tables along."""
+    tests = Path(__file__).resolve().parent
+    wrong = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            wrong += [f"{path.name} -> {n}" for n in names if n.split(".")[-1].startswith("test_") and "tests" in n]
+    assert not wrong, wrong
+
+
 if __name__ == "__main__":
     sizes = {name: len(path.read_text().splitlines()) for name, path in modules().items()}
     print(f"{len(sizes)} modules, largest {max(sizes.values())} lines ({max(sizes, key=lambda k: sizes[k])})")

@@ -244,6 +244,7 @@ def test_reply_text_stops_at_the_first_special_token(tiny_model: Path) -> None:
     assert reply_text(tokenizer, ids, special_ids(tokenizer)) == "هلا والله"
 
 
+@pytest.mark.slow
 def test_batched_replies_equal_one_by_one(tiny_model: Path) -> None:
     """Left padding must not change a reply: a batch of conversations of mixed lengths == each alone."""
     settings = Settings.model_validate(

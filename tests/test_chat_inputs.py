@@ -2,13 +2,13 @@
 naming the file, the line and the fix, never a traceback, never the file's bytes; nothing is written.
 
 Training cases use `--dry-run` and a base model that does not exist: a bad file must fail before any model
-is needed. `chat --input` cases use an adapter directory with nothing but an adapter_config.json.
+is needed. `chat --input` cases use an adapter directory with nothing but an adapter_config.json. Each case runs
+the entry point's `main` in this process (tests/entry.py); each table keeps one case as a real subprocess.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_hostile_inputs import Built, assert_one_line_error, data_env, dry_runs, run, run_all
+from tests.entry import Built, Outcome, assert_one_line_error, data_env, dry_runs, run, run_in_process
 
 SYSTEM = {"role": "system", "content": "Answer in Najdi Arabic."}
 USER = {"role": "user", "content": "Where is the market?"}
@@ -135,6 +135,15 @@ def test_bad_chat_data_exits_2_with_one_line(case: str, results: dict[str, Any])
     assert "السوق" not in line and HOSTILE_ROLE not in result.stderr  # no content of the file is echoed
 
 
+def test_bad_chat_data_through_the_entry_point_process(tmp_path: Path) -> None:
+    """The contract end to end, once: a real `entrypoint.py --dry-run` process on a hostile role."""
+    build, extra, expected = CASES["hostile-role-not-echoed"]
+    case = {"one": lambda d: (build(d), {"SAUDIAL_TASK": "chat", **extra}, expected)}
+    result, _, unchanged = dry_runs(tmp_path, case, runner=run)["one"]
+    assert_one_line_error(result, expected)
+    assert unchanged and HOSTILE_ROLE not in result.stderr
+
+
 INPUT_CASES: dict[str, tuple[list[Any], list[str], str]] = {
     "last-turn-the-assistant's": (
         [_messages(USER, REPLY)],
@@ -149,22 +158,23 @@ INPUT_CASES: dict[str, tuple[list[Any], list[str], str]] = {
 
 @pytest.fixture(scope="module")
 def input_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`chat --input` on every INPUT_CASES file, with an adapter that has no model: the file fails first."""
+    """`chat --input` on every INPUT_CASES file, with an adapter that has no model: the file fails first. The
+    first case as a real subprocess, the others through `main` in this process."""
     root = tmp_path_factory.mktemp("chat-inputs")
     adapter = root / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "/nonexistent/base-model"}')
 
-    def one(case: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    def one(case: str, runner: Callable[..., Outcome]) -> tuple[Outcome, list[str]]:
         lines, args, _ = INPUT_CASES[case]
         d = root / case
         d.mkdir()
         source = _write(d / "ask.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
         env = data_env(root / "unused.xlsx", root / "out")
-        result = run(env, "chat", "--adapter", str(adapter), "--input", str(source), *args)
+        result = runner(env, "chat", "--adapter", str(adapter), "--input", str(source), *args)
         return result, sorted(p.name for p in d.iterdir())
 
-    return run_all(list(INPUT_CASES), one)
+    return {case: one(case, run if i == 0 else run_in_process) for i, case in enumerate(INPUT_CASES)}
 
 
 @pytest.mark.parametrize("case", list(INPUT_CASES))

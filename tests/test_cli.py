@@ -1,6 +1,7 @@
 """The command line as a newcomer meets it: the installed command, the help, recipes, `saudial check`.
 
-Every test runs the real entry point as a subprocess (or the real setup script), as a user would.
+Every test runs the real entry point as a subprocess, as a user would. The setup script and the installed
+command are checked by CI's own `make setup-dev` on every run (.ci/run), not by a test building a second venv.
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ def test_bad_recipe_is_one_line_naming_the_file(content: str, expected: str, tmp
     assert str(recipe) in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_config_flag_through_the_entry_point(
     tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
 ) -> None:
@@ -201,6 +203,7 @@ def test_config_flag_through_the_entry_point(
 # --- saudial check ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="what `check` says on a machine without CUDA")
 def test_check_without_cuda_names_the_ways_forward(tmp_path: Path, tiny_model: Path) -> None:
     secret = "hf_CheckNeverPrintsThis0123456789"
@@ -222,30 +225,3 @@ def test_check_without_cuda_names_the_ways_forward(tmp_path: Path, tiny_model: P
     assert quiet.returncode == 0 and quiet.stdout == "", quiet.stdout + quiet.stderr
     loud = run("check", env=env)
     assert loud.returncode == 0 and "Training can run on the CPU" in loud.stdout
-
-
-# --- the installed command -------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_setup_installs_the_saudial_command(tmp_path: Path) -> None:
-    """scripts/setup.sh into a new venv (~1.5 min on 2 cores: torch from the local wheel, the lock from pip's
-    index or cache), then the command runs from any directory, and a second setup is a no-op."""
-    venv = tmp_path / "venv"
-    env = clean_env(VENV=str(venv))
-    setup = subprocess.run(["bash", "scripts/setup.sh"], cwd=REPO, env=env, capture_output=True, text=True)
-    assert setup.returncode == 0, setup.stderr[-3000:]
-    command = venv / "bin" / "saudial"
-    assert command.is_file()
-    version = subprocess.run([str(command), "--version"], cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert version.returncode == 0 and version.stdout.strip().startswith("saudial ")
-    helped = subprocess.run([str(command), "--help"], cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert all(f"  {c} " in helped.stdout for c in SUMMARY)
-    meta = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('saudial'))"],
-        capture_output=True,
-        text=True,
-    )
-    assert meta.stdout.strip() == version.stdout.strip().split()[-1]
-    again = subprocess.run(["bash", "scripts/setup.sh"], cwd=REPO, env=env, capture_output=True, text=True)
-    assert again.returncode == 0 and "is up to date" in again.stderr

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from saudial.inference.dense import dequantize_base_weights
+
+pytestmark = pytest.mark.slow  # each loads the tiny model in 4-bit and generates: 8-25 s on 2 busy cores
 
 
 def _tokens_and_logits(model: torch.nn.Module, model_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,13 +87,13 @@ def test_merged_adapter_on_the_dequantized_4bit_model(tiny_model: Path) -> None:
     rounding (W + s B A is rounded once more), and the fused step's cache let go with the 4-bit weights."""
     from saudial.inference.dense import merged_adapter
     from saudial.model import fused_lora
-    from tests.test_fused_lora import _layers, _peft_4bit
+    from tests.models import lora_4bit_layers, peft_4bit
 
-    model = _peft_4bit(tiny_model, "cpu")  # saudial's 4-bit and LoRA configs, bf16, lora_B non-zero
+    model = peft_4bit(tiny_model, "cpu")  # saudial's 4-bit and LoRA configs, bf16, lora_B non-zero
     assert fused_lora.fuse(model) > 0
     ids = torch.randint(3, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
     model(input_ids=ids)  # the fused step runs and caches its scales
-    layers = _layers(model)
+    layers = lora_4bit_layers(model)
     assert all(hasattr(layer, "_saudial_scales") for layer in layers)
     dequantize_base_weights(model.eval())
     assert not any(hasattr(layer, "_saudial_scales") for layer in layers)

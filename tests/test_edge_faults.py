@@ -1,6 +1,6 @@
 """The process at its edges, through the real entry point on the tiny LFM2: SIGTERM in the phases after
 training, a restart after a kill during the move into place, a full disk with TensorBoard's writer thread.
-Each asserts the exit code and the one `error:` line (test_faults.error_line: no traceback, from any thread)."""
+Each asserts the exit code and the one `error:` line (tests/entry.error_line: no traceback, from any thread)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ import pytest
 
 from saudial.errors import EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, Interrupted
 from tests.adapter_run import trained_adapter
-from tests.jobs import ADAPTER, Job
-from tests.test_faults import env_for, error_line, fill, run, tmpfs  # noqa: F401  (tmpfs: a fixture)
+from tests.conftest import fill
+from tests.entry import error_line, run
+from tests.jobs import ADAPTER, Job, env_for
 
 pytestmark = pytest.mark.slow
 
@@ -168,7 +169,7 @@ def test_a_restart_after_a_kill_during_the_move_completes_it_and_succeeds(
 def test_disk_full_with_tensorboard_is_one_line(
     tiny_model: Path,
     workbook: Path,
-    tmpfs: Path,  # noqa: F811  (the fixture of test_faults)
+    tmpfs: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """A new run with overwrite and report_to=tensorboard on a disk with room for the run's record and no more:

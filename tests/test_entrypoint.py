@@ -16,8 +16,10 @@ from transformers import AutoModelForCausalLM
 
 from saudial.devtools import synthetic
 from tests.conftest import RunEntry, base_env
+from tests.entry import run_in_process
 
 
+@pytest.mark.slow
 def test_train_end_to_end(tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry) -> None:
     out = tmp_path / "out"
     secret = "hf_DoNotLeakThisToken0123456789"
@@ -73,6 +75,7 @@ def test_train_end_to_end(tiny_model: Path, workbook: Path, tmp_path: Path, run_
         assert torch.equal(value, reference[original]), key
 
 
+@pytest.mark.slow
 def test_dry_run_prints_summary_and_first_example(
     tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
 ) -> None:
@@ -84,6 +87,7 @@ def test_dry_run_prints_summary_and_first_example(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_flags_override_env(tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry) -> None:
     env = base_env(tiny_model, workbook, tmp_path / "o", SAUDIAL_LEARNING_RATE="1e-3")
     result = run_entry(env, "--dry-run", "--learning-rate", "7e-5", "--dialects", "Najdi")
@@ -110,7 +114,7 @@ def _bad(path: Path, content: bytes) -> Path:
         ("bad-value", "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE='-1' is invalid"),
         ("typo", "did you mean SAUDIAL_NUM_TRAIN_EPOCHS"),
         ("wrong-type", "unsupported data file type '.txt'"),
-        ("4bit-on-cpu", "SAUDIAL_QUANTIZATION=none"),
+        pytest.param("4bit-on-cpu", "SAUDIAL_QUANTIZATION=none", marks=pytest.mark.slow),  # a real process
         ("unknown-optimizer", "SAUDIAL_OPTIM='adamw_bogus' is not an optimizer transformers knows"),
     ],
 )
@@ -151,7 +155,9 @@ def test_bad_input_exits_2_with_one_clear_line(
     elif case == "unknown-optimizer":
         extra = {"SAUDIAL_OPTIM": "adamw_bogus"}
     out = tmp_path / "out"
-    result = run_entry(base_env(tiny_model, data, out, **extra))
+    # Through main in this process (tests/entry.py); 4-bit without CUDA, refused once torch and the model
+    # libraries are imported, as a real process: the contract end to end.
+    result = (run_entry if case == "4bit-on-cpu" else run_in_process)(base_env(tiny_model, data, out, **extra))
     assert result.returncode == 2, result.stderr[-2000:]
     assert expected in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -161,15 +167,16 @@ def test_bad_input_exits_2_with_one_clear_line(
 
 
 def test_missing_columns_lists_expected_and_found(
-    tiny_model: Path, saudial_frame: pd.DataFrame, tmp_path: Path, run_entry: RunEntry
+    tiny_model: Path, saudial_frame: pd.DataFrame, tmp_path: Path
 ) -> None:
     data = synthetic.write(saudial_frame[["Dialect", "English Text"]], tmp_path / "two-columns.csv")
-    result = run_entry(base_env(tiny_model, data, tmp_path / "out"))
+    result = run_in_process(base_env(tiny_model, data, tmp_path / "out"))
     assert result.returncode == 2
     assert "expected ['Dialect', 'English Text', 'Dialect Translation']" in result.stderr
     assert "found ['Dialect', 'English Text']" in result.stderr
 
 
+@pytest.mark.slow
 def test_earlier_output_is_never_silently_overwritten(
     tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
 ) -> None:

@@ -12,15 +12,12 @@ and everything around it runs for real.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,45 +25,15 @@ import pytest
 from saudial.errors import EXIT_BUG, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_TRAINING, ConfigError
 from saudial.rundir.staging import check_not_protected
 from tests.adapter_run import copy_run, trained_adapter
-from tests.conftest import ENTRYPOINT, REPO, base_env
-from tests.jobs import ADAPTER, Job
+from tests.conftest import REPO, fill
+from tests.entry import error_line, run, tree
+from tests.jobs import ADAPTER, Job, env_for
 
 pytestmark = pytest.mark.slow
 
 PAGE = 4096
 
 TRAINING_STEP = re.compile(r"^step \d+/\d+  loss ", re.M)  # a logged training step (training/steplines.py)
-
-
-def tree(root: Path, skip: str | None = None) -> dict[str, str]:
-    """Every file and folder under `root` (but `skip`) -> its sha256 ('dir' for a folder)."""
-    found: dict[str, str] = {}
-    for path in sorted(root.rglob("*")):
-        name = path.relative_to(root).as_posix()
-        if skip and (name == skip or name.startswith(f"{skip}/")):
-            continue
-        found[name] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
-
-
-def error_line(stderr: str) -> str:
-    """The one `error:` line (the last line of stderr); no traceback anywhere."""
-    assert "Traceback" not in stderr, stderr[-3000:]
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, stderr[-3000:]
-    assert stderr.rstrip().splitlines()[-1] == errors[0]
-    return errors[0]
-
-
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ENTRYPOINT), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
-    )
-
-
-def env_for(tiny_model: Path, data: Path, out: Path, **extra: str) -> dict[str, str]:
-    """4 steps on the tiny model, no evaluation unless asked (conftest.base_env)."""
-    return base_env(tiny_model, data, out, **({"SAUDIAL_EVAL": "none", "SAUDIAL_REPORT_TO": "none"} | extra))
 
 
 def disk_bytes(path: Path) -> int:
@@ -82,33 +49,6 @@ def finished(tiny_model: Path, workbook: Path, tmp_path_factory: pytest.TempPath
     out = trained_adapter(tiny_model, workbook, tmp_path_factory)
     assert json.loads((out / "run_manifest.json").read_text())["status"] == "finished"
     return out
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 6 MiB tmpfs: a disk that really fills up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(disk: Path, leave: int) -> Path:
-    """Fill `disk` so that `leave` bytes stay free."""
-    filler = disk / "filler.bin"
-    size = shutil.disk_usage(disk).free - leave
-    with filler.open("wb") as handle:
-        for _ in range(size // (1 << 20)):
-            handle.write(b"\0" * (1 << 20))
-        handle.write(b"\0" * (size % (1 << 20)))
-    return filler
 
 
 @pytest.mark.parametrize("phase", ["checkpoint", "final save"])

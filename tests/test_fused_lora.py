@@ -14,44 +14,17 @@ from typing import Any
 import bitsandbytes as bnb
 import pytest
 import torch
-from peft import get_peft_model
-from transformers import AutoModelForCausalLM
 
-from saudial.config.settings import Settings
 from saudial.model import fused_lora
-from saudial.model.loading import quantization_config
-from saudial.model.lora import lora_config
+from tests.models import lora_4bit_layers, peft_4bit
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
-def _peft_4bit(model_dir: Path, device: str, **lora: Any) -> Any:
-    # saudial's own quantization and LoRA configs (model/loading.py needs CUDA for the rest of load_model).
-    settings = Settings(**({"lora_dropout": 0.0} | lora))
-    quant = quantization_config(settings, torch.bfloat16)
-    base = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=quant, dtype=torch.bfloat16, device_map=device
-    )
-    model = get_peft_model(base, lora_config(settings))
-    generator = torch.Generator().manual_seed(0)
-    for name, param in model.named_parameters():
-        if param.requires_grad:  # bf16 like TRL's cast; B non-zero so that every gradient is
-            param.data = param.data.to(torch.bfloat16)
-            if "lora_B" in name:
-                param.data = (torch.randn(param.shape, generator=generator) * 0.05).to(param)
-    return model.train()
-
-
-def _layers(model: Any) -> list[Any]:
-    from peft.tuners.lora.bnb import Linear4bit
-
-    return [m for m in model.modules() if isinstance(m, Linear4bit)]
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_one_layer_is_as_exact_as_peft(tiny_model: Path, device: str) -> None:
-    model = _peft_4bit(tiny_model, device)
-    layer = _layers(model)[-1]
+    model = peft_4bit(tiny_model, device)
+    layer = lora_4bit_layers(model)[-1]
     a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     scaling = layer.scaling["default"]
     weight = bnb.functional.dequantize_4bit(layer.base_layer.weight, layer.base_layer.weight.quant_state).double()
@@ -74,7 +47,7 @@ def test_one_layer_is_as_exact_as_peft(tiny_model: Path, device: str) -> None:
     reference = [yd.detach(), xd.grad, ad.grad, bd.grad]
 
     peft = run(lambda x: type(layer).forward(layer, x))
-    assert fused_lora.fuse(model) == len(_layers(model))
+    assert fused_lora.fuse(model) == len(lora_4bit_layers(model))
     fused = run(layer)
     for name, ref, p, f in zip(["y", "dx", "dA", "dB"], reference, peft, fused, strict=True):
         assert ref is not None
@@ -86,7 +59,7 @@ def test_one_layer_is_as_exact_as_peft(tiny_model: Path, device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_model_loss_and_lora_gradients_match_peft(tiny_model: Path, device: str) -> None:
-    model = _peft_4bit(tiny_model, device)
+    model = peft_4bit(tiny_model, device)
     ids = torch.randint(3, model.config.vocab_size, (1, 160), generator=torch.Generator().manual_seed(2)).to(device)
 
     def step() -> tuple[float, dict[str, torch.Tensor]]:
@@ -100,35 +73,35 @@ def test_model_loss_and_lora_gradients_match_peft(tiny_model: Path, device: str)
     fused_lora.fuse(model)
     fused_loss, fused_grads = step()
     assert abs(fused_loss - loss) <= 2e-3 * abs(loss)
-    assert len(grads) == 2 * len(_layers(model))
+    assert len(grads) == 2 * len(lora_4bit_layers(model))
     for name, grad in grads.items():
         cosine = torch.nn.functional.cosine_similarity(grad, fused_grads[name], dim=0).item()
         assert cosine > 0.999, (name, cosine)
 
 
 def test_what_the_function_does_not_cover_goes_to_peft(tiny_model: Path) -> None:
-    fused_model = _peft_4bit(tiny_model, "cpu")
+    fused_model = peft_4bit(tiny_model, "cpu")
     fused_lora.fuse(fused_model)
-    layer = _layers(fused_model)[0]
+    layer = lora_4bit_layers(fused_model)[0]
     x = torch.randn(5, layer.in_features, dtype=torch.bfloat16, requires_grad=True)
     assert type(layer(x).grad_fn).__name__ == "_QLoRALinearBackward"
     with fused_model.disable_adapter():  # PEFT's path: the base layer alone
         assert torch.equal(layer(x), layer.base_layer(x))
     assert type(layer(x.float()).grad_fn).__name__ != "_QLoRALinearBackward"  # not the compute dtype
 
-    dropout_model = _peft_4bit(tiny_model, "cpu", lora_dropout=0.1)
+    dropout_model = peft_4bit(tiny_model, "cpu", lora_dropout=0.1)
     fused_lora.fuse(dropout_model)
-    output = _layers(dropout_model)[0](x)
+    output = lora_4bit_layers(dropout_model)[0](x)
     assert type(output.grad_fn).__name__ != "_QLoRALinearBackward"  # dropout: PEFT's own forward
 
 
 def test_cached_scales_are_bitsandbytes_own(tiny_model: Path) -> None:
     """The scales dequantized once are the ones bitsandbytes computes on every call (the watch on its
     double-quantization formula), and the fused layer's frozen part is bitsandbytes' 4-bit matmul exactly."""
-    model = _peft_4bit(tiny_model, "cpu")
+    model = peft_4bit(tiny_model, "cpu")
     fused_lora.fuse(model)
     generator = torch.Generator().manual_seed(3)
-    for layer in _layers(model):
+    for layer in lora_4bit_layers(model):
         weight = layer.base_layer.weight
         assert weight.quant_state.nested  # saudial's default: QLoRA's double quantization
         dequantized = bnb.functional.dequantize_4bit(weight, weight.quant_state)

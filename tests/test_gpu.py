@@ -151,12 +151,12 @@ def test_padding_free_equals_padded_on_gpu(
     from saudial.model import short_conv
     from saudial.model.loading import load_model
     from saudial.training.trainer import padding_free_collator
-    from tests.test_padding_free import _chat_examples, _examples, _padded_batch, _per_example_loss
+    from tests.models import chat_examples, padded_batch, per_example_loss, row_examples
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = load_model(Settings(model_name_or_path=str(tiny_model), quantization="4bit")).eval()
-    examples = _examples(workbook, tokenizer) if rows == "translation" else _chat_examples(tokenizer)
-    ids, mask = _padded_batch(examples, tokenizer.pad_token_id)
+    examples = row_examples(workbook, tokenizer) if rows == "translation" else chat_examples(tokenizer)
+    ids, mask = padded_batch(examples, tokenizer.pad_token_id)
     short_conv.install_boundary_aware_conv()
     batch = padding_free_collator(tokenizer.pad_token_id, 256)([{"input_ids": e} for e in examples])
     if varlen:
@@ -172,8 +172,8 @@ def test_padding_free_equals_padded_on_gpu(
         flat = model(**inputs, use_cache=False).logits[0].float().cpu()
     start = 0
     for i, e in enumerate(examples):
-        a = _per_example_loss(padded[i, : len(e)], torch.tensor(e)).mean()
-        b = _per_example_loss(flat[start : start + len(e)], torch.tensor(e)).mean()
+        a = per_example_loss(padded[i, : len(e)], torch.tensor(e)).mean()
+        b = per_example_loss(flat[start : start + len(e)], torch.tensor(e)).mean()
         assert abs(a - b) < 2e-2 * max(1.0, float(a)), (i, float(a), float(b))
         start += len(e)
 

@@ -101,6 +101,7 @@ def check_outcome(load: Callable[[Path], object], path: Path) -> None:
     assert time.perf_counter() - start < SECONDS_PER_CASE
 
 
+@pytest.mark.slow
 @settings(
     max_examples=600,
     derandomize=True,
@@ -135,6 +136,7 @@ def entry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fuzz-entry")
 
 
+@pytest.mark.slow
 @settings(max_examples=6, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
 @given(case=mutated_files())
 def test_mutated_file_through_the_entry_point(case: tuple[str, bytes], tiny_model: Path, entry_dir: Path) -> None:

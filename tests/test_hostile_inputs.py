@@ -2,11 +2,12 @@
 code and one `error:` line that names the file or setting and the fix, never a traceback, never the
 file's bytes, and nothing outside the run's own files changes.
 
-Each case builds its file itself and runs `entrypoint.py` as a subprocess. Data cases use `--dry-run` and
-a base model that does not exist: a bad file must fail before any model is needed (about a second each,
-before the slow imports). `translate --input` cases use an adapter directory with nothing but an
+Each case builds its file itself and runs the entry point's `main` in this process (tests/entry.py:
+milliseconds, where a subprocess takes a second or more on 2 busy cores); each table keeps one case as a real
+`entrypoint.py` subprocess. Data cases use `--dry-run` and a base model that does not exist: a bad file must
+fail before any model is needed. `translate --input` cases use an adapter directory with nothing but an
 adapter_config.json for the same reason. The few valid-but-odd inputs that must pass (control characters,
-formula-leading text) load the tiny LFM2.
+formula-leading text) load the tiny LFM2 in a subprocess.
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ import datetime as dt
 import os
 import re
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,46 +27,21 @@ import pytest
 
 from saudial.config.settings import Settings, env_name
 from saudial.devtools import synthetic
-from tests.conftest import ENTRYPOINT, REPO, base_env
+from tests.entry import (
+    Built,
+    Outcome,
+    assert_one_line_error,
+    data_env,
+    dry_runs,
+    run,
+    run_in_process,
+)
 from tests.hostile_files import SHARED_STRINGS, SHEET_XML, flip_compressed_byte, rezip, tree_state, workbook_bytes
-
-# An exception or a Python warning printed by anyone (`ValueError: ...`, `file.py:84: UserWarning: ...`).
-EXCEPTION_LINE = re.compile(r"\w(Error|Exception|Warning): ")
-SECRET = "hf_HostileInputsNeverLeakThis0123456789"
-
-
-def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ENTRYPOINT), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str, code: int = 2) -> str:
-    """Exit `code`; stderr ends in exactly one `error:` line holding `expected`; no traceback, no control chars."""
-    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], lines[-5:]
-    assert not [line for line in lines[:-1] if EXCEPTION_LINE.search(line)], result.stderr[-2000:]
-    assert expected in errors[0], errors[0]
-    assert errors[0].isprintable(), repr(errors[0])
-    assert SECRET not in result.stdout + result.stderr
-    return errors[0]
-
-
-def data_env(data: Path | str, out: Path, model: Path | None = None, **extra: str) -> dict[str, str]:
-    """A dry run of `train` on `data`; no model exists unless one is given."""
-    env = base_env(model or out.parent / "no-model-here", Path(data), out, HF_TOKEN=SECRET, **extra)
-    env["SAUDIAL_DATA"] = str(data)  # as given: "" stays empty
-    return env
-
 
 # --------------------------------------------------------------------------------------------------
 # Data files, every format: each builder writes its file into `d` and returns (path, extra env, expected).
 
 FRAME = synthetic.make_rows(40, seed=3)
-Built = tuple[Path | str, dict[str, str], str]  # the data setting's value, extra settings, expected message
 
 
 def _xlsx(d: Path, frame: pd.DataFrame = FRAME) -> bytes:
@@ -402,34 +375,20 @@ def _sparse(path: Path, size: int) -> Path:
     return path
 
 
-def run_all(cases: list[Any], one: Callable[[Any], Any]) -> dict[Any, Any]:
-    """`one(case)` for every case, two at a time: each runs one short subprocess, and there are 2 cores."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(cases, pool.map(one, cases), strict=True))
-
-
-def dry_runs(root: Path, cases: dict[str, Callable[[Path], Built]]) -> dict[str, Any]:
-    """Each case's files built in ROOT/case/data (in this process), then `--dry-run` on each: the result, the
-    expected message, and whether the data and output directories are unchanged."""
-    prepared = {}
-    for case, build in cases.items():
-        d, out = root / case / "data", root / case / "out"
-        d.mkdir(parents=True)
-        path, extra, expected = build(d)
-        prepared[case] = (data_env(path, out, **extra), expected, (d, out), tree_state(d, out))
-
-    def one(case: str) -> tuple[subprocess.CompletedProcess[str], str, bool]:
-        env, expected, dirs, before = prepared[case]
-        result = run(env, "--dry-run")
-        return result, expected, tree_state(*dirs) == before
-
-    return run_all(list(cases), one)
-
-
 @pytest.fixture(scope="module")
 def data_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Every BAD_DATA case through the entry point."""
+    """Every BAD_DATA case through the entry point's `main`, in this process."""
     return dry_runs(tmp_path_factory.mktemp("data-cases"), BAD_DATA)
+
+
+def test_a_bad_data_file_through_the_entry_point_process(tmp_path: Path) -> None:
+    """The contract end to end, once: a real `entrypoint.py --dry-run` process on a workbook whose header is
+    terminal escapes and 300 characters: exit 2, one line, nothing of the header on a real stderr."""
+    case = "xlsx-garbage-headers-not-echoed"
+    result, expected, unchanged = dry_runs(tmp_path, {case: BAD_DATA[case]}, runner=run)[case]
+    line = assert_one_line_error(result, expected)
+    assert unchanged
+    assert "\x9b" not in result.stderr and "\u202e" not in result.stderr and "HHHH" not in line
 
 
 @pytest.mark.parametrize("case", list(BAD_DATA))
@@ -453,7 +412,7 @@ def test_symlink_to_a_system_file_is_named_but_never_echoed(suffix: str, tmp_pat
     d.mkdir()
     link = _link(d / f"data{suffix}", "/etc/passwd")
     before = tree_state(d, out)
-    result = run(data_env(link, out), "--dry-run")
+    result = run_in_process(data_env(link, out), "--dry-run")
     assert_one_line_error(result, str(link))
     assert "/etc/passwd" not in result.stderr
     shown = result.stdout + result.stderr
@@ -463,7 +422,8 @@ def test_symlink_to_a_system_file_is_named_but_never_echoed(suffix: str, tmp_pat
 
 
 def test_symlink_to_proc_environ_never_leaks_the_token(tmp_path: Path) -> None:
-    """/proc/self/environ reports size 0 and holds HF_TOKEN: the read is capped and nothing of it is shown."""
+    """/proc/self/environ reports size 0 and holds HF_TOKEN: the read is capped and nothing of it is shown.
+    A subprocess: the file holds the environment a process started with, which only a new process sets."""
     d, out = tmp_path / "data", tmp_path / "out"
     d.mkdir()
     link = _link(d / "environ.csv", "/proc/self/environ")
@@ -476,7 +436,7 @@ def test_symlink_to_proc_environ_never_leaks_the_token(tmp_path: Path) -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     path = synthetic.write(FRAME, tmp_path / "locked.csv")
     path.chmod(0)
-    result = run(data_env(path, tmp_path / "out"), "--dry-run")
+    result = run_in_process(data_env(path, tmp_path / "out"), "--dry-run")
     assert_one_line_error(result, "permission denied")
 
 
@@ -484,6 +444,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
 # Text that is odd but valid: stripped and counted, the run goes on.
 
 
+@pytest.mark.slow
 def test_control_characters_are_stripped_and_counted(tiny_model: Path, tmp_path: Path) -> None:
     frame = FRAME.copy()
     # RLO before the quote would defeat the quote stripping; NEL and CSI are C1 controls (C0 cannot be in XML).
@@ -524,20 +485,22 @@ def _accepted(name: str, label: str) -> bool:
     return label == "zero" and name in ZERO_IS_VALID
 
 
-def _run_setting(case: tuple[str, str], root: Path) -> tuple[subprocess.CompletedProcess[str], bool]:
+def _run_setting(
+    case: tuple[str, str], root: Path, runner: Callable[..., Outcome] = run_in_process
+) -> tuple[Outcome, bool]:
     name, label = case
     d, out = root / f"{name}-{label}", root / f"{name}-{label}" / "out"
     d.mkdir()
     before = tree_state(d)
     env = data_env(d / "missing.xlsx", out, **{env_name(name): _value(name, label)})
-    result = run(env, "--dry-run")
+    result = runner(env, "--dry-run")
     return result, tree_state(d) == before
 
 
 @pytest.fixture(scope="module")
 def setting_results(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Any]:
     root = tmp_path_factory.mktemp("settings")
-    return run_all(SETTING_CASES, lambda case: _run_setting(case, root))
+    return {case: _run_setting(case, root) for case in SETTING_CASES}
 
 
 def test_every_numeric_setting_is_covered() -> None:
@@ -558,12 +521,19 @@ def test_numeric_setting_out_of_range_exits_2(case: tuple[str, str], setting_res
         assert_one_line_error(result, f"{env_name(name)}='{_value(name, label)}' is invalid")
 
 
+def test_a_bad_setting_through_the_entry_point_process(tmp_path: Path) -> None:
+    """The settings contract end to end, once: a real process given SAUDIAL_NUM_TRAIN_EPOCHS=nan."""
+    result, unchanged = _run_setting(("num_train_epochs", "nan"), tmp_path, runner=run)
+    assert unchanged
+    assert_one_line_error(result, "SAUDIAL_NUM_TRAIN_EPOCHS='nan' is invalid")
+
+
 @pytest.mark.parametrize("value", ["", "   "])
 def test_empty_output_dir_is_a_settings_error(value: str, tmp_path: Path) -> None:
     env = data_env(tmp_path / "missing.xlsx", tmp_path / "out")
     env["SAUDIAL_OUTPUT_DIR"] = value
     before = tree_state(tmp_path)
-    assert_one_line_error(run(env, "--dry-run"), f"SAUDIAL_OUTPUT_DIR='{value}' is invalid: it is empty")
+    assert_one_line_error(run_in_process(env, "--dry-run"), f"SAUDIAL_OUTPUT_DIR='{value}' is invalid: it is empty")
     assert tree_state(tmp_path) == before
 
 
@@ -636,8 +606,16 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], list[str], dict[str, str], s
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_translate_rejects_a_bad_input_before_any_model(case: str, tmp_path: Path, no_model_adapter: Path) -> None:
+# One case as a real process (the contract end to end); the rest through `main` in this process.
+TRANSLATE_RUNNERS = [
+    pytest.param(case, run if case == "passwd-symlink" else run_in_process, id=case) for case in BAD_INPUTS
+]
+
+
+@pytest.mark.parametrize(("case", "runner"), TRANSLATE_RUNNERS)
+def test_translate_rejects_a_bad_input_before_any_model(
+    case: str, runner: Callable[..., Outcome], tmp_path: Path, no_model_adapter: Path
+) -> None:
     d = tmp_path / "inputs"
     d.mkdir()
     build, args, extra, expected = BAD_INPUTS[case]
@@ -645,7 +623,7 @@ def test_translate_rejects_a_bad_input_before_any_model(case: str, tmp_path: Pat
     args = [a if not a.startswith("out.") else str(d / a) for a in args]
     env = data_env(tmp_path / "unused.xlsx", tmp_path / "out", **extra)
     before = tree_state(d, no_model_adapter, tmp_path / "out")
-    result = run(
+    result = runner(
         env, "translate", "--adapter", str(no_model_adapter), "--dialect", "Najdi", "--input", str(path), *args
     )
     assert_one_line_error(result, expected)
@@ -676,6 +654,7 @@ def untrained_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 FORMULAS = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "plain text"]
 
 
+@pytest.mark.slow
 def test_translate_escapes_formulas_in_spreadsheets(untrained_adapter: Path, tmp_path: Path) -> None:
     from openpyxl import load_workbook
 

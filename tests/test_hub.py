@@ -7,6 +7,12 @@ every file, so content travels base64 in the commit and no LFS/Xet upload happen
 /api/models/{repo}/commit/{rev} (ndjson). It records every request, so the tests can assert which
 files arrived and that the token was sent in the Authorization header and nowhere else.
 Nothing leaves the machine.
+
+Runs that retry go through the entry point's `main` in this process (tests/entry.py), huggingface_hub's
+endpoint pointed at the stand-in, and the back-off's sleeps recorded instead of slept (`in_process`): the
+retry policy runs as it is (which failures are retried, how often, the delays asked for) without ~15 s of
+waiting. The exit-code contract stays end to end in real processes: a training run whose upload is refused
+(exit 4), `push` refused (exit 4), a pre-flight rejection (exit 2), a full train-evaluate-push (exit 0).
 """
 
 from __future__ import annotations
@@ -14,20 +20,21 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from huggingface_hub import ModelCard
 
+from saudial.publish.hub import RETRY_DELAYS_S
 from tests.adapter_run import trained_adapter
-from tests.conftest import REPO, RunEntry, base_env
+from tests.conftest import RunEntry, base_env
+from tests.entry import run_in_process
 
 TOKEN = "hf_saudialFAKEtoken0123456789abcdefXYZ"
 REPO_ID = "tester/lfm2-saudial-test"
@@ -192,6 +199,44 @@ def hub_env(tiny_model: Path, data: Path, output_dir: Path, hub: StandIn, tmp: P
     return env
 
 
+@dataclass
+class InProcess:
+    """`run(env, *args)`: the entry point's main here, against `hub`; `slept`: the back-off's delays, in order."""
+
+    hub: StandIn
+    slept: list[float]
+
+    def run(self, env: dict[str, str], *args: str) -> Any:
+        with pytest.MonkeyPatch.context() as patch:
+            self.hub_constants(patch, env)
+            return run_in_process(env, *args)
+
+    @staticmethod
+    def hub_constants(patch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+        """huggingface_hub's settings that a process reads from `env` at import: set as `hub_env` sets them."""
+        from huggingface_hub import constants
+
+        patch.setattr(constants, "ENDPOINT", env["HF_ENDPOINT"])
+        patch.setattr(constants, "HF_HUB_OFFLINE", env.get("HF_HUB_OFFLINE") == "1")
+        patch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        patch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+
+
+@pytest.fixture
+def in_process(hub: StandIn, monkeypatch: pytest.MonkeyPatch) -> InProcess:
+    from saudial.publish import hub as publish
+
+    slept: list[float] = []
+    monkeypatch.setattr(publish, "time", SimpleNamespace(sleep=slept.append))  # hub.py's only use of time
+    return InProcess(hub, slept)
+
+
+def assert_backoff(slept: list[float], delays: tuple[float, ...]) -> None:
+    """The waits asked for: each delay of the policy, in order, plus up to 10% jitter."""
+    assert len(slept) == len(delays), slept
+    assert all(d <= s <= 1.1 * d for s, d in zip(slept, delays, strict=True)), slept
+
+
 def assert_token_only_in_authorization(hub: StandIn, *texts: str) -> None:
     assert hub.requests, "the stand-in received nothing"
     for request in hub.requests:
@@ -295,15 +340,18 @@ def push_env(trained: Path, hub: StandIn, tmp: Path) -> tuple[dict[str, str], Pa
 
 
 @pytest.mark.slow
-def test_push_command_uploads_a_finished_run(trained: Path, tmp_path: Path, hub: StandIn, run_entry: RunEntry) -> None:
+def test_push_command_uploads_a_finished_run(
+    trained: Path, tmp_path: Path, hub: StandIn, in_process: InProcess
+) -> None:
     env, out = push_env(trained, hub, tmp_path)
     env["SAUDIAL_HUB_PRIVATE"] = "false"
     hub.faults["commit"] = [500, 200]  # one server error, then success: retried
-    result = run_entry(env, "push", "--output-dir", str(out))
+    result = in_process.run(env, "push", "--output-dir", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(hub.of_kind("create")[0].body)["visibility"] == "public"
     assert len(hub.of_kind("commit")) == 2
     assert "retrying" in result.stderr
+    assert_backoff(in_process.slept, RETRY_DELAYS_S[:1])
     files = hub.files()
     assert {"adapter_model.safetensors", "README.md", "run_manifest.json", "metrics.json"} <= set(files)
     assert "Not evaluated in this run" in files["README.md"].decode()
@@ -320,11 +368,19 @@ def test_push_command_uploads_a_finished_run(trained: Path, tmp_path: Path, hub:
     ],
 )
 def test_push_failures_exit_4_with_the_retry_command(
-    trained: Path, tmp_path: Path, hub: StandIn, run_entry: RunEntry, kind: str, status: int, expected: str
+    trained: Path,
+    tmp_path: Path,
+    hub: StandIn,
+    run_entry: RunEntry,
+    in_process: InProcess,
+    kind: str,
+    status: int,
+    expected: str,
 ) -> None:
+    """401 as a real `push` process; 403 and 500 (retried: the back-off recorded, not slept) in this process."""
     env, out = push_env(trained, hub, tmp_path)
     hub.faults[kind] = [status]
-    result = run_entry(env, "push", "--output-dir", str(out))
+    result = (run_entry if status == 401 else in_process.run)(env, "push", "--output-dir", str(out))
     assert result.returncode == 4, result.stderr[-3000:]
     error = result.stderr.strip().splitlines()[-1]
     assert expected in error, error
@@ -332,6 +388,8 @@ def test_push_failures_exit_4_with_the_retry_command(
     assert "Traceback" not in result.stderr
     attempts = len(hub.of_kind(kind))
     assert attempts == (4 if status == 500 else 1)  # 5xx: 1 try + 3 retries; 401/403: no retry
+    if status != 401:
+        assert_backoff(in_process.slept, RETRY_DELAYS_S if status == 500 else ())
     assert (out / "adapter_model.safetensors").is_file()
     assert_token_only_in_authorization(hub, result.stdout, result.stderr)
 
@@ -340,13 +398,13 @@ def test_push_failures_exit_4_with_the_retry_command(
 
 
 def preflight_run(
-    run_entry: RunEntry, tiny_model: Path, workbook: Path, tmp_path: Path, hub: StandIn, **extra: str
+    run: Callable[..., Any], tiny_model: Path, workbook: Path, tmp_path: Path, hub: StandIn, **extra: str
 ) -> Any:
     env = hub_env(tiny_model, workbook, tmp_path / "out", hub, tmp_path, **extra)
     for key, value in extra.items():
         if value == "<unset>":
             env.pop(key)
-    return run_entry(env)
+    return run(env)
 
 
 @pytest.mark.parametrize(
@@ -361,7 +419,7 @@ def preflight_run(
     ],
 )
 def test_preflight_stops_before_training(
-    run_entry: RunEntry,
+    in_process: InProcess,
     tiny_model: Path,
     workbook: Path,
     tmp_path: Path,
@@ -371,7 +429,7 @@ def test_preflight_stops_before_training(
     expected: str,
 ) -> None:
     hub.role = role
-    result = preflight_run(run_entry, tiny_model, workbook, tmp_path, hub, **extra)
+    result = preflight_run(in_process.run, tiny_model, workbook, tmp_path, hub, **extra)
     assert result.returncode == 2, result.stderr[-3000:]
     assert expected in result.stderr.strip().splitlines()[-1]
     assert "loading" not in result.stderr  # stopped before the model loads
@@ -379,9 +437,11 @@ def test_preflight_stops_before_training(
     assert TOKEN not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_preflight_rejected_token(
     run_entry: RunEntry, tiny_model: Path, workbook: Path, tmp_path: Path, hub: StandIn
 ) -> None:
+    """A real process: the pre-flight's exit 2 end to end."""
     hub.faults["whoami"] = [401]
     result = preflight_run(run_entry, tiny_model, workbook, tmp_path, hub)
     assert result.returncode == 2
@@ -390,27 +450,30 @@ def test_preflight_rejected_token(
     assert_token_only_in_authorization(hub, result.stdout, result.stderr)
 
 
-def test_preflight_unreachable_hub(run_entry: RunEntry, tiny_model: Path, workbook: Path, tmp_path: Path) -> None:
+def test_preflight_unreachable_hub(in_process: InProcess, tiny_model: Path, workbook: Path, tmp_path: Path) -> None:
     closed = StandIn(url="http://127.0.0.1:9")  # discard port: connection refused
-    result = preflight_run(run_entry, tiny_model, workbook, tmp_path, closed)
+    result = preflight_run(in_process.run, tiny_model, workbook, tmp_path, closed)
     assert result.returncode == 2
     assert "cannot reach http://127.0.0.1:9" in result.stderr
+    assert_backoff(in_process.slept, RETRY_DELAYS_S[:1])  # a connection error is retried once before training
 
 
 @pytest.mark.slow
-def test_checkpoint_upload_never_sends_the_trainers_pickle(trained: Path, tmp_path: Path, hub: StandIn) -> None:
+def test_checkpoint_upload_never_sends_the_trainers_pickle(
+    trained: Path, tmp_path: Path, hub: StandIn, in_process: InProcess
+) -> None:
     """hub_strategy=checkpoint uploads a checkpoint without training_args.bin (a pickle: loading one runs code)."""
+    from saudial.config.settings import Settings
+    from saudial.publish.hub import upload_checkpoint
+
     checkpoint = trained / "checkpoint-4"
     assert (checkpoint / "training_args.bin").is_file()  # the Trainer's, in its checkpoint
     env = hub_env(Path("unused"), Path("unused"), tmp_path / "out", hub, tmp_path)
-    script = (
-        "import sys; from pathlib import Path; from saudial.config.settings import Settings; "
-        "from saudial.publish.hub import upload_checkpoint; "
-        f"s = Settings.model_validate({{'push_to_hub': True, 'hub_model_id': {REPO_ID!r}}}); "
-        "sys.exit(0 if upload_checkpoint(s, Path(sys.argv[1])) else 1)"
-    )
-    done = subprocess.run([sys.executable, "-c", script, str(checkpoint)], env=env, cwd=REPO, capture_output=True)
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    settings = Settings.model_validate({"push_to_hub": True, "hub_model_id": REPO_ID})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_TOKEN", TOKEN)
+        in_process.hub_constants(patch, env)
+        assert upload_checkpoint(settings, checkpoint)
     files = hub.files()
     assert {"last-checkpoint/adapter_model.safetensors", "last-checkpoint/saudial_checkpoint.json"} <= set(files)
     assert "last-checkpoint/optimizer.pt" in files and not [f for f in files if f.endswith("training_args.bin")]

@@ -84,6 +84,7 @@ def test_a_missing_local_directory_is_named(tmp_path: Path) -> None:
     assert probe(tmp_path, name=str(tmp_path), HF_ENDPOINT=REFUSED)[0] == "OK"  # a local directory needs no Hub
 
 
+@pytest.mark.slow
 def test_train_without_the_hub_fails_once_without_retries(workbook: Path, tmp_path: Path, run_entry: RunEntry) -> None:
     env = base_env(tmp_path, workbook, tmp_path / "out", SAUDIAL_MODEL_NAME_OR_PATH=MODEL, HF_ENDPOINT=REFUSED)
     env.pop("HF_HUB_OFFLINE")

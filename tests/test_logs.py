@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 import bitsandbytes
+import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -93,6 +94,7 @@ def test_upstream_transformers_deprecation_and_peft_still_reading_it(tiny_model:
     assert "is_gradient_checkpointing" in inspect.getsource(PeftModel.__init__)  # PEFT 0.21.2 still reads it
 
 
+@pytest.mark.slow
 def test_upstream_lfm2_generation_says_what_the_filter_drops(tiny_model: Path) -> None:
     """A fresh process (transformers says it once per process): the raw messages, and the filter on them."""
     code = f"""
@@ -154,6 +156,7 @@ print("TTY_CR", "\\r" in tty.getvalue(), "TTY_BAR", "|" in tty.getvalue())
 """
 
 
+@pytest.mark.slow
 def test_progress_bars_are_lines_without_a_terminal() -> None:
     result = subprocess.run([sys.executable, "-c", PROGRESS], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -175,6 +178,7 @@ def test_progress_bars_are_lines_without_a_terminal() -> None:
 # --- a real run: quiet, line-based, with saudial's card on disk ------------------------------------
 
 
+@pytest.mark.slow
 def test_tiny_run_logs_lines_and_leaves_the_saudial_card(
     tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
 ) -> None:

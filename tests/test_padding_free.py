@@ -10,40 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.lfm2 import modeling_lfm2
 
-from saudial.data import workbook as data
-from saudial.data.conversations import row_conversation
-from saudial.data.messages import tokenize
-from saudial.data.prompts import build_prompt
 from saudial.model import patches as speed
 from saudial.model import short_conv
 from saudial.training.trainer import padding_free_collator
-from tests.chat_files import conversations
-
-
-def _examples(workbook: Path, tokenizer, n: int = 6) -> list[list[int]]:
-    rows = data.load(workbook).rows.head(n)
-    texts = [build_prompt(r.dialect, r.english, r.context or None) + r.translation for r in rows.itertuples()]
-    return [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
-
-
-def _chat_examples(tokenizer, n: int = 6) -> list[list[int]]:
-    """Chat rows as training sees them: conversations (tests/chat_files.py) through the chat template."""
-    found = [row_conversation(line, f"line {i}")[0] for i, line in enumerate(conversations(n), 1)]
-    return [tokenize(tokenizer, c)["input_ids"] for c in found]
-
-
-def _padded_batch(examples: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference: a right-padded batch and its attention mask."""
-    ids = torch.full((len(examples), max(map(len, examples))), pad_id)
-    mask = torch.zeros_like(ids)
-    for i, e in enumerate(examples):
-        ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
-    return ids, mask
-
-
-def _per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    # Next-token loss per position, then averaged within each example by the caller.
-    return torch.nn.functional.cross_entropy(logits[:-1].float(), labels[1:], reduction="none")
+from tests.models import chat_examples, padded_batch, per_example_loss, row_examples
 
 
 @pytest.fixture
@@ -71,12 +41,12 @@ def test_boundary_aware_conv_matches_per_sequence_conv() -> None:
 def test_padding_free_losses_equal_padded(tiny_model: Path, workbook: Path, restore_conv, rows: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    examples = _examples(workbook, tokenizer) if rows == "translation" else _chat_examples(tokenizer)
+    examples = row_examples(workbook, tokenizer) if rows == "translation" else chat_examples(tokenizer)
 
-    ids, mask = _padded_batch(examples, tokenizer.pad_token_id)
+    ids, mask = padded_batch(examples, tokenizer.pad_token_id)
     with torch.no_grad():
         padded_logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-    reference = [_per_example_loss(padded_logits[i, : len(e)], torch.tensor(e)).mean() for i, e in enumerate(examples)]
+    reference = [per_example_loss(padded_logits[i, : len(e)], torch.tensor(e)).mean() for i, e in enumerate(examples)]
 
     short_conv.install_boundary_aware_conv()
     collator = padding_free_collator(tokenizer.pad_token_id, pad_to_multiple_of=64)
@@ -91,30 +61,33 @@ def test_padding_free_losses_equal_padded(tiny_model: Path, workbook: Path, rest
         ).logits[0]
     start = 0
     for i, e in enumerate(examples):
-        loss = _per_example_loss(flat_logits[start : start + len(e)], torch.tensor(e)).mean()
+        loss = per_example_loss(flat_logits[start : start + len(e)], torch.tensor(e)).mean()
         torch.testing.assert_close(loss, reference[i], rtol=1e-4, atol=1e-4)
         start += len(e)
 
 
+@pytest.mark.gpu
 def test_compiled_layers_train_like_eager(tiny_model: Path, workbook: Path, restore_conv) -> None:
     """torch.compile of the decoder layers (SAUDIAL_TORCH_COMPILE) changes speed, not the numbers.
 
     LoRA on every linear, a padding-free batch with the boundary-aware conv: the loss and the LoRA
-    gradients of the compiled layers equal the eager ones (fp32 on the CPU, inductor's C++ backend).
+    gradients of the compiled layers equal the eager ones (fp32, inductor's Triton kernels). On the GPU
+    only: SAUDIAL_TORCH_COMPILE=auto compiles only there (model/patches.decide_compile), and compiling the
+    layers with inductor's C++ backend instead takes ~85 s of a 2-core CPU.
     """
     from peft import LoraConfig, get_peft_model
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    examples = _examples(workbook, tokenizer)
+    examples = row_examples(workbook, tokenizer)
     short_conv.install_boundary_aware_conv()
     batch = padding_free_collator(tokenizer.pad_token_id, pad_to_multiple_of=64)([{"input_ids": e} for e in examples])
-    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "seq_idx")}
-    labels = batch["input_ids"].masked_fill(batch["input_ids"] == tokenizer.pad_token_id, -100)
+    inputs = {k: batch[k].cuda() for k in ("input_ids", "position_ids", "seq_idx")}
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == tokenizer.pad_token_id, -100)
     targets = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"]
 
     def loss_and_grads(compiled: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         torch.manual_seed(0)
-        base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).cuda()
         model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets))
         for name, param in model.named_parameters():
             if "lora_B" in name:  # nonzero B, so that every LoRA weight gets a gradient
@@ -135,14 +108,15 @@ def test_compiled_layers_train_like_eager(tiny_model: Path, workbook: Path, rest
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_varlen_attention_falls_back_to_sdpa_for_padded_batches(tiny_model: Path, workbook: Path, restore_conv) -> None:
     """Switched to saudial's varlen attention, a padded batch (evaluation, generation) is scored as by SDPA.
 
     The flash varlen kernel itself needs CUDA: tests/test_gpu.py checks padding-free losses through it.
     """
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    examples = _examples(workbook, tokenizer)
-    ids, mask = _padded_batch(examples, tokenizer.pad_token_id)
+    examples = row_examples(workbook, tokenizer)
+    ids, mask = padded_batch(examples, tokenizer.pad_token_id)
     reference = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     switched = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     speed.use_varlen_attention(switched)

@@ -37,6 +37,7 @@ def test_a_pickle_only_base_model_is_refused(tiny_model: Path, tmp_path: Path) -
         load_model(settings(pickled))
 
 
+@pytest.mark.slow
 def test_a_pickle_only_adapter_is_refused(
     tiny_model: Path, workbook: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -88,6 +89,7 @@ def test_the_base_model_is_pinned_to_a_commit(
     assert resolve_revision(settings("x/y", model_revision=pinned))["revision_sha"] == pinned
 
 
+@pytest.mark.slow  # the shared training run (tests/adapter_run.py)
 def test_a_finished_run_records_its_base_model(
     tiny_model: Path, workbook: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

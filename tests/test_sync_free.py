@@ -32,7 +32,7 @@ from saudial.training.sync_free import NON_PAD_TOKENS, SyncFreeSFTTrainer
 from saudial.training.trainer import padding_free_collator, sft_config
 from tests.adapter_run import copy_run, trained_adapter
 from tests.conftest import base_env
-from tests.test_faults import error_line, run, tree
+from tests.entry import error_line, run, tree
 
 STEPS = 3
 TIMINGS = {"train_runtime", "train_tokens_per_second", "train_samples_per_second", "train_steps_per_second"}
@@ -73,6 +73,7 @@ def _train(kind: type[SFTTrainer], tiny_model: Path, workbook: Path, out: Path) 
     return trainer, logs
 
 
+@pytest.mark.slow
 def test_same_losses_metrics_and_token_counts_as_trls_trainer(tiny_model: Path, workbook: Path, tmp_path: Path) -> None:
     """Every logged value equal (loss, grad norm, entropy, token accuracy, TRL's num_tokens, the non-pad tokens
     seen, the eval loss), and the tokens counted on the host: the Trainer still calls the overridden
@@ -98,6 +99,7 @@ def test_same_losses_metrics_and_token_counts_as_trls_trainer(tiny_model: Path, 
     assert not any(k.startswith("saudial_") for _, k in upstream.model_kwargs)
 
 
+@pytest.mark.slow
 def test_accuracy_and_entropy_on_tokens_the_model_predicts(tiny_model: Path, tmp_path: Path) -> None:
     """Sequences the model itself generated greedily, so most labels are its top-1 token: the token accuracy is
     far from 0 and must equal TRL's, as must the entropy (the tiny model's accuracy on the workbook is 0)."""
@@ -256,6 +258,7 @@ class _NaNUpdate(TrainerCallback):
             next(p for p in model.parameters() if p.requires_grad).data[0, 0] = float("nan")
 
 
+@pytest.mark.slow
 def test_weights_made_nan_by_a_finite_loss_step_stop_before_its_checkpoint(
     tiny_model: Path, workbook: Path, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from saudial.config.settings import Settings
 from saudial.inference.generate import Request, postprocess, translate
 from tests.adapter_run import copy_run, random_adapter, trained_adapter
 from tests.conftest import RunEntry, base_env
+from tests.entry import run_in_process
 
 
 @pytest.fixture
@@ -34,6 +35,7 @@ def test_postprocess_cuts_at_the_next_prompt_section() -> None:
     assert postprocess("سطر\nسطر ثاني ") == "سطر\nسطر ثاني"
 
 
+@pytest.mark.slow
 def test_batched_generation_equals_one_by_one(tiny_model: Path) -> None:
     """Left padding must not change a row's translation: batch of mixed lengths == each alone."""
     settings = Settings.model_validate(
@@ -82,23 +84,23 @@ def test_translate_file_writes_next_to_it_and_never_overwrites(
     assert list(written.columns) == ["english text", "Dialect", "In-Game Context", "Model Translation"]
     assert len(written) == 2
 
-    again = run_entry(env, "translate", "--adapter", str(trained), "--input", str(source))
+    # The refusals through main in this process (tests/entry.py); the runs that translate as real processes.
+    again = run_in_process(env, "translate", "--adapter", str(trained), "--input", str(source))
     assert again.returncode == 2 and "already exists" in again.stderr
 
     jsonl = tmp_path / "lines.jsonl"
     jsonl.write_text(json.dumps({"English Text": "Open the door."}) + "\n")
-    no_dialect = run_entry(env, "translate", "--adapter", str(trained), "--input", str(jsonl))
+    no_dialect = run_in_process(env, "translate", "--adapter", str(trained), "--input", str(jsonl))
     assert no_dialect.returncode == 2 and "dialect" in no_dialect.stderr
     ok = run_entry(env, "translate", "--adapter", str(trained), "--input", str(jsonl), "--dialect", "Southern")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "Model Translation" in (tmp_path / "lines.translated.jsonl").read_text()
 
 
-def test_translate_rejects_an_unknown_dialect(
-    trained: Path, tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
-) -> None:
+@pytest.mark.slow  # the shared training run (tests/adapter_run.py)
+def test_translate_rejects_an_unknown_dialect(trained: Path, tiny_model: Path, workbook: Path, tmp_path: Path) -> None:
     env = command_env(tiny_model, workbook, tmp_path)
-    result = run_entry(env, "translate", "--adapter", str(trained), "--dialect", "Egyptian", "Hello")
+    result = run_in_process(env, "translate", "--adapter", str(trained), "--dialect", "Egyptian", "Hello")
     assert result.returncode == 2
     assert "'Egyptian' is not a dialect this adapter was trained on (Eastern, Hijazi, Najdi, Southern)" in result.stderr
 

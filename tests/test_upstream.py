@@ -121,6 +121,7 @@ print(sorted(counters["aot_autograd"]))
 """
 
 
+@pytest.mark.slow
 def test_aot_autograd_cache_still_needs_the_flag_for_custom_functions() -> None:
     """patches.enable_compile_cache sets the flag because AOTAutograd bypasses its cache without it."""
     import subprocess
