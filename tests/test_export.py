@@ -266,7 +266,7 @@ def test_bad_inputs_exit_2_with_one_line(run_dir: Path, tiny_model: Path, workbo
 def test_a_full_disk_during_the_export_exits_74_and_keeps_nothing(
     run_dir: Path, tiny_model: Path, workbook: Path, tmp_path: Path
 ) -> None:
-    from tests.test_faults import fill
+    from tests.conftest import fill
 
     if subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() != "0":
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
