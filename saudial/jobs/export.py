@@ -18,13 +18,13 @@ and every file saudial did not write, as they were.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from saudial.config.settings import Settings
+from saudial.data.files import sha256_of
 from saudial.errors import ConfigError, faults
 from saudial.export import checks, convert, llama, modelfile
 from saudial.inference.generate import settings_for_adapter
@@ -64,14 +64,6 @@ def check_finished_run(adapter_dir: Path) -> dict[str, Any]:
 def stem_of(settings: Settings) -> str:
     base = Path(settings.model_name_or_path.rstrip("/")).name or "model"
     return f"{base}-saudial"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_export(
