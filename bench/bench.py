@@ -104,22 +104,26 @@ LOADER_WORKERS = {"SAUDIAL_DATALOADER_NUM_WORKERS": "2"}  # the collator off the
 
 
 def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
-    """(name, settings that differ from the defaults, optimizer steps to time; None: the whole run)."""
-    steps = 4 if smoke else 0
-    foreach, workers = FOREACH_ADAMW, LOADER_WORKERS
-    return [
-        ("levers: defaults", {}, steps or 40),
-        ("levers: defaults, foreach AdamW", foreach, steps or 40),
-        ("levers: defaults, kernels off", {"SAUDIAL_FUSED_KERNELS": "false"}, steps or 40),
-        ("levers: defaults, 2 data loader workers", workers, steps or 40),
-        ("levers: defaults, again", {}, steps or 40),
-        ("levers: defaults, foreach AdamW, again", foreach, steps or 40),
-        ("levers: defaults, 2 data loader workers, again", workers, steps or 40),
-        ("levers: defaults, bs 128", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "128"}, steps or 20),
-        # The bench logs every step (its fixed settings); the default is every 10th, and a log reads the GPU.
-        ("levers: defaults, logging every 10 steps (the default)", DEFAULT_LOGGING, steps or 40),
-        ("levers: defaults, GC on (8 GiB GPUs)", {"SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 30),
-    ]  # fmt: skip
+    """(name, settings that differ from the defaults, optimizer steps to time; None: the whole run).
+
+    The same-call pairs of saudial's speed overrides (docs/architecture.md, Upstream overrides): the defaults
+    against each override taken out, in turns, twice (single runs on the lent hosts vary by ~10%).
+    BENCH_WITHOUT names an override bench/ablate.py takes out; the others have a setting of their own.
+    """
+    steps = 4 if smoke else 40
+    without = [
+        ("TRL's loss head", {"BENCH_WITHOUT": "compact-loss-head"}),
+        ("cuDNN attention on", {"BENCH_WITHOUT": "cudnn-attention-off"}),
+        ("SDPA + mask, no varlen", {"SAUDIAL_ATTN_IMPLEMENTATION": "sdpa"}),
+        ("kernels off", {"SAUDIAL_FUSED_KERNELS": "false"}),
+    ]
+    runs: list[tuple[str, dict[str, str], int | None]] = []
+    for turn in ("", ", again"):
+        runs.append((f"levers: defaults{turn}", {}, steps))
+        runs += [(f"levers: {name}{turn}", extra, steps) for name, extra in without]
+    # The original recipe's row with the kernels off (its step is the kernels' decoder layer under checkpointing)
+    runs.append(("levers: seed as written, kernels off", SEED | {"SAUDIAL_FUSED_KERNELS": "false"}, 4))
+    return runs
 
 
 def sh(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[int, float]:
@@ -204,7 +208,8 @@ def config_env(
     """The environment of one entrypoint.py run: the bench's fixed settings, then the configuration's."""
     # PYTHONDONTWRITEBYTECODE is dropped: the image ships .pyc files (pip and compileall write them), and a GPU
     # machine whose Python may not write them re-compiles torch's sources at every start (~14 s instead of ~5).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAUDIAL_") and k != "PYTHONDONTWRITEBYTECODE"}
+    skip = ("PYTHONDONTWRITEBYTECODE", "BENCH_WITHOUT")  # BENCH_WITHOUT: the configuration's own, if any
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAUDIAL_") and k not in skip}
     env.update(
         {
             "SAUDIAL_DATA": str(data),
@@ -242,7 +247,9 @@ def run_config(
     log.parent.mkdir(parents=True, exist_ok=True)
     # BENCH_WRAP: a command the run is started under, e.g. a sampling profiler (bench/host_profile.py)
     wrap = shlex.split(os.environ.get("BENCH_WRAP", ""))
-    code, wall = sh([*wrap, sys.executable, str(REPO / "entrypoint.py")], env, log, timeout=600)
+    # BENCH_WITHOUT: overrides taken out for the "before" of a pair (bench/ablate.py runs the entry point)
+    script = REPO / ("bench/ablate.py" if env.get("BENCH_WITHOUT") else "entrypoint.py")
+    code, wall = sh([*wrap, sys.executable, str(script)], env, log, timeout=600)
     result: dict[str, Any] = {"name": name, "settings": extra, "exit_code": code, "wall_s": wall, "log": str(log)}
     metrics_path = out / "metrics.json"
     if code == 0 and metrics_path.exists():
@@ -412,9 +419,7 @@ def main() -> None:
             evaluated = {"SAUDIAL_EVAL": "full", "SAUDIAL_MAX_NEW_TOKENS": "8" if args.smoke else "64"}
             run("defaults + evaluation, whole run", evaluated, data_900, 4 if args.smoke else None)
         elif section == "levers":
-            # Issue #15's levers on the eager step, before/after in the same call, each pair twice (single runs
-            # vary by up to ~8%): fused AdamW against the foreach path, the collator in two data loader
-            # workers; then the defaults at batch 128 and with gradient checkpointing.
+            # The speed overrides' same-call pairs (levers() says which), in turns.
             for name, extra, lever_steps in levers(args.smoke):
                 if picked(name):
                     run(name, extra, data_900, lever_steps)

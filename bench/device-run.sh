@@ -5,8 +5,10 @@
 #   bash bench/device-run.sh bench [OUT]       the benchmark table of docs/benchmarks.md, with Unsloth beside it
 #   bash bench/device-run.sh profile [OUT]     where a default step's time goes (bench/profile_step.py)
 #   bash bench/device-run.sh all [OUT]         bench, then the GPU tests (beside it on a second GPU, if there is one)
+#   bash bench/device-run.sh levers [OUT]      the speed overrides' same-call pairs (bench.py's levers, bench/ablate.py)
 #   bash bench/device-run.sh family [OUT]      each LFM2 size with its recipe, evaluate and translate (bench/family.py;
-#                                              FAMILY_SIZES: a comma list of 350M,700M,1.2B,2.6B, default all)
+#                                              FAMILY_SIZES: a comma list of 350M,700M,1.2B,2.6B, default all;
+#                                              FAMILY_RUNS: recipe,small-gpu, default both)
 #
 # OUT (default $OUT, else /tmp/saudial-device) gets each part's log and results as they come, so a call cut
 # short keeps what finished: $OUT/bench/results.json and $OUT/bench/table.txt are rewritten after every
@@ -85,12 +87,20 @@ profile() {  # the defaults' step profile: kernels, GPU busy time, host-device r
 family() {  # each LFM2 size's whole run with its recipe; results in OUT/family/ (family.json after every run)
     say "LFM2 family on GPU 0: ${FAMILY_SIZES:-all sizes}"
     CUDA_VISIBLE_DEVICES=0 timeout "$(left 5)" "$PY" bench/family.py --out "$OUT/family" \
-        --sizes "${FAMILY_SIZES:-350M,700M,1.2B,2.6B}" 2>&1 | grep --line-buffered -v "it/s\]" > "$OUT/family.log"
+        --sizes "${FAMILY_SIZES:-350M,700M,1.2B,2.6B}" --runs "${FAMILY_RUNS:-recipe,small-gpu}" 2>&1 | grep --line-buffered -v "it/s\]" > "$OUT/family.log"
     tail -12 "$OUT/family.log"
+}
+
+levers() {  # the defaults against each speed override taken out, in turns; results in OUT/levers/
+    say "levers on GPU 0"
+    CUDA_VISIBLE_DEVICES=0 timeout "$(left 5)" "$PY" bench/bench.py --out "$OUT/levers" --work /tmp/saudial-bench \
+        --sections levers 2>&1 | grep --line-buffered -v "it/s\]" > "$OUT/levers.log"
+    tail -14 "$OUT/levers.log"
 }
 
 case "$PRESET" in
 family) setup_stack project && family ;;
+levers) setup_stack project && levers ;;
 gpu-tests) setup_stack project && gpu_tests 0 ;;
 bench) setup_stack unsloth && bench 0 ;;
 profile) setup_stack project && profile ;;
@@ -107,6 +117,6 @@ all)
         gpu_tests 0
     fi
     ;;
-*) sed -n '2,18p' "$0" >&2; exit 2 ;;
+*) sed -n '2,20p' "$0" >&2; exit 2 ;;
 esac
 say "done: $OUT"

@@ -186,18 +186,37 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+RECIPE_RUN = "recipe, whole 900-row run"
+SMALL_GPU_RUN = "small-GPU path (checkpointing, 16 x 4)"
+
+
+def reruns(result: dict[str, Any], sizes: list[str], kinds: set[str]) -> bool:
+    """Whether this call's --sizes/--runs replace an earlier call's result (a size's header row: with recipe)."""
+    if result.get("size") not in sizes:
+        return False
+    run = result.get("run")
+    return ("small-gpu" if run == SMALL_GPU_RUN else "recipe") in kinds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results-family")
     parser.add_argument("--work", type=Path, default=Path("/tmp/saudial-family-bench"))
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models of each size's layer pattern")
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"comma list of {', '.join(SIZES)}")
-    parser.add_argument("--no-small-gpu", action="store_true", help="skip 2.6B's small-GPU (checkpointing) run")
+    parser.add_argument(
+        "--runs",
+        default="recipe,small-gpu",
+        help="comma list: recipe (each size's whole run, evaluate, translate), small-gpu (2.6B's checkpointing run)",
+    )
     args = parser.parse_args()
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         parser.error(f"unknown size(s) {', '.join(unknown)}: choose from {', '.join(SIZES)}")
+    kinds = {k.strip() for k in args.runs.split(",") if k.strip()}
+    if not kinds or kinds - {"recipe", "small-gpu"}:
+        parser.error(f"--runs {args.runs!r}: a comma list of recipe, small-gpu")
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -208,7 +227,7 @@ def main() -> None:
     results: list[dict[str, Any]] = report["results"]
     earlier = args.out / "family.json"
     if earlier.is_file():  # a call per part (--sizes): the other sizes' results of an earlier call are kept
-        kept = [r for r in json.loads(earlier.read_text()).get("results", []) if r.get("size") not in sizes]
+        kept = [r for r in json.loads(earlier.read_text()).get("results", []) if not reruns(r, sizes, kinds)]
         results.extend(kept)
     data = write_rows(args.work / "rows-1000.xlsx", 1000)  # 900 train + 100 eval rows, as bench.py's whole run
 
@@ -219,13 +238,16 @@ def main() -> None:
 
     for size in sizes:
         name, recipe = SIZES[size]
-        record({"size": size, "model": name, "published_shape_parameters": published_parameters(size)})
+        runs: list[tuple[str, dict[str, str]]] = [(RECIPE_RUN, {})] if "recipe" in kinds else []
+        if size == "2.6B" and "small-gpu" in kinds:
+            runs.append((SMALL_GPU_RUN, SMALL_GPU))
+        if not runs:
+            continue
+        if "recipe" in kinds:
+            record({"size": size, "model": name, "published_shape_parameters": published_parameters(size)})
         tick = time.perf_counter()
         model = build_model(size, args.work, args.smoke)
         print(f"{size}: built {model} in {time.perf_counter() - tick:.0f}s", flush=True)
-        runs: list[tuple[str, dict[str, str]]] = [("recipe, whole 900-row run", {})]
-        if size == "2.6B" and not args.no_small_gpu:
-            runs.append(("small-GPU path (checkpointing, 16 x 4)", SMALL_GPU))
         for label, extra in runs:
             result = train(size, label, recipe, extra, data, model, args)
             if result["exit_code"] == 0 and not extra:

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Run entrypoint.py with some of saudial's speed overrides of upstream behaviour taken out.
+
+The "before" side of a same-call pair (docs/benchmarks.md, Decisions; docs/architecture.md, Upstream overrides):
+bench.py runs a configuration through this script instead of entrypoint.py when its settings hold
+BENCH_WITHOUT, a comma list of the names below. Overrides that have a setting of their own (the kernels:
+SAUDIAL_FUSED_KERNELS; varlen attention: SAUDIAL_ATTN_IMPLEMENTATION=sdpa; the fused LoRA step:
+SAUDIAL_FUSED_LORA) are paired through that setting instead.
+
+    BENCH_WITHOUT=compact-loss-head python bench/ablate.py [entrypoint arguments]
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _replace(module: object, name: str, value: object) -> None:
+    """Set module.name, which must exist: an ablation of a renamed function would measure nothing."""
+    if not callable(getattr(module, name, None)):
+        raise SystemExit(f"ablate: {getattr(module, '__name__', module)}.{name} is gone: update bench/ablate.py")
+    setattr(module, name, value)
+
+
+def _trl_loss_head() -> None:
+    """TRL's fused head (boolean indexes of the completion tokens) instead of model/lm_head.py's."""
+    from saudial.model import lm_head
+
+    _replace(lm_head, "supported", lambda model: False)
+
+
+def _cudnn_attention() -> None:
+    """SDPA free to pick its cuDNN backend, as torch does by default (model/patches.avoid_cudnn_attention)."""
+    from saudial.model import patches
+
+    _replace(patches, "avoid_cudnn_attention", lambda: None)
+
+
+WITHOUT: dict[str, Callable[[], None]] = {
+    "compact-loss-head": _trl_loss_head,
+    "cudnn-attention-off": _cudnn_attention,
+}
+
+
+def main() -> None:
+    names = [n.strip() for n in os.environ.get("BENCH_WITHOUT", "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in WITHOUT]
+    if unknown:
+        sys.exit(f"ablate: unknown BENCH_WITHOUT name(s) {', '.join(unknown)}: choose from {', '.join(WITHOUT)}")
+    for name in names:
+        WITHOUT[name]()
+        print(f"ablate: without {name}", flush=True)
+    sys.argv = [str(REPO / "entrypoint.py"), *sys.argv[1:]]
+    runpy.run_path(str(REPO / "entrypoint.py"), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""bench/ablate.py: the "before" side of the speed overrides' same-call pairs takes out what it names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import ablate
+from saudial.model import lm_head, patches
+
+
+@pytest.fixture
+def restored(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The ablations replace module attributes process-wide: monkeypatch puts them back after the test."""
+    monkeypatch.setattr(lm_head, "supported", lm_head.supported)
+    monkeypatch.setattr(patches, "avoid_cudnn_attention", patches.avoid_cudnn_attention)
+    return monkeypatch
+
+
+def test_each_ablation_takes_its_override_out(restored: pytest.MonkeyPatch) -> None:
+    tiny_head = torch.nn.Linear(4, 8, bias=False)
+
+    class Model(torch.nn.Module):
+        config = type("Config", (), {"get_text_config": lambda self: self})()
+
+        def get_output_embeddings(self) -> torch.nn.Module:
+            return tiny_head
+
+    assert lm_head.supported(Model())  # the compact head takes a plain untied-or-tied linear head
+    ablate.WITHOUT["compact-loss-head"]()
+    assert not lm_head.supported(Model())  # TRL's fused head then serves, as without saudial's
+
+    restored.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda enabled: pytest.fail("cuDNN switched"))
+    ablate.WITHOUT["cudnn-attention-off"]()
+    patches.avoid_cudnn_attention()  # what training/trainer.py calls: now torch's own default stands
+
+
+def test_an_ablation_whose_function_is_gone_stops_instead_of_measuring_nothing(restored: pytest.MonkeyPatch) -> None:
+    restored.delattr(lm_head, "supported")
+    with pytest.raises(SystemExit, match=r"saudial\.model\.lm_head\.supported is gone"):
+        ablate.WITHOUT["compact-loss-head"]()
