@@ -27,28 +27,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-# The published LFM2-1.2B configuration (config.json of LiquidAI/LFM2-1.2B; field notes).
-LFM2_1_2B = dict(
-    vocab_size=65536,
-    hidden_size=2048,
-    intermediate_size=12288,
-    block_auto_adjust_ff_dim=True,
-    block_multiple_of=256,
-    block_ffn_dim_multiplier=1.0,
-    num_hidden_layers=16,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    layer_types=["full_attention" if i in (2, 5, 8, 10, 12, 14) else "conv" for i in range(16)],
-    conv_L_cache=3,
-    conv_bias=False,
-    norm_eps=1e-5,
-    rope_theta=1e6,
-    tie_word_embeddings=True,
-    max_position_embeddings=128000,
-    pad_token_id=0,
-    bos_token_id=1,
-    eos_token_id=7,
-)
+from saudial.model import family  # noqa: E402  (the checkout's saudial, as every bench run imports it)
+
+# The published LFM2-1.2B configuration (saudial/model/family.py's shape, with its sources) and its parameter
+# count as LiquidAI's model card gives it (built models are checked against it: tests/test_gpu.py).
+LFM2_1_2B = family.LFM2_1_2B.config_kwargs()
 PARAMS_1_2B = 1_170_340_608
 
 # Synthetic rows shaped like the published ones: mostly one short line, a tenth paragraphs.
@@ -179,7 +162,7 @@ def build_model(work: Path, smoke: bool) -> tuple[Path, int]:
     frame = synthetic.make_rows(2000, seed=1, **ROWS)
     texts = [str(v) for column in frame.columns[5:9] for v in frame[column].dropna()]
     tokenizer = tiny.build_tokenizer([*texts, "### Instruction:", "### Input:", "### Response:"], vocab_size=4096)
-    config = Lfm2Config(**LFM2_1_2B)  # type: ignore[arg-type]
+    config = Lfm2Config(**LFM2_1_2B)
     config.eos_token_id = tokenizer.eos_token_id
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):

@@ -26,8 +26,6 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-LAYER_TYPES = ["full_attention" if i in (2, 5, 8, 10, 12, 14) else "conv" for i in range(16)]
-
 
 def build(out: Path) -> tuple[Path, Path]:
     from peft import get_peft_model
@@ -35,6 +33,7 @@ def build(out: Path) -> tuple[Path, Path]:
 
     from saudial.config.settings import Settings
     from saudial.devtools import tiny
+    from saudial.model import family
     from saudial.model.lora import lora_config
 
     base_dir, adapter_dir = out / "base", out / "adapter"
@@ -44,27 +43,7 @@ def build(out: Path) -> tuple[Path, Path]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer-source")
-    config = Lfm2Config(
-        vocab_size=65536,
-        hidden_size=2048,
-        intermediate_size=12288,  # block_ff_dim: auto-adjusted to 8192, as in LFM2-1.2B
-        block_auto_adjust_ff_dim=True,
-        block_multiple_of=256,
-        block_ffn_dim_multiplier=1.0,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        layer_types=LAYER_TYPES,
-        conv_L_cache=3,
-        conv_bias=False,
-        norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-        max_position_embeddings=128000,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = Lfm2Config(**family.LFM2_1_2B.config_kwargs() | {"eos_token_id": tokenizer.eos_token_id})
     torch.manual_seed(0)
     model: Any = Lfm2ForCausalLM(config)
     model = model.to(torch.bfloat16)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from typing import Any
 
 STATUS_READ = "2026-12-06"
 ARCHITECTURE = "Lfm2ForCausalLM"  # the one architecture saudial trains (transformers' own LFM2 code)
@@ -43,7 +44,7 @@ class Shape:
         width = int(2 * self.block_ff_dim / 3)
         return 256 * ((width + 255) // 256)
 
-    def config_kwargs(self) -> dict[str, object]:
+    def config_kwargs(self) -> dict[str, Any]:
         """Lfm2Config arguments of this shape (random-weight models of the real size: bench/family.py, tests)."""
         return dict(
             vocab_size=self.vocab_size,
@@ -91,7 +92,7 @@ LFM2_350M = Shape(1024, 16, SIXTEEN, 16, 8, 6656, True)
 # the feed_forward_length of the GGUF conversion, ollama.com/jewelzufo/lfm2-700-gguf), vocab_size 65536.
 # Parameters 742,489,344: the LFM2 model card's table.
 LFM2_700M = Shape(1536, 16, SIXTEEN, 24, 8, 10240, True)
-# LFM2-1.2B. ../shared/notes/field-notes.md ("LFM2-1.2B"), bench/bench.py's LFM2_1_2B, and
+# LFM2-1.2B. ../shared/notes/field-notes.md ("LFM2-1.2B") and
 # huggingface.co/FastFlowLM/LFM2-1.2B-NPU2 config.json: hidden_size 2048, 16 layers, full_attn_idxs
 # 2,5,8,10,12,14, 32 heads, 8 kv heads, block_ff_dim 12288 auto-adjusted (8192), vocab_size 65536.
 # Parameters 1,170,340,608: the LFM2 model card's table and the field notes.
