@@ -42,9 +42,12 @@ demo: setup ## The whole pipeline offline on the CPU in about a minute, with a t
 	@echo '  $(SAUDIAL) translate --adapter $(DEMO_DIR)/adapter --dialect Najdi "Open the old door."'
 
 # The test suite. scripts/setup.sh itself is checked by CI's own `make setup-dev` on each run (.ci/run), not
-# by a test that builds a second venv.
+# by a test that builds a second venv. One pytest worker per core (pytest-xdist; TEST_WORKERS=0: in one
+# process): the slow tests run the entry point as subprocesses of one thread each, so one process would leave
+# the other cores idle. worksteal: an idle worker takes queued tests from a busy one (the slow ones are uneven).
+TEST_WORKERS ?= auto
 test: setup-dev ## Run the test suite (CPU; GPU tests are skipped without CUDA)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # The inner loop: everything but the tests marked slow (real training runs, subprocesses that import the
 # model libraries, compiles) and gpu; the bad-setting and bad-file tables run in process (tests/entry.py).
