@@ -10,7 +10,7 @@ the recipes, and checks every name that can only mean one thing:
   exists and defines the name;
 - a dotted module (`saudial.training.recipe`, `saudial.devtools.tiny.build`): the module exists and, if an
   attribute follows, defines it;
-- a backquoted `module.name` whose module is one of saudial's (`` `patches.planned_steps` ``);
+- a backquoted `module.name` whose module is one of saudial's (`` `patches.compile_decoder_layers` ``);
 - a `SAUDIAL_*` variable: a setting, or one of the variables saudial reads that are not settings;
 - a recipe's keys: settings.
 
@@ -230,7 +230,7 @@ def test_a_planted_stale_name_is_caught(planted: str) -> None:
         "saudial/training/sync_free.py and training/trainer.py",
         "training/sync_free.CountingCollator, data/examples.split",
         "saudial.training.recipe.train",
-        "`patches.planned_steps` and `settings.py`",
+        "`patches.compile_decoder_layers` and `settings.py`",
         "SAUDIAL_LORA_R, SAUDIAL_DEBUG, SAUDIAL_<NAME>, SAUDIAL_*",
         "e.g. torch.compile, i.e. os.environ, model.forward, outputs/adapter/adapter_config.json, $OUT/bench.log",
         "docs/benchmarks.md, bench/gpu-wheels/fetch.sh, tests/test_upstream.py",

@@ -72,8 +72,7 @@ def test_compiled_layers_train_like_eager(tiny_model: Path, workbook: Path, rest
 
     LoRA on every linear, a padding-free batch with the boundary-aware conv: the loss and the LoRA
     gradients of the compiled layers equal the eager ones (fp32, inductor's Triton kernels). On the GPU
-    only: SAUDIAL_TORCH_COMPILE=auto compiles only there (model/patches.decide_compile), and compiling the
-    layers with inductor's C++ backend instead takes ~85 s of a 2-core CPU.
+    only: compiling the layers with inductor's C++ backend instead takes ~85 s of a 2-core CPU.
     """
     from peft import LoraConfig, get_peft_model
 

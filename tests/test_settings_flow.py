@@ -50,7 +50,7 @@ SAUDIAL_OWN = {
     "fused_kernels": "training/trainer.py",
     "padding_free": "training/trainer.py",
     "pad_to_multiple_of": "training/trainer.py",
-    "torch_compile": "model/patches.py",
+    "torch_compile": "training/trainer.py",
     "save_total_limit": "rundir/checkpoints.py",
     "push_to_hub": "jobs/train.py",
     "hub_model_id": "publish/hub.py",

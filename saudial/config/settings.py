@@ -151,12 +151,13 @@ class Settings(BaseSettings):
     pad_to_multiple_of: int = Field(
         256, ge=1, le=65_536, description="Pad each padding-free row to a multiple of this many tokens (few shapes)."
     )
-    torch_compile: bool | Literal["auto"] = Field(
-        "auto",
-        # Compiling costs a warm-up once per run and saves a little on every step, so `auto` compiles only runs
-        # long enough to pay it back (model/patches.COMPILE_MIN_STEPS).
-        description="torch.compile each decoder layer: true, false, or auto (on a GPU, for runs of at least "
-        "800 optimizer steps, without gradient checkpointing).",
+    torch_compile: bool = Field(
+        False,
+        # Off: the eager step, with the fused LoRA step, the Triton kernels and the fused norms (which compiled
+        # layers replace by their own fusions), was faster than the compiled layers at the same batch in the
+        # same bench run, and compiling costs a warm-up of about a minute and a half per run
+        # (docs/benchmarks.md, Decisions). On: for trying it on another card or stack.
+        description="torch.compile each decoder layer (a warm-up of ~80 s per run; off: the eager step was faster).",
     )
     gradient_checkpointing: bool = Field(
         False,

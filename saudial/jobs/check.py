@@ -26,10 +26,7 @@ from saudial.config import huggingface as hf
 from saudial.config.settings import Settings
 from saudial.data.text import SYNTHETIC
 from saudial.errors import EXIT_CONFIG, EXIT_OK, SaudialError
-from saudial.model import base_model, hardware, patches
-
-# Rows of the published workbook's training split: what `auto` compile is judged on when no data is set.
-WORKBOOK_TRAIN_ROWS = 900
+from saudial.model import base_model, hardware
 
 
 @dataclass
@@ -138,7 +135,7 @@ def base_section(report: Report, settings: Settings) -> None:
 
 
 def picks_section(report: Report, settings: Settings, memory: float | None) -> None:
-    """The settings a run here would pick (model/hardware.fit_to_gpu, model/patches.decide_compile)."""
+    """The settings a run here would pick (model/hardware.fit_to_gpu)."""
     report.add("", "A run here would pick:")
     fitted = hardware.fit_to_gpu(settings, memory)
     why = "set" if "gradient_checkpointing" in settings.model_fields_set else "default"
@@ -152,12 +149,7 @@ def picks_section(report: Report, settings: Settings, memory: float | None) -> N
         f"{settings.per_device_train_batch_size} per micro-batch x {settings.gradient_accumulation_steps} "
         f"accumulation x {processes} process(es) = {batch} examples per optimizer step",
     )
-    steps = patches.planned_steps(fitted, WORKBOOK_TRAIN_ROWS, processes)
-    compiled, reason = patches.decide_compile(fitted, steps, on_gpu=memory is not None)
-    report.add(
-        "torch.compile",
-        f"{'on' if compiled else 'off'} for the published workbook ({WORKBOOK_TRAIN_ROWS} training rows; {reason})",
-    )
+    report.add("torch.compile", "on (SAUDIAL_TORCH_COMPILE)" if fitted.torch_compile else "off")
     needs = " (needs a CUDA GPU)" if settings.quantization != "none" else " (runs on the CPU too, slowly)"
     report.add("quantization", settings.quantization + needs)
 

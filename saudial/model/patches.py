@@ -19,16 +19,15 @@ changes, so the patch can be dropped then. Measured in bench/ (docs/benchmarks.m
    (per layer two, plus q/k norms of the 6 attention layers, plus the final one). PyTorch's `rms_norm`
    computes the same (fp32 statistics, output in the input's dtype) in one kernel each way on CUDA.
    The layer's own weight multiply is kept as upstream writes it.
-5. Optional regional compilation (`compile_decoder_layers`): each decoder layer compiled by
-   torch.compile. It cuts the Python and kernel-launch overhead that bounds a QLoRA step of a 1.2B
-   model, but costs a warm-up (`decide_compile`).
+5. Optional regional compilation (`compile_decoder_layers`, `SAUDIAL_TORCH_COMPILE`): each decoder layer
+   compiled by torch.compile. Off by default: the eager step with the fused LoRA step and the Triton kernels
+   was faster, and compiling costs a warm-up every run (config/settings.py).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import types
 from typing import TYPE_CHECKING, Any
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from saudial.config.settings import Settings
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -172,34 +171,6 @@ def skip_packed_check(decoder: Any) -> None:
         return inner(*args, **kwargs)
 
     decoder.forward = forward
-
-
-# Measured on an H100 with torch 2.11 (docs/benchmarks.md): compiling the decoder layers takes ~80 s
-# (cold cache, 16 CPU cores; the AOTAutograd cache is bypassed for these graphs, so it is paid every run)
-# and saves ~0.1 s per step of 32 examples: it pays back after ~800 optimizer steps.
-COMPILE_MIN_STEPS = 800
-
-
-def planned_steps(settings: Settings, train_examples: int, processes: int) -> int:
-    """Optimizer steps the run will take, as the Trainer counts them."""
-    if settings.max_steps > 0:
-        return settings.max_steps
-    batches = math.ceil(train_examples / (settings.per_device_train_batch_size * processes))
-    per_epoch = max(1, batches // settings.gradient_accumulation_steps)
-    return math.ceil(settings.num_train_epochs * per_epoch)
-
-
-def decide_compile(settings: Settings, steps: int, on_gpu: bool) -> tuple[bool, str]:
-    """Whether to compile the decoder layers, and why (for the log)."""
-    if settings.torch_compile == "auto":
-        if not on_gpu:
-            return False, "auto: no GPU"
-        if settings.gradient_checkpointing:
-            return False, "auto: gradient checkpointing is on"
-        if steps < COMPILE_MIN_STEPS:
-            return False, f"auto: {steps} steps < {COMPILE_MIN_STEPS}, the ~80 s compile would not pay back"
-        return True, f"auto: {steps} steps >= {COMPILE_MIN_STEPS}"
-    return bool(settings.torch_compile), "set"
 
 
 def compile_decoder_layers(model: torch.nn.Module) -> int:

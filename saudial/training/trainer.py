@@ -25,7 +25,6 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from saudial.errors import ConfigError
 from saudial.model import fast_lfm2, fused_lora, patches, short_conv
 from saudial.model.lora import lora_config
-from saudial.process import distributed
 from saudial.training.steplines import StepLines
 from saudial.training.sync_free import CountingCollator, SyncFreeSFTTrainer
 
@@ -158,13 +157,10 @@ def build_trainer(
         if settings.attn_implementation == "auto" and dtype != torch.float32 and patches.varlen_available():
             patches.use_varlen_attention(peft_model)  # each example attends only to itself, no L^2 mask
             log.info("attention: flash varlen over the examples of each padding-free row")
-    steps = patches.planned_steps(settings, len(train_ds), distributed.world_size())
-    compile_layers, why = patches.decide_compile(settings, steps, torch.cuda.is_available())
-    if compile_layers:
+    if settings.torch_compile:
         count = patches.compile_decoder_layers(peft_model)
-        log.info("torch.compile: %d decoder layers (%s); the first steps are slow while it compiles", count, why)
+        log.info("torch.compile: %d decoder layers; the first steps are slow while it compiles", count)
     else:
-        log.info("torch.compile: off (%s)", why)
         if settings.fused_rms_norm:  # one kernel per norm each way instead of seven (compiled layers fuse their own)
             log.info("fused RMSNorm: %d norms", patches.use_fused_rms_norm(peft_model))
         if settings.fused_kernels and fast_lfm2.available():  # one Triton kernel per element-wise piece, each way
