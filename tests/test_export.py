@@ -25,6 +25,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+# llama.cpp's gguf and llama-cpp-python come from the dev lock (CI and `make setup-dev` install them); the GPU
+# machine's stack (bench/gpu-wheels) has neither, and its `pytest -m gpu` collects this module too.
+pytest.importorskip("gguf", reason="gguf (requirements-dev.lock) is not installed")
+pytest.importorskip("llama_cpp", reason="llama-cpp-python (requirements-dev.lock) is not installed")
+
 from saudial.config.settings import Settings
 from saudial.data.prompts import build_prompt
 from saudial.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, ConfigError
