@@ -30,13 +30,10 @@ import functools
 import logging
 import os
 import types
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
