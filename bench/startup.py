@@ -112,10 +112,13 @@ def build(work: Path) -> tuple[Path, Path]:
 
 def run_once(work: Path, model: Path, data: Path, steps: int, dry_run: bool) -> dict[str, float]:
     """One entrypoint.py run in a child; the parts of its wall time, in seconds."""
+    import shutil
     import subprocess
 
     out, marks_path = work / "out", work / "marks.json"
     marks_path.unlink(missing_ok=True)
+    # A fresh output directory each time: on the last run's finished adapter, saudial would train nothing.
+    shutil.rmtree(out, ignore_errors=True)
     # The bench's environment (bench/bench.py: bytecode may be written, as the image ships .pyc files), on the
     # CPU and unquantized, one thread per process; the token never reaches the child.
     from bench.bench import config_env
