@@ -1,7 +1,8 @@
-"""Benchmark: where a whole run's time goes outside training, on the CPU and the tiny model.
+"""Benchmark: where a whole run's time goes outside training (the CPU and a tiny model, or the bench's GPU run).
 
     python bench/startup.py                   # default run (2 steps) and dry run, 3 times each
     python bench/startup.py --runs 5 --steps 2 --work /tmp/startup
+    python bench/startup.py --gpu --runs 3    # the bench's whole 900-row run of LFM2-1.2B in 4-bit on a GPU
 
 bench/bench.py's `wholerun` reports a GPU run's wall time less `timings.total_s` (what `train()` measures)
 as "import_s". This splits that part, and the data part of `train()`, on any machine: it runs the real
@@ -18,6 +19,9 @@ nothing is imported earlier than in a real run). It prints medians, in seconds:
   the model, the trainer and the steps (not this benchmark's subject)
 - after train(): evaluation (none here), moving staging into place, the model card
 - exit: from main() returning until the process has ended (atexit, threads, interpreter teardown)
+
+With --gpu the run is bench/bench.py's "defaults, whole 900-row run" (its model, rows and settings), so the
+parts add up to that row's wall time; the dry run is left out there (it never touches the GPU).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ PROBES: dict[str, tuple[str, ...]] = {
     "saudial.training.recipe": ("train", "prepare_output_dir", "load_tokenizer", "load_model", "build_trainer"),
     "saudial.data.examples": ("split", "prepare"),
     "saudial.model.hardware": ("gpu_memory_gib",),
+    "saudial.training.reproducibility": ("configure",),
+    "saudial.process.distributed": ("init",),
 }
 
 
@@ -98,8 +104,14 @@ def child(marks_path: str, argv: list[str]) -> None:
     runpy.run_path(sys.argv[0], run_name="__main__")
 
 
-def build(work: Path) -> tuple[Path, Path]:
-    """The tiny LFM2 and the bench's 1000-row workbook (900 train rows), built once in `work`."""
+def build(work: Path, gpu: bool) -> tuple[Path, Path]:
+    """The tiny LFM2 (or, --gpu, bench/bench.py's LFM2-1.2B) and the bench's 1000-row workbook (900 train rows),
+    built once in `work`."""
+    if gpu:
+        from bench.bench import build_model, write_rows
+
+        os.environ.setdefault("BENCH_REUSE_MODEL", "1")  # built once per machine, as the bench does
+        return build_model(work, smoke=False)[0], write_rows(work / "rows-1000.xlsx", 1000)
     model, data = work / "model", work / "rows-1000.xlsx"
     if not (model / "config.json").is_file() or not data.is_file():
         from saudial.devtools import synthetic, tiny
@@ -110,7 +122,7 @@ def build(work: Path) -> tuple[Path, Path]:
     return model, data
 
 
-def run_once(work: Path, model: Path, data: Path, steps: int, dry_run: bool) -> dict[str, float]:
+def run_once(work: Path, model: Path, data: Path, steps: int | None, dry_run: bool, gpu: bool) -> dict[str, float]:
     """One entrypoint.py run in a child; the parts of its wall time, in seconds."""
     import shutil
     import subprocess
@@ -123,7 +135,10 @@ def run_once(work: Path, model: Path, data: Path, steps: int, dry_run: bool) -> 
     # CPU and unquantized, one thread per process; the token never reaches the child.
     from bench.bench import config_env
 
-    env = config_env({"OMP_NUM_THREADS": "1"}, data, model, out, smoke=True, max_steps=steps)
+    if gpu:  # the bench's whole run: its settings, every step logged
+        env = config_env({}, data, model, out, smoke=False, max_steps=steps)
+    else:
+        env = config_env({"OMP_NUM_THREADS": "1"}, data, model, out, smoke=True, max_steps=steps)
     env.pop("HF_TOKEN", None)
     command = [sys.executable, __file__, "--child", str(marks_path), *(["--dry-run"] if dry_run else [])]
     begin = time.time()
@@ -155,6 +170,8 @@ def run_once(work: Path, model: Path, data: Path, steps: int, dry_run: bool) -> 
         after = m["saudial.jobs.train.after_training"]
         parts |= {
             "train(): CUDA probe": span("saudial.model.hardware.gpu_memory_gib"),
+            "train(): process group": span("saudial.process.distributed.init"),
+            "train(): determinism": span("saudial.training.reproducibility.configure"),
             "train(): output dir": span("saudial.training.recipe.prepare_output_dir"),
             "train(): model": span("saudial.training.recipe.load_model"),
             "train(): trainer": span("saudial.training.recipe.build_trainer"),
@@ -175,23 +192,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "saudial-startup")
     parser.add_argument("--runs", type=int, default=3, help="runs of each kind; medians are printed")
-    parser.add_argument("--steps", type=int, default=2, help="SAUDIAL_MAX_STEPS of the default run")
+    parser.add_argument("--steps", type=int, default=2, help="SAUDIAL_MAX_STEPS of the default run (CPU)")
+    parser.add_argument("--gpu", action="store_true", help="the bench's whole LFM2-1.2B run on the GPU instead")
     parser.add_argument("--json", type=Path, help="also write every run's parts here")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    model, data = build(args.work)
-    run_once(args.work, model, data, args.steps, False)  # warm-up, not counted: .pyc files, page cache
+    model, data = build(args.work, args.gpu)
+    steps = None if args.gpu else args.steps
+    run_once(args.work, model, data, steps, False, args.gpu)  # warm-up, not counted: .pyc files, page cache
     report: dict[str, list[dict[str, float]]] = {}
-    for kind, dry in (("default run", False), ("dry run", True)):
-        report[kind] = [run_once(args.work, model, data, args.steps, dry) for _ in range(args.runs)]
-    print(f"CPU, {os.cpu_count()} cores, {args.runs} runs each, medians (s)")
+    kinds = (("default run", False),) if args.gpu else (("default run", False), ("dry run", True))
+    for kind, dry in kinds:
+        report[kind] = [run_once(args.work, model, data, steps, dry, args.gpu) for _ in range(args.runs)]
+    if not args.gpu:
+        print(f"CPU, {os.cpu_count()} cores, {args.runs} runs each, medians (s)")
+    else:
+        from saudial.process.environment import device_name
+
+        print(f"{device_name()}, the bench's whole run, {args.runs} runs, medians (s)")
     names = list(report["default run"][0])
-    print(f"{'part':<24}{'default run':>12}{'dry run':>10}")
+    print(f"{'part':<24}" + "".join(f"{kind:>12}" for kind in report))
     for name in names:
         cells = [
             f"{statistics.median(r[name] for r in runs):.2f}" if name in runs[0] else "-" for runs in report.values()
         ]
-        print(f"{name:<24}{cells[0]:>12}{cells[1]:>10}")
+        print(f"{name:<24}" + "".join(f"{cell:>12}" for cell in cells))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

@@ -24,7 +24,7 @@ from saudial.config.runtime import configure_allocator
 from saudial.config.settings import Settings
 from saudial.config.sources import changed_settings, load_settings
 from saudial.errors import EXIT_BUG, EXIT_OK, OOM_ANY, as_user_error, one_line, redact, unexpected
-from saudial.process import distributed, signals
+from saudial.process import cuda_driver, distributed, signals
 from saudial.process.collector import long_lived_imports
 
 # The commands that load a model import their modules and the libraries under them (transformers at least:
@@ -32,6 +32,8 @@ from saudial.process.collector import long_lived_imports
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.dry_run:  # the GPU's driver starts while the libraries import (process/cuda_driver.py)
+        cuda_driver.start_in_background(settings.num_processes)
     # SIGTERM from here to the exit is heard by saudial, whatever the phase (process/signals.py).
     with signals.watching():
         with long_lived_imports():  # pandas, transformers; torch, datasets and the rest once the data is read
