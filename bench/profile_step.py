@@ -29,8 +29,8 @@ from transformers import TrainerCallback
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from saudial.config.settings import Settings
+from saudial.data.examples import prepare
 from saudial.data.examples import split as data_split
-from saudial.data.examples import to_prompt_completion
 from saudial.data.workbook import load
 from saudial.model.hardware import compute_dtype
 from saudial.model.loading import load_model, load_tokenizer
@@ -134,13 +134,14 @@ def main() -> None:
     dataset = load(settings.data, settings.sheet_name, settings.dialects)
     split = data_split(dataset.rows, settings.eval_size, settings.seed)
     tokenizer = load_tokenizer(settings)
+    train_ds, eval_ds, _ = prepare(dataset, split, tokenizer, settings.max_length)  # the records training gets
     dtype = compute_dtype(settings)
     trainer = build_trainer(
         settings.model_copy(update={"max_steps": args.warmup + args.steps + 1}),
         load_model(settings),
         tokenizer,
-        to_prompt_completion(split.train),
-        to_prompt_completion(split.eval),
+        train_ds,
+        eval_ds,
         dtype,
     )
     profiler = StepProfiler(args.warmup, args.steps)

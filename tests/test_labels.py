@@ -9,13 +9,13 @@ import torch
 from trl import SFTTrainer
 
 from saudial.config.settings import Settings
-from saudial.data.examples import to_prompt_completion
+from saudial.data.examples import prepare, split, to_prompt_completion
 from saudial.data.workbook import load, load_configured
 from saudial.errors import TrainingError
 from saudial.model.loading import load_model, load_tokenizer
 from saudial.model.lora import lora_config
 from saudial.training.recipe import train
-from saudial.training.trainer import sft_config
+from saudial.training.trainer import build_trainer, sft_config
 
 
 def test_labels_mask_exactly_the_prompt(tiny_model: Path, workbook: Path, tmp_path: Path) -> None:
@@ -66,3 +66,19 @@ def test_out_of_memory_becomes_exit_code_3(
         train(settings, load_configured(settings))
     assert info.value.exit_code == 3
     assert "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE" in str(info.value)
+
+
+def test_the_trainer_takes_the_prepared_records_as_they_are(tiny_model: Path, workbook: Path, tmp_path: Path) -> None:
+    # data/examples.prepare tokenizes, labels and cuts the records (tests/test_upstream.py: as TRL would), so
+    # build_trainer has TRL skip its own preparation: the dataset the trainer holds is that very one.
+    settings = Settings(data=workbook, model_name_or_path=str(tiny_model), quantization="none", output_dir=tmp_path)
+    tokenizer = load_tokenizer(settings)
+    dataset = load(workbook)
+    parts = split(dataset.rows.head(40), 0.1, 0)
+    train_ds, eval_ds, _ = prepare(dataset, parts, tokenizer, settings.max_length)
+    trainer = build_trainer(settings, load_model(settings), tokenizer, train_ds, eval_ds, torch.float32)
+    assert trainer.train_dataset is not None and trainer.eval_dataset is not None
+    assert trainer.train_dataset._fingerprint == train_ds._fingerprint  # no map or filter ran over it
+    assert trainer.eval_dataset._fingerprint == eval_ds._fingerprint
+    batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
+    assert (batch["labels"] == tokenizer.eos_token_id).sum() == 2  # each example's EOS is learned

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -357,3 +358,35 @@ def test_trainer_settings_that_training_trainer_renames_or_sets() -> None:
     assert "non_padding" in inspect.getsource(TrainingArguments)  # include_num_input_tokens_seen's value
     bnb_names = {name for name in Settings.model_fields if name.startswith("bnb_4bit_")}
     assert bnb_names <= set(params(BitsAndBytesConfig.__init__))
+
+
+def test_trl_prepares_prompt_completion_records_as_examples_does(
+    tiny_model: Path, workbook: Path, tmp_path: Path
+) -> None:
+    """data/examples.prepare tokenizes, labels and cuts the records itself, and training/trainer.py tells TRL to
+    skip its own preparation of them: the records must be what TRL's preparation makes of the same rows."""
+    from saudial.data.examples import prepare, split, to_prompt_completion
+    from saudial.data.workbook import load
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    dataset = load(workbook)
+    parts = split(dataset.rows.head(60), 0.1, 0)
+    # A prompt that fills max_length (TRL drops the record: no learned token left), and rows it cuts.
+    long_row = parts.train.iloc[[0]].assign(english=" ".join(["word"] * 200))
+    parts.train = pd.concat([parts.train, long_row], ignore_index=True)
+    max_length = 80  # the prompts here run 52-76 tokens, whole records 59-108
+    ours, _, summary = prepare(dataset, parts, tokenizer, max_length)
+    args = SFTConfig(
+        output_dir=str(tmp_path), max_length=max_length, use_cpu=True, report_to=[], completion_only_loss=True
+    )
+    trl_prepared = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model),
+        args=args,
+        train_dataset=to_prompt_completion(parts.train),
+        processing_class=tokenizer,
+    ).train_dataset
+    assert trl_prepared is not None
+    assert list(ours["input_ids"]) == list(trl_prepared["input_ids"])
+    assert list(ours["labels"]) == list(trl_prepared["labels"])
+    assert 0 < len(ours) < len(parts.train)  # the long prompt's record (and any like it) dropped by both
+    assert summary["train_tokens"]["truncated_at_max_length"] >= 2  # and some are cut by both

@@ -1,10 +1,11 @@
 """Clean SauDial rows -> what the trainer sees: the split, TRL prompt/completion records, their token counts.
 
 `split` holds out a deterministic, dialect-stratified share with every English sentence on one side only.
-`prepare` formats both sides with the original recipe's prompt (`prompts.py`: TRL computes the loss on the
-completion, the translation, and the EOS it appends) and measures them: rows per dialect and split, the control
-characters the loader removed, tokens per example as trained and how many `max_length` will truncate.
-(Conversations have the same two steps in `chat_examples.py`.)
+`prepare` formats both sides with the original recipe's prompt (`prompts.py`: the loss is on the completion, the
+translation, and the EOS appended to it), tokenizes them as TRL's SFTTrainer would (`trainer_records`: the token
+ids and labels, cut to `max_length`, so the trainer skips its own preparation) and measures them: rows per dialect
+and split, the control characters the loader removed, tokens per example as trained and how many `max_length`
+will truncate. (Conversations have the same two steps in `chat_examples.py`.)
 """
 
 from __future__ import annotations
@@ -79,11 +80,14 @@ def _counts(train: pd.DataFrame, eval_rows: pd.DataFrame) -> dict[str, dict[str,
 def prepare(
     dataset: Dataset, split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> tuple[datasets.Dataset, datasets.Dataset, dict[str, Any]]:
-    """Both sides as TRL prompt/completion records, and the summary (logged) of what the trainer will see."""
-    train_ds, eval_ds = to_prompt_completion(split.train), to_prompt_completion(split.eval)
-    summary = summarize(dataset, split, tokenizer, max_length, train_ds)
+    """Both sides as the trainer's records (`trainer_records`), and the summary (logged) of what it will see."""
+    train_pc, eval_pc = to_prompt_completion(split.train), to_prompt_completion(split.eval)
+    train_ids, train_starts = tokenize(train_pc, tokenizer)
+    eval_ids, eval_starts = tokenize(eval_pc, tokenizer)
+    summary = summarize(dataset, split, tokenizer, max_length, train_pc, [len(ids) for ids in train_ids])
     log_summary(summary)
-    return train_ds, eval_ds, summary
+    train_ds = trainer_records(train_pc, train_ids, train_starts, max_length)
+    return train_ds, trainer_records(eval_pc, eval_ids, eval_starts, max_length), summary
 
 
 def to_prompt_completion(rows: pd.DataFrame) -> datasets.Dataset:
@@ -95,11 +99,58 @@ def to_prompt_completion(rows: pd.DataFrame) -> datasets.Dataset:
     )
 
 
-def token_lengths(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Tokens per example as trained: prompt + completion + EOS."""
-    texts = [p + c for p, c in zip(ds["prompt"], ds["completion"], strict=True)]
-    encoded = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    return [len(ids) + 1 for ids in encoded]
+def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> tuple[list[list[int]], list[int]]:
+    """Each record's token ids as trained (prompt + completion + EOS), and where its completion starts.
+
+    What TRL's SFTTrainer does to prompt/completion records (trl 1.16, `SFTTrainer._prepare_dataset`): the EOS
+    token's text appended to a completion that does not end with it, the prompt and the prompt + completion
+    tokenized, and the completion starting where the two diverge (`common_prefix_length`). Here in two batched
+    calls of the fast tokenizer instead of two calls per row through `datasets.map`;
+    tests/test_upstream.py checks the result against TRL's own preparation.
+    """
+    eos = tokenizer.eos_token
+    prompts = list(ds["prompt"])
+    completions = [c if c.endswith(eos) else c + eos for c in ds["completion"]]
+    prompt_ids = tokenizer(prompts)["input_ids"]
+    whole_ids = tokenizer([p + c for p, c in zip(prompts, completions, strict=True)])["input_ids"]
+    starts = []
+    for prompt, whole in zip(prompt_ids, whole_ids, strict=True):
+        start = 0
+        for a, b in zip(prompt, whole, strict=False):
+            if a != b:
+                break
+            start += 1
+        starts.append(start)
+    return whole_ids, starts
+
+
+def trainer_records(
+    ds: datasets.Dataset, ids: list[list[int]], starts: list[int], max_length: int
+) -> datasets.Dataset:
+    """`ds` with the columns TRL's preparation would add: `input_ids` and `labels` (-100 on the prompt), both cut
+    to `max_length` from the end (TRL's `truncation_mode="keep_start"`); a record left without a learned token (a
+    prompt that fills `max_length`) is dropped, as TRL drops it. `training/trainer.py` tells TRL to skip its own
+    preparation of records that have `labels`."""
+    columns: dict[str, list[Any]] = {"prompt": [], "completion": [], "input_ids": [], "labels": []}
+    for prompt, completion, whole, start in zip(ds["prompt"], ds["completion"], ids, starts, strict=True):
+        labels = ([-100] * start + whole[start:])[:max_length]
+        if all(label == -100 for label in labels):
+            continue
+        columns["prompt"].append(prompt)
+        columns["completion"].append(completion)
+        columns["input_ids"].append(whole[:max_length])
+        columns["labels"].append(labels)
+    return datasets.Dataset.from_dict(columns, features=RECORD_FEATURES)
+
+
+RECORD_FEATURES = datasets.Features(
+    {
+        "prompt": datasets.Value("string"),
+        "completion": datasets.Value("string"),
+        "input_ids": datasets.Sequence(datasets.Value("int32")),
+        "labels": datasets.Sequence(datasets.Value("int64")),
+    }
+)
 
 
 def summarize(
@@ -108,8 +159,11 @@ def summarize(
     tokenizer: PreTrainedTokenizerBase | None,
     max_length: int,
     train_ds: datasets.Dataset | None,
+    lengths: list[int] | None = None,
 ) -> dict[str, Any]:
-    """What the trainer will see; without a tokenizer (a dry run without the Hub) no token counts."""
+    """What the trainer will see; without a tokenizer (a dry run without the Hub) no token counts.
+
+    `lengths`: tokens per training example as trained, where `tokenize` has counted them already."""
     summary = {
         "file": str(dataset.path),
         "sha256": dataset.sha256,
@@ -126,7 +180,8 @@ def summarize(
         summary["synthetic"] = True  # the data summary and the model card say "synthetic sample (not SauDial)"
     if tokenizer is None or train_ds is None:
         return summary
-    lengths = token_lengths(train_ds, tokenizer)
+    if lengths is None:
+        lengths = [len(ids) for ids in tokenize(train_ds, tokenizer)[0]]
     ordered = sorted(lengths)
     summary["train_tokens"] = {
         "mean": round(statistics.fmean(lengths), 1),

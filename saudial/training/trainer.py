@@ -131,9 +131,12 @@ def build_trainer(
     collator = None
     if settings.padding_free:  # one flat row per micro-batch, no compute on padding
         collator = padding_free_collator(tokenizer.pad_token_id, settings.pad_to_multiple_of, count_tokens=True)
+    args = sft_config(settings, dtype)
+    if "labels" in train_ds.column_names:  # tokenized and cut to max_length already (data/examples.py)
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     trainer = SyncFreeSFTTrainer(
         model=model,
-        args=sft_config(settings, dtype),
+        args=args,
         data_collator=collator,
         train_dataset=train_ds,
         eval_dataset=eval_ds if len(eval_ds) else None,
