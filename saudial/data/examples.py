@@ -104,15 +104,15 @@ def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> tuple[
 
     What TRL's SFTTrainer does to prompt/completion records (trl 1.16, `SFTTrainer._prepare_dataset`): the EOS
     token's text appended to a completion that does not end with it, the prompt and the prompt + completion
-    tokenized, and the completion starting where the two diverge (`common_prefix_length`). Here in two batched
-    calls of the fast tokenizer instead of two calls per row through `datasets.map`;
+    tokenized, and the completion starting where the two diverge (`common_prefix_length`). Here in one batched
+    call of the fast tokenizer instead of two calls per row through `datasets.map`;
     tests/test_upstream.py checks the result against TRL's own preparation.
     """
     eos = tokenizer.eos_token
     prompts = list(ds["prompt"])
     completions = [c if c.endswith(eos) else c + eos for c in ds["completion"]]
-    prompt_ids = tokenizer(prompts)["input_ids"]
-    whole_ids = tokenizer([p + c for p, c in zip(prompts, completions, strict=True)])["input_ids"]
+    encoded = tokenizer([*prompts, *(p + c for p, c in zip(prompts, completions, strict=True))])["input_ids"]
+    prompt_ids, whole_ids = encoded[: len(prompts)], encoded[len(prompts) :]
     starts = []
     for prompt, whole in zip(prompt_ids, whole_ids, strict=True):
         start = 0
@@ -124,9 +124,7 @@ def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> tuple[
     return whole_ids, starts
 
 
-def trainer_records(
-    ds: datasets.Dataset, ids: list[list[int]], starts: list[int], max_length: int
-) -> datasets.Dataset:
+def trainer_records(ds: datasets.Dataset, ids: list[list[int]], starts: list[int], max_length: int) -> datasets.Dataset:
     """`ds` with the columns TRL's preparation would add: `input_ids` and `labels` (-100 on the prompt), both cut
     to `max_length` from the end (TRL's `truncation_mode="keep_start"`); a record left without a learned token (a
     prompt that fills `max_length`) is dropped, as TRL drops it. `training/trainer.py` tells TRL to skip its own

@@ -133,7 +133,7 @@ def build_trainer(
         collator = padding_free_collator(tokenizer.pad_token_id, settings.pad_to_multiple_of, count_tokens=True)
     args = sft_config(settings, dtype)
     if "labels" in train_ds.column_names:  # tokenized and cut to max_length already (data/examples.py)
-        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        args.dataset_kwargs = {"skip_prepare_dataset": True}  # no setting of saudial's sets other dataset_kwargs
     trainer = SyncFreeSFTTrainer(
         model=model,
         args=args,
