@@ -20,6 +20,7 @@ from saudial.config.settings import Settings
 from saudial.data.prompts import RESPONSE_MARKER
 from saudial.errors import ConfigError
 from saudial.inference.generate import check_adapter_weights, encode
+from saudial.model import content_hash
 from saudial.model.loading import load_model, load_tokenizer, resolve_revision
 from tests.adapter_run import copy_run, trained_adapter
 from tests.conftest import ENTRYPOINT, REPO, base_env
@@ -61,6 +62,20 @@ def test_a_model_that_needs_its_own_code_is_refused_without_running_it(tmp_path:
     with pytest.raises(ConfigError, match="cannot load the tokenizer"):
         load_tokenizer(settings(model))
     assert not ran.exists()
+
+
+def test_a_local_models_hash_runs_in_the_background_and_reaches_the_record(
+    tiny_model: Path, workbook: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    direct = content_hash.tree_sha256(tiny_model)
+    folder = tmp_path_factory.mktemp("copy") / "model"
+    shutil.copytree(tiny_model, folder)
+    content_hash.start(folder)
+    content_hash.start(folder)  # once per folder: the second start is the first's
+    assert content_hash.sha256(folder) == direct  # the thread's result: names and contents, not the path
+    # The entry point starts it for its local model; the run record holds that hash.
+    record = json.loads((trained_adapter(tiny_model, workbook, tmp_path_factory) / "run_manifest.json").read_text())
+    assert record["model"]["content_sha256"] == direct
 
 
 def test_the_base_model_is_pinned_to_a_commit(

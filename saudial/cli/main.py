@@ -15,6 +15,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from saudial.cli import logs
@@ -24,6 +25,7 @@ from saudial.config.runtime import configure_allocator
 from saudial.config.settings import Settings
 from saudial.config.sources import changed_settings, load_settings
 from saudial.errors import EXIT_BUG, EXIT_OK, OOM_ANY, as_user_error, one_line, redact, unexpected
+from saudial.model import content_hash
 from saudial.process import cuda_driver, distributed, signals
 from saudial.process.collector import long_lived_imports
 
@@ -32,8 +34,10 @@ from saudial.process.collector import long_lived_imports
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
-    if not args.dry_run:  # the GPU's driver starts while the libraries import (process/cuda_driver.py)
+    if not args.dry_run:  # while the libraries import: the GPU's driver starts, a local model's files are hashed
         cuda_driver.start_in_background(settings.num_processes)
+        if distributed.is_main_process() and Path(settings.model_name_or_path).is_dir():
+            content_hash.start(Path(settings.model_name_or_path))  # for the run record (model/content_hash.py)
     # SIGTERM from here to the exit is heard by saudial, whatever the phase (process/signals.py).
     with signals.watching():
         with long_lived_imports():  # pandas, transformers; torch, datasets and the rest once the data is read

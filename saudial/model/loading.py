@@ -9,7 +9,6 @@ to the commit it names now, so every process and every later resume loads the sa
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
@@ -22,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from saudial.config.huggingface import check_model_access, hub_offline
 from saudial.errors import ConfigError
+from saudial.model import content_hash
 from saudial.model.hardware import check_cuda, compute_dtype
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def resolve_revision(settings: Settings) -> dict[str, Any]:
             "name_or_path": name,
             "source": "local",
             "revision_sha": None,
-            "content_sha256": _tree_sha256(Path(name)),
+            "content_sha256": content_hash.sha256(Path(name)),  # started early by the CLI
         }
     revision = settings.model_revision
     found: dict[str, Any] = {"name_or_path": name, "source": "hub", "revision": revision, "revision_sha": None}
@@ -158,15 +158,3 @@ def resolve_revision(settings: Settings) -> dict[str, Any]:
         log.warning("the commit of %s@%s is unknown (not in the cache, Hub not reachable)", name, revision)
         return found
 
-
-def _tree_sha256(folder: Path) -> str:
-    digest = hashlib.sha256()
-    files = [
-        p for p in folder.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(folder).parts)
-    ]
-    for path in sorted(files):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
