@@ -157,4 +157,3 @@ def resolve_revision(settings: Settings) -> dict[str, Any]:
     except Exception:
         log.warning("the commit of %s@%s is unknown (not in the cache, Hub not reachable)", name, revision)
         return found
-
