@@ -101,8 +101,6 @@ def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
     without = [
         ("TRL's loss head", {"BENCH_WITHOUT": "compact-loss-head"}),
         ("SDPA + mask, no varlen", SDPA),
-        # cuDNN attention off matters where SDPA runs (the default's flash varlen does not call it)
-        ("SDPA + mask, cuDNN attention on", SDPA | {"BENCH_WITHOUT": "cudnn-attention-off"}),
         ("kernels off", {"SAUDIAL_FUSED_KERNELS": "false"}),
     ]
     runs: list[tuple[str, dict[str, str], int | None]] = []

@@ -88,60 +88,6 @@ def test_trl_still_casts_quantized_lora_weights_to_bf16(tiny_model: Path, tmp_pa
     assert dtypes == {torch.bfloat16}, "TRL no longer casts LoRA weights to bf16: drop the fp32 cast in build_trainer"
 
 
-def test_torch_still_enables_cudnn_attention_by_default() -> None:
-    """patches.avoid_cudnn_attention turns off what PyTorch turns on by default (run in a fresh process)."""
-    import subprocess
-    import sys
-
-    code = "import torch; print(torch.backends.cuda.cudnn_sdp_enabled())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "True", "PyTorch no longer enables cuDNN attention by default: drop patches.avoid_cudnn_attention"
-
-
-AOT_PROBE = """
-import os, sys, tempfile
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()
-import torch
-import torch._functorch.config as functorch_config
-from torch._dynamo.utils import counters
-
-class Square(torch.autograd.Function):  # a custom autograd.Function, like bitsandbytes' MatMul4Bit
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
-
-functorch_config.autograd_cache_allow_custom_autograd_functions = sys.argv[1] == "allow"
-torch.compile(lambda x: Square.apply(x).sum())(torch.randn(8, requires_grad=True)).backward()
-print(sorted(counters["aot_autograd"]))
-"""
-
-
-@pytest.mark.slow
-def test_aot_autograd_cache_still_needs_the_flag_for_custom_functions() -> None:
-    """patches.enable_compile_cache sets the flag because AOTAutograd bypasses its cache without it."""
-    import subprocess
-    import sys
-
-    def counters(mode: str) -> str:
-        return subprocess.run(
-            [sys.executable, "-c", AOT_PROBE, mode], capture_output=True, text=True, check=True, timeout=300
-        ).stdout
-
-    assert "autograd_cache_saved" in counters("allow"), "torch dropped or renamed the flag: fix enable_compile_cache"
-    assert "autograd_cache_bypass" in counters("default"), (
-        "AOTAutograd now caches custom autograd.Functions by itself: drop the flag in patches.enable_compile_cache"
-    )
-
-
-# --- signatures and private state the overrides rely on -----------------------------------------------------
-
-
 def params(function: Any) -> list[str]:
     return list(inspect.signature(function).parameters)
 

@@ -4,22 +4,18 @@ Each one works around a named upstream behaviour; tests/test_upstream.py fails t
 changes, so the patch can be dropped then. Measured in bench/ (docs/benchmarks.md).
 
 1. Boundary-aware short convolution for padding-free rows: model/short_conv.py.
-2. No cuDNN attention (`avoid_cudnn_attention`). Upstream: PyTorch's SDPA picks the cuDNN backend on
-   Hopper, whose CPU cost per call is ~3.4 ms forward and ~5 ms backward when the masked shape
-   changes (H100, torch 2.11: ~60 ms of a 280 ms step for 6 attention layers). The memory-efficient
-   backend takes the same block-diagonal mask for microseconds of CPU.
-3. Variable-length attention (`use_varlen_attention`, CUDA, padding-free batches). Upstream:
+2. Variable-length attention (`use_varlen_attention`, CUDA, padding-free batches). Upstream:
    transformers' SDPA path treats a flat row of 64 examples as one ~8,000-token sequence under a
    block-diagonal mask, computing every pair of tokens and masking most away. PyTorch's own flash
    varlen kernel (`torch.nn.attention.varlen`) takes the boundaries TRL's collator already sends
    (`cu_seq_lens_q`) and computes each example alone; it is registered as a transformers attention
    function (`AttentionInterface`), not patched in.
-4. Fused RMSNorm (`use_fused_rms_norm`). Upstream: `Lfm2RMSNorm` normalizes in seven element-wise
+3. Fused RMSNorm (`use_fused_rms_norm`). Upstream: `Lfm2RMSNorm` normalizes in seven element-wise
    operations over an fp32 copy of the activations, forward and backward, in 45 places of LFM2-1.2B
    (per layer two, plus q/k norms of the 6 attention layers, plus the final one). PyTorch's `rms_norm`
    computes the same (fp32 statistics, output in the input's dtype) in one kernel each way on CUDA.
    The layer's own weight multiply is kept as upstream writes it.
-5. Optional regional compilation (`compile_decoder_layers`, `SAUDIAL_TORCH_COMPILE`): each decoder layer
+4. Optional regional compilation (`compile_decoder_layers`, `SAUDIAL_TORCH_COMPILE`): each decoder layer
    compiled by torch.compile. Off by default: the eager step with the fused LoRA step and the Triton kernels
    was faster, and compiling costs a warm-up every run (config/settings.py).
 """
@@ -53,11 +49,6 @@ def use_fused_rms_norm(model: torch.nn.Module) -> int:
     for norm in norms:
         norm.forward = types.MethodType(fused_rms_norm, norm)  # type: ignore[method-assign]
     return len(norms)
-
-
-def avoid_cudnn_attention() -> None:
-    """Let SDPA use the memory-efficient (or flash) kernels instead of cuDNN's; see point 2 above."""
-    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 VARLEN = "saudial_varlen"

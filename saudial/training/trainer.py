@@ -154,7 +154,6 @@ def build_trainer(
         for param in peft_model.parameters():
             if param.requires_grad:
                 param.data = param.data.float()
-    patches.avoid_cudnn_attention()
     if settings.padding_free:
         short_conv.install_boundary_aware_conv()  # examples of one flat row must not see each other in the conv
         if settings.attn_implementation == "auto" and dtype != torch.float32 and patches.varlen_available():
