@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import datasets
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
+from trl.data_utils import common_prefix_length
 
 from saudial.data.prompts import build_example
 from saudial.data.text import SYNTHETIC
@@ -104,7 +105,7 @@ def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> tuple[
 
     What TRL's SFTTrainer does to prompt/completion records (trl 1.16, `SFTTrainer._prepare_dataset`): the EOS
     token's text appended to a completion that does not end with it, the prompt and the prompt + completion
-    tokenized, and the completion starting where the two diverge (`common_prefix_length`). Here in one batched
+    tokenized, and the completion starting where the two diverge (TRL's own `common_prefix_length`). Here in one batched
     call of the fast tokenizer instead of two calls per row through `datasets.map`;
     tests/test_upstream.py checks the result against TRL's own preparation.
     """
@@ -113,20 +114,12 @@ def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> tuple[
     completions = [c if c.endswith(eos) else c + eos for c in ds["completion"]]
     encoded = tokenizer([*prompts, *(p + c for p, c in zip(prompts, completions, strict=True))])["input_ids"]
     prompt_ids, whole_ids = encoded[: len(prompts)], encoded[len(prompts) :]
-    starts = []
-    for prompt, whole in zip(prompt_ids, whole_ids, strict=True):
-        start = 0
-        for a, b in zip(prompt, whole, strict=False):
-            if a != b:
-                break
-            start += 1
-        starts.append(start)
-    return whole_ids, starts
+    return whole_ids, [common_prefix_length(p, w) for p, w in zip(prompt_ids, whole_ids, strict=True)]
 
 
 def trainer_records(ds: datasets.Dataset, ids: list[list[int]], starts: list[int], max_length: int) -> datasets.Dataset:
     """`ds` with the columns TRL's preparation would add: `input_ids` and `labels` (-100 on the prompt), both cut
-    to `max_length` from the end (TRL's `truncation_mode="keep_start"`); a record left without a learned token (a
+    to their first `max_length` tokens (TRL's `truncation_mode="keep_start"`); a record left without a learned token (a
     prompt that fills `max_length`) is dropped, as TRL drops it. `training/trainer.py` tells TRL to skip its own
     preparation of records that have `labels`."""
     columns: dict[str, list[Any]] = {"prompt": [], "completion": [], "input_ids": [], "labels": []}
