@@ -77,7 +77,7 @@ def test_a_bad_local_rank_is_left_to_torch() -> None:
 def test_the_thread_ends_with_or_without_a_driver() -> None:
     report = run(None)
     assert report["thread"] is True and report["done"] is True
-    assert report["loading"] == "LAZY"  # what torch sets before its own start of the driver
+    assert report["loading"] == "LAZY"  # set before cuInit, where the user had set nothing
 
 
 @pytest.mark.gpu

@@ -59,8 +59,9 @@ def start_in_background(num_processes: int | None) -> threading.Thread | None:
         return None  # the GPUs are hidden: nothing to start
     if not os.environ.get("LOCAL_RANK", "0").isdigit():
         return None  # torch will say what is wrong with it
-    # torch sets CUDA_MODULE_LOADING=LAZY, where it is unset, before it starts the driver, which reads it at
-    # cuInit: it is set first here too.
+    # The driver reads CUDA_MODULE_LOADING at cuInit. Where the user has chosen nothing, lazy loading (kernels
+    # loaded when first launched; the driver's own default since CUDA 12.2) is asked for, so an older driver
+    # started here does not load every kernel of torch's libraries up front.
     os.environ.setdefault("CUDA_MODULE_LOADING", "LAZY")
     _started = threading.Thread(target=_start_driver, args=(num_processes,), name="cuda-driver-start", daemon=True)
     _started.start()
