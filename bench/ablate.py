@@ -5,7 +5,8 @@ The "before" side of a same-call pair (docs/benchmarks.md, Decisions; docs/archi
 bench.py runs a configuration through this script instead of entrypoint.py when its settings hold
 BENCH_WITHOUT, a comma list of the names below. Overrides that have a setting of their own (the kernels:
 SAUDIAL_FUSED_KERNELS; varlen attention: SAUDIAL_ATTN_IMPLEMENTATION=sdpa; the fused LoRA step:
-SAUDIAL_FUSED_LORA) are paired through that setting instead.
+SAUDIAL_FUSED_LORA; the frozen weights kept dequantized: SAUDIAL_DEQUANTIZE_ONCE) are paired through that
+setting instead.
 
     BENCH_WITHOUT=compact-loss-head python bench/ablate.py [entrypoint arguments]
 """
@@ -36,8 +37,16 @@ def _trl_loss_head() -> None:
     _replace(lm_head, "supported", lambda model: False)
 
 
+def _separate_gate_up() -> None:
+    """LFM2's w1 and w3 as two fused LoRA steps and kernels.SwiGLU instead of fast_lfm2's one Function."""
+    from saudial.model import fast_lfm2
+
+    _replace(fast_lfm2, "gate_up_parts", lambda mlp, x: None)
+
+
 WITHOUT: dict[str, Callable[[], None]] = {
     "compact-loss-head": _trl_loss_head,
+    "gate-up-in-one": _separate_gate_up,
 }
 
 

@@ -84,7 +84,8 @@ def test_merged_adapter_generates_like_the_unmerged_one(tiny_model: Path) -> Non
 def test_merged_adapter_on_the_dequantized_4bit_model(tiny_model: Path) -> None:
     """The path evaluation takes: a bf16 4-bit model with the fused LoRA step installed, its base dequantized
     once, then the adapter folded in. Greedy tokens as PEFT's unmerged layers write them, logits within bf16
-    rounding (W + s B A is rounded once more), and the fused step's cache let go with the 4-bit weights."""
+    rounding (W + s B A is rounded once more), and the fused step's cache (scales, the dequantized copy) let go
+    with the 4-bit weights."""
     from saudial.inference.dense import merged_adapter
     from saudial.model import fused_lora
     from tests.models import lora_4bit_layers, peft_4bit
@@ -92,11 +93,12 @@ def test_merged_adapter_on_the_dequantized_4bit_model(tiny_model: Path) -> None:
     model = peft_4bit(tiny_model, "cpu")  # saudial's 4-bit and LoRA configs, bf16, lora_B non-zero
     assert fused_lora.fuse(model) > 0
     ids = torch.randint(3, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
-    model(input_ids=ids)  # the fused step runs and caches its scales
+    fused_lora.keep_dequantized(model)  # as training with dequantize_once leaves it
+    model(input_ids=ids)  # the fused step runs on what it keeps
     layers = lora_4bit_layers(model)
-    assert all(hasattr(layer, "_saudial_scales") for layer in layers)
+    assert all(layer._saudial_frozen.dense is not None for layer in layers)
     dequantize_base_weights(model.eval())
-    assert not any(hasattr(layer, "_saudial_scales") for layer in layers)
+    assert not any(hasattr(layer, "_saudial_frozen") for layer in layers)
     unmerged_tokens, unmerged_logits = _tokens_and_logits(model, tiny_model)
     with merged_adapter(model) as count:
         assert count == len(layers)

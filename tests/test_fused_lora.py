@@ -21,8 +21,9 @@ from tests.models import lora_4bit_layers, peft_4bit
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["dequantized-each-use", "dequantized-once"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_one_layer_is_as_exact_as_peft(tiny_model: Path, device: str) -> None:
+def test_one_layer_is_as_exact_as_peft(tiny_model: Path, device: str, keep: bool) -> None:
     model = peft_4bit(tiny_model, device)
     layer = lora_4bit_layers(model)[-1]
     a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
@@ -48,7 +49,10 @@ def test_one_layer_is_as_exact_as_peft(tiny_model: Path, device: str) -> None:
 
     peft = run(lambda x: type(layer).forward(layer, x))
     assert fused_lora.fuse(model) == len(lora_4bit_layers(model))
+    if keep:
+        assert fused_lora.keep_dequantized(model)[0] == len(lora_4bit_layers(model))
     fused = run(layer)
+    assert (layer._saudial_frozen.dense is not None) == keep
     for name, ref, p, f in zip(["y", "dx", "dA", "dB"], reference, peft, fused, strict=True):
         assert ref is not None
         scale = ref.abs().max().item()
@@ -57,8 +61,9 @@ def test_one_layer_is_as_exact_as_peft(tiny_model: Path, device: str) -> None:
         assert fused_error <= max(1.5 * peft_error, 2e-3), (name, peft_error, fused_error)
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["dequantized-each-use", "dequantized-once"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_model_loss_and_lora_gradients_match_peft(tiny_model: Path, device: str) -> None:
+def test_model_loss_and_lora_gradients_match_peft(tiny_model: Path, device: str, keep: bool) -> None:
     model = peft_4bit(tiny_model, device)
     ids = torch.randint(3, model.config.vocab_size, (1, 160), generator=torch.Generator().manual_seed(2)).to(device)
 
@@ -71,6 +76,8 @@ def test_model_loss_and_lora_gradients_match_peft(tiny_model: Path, device: str)
 
     loss, grads = step()
     fused_lora.fuse(model)
+    if keep:
+        fused_lora.keep_dequantized(model)
     fused_loss, fused_grads = step()
     assert abs(fused_loss - loss) <= 2e-3 * abs(loss)
     assert len(grads) == 2 * len(lora_4bit_layers(model))
@@ -115,4 +122,16 @@ def test_cached_scales_are_bitsandbytes_own(tiny_model: Path) -> None:
         fused = layer(x)
         assert type(fused.grad_fn).__name__ == "_QLoRALinearBackward"
         assert torch.equal(fused, bnb.matmul_4bit(x, weight.t(), quant_state=weight.quant_state))
-        assert layer._saudial_scales[0] is weight.quant_state.absmax  # cached, and for this weight
+        frozen = layer._saudial_frozen
+        assert frozen.absmax is weight.quant_state.absmax and frozen.dense is None  # cached, and for this weight
+    # Dequantized once: bitsandbytes' values bit for bit, and the layer computes with them.
+    layers, size = fused_lora.keep_dequantized(model)
+    assert layers == len(lora_4bit_layers(model))
+    assert size == sum(2 * layer.in_features * layer.out_features for layer in lora_4bit_layers(model))
+    for layer in lora_4bit_layers(model):
+        weight = layer.base_layer.weight
+        dense = layer._saudial_frozen.dense
+        assert dense.dtype == torch.bfloat16
+        assert torch.equal(dense, bnb.functional.dequantize_4bit(weight, weight.quant_state))
+        x = torch.randn(7, layer.in_features, generator=generator).to(torch.bfloat16)
+        assert torch.equal(layer(x), bnb.matmul_4bit(x, weight.t(), quant_state=weight.quant_state))

@@ -46,6 +46,7 @@ SAUDIAL_OWN = {
     "export": "jobs/train.py",  # and jobs/export.py
     # SFTConfig fields that saudial handles itself (run/trainer.HANDLED_HERE says why)
     "fused_lora": "training/trainer.py",
+    "dequantize_once": "training/trainer.py",
     "fused_rms_norm": "training/trainer.py",
     "fused_kernels": "training/trainer.py",
     "padding_free": "training/trainer.py",

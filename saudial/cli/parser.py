@@ -25,7 +25,7 @@ GROUPS: dict[str, list[str]] = {
     "model": ["model_name_or_path", "model_revision", "tokenizer_name_or_path", "quantization",
               "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "torch_dtype", "attn_implementation",
               "fused_rms_norm", "fused_kernels"],
-    "LoRA": ["lora_r", "lora_alpha", "lora_dropout", "target_modules", "fused_lora"],
+    "LoRA": ["lora_r", "lora_alpha", "lora_dropout", "target_modules", "fused_lora", "dequantize_once"],
     "training": ["output_dir", "overwrite_output_dir", "learning_rate", "lr_scheduler_type", "warmup_ratio",
                  "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                  "gradient_accumulation_steps", "max_length", "padding_free", "pad_to_multiple_of", "torch_compile",

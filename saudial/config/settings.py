@@ -102,9 +102,9 @@ class Settings(BaseSettings):
     # 0, not the original recipe's 0.05: it learns as well (bench/learning.py), keeps no dropout mask or
     # per-layer copy of the input (less memory, docs/benchmarks.md), and the fused 4-bit LoRA step needs it.
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input (fused_lora needs 0).")
-    fused_lora: bool = Field(
-        True, description="Each 4-bit LoRA linear as one autograd step (model/fused_lora.py); false: PEFT's layers."
-    )
+    fused_lora: bool = Field(True, description="Each 4-bit LoRA linear as one autograd step (model/fused_lora.py).")
+    # Unset: on where checkpointing is off (GPUs of 56 GiB up: speed is worth 2 bytes a weight; below, memory is not).
+    dequantize_once: bool | None = Field(None, description="Dequantized copy of 4-bit weights (unset: on without GC).")
     target_modules: CommaList = Field(
         default_factory=lambda: list(LFM2_LINEAR_MODULES),
         description="Module names to adapt, comma-separated, each must exist (default: all LFM2 linear layers).",

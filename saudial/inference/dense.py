@@ -34,12 +34,14 @@ def dequantize_base_weights(model: torch.nn.Module) -> int:
         import bitsandbytes as bnb
     except ImportError:  # no bitsandbytes, no 4-bit layers
         return 0
+    from saudial.model import fused_lora
+
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, bnb.nn.Linear4bit):
                 setattr(parent, name, _dense_copy(child))
-                parent.__dict__.pop("_saudial_scales", None)  # the fused LoRA step's cache (model/fused_lora.py)
+                fused_lora.forget(parent)  # what the fused LoRA step kept for the replaced layer
                 count += 1
     if count:
         log.info("generation: %d 4-bit layers dequantized once (faster decoding, same tokens)", count)

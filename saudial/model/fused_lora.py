@@ -6,20 +6,28 @@ node of the autograd graph with its own Python and kernels, forward and backward
 on an H200 the step is bound by that host work (docs/benchmarks.md: ~4,000 kernels and ~15,000 operator
 calls per step, 92 adapted linears). Here the same math is one `torch.autograd.Function`:
 
-    forward   y = x W^T + s (x A^T) B^T        W dequantized from NF4 by bitsandbytes' own kernel
-    backward  dx = dy W + (s dy B) A,   dA = (s dy B)^T x,   dB = s dy^T (x A^T)
+    forward   y = s (x A^T) B^T + x W^T        W dequantized from NF4 by bitsandbytes' own kernel
+    backward  dx = (s dy B) A + dy W,   dA = (s dy B)^T x,   dB = s dy^T (x A^T)
 
-with the LoRA update added into the base output by one `addmm_` (no output-sized multiply, add or copy).
-The weights, their names and the saved adapter are PEFT's own: only the layer's forward is swapped, per
-module, and any call this does not cover (several active adapters, merged or disabled adapters, dropout,
-DoRA, a bias, mixed dtypes) goes to PEFT's forward unchanged. tests/test_fused_lora.py checks that the
-loss and every LoRA gradient match PEFT's path on a real 4-bit model.
+The LoRA term is computed first and the frozen matmul accumulates into it (`addmm_`, beta 1): the big GEMM
+reads the output in its epilogue while it is bound by arithmetic, where the other order made the rank-r
+GEMM read and write the whole output again while bound by memory (no output-sized multiply, add or copy
+either way). The weights, their names and the saved adapter are PEFT's own: only the layer's forward is
+swapped, per module, and any call this does not cover (several active adapters, merged or disabled
+adapters, dropout, DoRA, a bias, mixed dtypes) goes to PEFT's forward unchanged. tests/test_fused_lora.py
+checks that the loss and every LoRA gradient match PEFT's path on a real 4-bit model.
 
 The frozen weight's per-block scales are dequantized once, on the layer's first fused call. Upstream: with QLoRA's
 double quantization bitsandbytes stores those scales in 8 bits and dequantizes them again (one kernel and
 an add) before every 4-bit dequantize, forward and backward: 368 extra kernels and their Python per step
 for LFM2-1.2B's 92 layers. The fp32 scales cost ~4 bytes per 64 weights (~65 MB); the values are the ones
 bitsandbytes computes on each call (tests/test_fused_lora.py checks them bit for bit).
+
+`keep_dequantized` goes further where memory allows (`dequantize_once`, on by itself where gradient
+checkpointing is off): each frozen weight is dequantized once for the whole run and kept in the compute
+dtype, so no step dequantizes (184 kernels and their Python per step on LFM2-1.2B, forward and backward).
+The values are the same (bitsandbytes' kernel, run once); the copy costs 2 bytes per weight (~2.1 GB on
+LFM2-1.2B) on top of the 4-bit weights, which stay what the model holds.
 """
 
 from __future__ import annotations
@@ -29,7 +37,6 @@ from typing import Any
 
 import bitsandbytes as bnb
 import torch
-import torch.nn.functional as F
 from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
 
 
@@ -49,77 +56,106 @@ def _dequantize(weight: torch.Tensor, quant_state: Any, scales: torch.Tensor, dt
     )
 
 
+class Frozen:
+    """One adapted layer's frozen 4-bit weight as the fused step reads it: dequantized on each use (QLoRA's
+    memory), or once and kept (`keep_dequantized`)."""
+
+    __slots__ = ("absmax", "dense", "quant_state", "scales", "stack", "weight")
+
+    def __init__(self, weight: Any) -> None:  # bitsandbytes' Params4bit
+        self.weight, self.quant_state = weight, weight.quant_state
+        # bitsandbytes moves a weight to another device by giving its quant state new tensors: the cache is
+        # for this quant state's absmax tensor.
+        self.absmax = self.quant_state.absmax
+        self.scales = block_scales(self.quant_state)
+        self.dense: torch.Tensor | None = None
+        self.stack: torch.Tensor | None = None  # `stacked`'s tensor, of which `dense` is then a view
+
+    def get(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight, (out, in) in `dtype`."""
+        if self.dense is not None and self.dense.dtype == dtype:
+            return self.dense
+        return _dequantize(self.weight, self.quant_state, self.scales, dtype)
+
+
 class _QLoRALinear(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        quant_state: Any,
-        scales: torch.Tensor,
-        lora_a: torch.Tensor,
-        lora_b: torch.Tensor,
-        scaling: float,
+        ctx: Any, x: torch.Tensor, frozen: Frozen, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float
     ) -> torch.Tensor:
         x2d = x.reshape(-1, x.shape[-1])
-        out = F.linear(x2d, _dequantize(weight, quant_state, scales, x.dtype))  # (tokens, out): the frozen base
         h = x2d @ lora_a.t()  # (tokens, r)
-        out.addmm_(h, lora_b.t(), alpha=scaling)  # + s h B^T, added in the GEMM
+        # addmm with beta 0 ignores its input (documented: not even a NaN in it propagates), so the scaling is
+        # applied inside the GEMM with no separate multiply; an uninitialized 0-dim input costs no kernel.
+        zero = x2d.new_empty(())
+        out = torch.addmm(zero, h, lora_b.t(), beta=0, alpha=scaling)  # (tokens, out): s h B^T
+        out.addmm_(x2d, frozen.get(x.dtype).t())  # + x W^T, the frozen base, accumulated by the big GEMM
         ctx.save_for_backward(x2d, h, lora_a, lora_b)
-        ctx.weight, ctx.quant_state, ctx.scales = weight, quant_state, scales  # dequantized again backward
-        ctx.scaling, ctx.x_shape = scaling, x.shape
+        ctx.frozen, ctx.scaling, ctx.x_shape = frozen, scaling, x.shape  # W dequantized again backward
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x2d, h, lora_a, lora_b = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1]).to(x2d.dtype)
-        # addmm with beta 0 ignores its input (documented: not even a NaN in it propagates), so the scaling is
-        # applied inside the GEMM with no separate multiply; an uninitialized 0-dim input costs no kernel.
         zero = g.new_empty(())
         gb = torch.addmm(zero, g, lora_b, beta=0, alpha=ctx.scaling)  # (tokens, r): s dy B
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            w = _dequantize(ctx.weight, ctx.quant_state, ctx.scales, g.dtype)  # (out, in)
-            grad_x = (g @ w).addmm_(gb, lora_a).view(ctx.x_shape)
-        if ctx.needs_input_grad[4]:
+            grad_x = (gb @ lora_a).addmm_(g, ctx.frozen.get(g.dtype)).view(ctx.x_shape)  # (s dy B) A + dy W
+        if ctx.needs_input_grad[2]:
             grad_a = gb.t() @ x2d
-        if ctx.needs_input_grad[5]:
+        if ctx.needs_input_grad[3]:
             grad_b = torch.addmm(zero, g.t(), h, beta=0, alpha=ctx.scaling)
-        return grad_x, None, None, None, grad_a, grad_b, None
+        return grad_x, None, grad_a, grad_b, None
 
 
-def _fused_forward(self: LoraLinear4bit, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """The Function where it covers this call and the layer's state; PEFT's own forward otherwise."""
-    adapter = self.active_adapters[0] if len(self.active_adapters) == 1 else None
-    base = self.base_layer
+def _frozen(layer: LoraLinear4bit) -> Frozen:
+    """The layer's Frozen, made on first use and again when bitsandbytes gave its weight a new quant state."""
+    weight: Any = layer.base_layer.weight
+    frozen: Frozen | None = layer.__dict__.get("_saudial_frozen")
+    if frozen is None or frozen.weight is not weight or frozen.absmax is not weight.quant_state.absmax:
+        frozen = Frozen(weight)
+        layer.__dict__["_saudial_frozen"] = frozen  # a plain attribute: not in the state dict, not saved
+    return frozen
+
+
+def parts(layer: LoraLinear4bit, x: torch.Tensor) -> tuple[Frozen, torch.Tensor, torch.Tensor, float] | None:
+    """What the fused step computes `layer(x)` from (the frozen weight, lora_A, lora_B, the scaling), or None
+    where it does not cover the call or the layer's state (PEFT's own forward does)."""
+    adapter = layer.active_adapters[0] if len(layer.active_adapters) == 1 else None
+    base = layer.base_layer
     weight = base.weight
     if (
-        args
-        or kwargs
-        or adapter is None
-        or self.disable_adapters
-        or self.merged
-        or adapter not in self.lora_A
-        or adapter in self.lora_variant
-        or not isinstance(self.lora_dropout[adapter], torch.nn.Identity)
+        adapter is None
+        or layer.disable_adapters
+        or layer.merged
+        or adapter not in layer.lora_A
+        or adapter in layer.lora_variant
+        or not isinstance(layer.lora_dropout[adapter], torch.nn.Identity)
         or base.bias is not None
         or getattr(weight, "quant_state", None) is None
         or getattr(weight.quant_state, "packing_format_for_cpu", False)  # bitsandbytes' CPU inference layout
         or x.dtype != base.compute_dtype
-        or self.lora_A[adapter].weight.dtype != x.dtype
-        or self.lora_B[adapter].weight.dtype != x.dtype
+        or layer.lora_A[adapter].weight.dtype != x.dtype
+        or layer.lora_B[adapter].weight.dtype != x.dtype
     ):
+        return None
+    return _frozen(layer), layer.lora_A[adapter].weight, layer.lora_B[adapter].weight, layer.scaling[adapter]
+
+
+def _fused_forward(self: LoraLinear4bit, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """The Function where it covers this call and the layer's state; PEFT's own forward otherwise."""
+    found = None if args or kwargs else parts(self, x)
+    if found is None:
         return type(self).forward(self, x, *args, **kwargs)
-    quant_state = weight.quant_state
-    cached = getattr(self, "_saudial_scales", None)
-    # Computed once per quantized weight; bitsandbytes moves a weight to another device by giving its quant
-    # state new tensors, so the cache is for this quant state's absmax tensor.
-    if cached is None or cached[0] is not quant_state.absmax:
-        cached = (quant_state.absmax, block_scales(quant_state))
-        self._saudial_scales = cached  # a plain attribute: not in the state dict, not saved
-    lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
-    return _QLoRALinear.apply(x, weight, quant_state, cached[1], lora_a, lora_b, self.scaling[adapter])
+    return _QLoRALinear.apply(x, *found)
+
+
+def fused(module: torch.nn.Module) -> bool:
+    """Whether `module` is a LoRA 4-bit linear that `fuse` gave the fused forward."""
+    forward = vars(module).get("forward")
+    return isinstance(module, LoraLinear4bit) and getattr(forward, "__func__", None) is _fused_forward
 
 
 def fuse(model: torch.nn.Module) -> int:
@@ -130,3 +166,46 @@ def fuse(model: torch.nn.Module) -> int:
             module.forward = types.MethodType(_fused_forward, module)  # type: ignore[method-assign]
             count += 1
     return count
+
+
+@torch.no_grad()
+def keep_dequantized(model: torch.nn.Module) -> tuple[int, int]:
+    """Dequantize the frozen weight of every fused LoRA layer in `model` once, for the rest of the run, in the
+    layer's compute dtype; returns (layers, bytes kept). Call after `fuse`."""
+    count = size = 0
+    for module in model.modules():
+        if not isinstance(module, LoraLinear4bit):
+            continue
+        base: Any = module.base_layer
+        if getattr(base.weight, "quant_state", None) is not None:
+            frozen = _frozen(module)
+            dense = _dequantize(frozen.weight, frozen.quant_state, frozen.scales, base.compute_dtype)
+            frozen.dense, frozen.stack = dense, None
+            count, size = count + 1, size + dense.numel() * dense.element_size()
+    return count, size
+
+
+def forget(layer: torch.nn.Module) -> None:
+    """Drop what the fused step keeps on `layer` (the scales, a dequantized copy): its base layer is replaced."""
+    layer.__dict__.pop("_saudial_frozen", None)
+
+
+def stacked(frozens: list[Frozen]) -> torch.Tensor | None:
+    """The kept dequantized weights of layers that read the same input, as one (outputs summed, in) tensor for
+    one matmul; each Frozen's `dense` then views its rows of it (no second copy). Made on the first call, the
+    same tensor after; None unless every one is kept, with one dtype, device and input width."""
+    denses = [f.dense for f in frozens]
+    if any(d is None for d in denses):
+        return None
+    first = frozens[0].stack
+    if first is not None and all(f.stack is first for f in frozens):
+        return first
+    kept = [d for d in denses if d is not None]
+    if len({(d.dtype, d.device, d.shape[1]) for d in kept}) != 1:
+        return None
+    stack = torch.cat(kept)
+    start = 0
+    for frozen, dense in zip(frozens, kept, strict=True):
+        frozen.stack, frozen.dense = stack, stack[start : start + dense.shape[0]]
+        start += dense.shape[0]
+    return stack

@@ -60,6 +60,7 @@ NOT_TRAINING = {
     "hub_strategy",
     "data",
     "max_data_file_mb",  # how large a file may be read; the data sha256 says what was read
+    "dequantize_once",  # where the frozen weights' dequantized values are kept, not what they are
 }
 
 

@@ -173,6 +173,15 @@ def build_trainer(
                 log.info("fused LoRA: off (it needs SAUDIAL_LORA_DROPOUT=0)")
             else:
                 log.info("fused LoRA: %d 4-bit linear layers, one autograd step each", fused_lora.fuse(peft_model))
+                keep = settings.dequantize_once
+                if keep if keep is not None else not settings.gradient_checkpointing:
+                    layers, size = fused_lora.keep_dequantized(peft_model)
+                    log.info(
+                        "frozen weights: %d layers dequantized once and kept, %.1f GB (SAUDIAL_DEQUANTIZE_ONCE=false: "
+                        "dequantized on each use instead)",
+                        layers,
+                        size / 1e9,
+                    )
     return trainer
 
 
