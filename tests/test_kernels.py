@@ -266,6 +266,7 @@ def test_gate_up_in_one_step_matches_peft(tiny_model: Path, device: str, poisone
         }
 
     mlps = [m for m in model.modules() if type(m).__name__ == "Lfm2MLP"]
+    x = torch.randn(5, mlps[0].w1.in_features, dtype=torch.bfloat16, device=device)
     calls: list[str] = []  # w1 / w3 forwards: the one-step path calls neither
     for mlp in mlps:
         for layer in (mlp.w1, mlp.w3):
@@ -273,8 +274,15 @@ def test_gate_up_in_one_step_matches_peft(tiny_model: Path, device: str, poisone
     loss, grads = step()  # PEFT's layers, upstream LFM2 modules
     assert len(calls) == 2 * len(mlps)
     fused_lora.fuse(model)
-    fused_lora.keep_dequantized(model)
     fast_lfm2.install(model, cpu=device == "cpu")
+    fused_lora.keep_dequantized(model)  # each weight on its own: the two layers' own steps
+    assert all(fast_lfm2.gate_up_parts(m, x) is None for m in mlps)
+    calls.clear()
+    step()
+    assert len(calls) == 2 * len(mlps)
+    groups = fast_lfm2.gate_up_groups(model)
+    assert groups == [(m.w1, m.w3) for m in mlps]
+    fused_lora.keep_dequantized(model, groups)
     calls.clear()
     gate_up_loss, gate_up_grads = step()
     assert calls == []
@@ -283,7 +291,6 @@ def test_gate_up_in_one_step_matches_peft(tiny_model: Path, device: str, poisone
     for name, grad in grads.items():
         cosine = torch.nn.functional.cosine_similarity(grad, gate_up_grads[name], dim=0).item()
         assert cosine > 0.999, (name, cosine)
-    x = torch.randn(5, mlps[0].w1.in_features, dtype=torch.bfloat16, device=device)
     for mlp in mlps:
         found = fast_lfm2.gate_up_parts(mlp, x)
         assert found is not None

@@ -117,9 +117,19 @@ class _GateUp(torch.autograd.Function):
         return grad_x, None, grad_a[:rank], grad_a[rank:], grad_b1, grad_b3, None
 
 
+def gate_up_groups(model: torch.nn.Module) -> list[tuple[Any, Any]]:
+    """(w1, w3) of each LFM2 MLP in `model` with the kernel forward and both fused 4-bit LoRA layers: the pairs
+    whose frozen weights fused_lora.keep_dequantized should stack, for `_GateUp`."""
+    from saudial.model import fused_lora
+
+    mlps: list[Any] = [m for m in model.modules() if vars(m).get("_saudial_cpu") is not None and hasattr(m, "w3")]
+    return [(m.w1, m.w3) for m in mlps if fused_lora.fused(m.w1) and fused_lora.fused(m.w3)]
+
+
 def gate_up_parts(mlp: Any, x: torch.Tensor) -> tuple[Any, ...] | None:
     """`_GateUp`'s arguments after x for `mlp`, or None where it does not cover the call: w1 and w3 fused 4-bit
-    LoRA layers that cover it, their frozen weights kept dequantized, one rank and scaling."""
+    LoRA layers that cover it, their frozen weights kept dequantized in one stack (`gate_up_groups`), one rank
+    and scaling."""
     from saudial.model import fused_lora
 
     if not _covered(x, mlp._saudial_cpu) or not (fused_lora.fused(mlp.w1) and fused_lora.fused(mlp.w3)):

@@ -33,6 +33,7 @@ LFM2-1.2B) on top of the 4-bit weights, which stay what the model holds.
 from __future__ import annotations
 
 import types
+from collections.abc import Sequence
 from typing import Any
 
 import bitsandbytes as bnb
@@ -169,20 +170,39 @@ def fuse(model: torch.nn.Module) -> int:
 
 
 @torch.no_grad()
-def keep_dequantized(model: torch.nn.Module) -> tuple[int, int]:
+def keep_dequantized(model: torch.nn.Module, together: Sequence[Sequence[Any]] = ()) -> tuple[int, int]:
     """Dequantize the frozen weight of every fused LoRA layer in `model` once, for the rest of the run, in the
-    layer's compute dtype; returns (layers, bytes kept). Call after `fuse`."""
-    count = size = 0
-    for module in model.modules():
-        if not isinstance(module, LoraLinear4bit):
-            continue
-        base: Any = module.base_layer
-        if getattr(base.weight, "quant_state", None) is not None:
-            frozen = _frozen(module)
-            dense = _dequantize(frozen.weight, frozen.quant_state, frozen.scales, base.compute_dtype)
-            frozen.dense, frozen.stack = dense, None
-            count, size = count + 1, size + dense.numel() * dense.element_size()
-    return count, size
+    layer's compute dtype; returns (layers, bytes kept). Call after `fuse`. Each group in `together` (layers that
+    read the same input, one dtype and input width) is written into one stacked (outputs summed, in) matrix, one
+    matmul for all of them (`stacked`), each layer's own weight a view of its rows."""
+    layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLinear4bit) and _quantized(m)]
+    groups = [list(g) for g in together if len(g) > 1 and all(layer in layers for layer in g)]
+    grouped = {id(layer) for g in groups for layer in g}
+    groups += [[layer] for layer in layers if id(layer) not in grouped]
+    size = 0
+    for group in groups:
+        frozens = [_frozen(layer) for layer in group]
+        dtypes = {layer.base_layer.compute_dtype for layer in group}
+        if len(dtypes) != 1 or len({f.quant_state.shape[1] for f in frozens}) != 1:
+            raise ValueError("layers kept together need one compute dtype and one input width")
+        rows = [f.quant_state.shape[0] for f in frozens]
+        stack = torch.empty(
+            sum(rows), frozens[0].quant_state.shape[1], dtype=dtypes.pop(), device=frozens[0].weight.device
+        )
+        start = 0
+        for frozen, n in zip(frozens, rows, strict=True):
+            # One layer's weight at a time passes through a temporary (bitsandbytes' `out=` form has no CPU
+            # kernel): the allocator reuses it for the next, so the peak is the stacks plus one weight.
+            frozen.dense = stack[start : start + n]
+            frozen.dense.copy_(_dequantize(frozen.weight, frozen.quant_state, frozen.scales, stack.dtype))
+            frozen.stack = stack if len(group) > 1 else None
+            start += n
+        size += stack.numel() * stack.element_size()
+    return len(layers), size
+
+
+def _quantized(layer: LoraLinear4bit) -> bool:
+    return getattr(layer.base_layer.weight, "quant_state", None) is not None
 
 
 def forget(layer: torch.nn.Module) -> None:
@@ -190,22 +210,13 @@ def forget(layer: torch.nn.Module) -> None:
     layer.__dict__.pop("_saudial_frozen", None)
 
 
-def stacked(frozens: list[Frozen]) -> torch.Tensor | None:
-    """The kept dequantized weights of layers that read the same input, as one (outputs summed, in) tensor for
-    one matmul; each Frozen's `dense` then views its rows of it (no second copy). Made on the first call, the
-    same tensor after; None unless every one is kept, with one dtype, device and input width."""
-    denses = [f.dense for f in frozens]
-    if any(d is None for d in denses):
-        return None
-    first = frozens[0].stack
-    if first is not None and all(f.stack is first for f in frozens):
-        return first
-    kept = [d for d in denses if d is not None]
-    if len({(d.dtype, d.device, d.shape[1]) for d in kept}) != 1:
-        return None
-    stack = torch.cat(kept)
-    start = 0
-    for frozen, dense in zip(frozens, kept, strict=True):
-        frozen.stack, frozen.dense = stack, stack[start : start + dense.shape[0]]
-        start += dense.shape[0]
-    return stack
+def stacked(frozens: Sequence[Frozen]) -> torch.Tensor | None:
+    """The one matrix `keep_dequantized` wrote these layers' weights into, in their order, or None."""
+    stack, start = frozens[0].stack, 0
+    for frozen in frozens:
+        if stack is None or frozen.stack is not stack or frozen.dense is None:
+            return None
+        if frozen.dense.data_ptr() != stack[start:].data_ptr():  # not in this order
+            return None
+        start += frozen.dense.shape[0]
+    return stack if stack is not None and start == stack.shape[0] else None
