@@ -217,6 +217,46 @@ def test_lfm2_rms_norm_is_what_the_fused_forward_replaces() -> None:
     torch.testing.assert_close(patches.fused_rms_norm(norm, x), norm(x), rtol=0, atol=0)
 
 
+def test_lfm2_modules_whose_forwards_fast_lfm2_replaces() -> None:
+    """fast_lfm2.install gives LFM2's MLP, decoder layer and short conv modules forwards of its own: they take
+    upstream's arguments, read these attributes, and compute what upstream's forwards compute (the MLP's
+    w2(silu(w1 x) * w3 x), on which fast_lfm2._GateUp stacks w1 and w3). The layer's checkpointing is upstream's
+    class wrapper, which fast_lfm2 repeats. tests/test_kernels.py checks the whole model with and without."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    from transformers.models.lfm2 import modeling_lfm2 as lfm2
+
+    from saudial.devtools.tiny import tiny_config
+
+    assert params(lfm2.Lfm2MLP.forward) == ["self", "x"]
+    layer_args = ["self", "hidden_states", "position_embeddings", "attention_mask", "position_ids", "past_key_values"]
+    assert params(lfm2.Lfm2DecoderLayer.forward) == [*layer_args, "kwargs"]
+    assert params(lfm2.Lfm2ShortConv.forward) == [
+        "self",
+        "hidden_states",
+        "past_key_values",
+        "attention_mask",
+        "kwargs",
+    ]
+    assert issubclass(lfm2.Lfm2DecoderLayer, GradientCheckpointingLayer)
+    config = tiny_config(vocab_size=32)
+    torch.manual_seed(0)
+    mlp = lfm2.Lfm2MLP(config)
+    x = torch.randn(3, config.hidden_size)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), mlp.w2(torch.nn.functional.silu(mlp.w1(x)) * mlp.w3(x)), rtol=0, atol=0)
+    kinds = {}
+    for index in range(config.num_hidden_layers):
+        layer = lfm2.Lfm2DecoderLayer(config, index)
+        kinds[layer.is_attention_layer] = layer
+        for name in ("operator_norm", "ffn_norm", "feed_forward", "self_attn" if layer.is_attention_layer else "conv"):
+            assert hasattr(layer, name), f"Lfm2DecoderLayer has no {name}: review model/fast_lfm2.py"
+    assert set(kinds) == {True, False}  # the tiny model has both kinds of layer
+    conv = kinds[False].conv
+    assert isinstance(conv.in_proj, torch.nn.Linear) and isinstance(conv.out_proj, torch.nn.Linear)
+    assert conv.in_proj.out_features == 3 * config.hidden_size  # B, C, x, in this order (kernels.GatedShortConv)
+    assert isinstance(conv.conv, torch.nn.Conv1d) and conv.conv.weight.shape[:2] == (config.hidden_size, 1)
+
+
 def test_attention_hooks_varlen_attention_plugs_into() -> None:
     """patches.varlen_attention is registered through transformers' attention interfaces, falls back to its SDPA
     function, reads TRL's padding-free boundaries and calls torch's varlen kernel positionally."""
