@@ -37,16 +37,8 @@ def _trl_loss_head() -> None:
     _replace(lm_head, "supported", lambda model: False)
 
 
-def _separate_gate_up() -> None:
-    """LFM2's w1 and w3 as two fused LoRA steps and kernels.SwiGLU instead of fast_lfm2's one Function."""
-    from saudial.model import fast_lfm2
-
-    _replace(fast_lfm2, "gate_up_parts", lambda mlp, x: None)
-
-
 WITHOUT: dict[str, Callable[[], None]] = {
     "compact-loss-head": _trl_loss_head,
-    "gate-up-in-one": _separate_gate_up,
 }
 
 

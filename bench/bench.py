@@ -100,7 +100,6 @@ def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
     steps = 4 if smoke else 40
     without = [
         ("TRL's loss head", {"BENCH_WITHOUT": "compact-loss-head"}),
-        ("w1, w3 apart", {"BENCH_WITHOUT": "gate-up-in-one"}),
         ("dequantized on each use", {"SAUDIAL_DEQUANTIZE_ONCE": "false"}),
         ("SDPA + mask, no varlen", SDPA),
         ("kernels off", {"SAUDIAL_FUSED_KERNELS": "false"}),

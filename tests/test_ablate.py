@@ -6,14 +6,13 @@ import pytest
 import torch
 
 from bench import ablate
-from saudial.model import fast_lfm2, lm_head
+from saudial.model import lm_head
 
 
 @pytest.fixture
 def restored(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """The ablations replace module attributes process-wide: monkeypatch puts them back after the test."""
     monkeypatch.setattr(lm_head, "supported", lm_head.supported)
-    monkeypatch.setattr(fast_lfm2, "gate_up_parts", fast_lfm2.gate_up_parts)
     return monkeypatch
 
 
@@ -29,11 +28,6 @@ def test_each_ablation_takes_its_override_out(restored: pytest.MonkeyPatch) -> N
     assert lm_head.supported(Model())  # the compact head takes a plain untied-or-tied linear head
     ablate.WITHOUT["compact-loss-head"]()
     assert not lm_head.supported(Model())  # TRL's fused head then serves, as without saudial's
-
-    ours = fast_lfm2.gate_up_parts
-    ablate.WITHOUT["gate-up-in-one"]()
-    assert fast_lfm2.gate_up_parts is not ours and fast_lfm2.gate_up_parts(object(), torch.zeros(1)) is None
-    assert set(ablate.WITHOUT) == {"compact-loss-head", "gate-up-in-one"}  # a new one gets its check here
 
 
 def test_an_ablation_whose_function_is_gone_stops_instead_of_measuring_nothing(restored: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,6 @@ here before triton is imported); on a CUDA machine the same checks run compiled 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -63,24 +62,6 @@ def test_swiglu(device: str, dtype: torch.dtype, shape: tuple[int, ...], poisone
     assert out.dtype == dtype and out.shape == shape
     for mine, theirs in ((out, ref), (da, ra), (db, rb)):
         assert _rel(mine.cpu(), theirs.detach()) < BOUND[dtype]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 7, 66), (2, 5, 600), (3001, 2)])
-def test_swiglu_packed(device: str, dtype: torch.dtype, shape: tuple[int, ...], poisoned: None) -> None:
-    """silu(gate) * up with [gate | up] in one tensor's last dimension, and its gradient with respect to it."""
-    (p,) = _inputs(shape, dtype, device, n=1)
-    width = shape[-1] // 2
-    g = torch.randn(*shape[:-1], width, dtype=torch.float64)
-    out = kernels.swiglu_packed(p.detach())
-    dp = kernels.swiglu_packed_backward(p.detach(), g.to(device, dtype))
-    p64 = p.detach().cpu().double().requires_grad_()
-    ref = torch.nn.functional.silu(p64[..., :width]) * p64[..., width:]
-    (rp,) = _grads(ref, [p64], g)
-    assert out.dtype == dp.dtype == dtype and out.shape == ref.shape and dp.shape == shape
-    assert _rel(out.cpu(), ref.detach()) < BOUND[dtype]
-    assert _rel(dp.cpu(), rp) < BOUND[dtype]
 
 
 def _rms_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -242,60 +223,3 @@ def test_no_packed_sequence_check_under_varlen(monkeypatch: pytest.MonkeyPatch) 
         assert calls == []
         model(input_ids=ids, position_ids=position_ids, use_cache=False)
     assert calls == [1]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_gate_up_in_one_step_matches_peft(tiny_model: Path, device: str, poisoned: None) -> None:
-    """LFM2's MLP on a real 4-bit model with saudial's LoRA, fused and its frozen weights kept dequantized: w1, w3
-    and SwiGLU in one Function (fast_lfm2._GateUp) give PEFT's loss and LoRA gradients, and take the place of
-    the two layers' own steps; the stacked frozen weight is the two dequantized weights, no second copy."""
-    import bitsandbytes as bnb
-
-    from saudial.model import fused_lora
-    from tests.models import lora_4bit_layers, peft_4bit
-
-    model = peft_4bit(tiny_model, device)
-    ids = torch.randint(3, model.config.vocab_size, (1, 96), generator=torch.Generator().manual_seed(4)).to(device)
-
-    def step() -> tuple[float, dict[str, torch.Tensor]]:
-        model.zero_grad()
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        return loss.item(), {
-            n: p.grad.detach().float().flatten() for n, p in model.named_parameters() if p.grad is not None
-        }
-
-    mlps = [m for m in model.modules() if type(m).__name__ == "Lfm2MLP"]
-    x = torch.randn(5, mlps[0].w1.in_features, dtype=torch.bfloat16, device=device)
-    calls: list[str] = []  # w1 / w3 forwards: the one-step path calls neither
-    for mlp in mlps:
-        for layer in (mlp.w1, mlp.w3):
-            layer.register_forward_hook(lambda *_: calls.append("x"))
-    loss, grads = step()  # PEFT's layers, upstream LFM2 modules
-    assert len(calls) == 2 * len(mlps)
-    fused_lora.fuse(model)
-    fast_lfm2.install(model, cpu=device == "cpu")
-    fused_lora.keep_dequantized(model)  # each weight on its own: the two layers' own steps
-    assert all(fast_lfm2.gate_up_parts(m, x) is None for m in mlps)
-    calls.clear()
-    step()
-    assert len(calls) == 2 * len(mlps)
-    groups = fast_lfm2.gate_up_groups(model)
-    assert groups == [(m.w1, m.w3) for m in mlps]
-    fused_lora.keep_dequantized(model, groups)
-    calls.clear()
-    gate_up_loss, gate_up_grads = step()
-    assert calls == []
-    assert abs(gate_up_loss - loss) <= 2e-3 * abs(loss)
-    assert grads.keys() == gate_up_grads.keys() and len(grads) == 2 * len(lora_4bit_layers(model))
-    for name, grad in grads.items():
-        cosine = torch.nn.functional.cosine_similarity(grad, gate_up_grads[name], dim=0).item()
-        assert cosine > 0.999, (name, cosine)
-    for mlp in mlps:
-        found = fast_lfm2.gate_up_parts(mlp, x)
-        assert found is not None
-        stack = found[0]
-        frozen = [layer._saudial_frozen for layer in (mlp.w1, mlp.w3)]
-        expected = [bnb.functional.dequantize_4bit(f.weight, f.quant_state) for f in frozen]
-        assert torch.equal(stack, torch.cat(expected))
-        assert all(f.dense.untyped_storage().data_ptr() == stack.untyped_storage().data_ptr() for f in frozen)

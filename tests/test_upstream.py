@@ -220,8 +220,8 @@ def test_lfm2_rms_norm_is_what_the_fused_forward_replaces() -> None:
 def test_lfm2_modules_whose_forwards_fast_lfm2_replaces() -> None:
     """fast_lfm2.install gives LFM2's MLP, decoder layer and short conv modules forwards of its own: they take
     upstream's arguments, read these attributes, and compute what upstream's forwards compute (the MLP's
-    w2(silu(w1 x) * w3 x), on which fast_lfm2._GateUp stacks w1 and w3). The layer's checkpointing is upstream's
-    class wrapper, which fast_lfm2 repeats. tests/test_kernels.py checks the whole model with and without."""
+    w2(silu(w1 x) * w3 x)). The layer's checkpointing is upstream's class wrapper, which fast_lfm2 repeats.
+    tests/test_kernels.py checks the whole model with and without."""
     from transformers.modeling_layers import GradientCheckpointingLayer
     from transformers.models.lfm2 import modeling_lfm2 as lfm2
 

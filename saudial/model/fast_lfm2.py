@@ -4,9 +4,7 @@ Upstream (transformers 5.23) runs LFM2's element-wise work as chains of PyTorch 
 batch on an H100 they were ~29% of the GPU's busy time per step (docs/benchmarks.md). `install` gives each
 module of the model a forward that computes the same function with one kernel per piece, each way:
 
-- `Lfm2MLP`: `w2(silu(w1 x) * w3 x)`, the product in one kernel (kernels.SwiGLU); where w1 and w3 are fused
-  4-bit LoRA layers with their frozen weights kept dequantized, both projections and the product in one
-  Function (`_GateUp`: one matmul for both frozen weights, one for both lora_A);
+- `Lfm2MLP`: `w2(silu(w1 x) * w3 x)`, the product in one kernel (kernels.SwiGLU);
 - `Lfm2DecoderLayer`: the residual add after the operator and the feed-forward norm after it in one kernel
   (kernels.AddRMSNorm), and its backward adds the residual stream's gradient in the same pass;
 - `Lfm2RMSNorm` elsewhere (the operator norm, the q/k norms, the last norm): kernels.RMSNorm;
@@ -59,96 +57,9 @@ def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class _GateUp(torch.autograd.Function):
-    """silu(w1 x) * w3 x where w1 and w3 are fused 4-bit LoRA layers (model/fused_lora.py) with their frozen
-    weights kept dequantized: the two read the same x, so their frozen weights are one stacked matrix W and
-    their lora_A one (2r, in) matrix, and each matmul runs once for both:
-
-        forward   p = [s (x A1^T) B1^T | s (x A3^T) B3^T] + x W^T,   out = silu(p_gate) * p_up
-        backward  dp from SwiGLU's backward; dx = [s dp_gate B1 | s dp_up B3] [A1; A3] + dp W, and the LoRA
-                  gradients as fused_lora's step computes them, for each half
-
-    Against the two fused layers and kernels.SwiGLU: 5 kernels fewer a layer each step, one autograd node
-    instead of three, and no add of x's two gradients.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        a1: torch.Tensor,
-        a3: torch.Tensor,
-        b1: torch.Tensor,
-        b3: torch.Tensor,
-        scaling: float,
-    ) -> torch.Tensor:
-        from saudial.model import kernels
-
-        x2d = x.reshape(-1, x.shape[-1])
-        rank, width = a1.shape[0], b1.shape[0]
-        lora_a = torch.cat((a1, a3))  # (2r, in)
-        h = x2d @ lora_a.t()  # (tokens, 2r)
-        zero = x2d.new_empty(())  # addmm with beta 0 ignores its input (fused_lora says why it is used)
-        p = x2d.new_empty(x2d.shape[0], 2 * width)
-        torch.addmm(zero, h[:, :rank], b1.t(), beta=0, alpha=scaling, out=p[:, :width])
-        torch.addmm(zero, h[:, rank:], b3.t(), beta=0, alpha=scaling, out=p[:, width:])
-        p.addmm_(x2d, weight.t())  # + x W^T: the frozen base of both, accumulated by one GEMM
-        ctx.save_for_backward(x2d, h, p, lora_a, b1, b3)
-        ctx.weight, ctx.scaling, ctx.x_shape = weight, scaling, x.shape
-        out = kernels.swiglu_packed(p)
-        return out.view(*x.shape[:-1], width)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        from saudial.model import kernels
-
-        x2d, h, p, lora_a, b1, b3 = ctx.saved_tensors
-        rank, width, scaling = b1.shape[1], b1.shape[0], ctx.scaling
-        dp = kernels.swiglu_packed_backward(p, grad.reshape(-1, width).to(p.dtype))  # (tokens, 2 width)
-        zero = dp.new_empty(())
-        gb = dp.new_empty(dp.shape[0], 2 * rank)  # (tokens, 2r): [s dp_gate B1 | s dp_up B3]
-        torch.addmm(zero, dp[:, :width], b1, beta=0, alpha=scaling, out=gb[:, :rank])
-        torch.addmm(zero, dp[:, width:], b3, beta=0, alpha=scaling, out=gb[:, rank:])
-        grad_x = (gb @ lora_a).addmm_(dp, ctx.weight).view(ctx.x_shape)
-        grad_a = gb.t() @ x2d  # (2r, in): both lora_A gradients
-        grad_b1 = torch.addmm(zero, dp[:, :width].t(), h[:, :rank], beta=0, alpha=scaling)
-        grad_b3 = torch.addmm(zero, dp[:, width:].t(), h[:, rank:], beta=0, alpha=scaling)
-        return grad_x, None, grad_a[:rank], grad_a[rank:], grad_b1, grad_b3, None
-
-
-def gate_up_groups(model: torch.nn.Module) -> list[tuple[Any, Any]]:
-    """(w1, w3) of each LFM2 MLP in `model` with the kernel forward and both fused 4-bit LoRA layers: the pairs
-    whose frozen weights fused_lora.keep_dequantized should stack, for `_GateUp`."""
-    from saudial.model import fused_lora
-
-    mlps: list[Any] = [m for m in model.modules() if vars(m).get("_saudial_cpu") is not None and hasattr(m, "w3")]
-    return [(m.w1, m.w3) for m in mlps if fused_lora.fused(m.w1) and fused_lora.fused(m.w3)]
-
-
-def gate_up_parts(mlp: Any, x: torch.Tensor) -> tuple[Any, ...] | None:
-    """`_GateUp`'s arguments after x for `mlp`, or None where it does not cover the call: w1 and w3 fused 4-bit
-    LoRA layers that cover it, their frozen weights kept dequantized in one stack (`gate_up_groups`), one rank
-    and scaling."""
-    from saudial.model import fused_lora
-
-    if not _covered(x, mlp._saudial_cpu) or not (fused_lora.fused(mlp.w1) and fused_lora.fused(mlp.w3)):
-        return None
-    gate, up = fused_lora.parts(mlp.w1, x), fused_lora.parts(mlp.w3, x)
-    if gate is None or up is None or gate[3] != up[3] or gate[1].shape != up[1].shape:
-        return None
-    weight = fused_lora.stacked([gate[0], up[0]])
-    if weight is None or weight.dtype != x.dtype or weight.device != x.device:
-        return None
-    return weight, gate[1], up[1], gate[2], up[2], gate[3]
-
-
 def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     from saudial.model import kernels
 
-    found = gate_up_parts(self, x)
-    if found is not None:
-        return self.w2(_GateUp.apply(x, *found))
     gate, up = self.w1(x), self.w3(x)
     if not _covered(gate, self._saudial_cpu) or gate.dtype != up.dtype or gate.shape != up.shape:
         return self.w2(F.silu(gate) * up)

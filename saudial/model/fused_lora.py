@@ -33,7 +33,6 @@ LFM2-1.2B) on top of the 4-bit weights, which stay what the model holds.
 from __future__ import annotations
 
 import types
-from collections.abc import Sequence
 from typing import Any
 
 import bitsandbytes as bnb
@@ -61,7 +60,7 @@ class Frozen:
     """One adapted layer's frozen 4-bit weight as the fused step reads it: dequantized on each use (QLoRA's
     memory), or once and kept (`keep_dequantized`)."""
 
-    __slots__ = ("absmax", "dense", "quant_state", "scales", "stack", "weight")
+    __slots__ = ("absmax", "dense", "quant_state", "scales", "weight")
 
     def __init__(self, weight: Any) -> None:  # bitsandbytes' Params4bit
         self.weight, self.quant_state = weight, weight.quant_state
@@ -70,7 +69,6 @@ class Frozen:
         self.absmax = self.quant_state.absmax
         self.scales = block_scales(self.quant_state)
         self.dense: torch.Tensor | None = None
-        self.stack: torch.Tensor | None = None  # `stacked`'s tensor, of which `dense` is then a view
 
     def get(self, dtype: torch.dtype) -> torch.Tensor:
         """The weight, (out, in) in `dtype`."""
@@ -121,42 +119,30 @@ def _frozen(layer: LoraLinear4bit) -> Frozen:
     return frozen
 
 
-def parts(layer: LoraLinear4bit, x: torch.Tensor) -> tuple[Frozen, torch.Tensor, torch.Tensor, float] | None:
-    """What the fused step computes `layer(x)` from (the frozen weight, lora_A, lora_B, the scaling), or None
-    where it does not cover the call or the layer's state (PEFT's own forward does)."""
-    adapter = layer.active_adapters[0] if len(layer.active_adapters) == 1 else None
-    base = layer.base_layer
+def _fused_forward(self: LoraLinear4bit, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """The Function where it covers this call and the layer's state; PEFT's own forward otherwise."""
+    adapter = self.active_adapters[0] if len(self.active_adapters) == 1 else None
+    base = self.base_layer
     weight = base.weight
     if (
-        adapter is None
-        or layer.disable_adapters
-        or layer.merged
-        or adapter not in layer.lora_A
-        or adapter in layer.lora_variant
-        or not isinstance(layer.lora_dropout[adapter], torch.nn.Identity)
+        args
+        or kwargs
+        or adapter is None
+        or self.disable_adapters
+        or self.merged
+        or adapter not in self.lora_A
+        or adapter in self.lora_variant
+        or not isinstance(self.lora_dropout[adapter], torch.nn.Identity)
         or base.bias is not None
         or getattr(weight, "quant_state", None) is None
         or getattr(weight.quant_state, "packing_format_for_cpu", False)  # bitsandbytes' CPU inference layout
         or x.dtype != base.compute_dtype
-        or layer.lora_A[adapter].weight.dtype != x.dtype
-        or layer.lora_B[adapter].weight.dtype != x.dtype
+        or self.lora_A[adapter].weight.dtype != x.dtype
+        or self.lora_B[adapter].weight.dtype != x.dtype
     ):
-        return None
-    return _frozen(layer), layer.lora_A[adapter].weight, layer.lora_B[adapter].weight, layer.scaling[adapter]
-
-
-def _fused_forward(self: LoraLinear4bit, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """The Function where it covers this call and the layer's state; PEFT's own forward otherwise."""
-    found = None if args or kwargs else parts(self, x)
-    if found is None:
         return type(self).forward(self, x, *args, **kwargs)
-    return _QLoRALinear.apply(x, *found)
-
-
-def fused(module: torch.nn.Module) -> bool:
-    """Whether `module` is a LoRA 4-bit linear that `fuse` gave the fused forward."""
-    forward = vars(module).get("forward")
-    return isinstance(module, LoraLinear4bit) and getattr(forward, "__func__", None) is _fused_forward
+    lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
+    return _QLoRALinear.apply(x, _frozen(self), lora_a, lora_b, self.scaling[adapter])
 
 
 def fuse(model: torch.nn.Module) -> int:
@@ -170,53 +156,21 @@ def fuse(model: torch.nn.Module) -> int:
 
 
 @torch.no_grad()
-def keep_dequantized(model: torch.nn.Module, together: Sequence[Sequence[Any]] = ()) -> tuple[int, int]:
+def keep_dequantized(model: torch.nn.Module) -> tuple[int, int]:
     """Dequantize the frozen weight of every fused LoRA layer in `model` once, for the rest of the run, in the
-    layer's compute dtype; returns (layers, bytes kept). Call after `fuse`. Each group in `together` (layers that
-    read the same input, one dtype and input width) is written into one stacked (outputs summed, in) matrix, one
-    matmul for all of them (`stacked`), each layer's own weight a view of its rows."""
-    layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLinear4bit) and _quantized(m)]
-    groups = [list(g) for g in together if len(g) > 1 and all(layer in layers for layer in g)]
-    grouped = {id(layer) for g in groups for layer in g}
-    groups += [[layer] for layer in layers if id(layer) not in grouped]
-    size = 0
-    for group in groups:
-        frozens = [_frozen(layer) for layer in group]
-        dtypes = {layer.base_layer.compute_dtype for layer in group}
-        if len(dtypes) != 1 or len({f.quant_state.shape[1] for f in frozens}) != 1:
-            raise ValueError("layers kept together need one compute dtype and one input width")
-        rows = [f.quant_state.shape[0] for f in frozens]
-        stack = torch.empty(
-            sum(rows), frozens[0].quant_state.shape[1], dtype=dtypes.pop(), device=frozens[0].weight.device
-        )
-        start = 0
-        for frozen, n in zip(frozens, rows, strict=True):
-            # One layer's weight at a time passes through a temporary (bitsandbytes' `out=` form has no CPU
-            # kernel): the allocator reuses it for the next, so the peak is the stacks plus one weight.
-            frozen.dense = stack[start : start + n]
-            frozen.dense.copy_(_dequantize(frozen.weight, frozen.quant_state, frozen.scales, stack.dtype))
-            frozen.stack = stack if len(group) > 1 else None
-            start += n
-        size += stack.numel() * stack.element_size()
-    return len(layers), size
-
-
-def _quantized(layer: LoraLinear4bit) -> bool:
-    return getattr(layer.base_layer.weight, "quant_state", None) is not None
+    layer's compute dtype; returns (layers, bytes kept). Call after `fuse`."""
+    count = size = 0
+    for module in model.modules():
+        if not isinstance(module, LoraLinear4bit):
+            continue
+        base: Any = module.base_layer
+        if getattr(base.weight, "quant_state", None) is not None:
+            frozen = _frozen(module)
+            frozen.dense = _dequantize(frozen.weight, frozen.quant_state, frozen.scales, base.compute_dtype)
+            count, size = count + 1, size + frozen.dense.numel() * frozen.dense.element_size()
+    return count, size
 
 
 def forget(layer: torch.nn.Module) -> None:
     """Drop what the fused step keeps on `layer` (the scales, a dequantized copy): its base layer is replaced."""
     layer.__dict__.pop("_saudial_frozen", None)
-
-
-def stacked(frozens: Sequence[Frozen]) -> torch.Tensor | None:
-    """The one matrix `keep_dequantized` wrote these layers' weights into, in their order, or None."""
-    stack, start = frozens[0].stack, 0
-    for frozen in frozens:
-        if stack is None or frozen.stack is not stack or frozen.dense is None:
-            return None
-        if frozen.dense.data_ptr() != stack[start:].data_ptr():  # not in this order
-            return None
-        start += frozen.dense.shape[0]
-    return stack if stack is not None and start == stack.shape[0] else None

@@ -9,8 +9,6 @@ forward and 10 backward. Here each is one pass over its inputs, arithmetic in fp
 functions (tests/test_kernels.py checks them and their gradients against float64 references, on the CPU
 under TRITON_INTERPRET=1 and on CUDA); the frozen weights (norm weights, conv weights: QLoRA trains only
 the adapter) get no gradient here, and any call these do not cover goes to the torch path (model/fast_lfm2.py).
-`swiglu_packed` is SwiGLU on the gate and up projections packed in one tensor, as the MLP's one projection
-for both writes them (model/fast_lfm2.py), called from inside that projection's own autograd Function.
 Written for triton 3.6 and 3.7 (only their common language).
 """
 
@@ -68,45 +66,6 @@ class SwiGLU(torch.autograd.Function):
         n = a.numel()
         _swiglu_bwd[(triton.cdiv(n, BLOCK),)](a, b, grad, da, db, n, BLOCK=BLOCK)
         return da, db
-
-
-@triton.jit
-def _swiglu_packed_fwd(p_ptr, out_ptr, n, width, BLOCK: tl.constexpr):
-    # p is (rows, 2 * width): each row's gate, then its up; out is (rows, width)
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    at = (offs // width) * (2 * width) + offs % width
-    a = tl.load(p_ptr + at, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(p_ptr + at + width, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, (a * tl.sigmoid(a) * b).to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _swiglu_packed_bwd(p_ptr, g_ptr, dp_ptr, n, width, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    at = (offs // width) * (2 * width) + offs % width
-    a = tl.load(p_ptr + at, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(p_ptr + at + width, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    sig = tl.sigmoid(a)
-    tl.store(dp_ptr + at, (g * b * sig * (1.0 + a * (1.0 - sig))).to(dp_ptr.dtype.element_ty), mask=mask)
-    tl.store(dp_ptr + at + width, (g * a * sig).to(dp_ptr.dtype.element_ty), mask=mask)
-
-
-def swiglu_packed(p: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up for a contiguous p = [gate | up] along its last dimension; no autograd (the caller's Function
-    saves p for `swiglu_packed_backward`)."""
-    out = p.new_empty(*p.shape[:-1], p.shape[-1] // 2)
-    _swiglu_packed_fwd[(triton.cdiv(out.numel(), BLOCK),)](p, out, out.numel(), out.shape[-1], BLOCK=BLOCK)
-    return out
-
-
-def swiglu_packed_backward(p: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """The gradient of `swiglu_packed` with respect to p, [d gate | d up], given the output's `grad`."""
-    grad, dp = grad.contiguous(), torch.empty_like(p)
-    _swiglu_packed_bwd[(triton.cdiv(grad.numel(), BLOCK),)](p, grad, dp, grad.numel(), grad.shape[-1], BLOCK=BLOCK)
-    return dp
 
 
 @triton.jit

@@ -175,8 +175,7 @@ def build_trainer(
                 log.info("fused LoRA: %d 4-bit linear layers, one autograd step each", fused_lora.fuse(peft_model))
                 keep = settings.dequantize_once
                 if keep if keep is not None else not settings.gradient_checkpointing:
-                    # w1 and w3 of each MLP stacked: one matmul for both where the kernels run (fast_lfm2._GateUp)
-                    layers, size = fused_lora.keep_dequantized(peft_model, fast_lfm2.gate_up_groups(peft_model))
+                    layers, size = fused_lora.keep_dequantized(peft_model)
                     log.info(
                         "frozen weights: %d layers dequantized once and kept, %.1f GB (SAUDIAL_DEQUANTIZE_ONCE=false: "
                         "dequantized on each use instead)",
