@@ -155,3 +155,19 @@ def test_small_gpus_get_gradient_checkpointing_unless_set(monkeypatch: pytest.Mo
     monkeypatch.delenv("SAUDIAL_GRADIENT_CHECKPOINTING")
     compiled = load_settings({"torch_compile": "true"})
     assert fit_to_gpu(compiled, 8.0) is compiled  # compiled layers cannot be checkpointed
+
+
+def test_frozen_weights_are_kept_dequantized_where_checkpointing_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused step keeps the frozen weights dequantized (~2 bytes a weight) on the GPUs that train without
+    checkpointing, and not on those fit_to_gpu gives checkpointing to; the user's setting wins either way."""
+    from saudial.model.hardware import fit_to_gpu
+    from saudial.training.trainer import keeps_dequantized
+
+    default = Settings()
+    assert default.dequantize_once is None
+    assert keeps_dequantized(fit_to_gpu(default, 80.0))  # an H100
+    assert not keeps_dequantized(fit_to_gpu(default, 24.0))  # a 24 GB card: memory is what it is short of
+    monkeypatch.setenv("SAUDIAL_DEQUANTIZE_ONCE", "true")
+    assert keeps_dequantized(fit_to_gpu(load_settings({}), 24.0))
+    monkeypatch.setenv("SAUDIAL_DEQUANTIZE_ONCE", "false")
+    assert not keeps_dequantized(fit_to_gpu(load_settings({}), 80.0))

@@ -173,8 +173,7 @@ def build_trainer(
                 log.info("fused LoRA: off (it needs SAUDIAL_LORA_DROPOUT=0)")
             else:
                 log.info("fused LoRA: %d 4-bit linear layers, one autograd step each", fused_lora.fuse(peft_model))
-                keep = settings.dequantize_once
-                if keep if keep is not None else not settings.gradient_checkpointing:
+                if keeps_dequantized(settings):
                     layers, size = fused_lora.keep_dequantized(peft_model)
                     log.info(
                         "frozen weights: %d layers dequantized once and kept, %.1f GB (SAUDIAL_DEQUANTIZE_ONCE=false: "
@@ -183,6 +182,14 @@ def build_trainer(
                         size / 1e9,
                     )
     return trainer
+
+
+def keeps_dequantized(settings: Settings) -> bool:
+    """Whether the fused LoRA step keeps the frozen weights dequantized: `dequantize_once`, and where it is unset,
+    wherever gradient checkpointing is off (model/hardware.fit_to_gpu turns it on for GPUs under 56 GiB)."""
+    if settings.dequantize_once is not None:
+        return settings.dequantize_once
+    return not settings.gradient_checkpointing
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
