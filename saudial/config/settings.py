@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input (fused_lora needs 0).")
     fused_lora: bool = Field(True, description="Each 4-bit LoRA linear as one autograd step (model/fused_lora.py).")
     # Unset: on where checkpointing is off (GPUs of 56 GiB up: speed is worth 2 bytes a weight; below, memory is not).
-    dequantize_once: bool | None = Field(None, description="Dequantized copy of 4-bit weights (unset: on without GC).")
+    dequantize_once: bool | None = Field(None, description="Keep weights dequantized (unset: if not checkpointing).")
     target_modules: CommaList = Field(
         default_factory=lambda: list(LFM2_LINEAR_MODULES),
         description="Module names to adapt, comma-separated, each must exist (default: all LFM2 linear layers).",
