@@ -40,15 +40,17 @@ def env_for(tiny_model: Path, data: Path, out: Path, **extra: str) -> dict[str, 
 
 
 class Job:
-    """`python entrypoint.py` in the background, its stdout and stderr collected as they come."""
+    """`python entrypoint.py` in the background, its stdout and stderr collected as they come. `group`: in a
+    process group of its own, which `signal_group` signals whole (as a scheduler or a terminal's Ctrl-C does)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], group: bool = False) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(ENTRYPOINT)],
             env=env,
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            start_new_session=group,
         )
         self._chunks: list[bytes] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -77,6 +79,9 @@ class Job:
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         self.proc.send_signal(signum)
+
+    def signal_group(self, signum: int) -> None:
+        os.killpg(self.proc.pid, signum)  # the job and every process it started (data loader workers)
 
     def finish(self, timeout: float = 300) -> int:
         code = self.proc.wait(timeout=timeout)

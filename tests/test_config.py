@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +172,26 @@ def test_frozen_weights_are_kept_dequantized_where_checkpointing_is_off(monkeypa
     assert keeps_dequantized(fit_to_gpu(load_settings({}), 24.0))
     monkeypatch.setenv("SAUDIAL_DEQUANTIZE_ONCE", "false")
     assert not keeps_dequantized(fit_to_gpu(load_settings({}), 80.0))
+
+
+def test_a_loader_worker_collates_on_a_gpu_and_none_on_the_cpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Unset, dataloader_num_workers is one worker where training runs on a GPU (it collates the next batch
+    during the step) and none on the CPU; the user's value wins either way and reaches the Trainer's config."""
+    import torch
+
+    from saudial.training.trainer import loader_workers, sft_config
+
+    default = Settings(output_dir=tmp_path)
+    assert default.dataloader_num_workers is None
+    assert loader_workers(default) == 0  # this machine: no GPU
+    args = sft_config(default, torch.float32)
+    assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (0, False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the rule alone: what a GPU machine reports
+    assert loader_workers(default) == 1
+    monkeypatch.setenv("SAUDIAL_DATALOADER_NUM_WORKERS", "0")
+    assert loader_workers(load_settings({})) == 0
+    monkeypatch.setenv("SAUDIAL_DATALOADER_NUM_WORKERS", "3")
+    assert loader_workers(load_settings({})) == 3
+    monkeypatch.undo()
+    args = sft_config(Settings(output_dir=tmp_path, dataloader_num_workers=2), torch.float32)
+    assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (2, True)

@@ -62,6 +62,24 @@ def test_sigterm_stops_with_a_checkpoint_and_exit_75(interrupted: tuple[Path, in
     assert [s for s, _ in checkpoints.list_checkpoints(run)] == [step - 1, step]
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_group_stops_a_run_with_a_loader_worker(
+    signum: signal.Signals, tiny_model: Path, workbook: Path, tmp_path: Path
+) -> None:
+    """A scheduler (SLURM's scancel) or a terminal's Ctrl-C signals every process of the job, the data loader's
+    worker too: the run still stops after the step with a checkpoint (exit 75), and says so once."""
+    env = job_env(tiny_model, workbook, tmp_path / "out", SAUDIAL_SAVE_STEPS="1", SAUDIAL_DATALOADER_NUM_WORKERS="1")
+    job = Job(env, group=True)
+    job.wait_for(r"checkpoint saved: checkpoint-2 \(step 2\)")
+    job.signal_group(signum)
+    code = job.finish()
+    name = signal.Signals(signum).name
+    assert code == EXIT_INTERRUPTED, job.output[-4000:]
+    assert re.search(rf"stopped by {name} at step \d+; checkpoint saved to", job.output), job.output[-4000:]
+    assert job.output.count(f"{name} received") == 1, job.output[-4000:]  # the worker stays quiet
+    assert "DataLoader worker" not in job.output, job.output[-4000:]
+
+
 def test_resume_continues_and_equals_an_uninterrupted_run(
     interrupted: tuple[Path, int, str], reference: Path, tiny_model: Path, workbook: Path, tmp_path: Path
 ) -> None:

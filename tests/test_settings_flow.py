@@ -47,6 +47,7 @@ SAUDIAL_OWN = {
     # SFTConfig fields that saudial handles itself (run/trainer.HANDLED_HERE says why)
     "fused_lora": "training/trainer.py",
     "dequantize_once": "training/trainer.py",
+    "dataloader_num_workers": "training/trainer.py",
     "fused_rms_norm": "training/trainer.py",
     "fused_kernels": "training/trainer.py",
     "padding_free": "training/trainer.py",
@@ -76,7 +77,6 @@ CHANGED: dict[str, Any] = {
     "logging_steps": 3,
     "seed": 7,
     "report_to": "none",
-    "dataloader_num_workers": 1,
     "save_steps": 9,
     "lora_r": 4,
     "lora_alpha": 8,

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -376,3 +380,30 @@ def test_trl_prepares_prompt_completion_records_as_examples_does(
     assert list(ours["labels"]) == list(trl_prepared["labels"])
     assert 0 < len(ours) < len(parts.train)  # the long prompt's record (and any like it) dropped by both
     assert summary["train_tokens"]["truncated_at_max_length"] >= 2  # and some are cut by both
+
+
+@pytest.mark.parametrize("user_set", [False, True], ids=["unset", "set by the user"])
+def test_compiled_kernel_caches_are_in_hf_home(tmp_path: Path, user_set: bool) -> None:
+    """config/runtime.configure_caches (cli.main runs it first) puts Triton's and TorchInductor's caches in HF_HOME
+    (the image's named volume), and Triton and Inductor read their variables when they compile, after saudial set
+    them; a place the user set is kept. A fresh process: huggingface_hub reads HF_HOME when it is imported."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR")}
+    env["HF_HOME"] = str(tmp_path / "hf")
+    if user_set:
+        env |= {"TRITON_CACHE_DIR": str(tmp_path / "mine-t"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "mine-i")}
+    # In cli.main's order: before torch is imported (importing Inductor sets its variable to /tmp's default).
+    code = (
+        "import json\n"
+        "from saudial.config.runtime import configure_caches\n"
+        "configure_caches()\n"
+        "import triton.knobs\n"
+        "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
+        "print(json.dumps([triton.knobs.cache.dir, cache_dir()]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    triton_dir, inductor_dir = json.loads(out.strip().splitlines()[-1])
+    if user_set:
+        assert (triton_dir, inductor_dir) == (str(tmp_path / "mine-t"), str(tmp_path / "mine-i"))
+    else:
+        assert (triton_dir, inductor_dir) == (str(tmp_path / "hf" / "triton"), str(tmp_path / "hf" / "torch-compile"))

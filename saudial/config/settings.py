@@ -176,7 +176,9 @@ class Settings(BaseSettings):
     report_to: Literal["tensorboard", "none"] = Field(
         "tensorboard", description="Where training logs go besides the console (logs/ in the output dir)."
     )
-    dataloader_num_workers: int = Field(0, ge=0, le=256, description="Data loader worker processes.")
+    dataloader_num_workers: int | None = Field(
+        None, ge=0, le=256, description="Data loader worker processes (unset: 1 on a GPU, 0 on the CPU)."
+    )
 
     # --- checkpoints and resume (scheduled / preemptible jobs) --------------------------------------
     save_steps: int = Field(50, ge=1, le=10_000_000, description="Write a checkpoint every this many optimizer steps.")
@@ -198,10 +200,7 @@ class Settings(BaseSettings):
         description="After training: full (eval loss + chrF++/BLEU of base and adapter), loss, or none.",
     )
     max_eval_samples: int | None = Field(
-        None,
-        ge=1,
-        le=10_000_000,
-        description="Cap on evaluated examples for quick runs (default: the whole eval split).",
+        None, ge=1, le=10_000_000, description="Cap on evaluated examples for quick runs (default: all of them)."
     )
     max_new_tokens: int = Field(256, ge=1, le=131_072, description="Generation limit per translation or reply.")
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import types
 from typing import Any
 
@@ -176,14 +175,12 @@ def enable_compile_cache() -> None:
     Upstream: AOTAutograd refuses to cache graphs that contain a custom `torch.autograd.Function`, and
     bitsandbytes' 4-bit matmul (`MatMul4Bit`) is one ("BypassAOTAutogradCache: Unsupported call_function
     target autograd_function_apply"), so every run paid the whole compile (~80-116 s). The flag below lets
-    the cache take them (tests/test_upstream.py watches the flag). The caches go to the Hugging Face cache
-    directory (HF_HOME: the image's named volume), so they outlive the container.
+    the cache take them (tests/test_upstream.py watches the flag). The caches are in the Hugging Face cache
+    directory (HF_HOME: the image's named volume, config/runtime.configure_caches), so they outlive the container.
     """
     import torch._functorch.config as functorch_config
-    from huggingface_hub import constants
 
     functorch_config.autograd_cache_allow_custom_autograd_functions = True
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(constants.HF_HOME, "torch-compile"))
 
 
 def _find_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -20,8 +20,10 @@ between phases. What each phase does with it:
 from __future__ import annotations
 
 import logging
+import os
 import signal
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -124,3 +126,43 @@ def interruptible(what: str, then: str, received: str | None = None, at_once: bo
         raise Interrupted(f"stopped by {stop} during {what}; {then}") from None
     finally:
         stopper.restore()
+
+
+class QuietWorker:
+    """A data loader worker's `worker_init_fn`: the worker leaves stopping to the training process, then runs
+    the loader's own init (the Trainer's seeding).
+
+    A scheduler (SLURM's scancel) or a terminal's Ctrl-C signals the whole process group, the workers too; the
+    training process stops after its step (StopOnSignal) and shuts its workers down itself. Upstream (torch
+    2.13), a worker dies of a SIGTERM that its parent did not send, and the loader then raises "DataLoader worker
+    ... is killed by signal" in the training process in the middle of its step; and a SIGINT runs the handler
+    the worker inherited by fork, which logs the stop a second time. Here a worker ignores SIGINT, and takes a
+    SIGTERM (in a thread that waits for it) only from its parent, which sends one when it shuts the workers down
+    at exit: then it exits, as torch's own handler does. A class, not a closure: a spawned worker pickles it.
+    """
+
+    def __init__(self, init: Callable[[int], Any] | None) -> None:
+        self.init = init
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if hasattr(signal, "sigwaitinfo"):  # Linux; elsewhere SIGTERM stays torch's
+            parent = os.getppid()
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # held for the thread below
+
+            def take_sigterm() -> None:
+                while True:
+                    if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                        os._exit(0)
+
+            threading.Thread(target=take_sigterm, name="saudial-worker-sigterm", daemon=True).start()
+        if self.init is not None:
+            self.init(worker_id)
+
+
+def quiet_workers(loader: Any) -> Any:
+    """`loader` (a torch DataLoader, or accelerate's wrapper of one) with QuietWorker around its workers' init."""
+    torch_loader = getattr(loader, "base_dataloader", loader)  # accelerate iterates the DataLoader it wraps
+    if getattr(torch_loader, "num_workers", 0) > 0 and not isinstance(torch_loader.worker_init_fn, QuietWorker):
+        torch_loader.worker_init_fn = QuietWorker(torch_loader.worker_init_fn)
+    return loader

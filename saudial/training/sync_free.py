@@ -35,6 +35,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from saudial.errors import TrainingError
 from saudial.model import lm_head
+from saudial.process import signals
 
 NON_PAD_TOKENS = "saudial_non_pad_tokens"  # the collator's count; taken out of the batch before the model
 
@@ -67,6 +68,13 @@ class SyncFreeSFTTrainer(SFTTrainer):
         self.host_counted_batches = 0  # batches counted on the host (tests: the override is still called)
         self._pending: list[torch.Tensor] = []  # per step [entropy, mean token accuracy], on the GPU
         self._pending_tokens: list[torch.Tensor] = []  # per step tokens (TRL's num_tokens) when not known on host
+
+    # The loaders' worker processes ignore SIGTERM/SIGINT: this process stops the run (process/signals.QuietWorker).
+    def get_train_dataloader(self) -> Any:
+        return signals.quiet_workers(super().get_train_dataloader())
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        return signals.quiet_workers(super().get_eval_dataloader(eval_dataset))
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         self._host_tokens = inputs.pop(NON_PAD_TOKENS, None)
