@@ -75,6 +75,7 @@ def test_a_signal_to_the_whole_group_stops_a_run_with_a_loader_worker(
     code = job.finish()
     name = signal.Signals(signum).name
     assert code == EXIT_INTERRUPTED, job.output[-4000:]
+    assert "data loader: 1 worker process(es)" in job.output  # the run had a worker to signal
     assert re.search(rf"stopped by {name} at step \d+; checkpoint saved to", job.output), job.output[-4000:]
     assert job.output.count(f"{name} received") == 1, job.output[-4000:]  # the worker stays quiet
     assert "DataLoader worker" not in job.output, job.output[-4000:]

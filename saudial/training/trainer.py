@@ -134,6 +134,12 @@ def build_trainer(
     if settings.padding_free:  # one flat row per micro-batch, no compute on padding
         collator = padding_free_collator(tokenizer.pad_token_id, settings.pad_to_multiple_of, count_tokens=True)
     args = sft_config(settings, dtype)
+    if args.dataloader_num_workers:
+        log.info(
+            "data loader: %d worker process(es) collate the next batches during each step "
+            "(SAUDIAL_DATALOADER_NUM_WORKERS=0: in this process)",
+            args.dataloader_num_workers,
+        )
     if "labels" in train_ds.column_names:  # tokenized and cut to max_length already (data/examples.py)
         args.dataset_kwargs = {"skip_prepare_dataset": True}  # no setting of saudial's sets other dataset_kwargs
     trainer = SyncFreeSFTTrainer(
