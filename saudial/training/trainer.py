@@ -82,6 +82,7 @@ def check_optimizer(settings: Settings) -> None:
 
 def sft_config(settings: Settings, dtype: torch.dtype) -> SFTConfig:
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(settings.output_dir / "logs"))
+    workers = loader_workers(settings)
     return SFTConfig(
         **sft_fields(settings),
         data_seed=settings.seed,  # the data order repeats with the seed too
@@ -104,9 +105,9 @@ def sft_config(settings: Settings, dtype: torch.dtype) -> SFTConfig:
         # there the grad scaler skips a step whose loss overflowed, and the run goes on, as upstream logs it.
         accelerator_config={"non_blocking": torch.cuda.is_available()},  # with pinned memory (upstream's default)
         logging_nan_inf_filter=dtype == torch.float16,
-        dataloader_num_workers=loader_workers(settings),
+        dataloader_num_workers=workers,
         # Workers kept across epochs: each new epoch would otherwise fork them again.
-        dataloader_persistent_workers=loader_workers(settings) > 0,
+        dataloader_persistent_workers=workers > 0,
         disable_tqdm=False,
     )
 
