@@ -20,6 +20,7 @@ from saudial.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
 from saudial.publish import hub
 from saudial.rundir import checkpoints
 from saudial.rundir.outputs import prepare_output_dir
+from tests.entry import tree
 from tests.jobs import ADAPTER, Job, adapter, assert_bitwise_equal, job_env, run_job
 
 pytestmark = pytest.mark.slow
@@ -69,10 +70,12 @@ def test_a_signal_to_the_whole_group_stops_a_run_with_a_loader_worker(
     """A scheduler (SLURM's scancel) or a terminal's Ctrl-C signals every process of the job, the data loader's
     worker too: the run still stops after the step with a checkpoint (exit 75), and says so once."""
     env = job_env(tiny_model, workbook, tmp_path / "out", SAUDIAL_SAVE_STEPS="1", SAUDIAL_DATALOADER_NUM_WORKERS="1")
+    inputs = {folder: tree(folder) for folder in (workbook.parent, tiny_model)}  # files saudial did not write
     job = Job(env, group=True)
     job.wait_for(r"checkpoint saved: checkpoint-2 \(step 2\)")
     job.signal_group(signum)
     code = job.finish()
+    assert {folder: tree(folder) for folder in inputs} == inputs
     name = signal.Signals(signum).name
     assert code == EXIT_INTERRUPTED, job.output[-4000:]
     assert "data loader: 1 worker process(es)" in job.output  # the run had a worker to signal
