@@ -37,8 +37,16 @@ def _trl_loss_head() -> None:
     _replace(lm_head, "supported", lambda model: False)
 
 
+def _cudnn_attention() -> None:
+    """SDPA free to pick its cuDNN backend, as PyTorch does by default (model/patches.avoid_cudnn_attention)."""
+    from saudial.model import patches
+
+    _replace(patches, "avoid_cudnn_attention", lambda: None)
+
+
 WITHOUT: dict[str, Callable[[], None]] = {
     "compact-loss-head": _trl_loss_head,
+    "cudnn-attention-off": _cudnn_attention,
 }
 
 

@@ -102,6 +102,7 @@ def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
         ("TRL's loss head", {"BENCH_WITHOUT": "compact-loss-head"}),
         ("dequantized on each use", {"SAUDIAL_DEQUANTIZE_ONCE": "false"}),
         ("SDPA + mask, no varlen", SDPA),
+        ("SDPA + mask, cuDNN attention on", SDPA | {"BENCH_WITHOUT": "cudnn-attention-off"}),
         ("kernels off", {"SAUDIAL_FUSED_KERNELS": "false"}),
     ]
     runs: list[tuple[str, dict[str, str], int | None]] = []
@@ -403,6 +404,9 @@ def main() -> None:
             run(WHOLE_RUN_DEFAULT_LOGGING, DEFAULT_LOGGING, data_900, 4 if args.smoke else None)
             evaluated = {"SAUDIAL_EVAL": "full", "SAUDIAL_MAX_NEW_TOKENS": "8" if args.smoke else "64"}
             run("defaults + evaluation, whole run", evaluated, data_900, 4 if args.smoke else None)
+            # Its pair: SDPA free to pick cuDNN in generation, as PyTorch's default (model/patches.py, item 5).
+            cudnn = evaluated | {"BENCH_WITHOUT": "cudnn-attention-off"}
+            run("defaults + evaluation, cuDNN attention on", cudnn, data_900, 4 if args.smoke else None)
         elif section == "levers":
             # The speed overrides' same-call pairs (levers() says which), in turns.
             for name, extra, lever_steps in levers(args.smoke):

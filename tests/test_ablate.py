@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from bench import ablate
-from saudial.model import lm_head
+from saudial.model import lm_head, patches
 
 
 @pytest.fixture
 def restored(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """The ablations replace module attributes process-wide: monkeypatch puts them back after the test."""
     monkeypatch.setattr(lm_head, "supported", lm_head.supported)
+    monkeypatch.setattr(patches, "avoid_cudnn_attention", patches.avoid_cudnn_attention)
     return monkeypatch
 
 
@@ -28,6 +29,10 @@ def test_each_ablation_takes_its_override_out(restored: pytest.MonkeyPatch) -> N
     assert lm_head.supported(Model())  # the compact head takes a plain untied-or-tied linear head
     ablate.WITHOUT["compact-loss-head"]()
     assert not lm_head.supported(Model())  # TRL's fused head then serves, as without saudial's
+
+    restored.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda enabled: pytest.fail("cuDNN switched"))
+    ablate.WITHOUT["cudnn-attention-off"]()
+    patches.avoid_cudnn_attention()  # what model/loading.load_model calls: PyTorch's own default stands
 
 
 def test_an_ablation_whose_function_is_gone_stops_instead_of_measuring_nothing(restored: pytest.MonkeyPatch) -> None:

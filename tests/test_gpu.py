@@ -237,3 +237,35 @@ def test_dense_generation_equals_4bit_on_gpu(tiny_model: Path, workbook: Path) -
     assert dequantize_base_weights(model) > 0
     after = translate(model, tokenizer, requests, settings, progress=False)
     assert after == before
+
+
+def test_generation_runs_attention_without_cudnn(tiny_model: Path, workbook: Path) -> None:
+    """A model saudial loads generates with SDPA's flash or memory-efficient backend, never cuDNN's, whose host
+    cost for every new shape (each decode step's) made the first generation over a batch ~4x slower
+    (model/patches.py, item 5). With cuDNN allowed, PyTorch picks it for the same generation: the upstream
+    behaviour the patch is for."""
+    from saudial.data.workbook import iter_rows, load
+    from saudial.inference.generate import Request, translate
+    from saudial.model import patches
+    from saudial.model.loading import load_model, load_tokenizer
+
+    settings = Settings(model_name_or_path=str(tiny_model), quantization="4bit", max_new_tokens=8)
+    model = load_model(settings)
+    tokenizer = load_tokenizer(settings)
+    # Prompts of different lengths: the batch is left-padded, so attention runs under a mask.
+    requests = [Request(r.dialect, r.english, r.context or None) for r in iter_rows(load(workbook).rows.head(8))]
+
+    def attention_ops() -> set[str]:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            translate(model, tokenizer, requests, settings, progress=False)
+        return {e.key for e in prof.key_averages() if e.key.startswith("aten::_scaled_dot_product")}
+
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    ours = attention_ops()
+    assert ours and not any("cudnn" in op for op in ours), ours
+    torch.backends.cuda.enable_cudnn_sdp(True)  # PyTorch's default
+    try:
+        upstream = attention_ops()
+    finally:
+        patches.avoid_cudnn_attention()
+    assert any("cudnn" in op for op in upstream), f"PyTorch no longer picks cuDNN here ({upstream}): drop the patch"

@@ -71,6 +71,29 @@ def test_trl_still_refuses_padding_free_with_max_length(tiny_model: Path, tmp_pa
     assert trainer.data_collator is collator
 
 
+def test_torch_still_enables_cudnn_attention_by_default() -> None:
+    """patches.avoid_cudnn_attention turns off what PyTorch turns on by default (checked in a fresh process)."""
+    code = "import torch; print(torch.backends.cuda.cudnn_sdp_enabled())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "True", "PyTorch no longer enables cuDNN attention by default: drop patches.avoid_cudnn_attention"
+
+
+@pytest.mark.parametrize(("attention", "cudnn"), [("auto", False), ("sdpa", False), ("eager", True)])
+def test_a_model_loaded_to_run_sdpa_turns_cudnn_attention_off(tiny_model: Path, attention: str, cudnn: bool) -> None:
+    """load_model, which training, evaluation and translation all go through, turns SDPA's cuDNN backend off
+    where the model runs SDPA (model/patches.py, item 5) and leaves PyTorch's choice alone otherwise."""
+    from saudial.config.settings import Settings
+    from saudial.model.loading import load_model
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)  # PyTorch's default
+    try:
+        load_model(Settings(model_name_or_path=str(tiny_model), quantization="none", attn_implementation=attention))
+        assert torch.backends.cuda.cudnn_sdp_enabled() is cudnn
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
 def test_trl_still_casts_quantized_lora_weights_to_bf16(tiny_model: Path, tmp_path: Path) -> None:
     """training/trainer.build_trainer turns them back to fp32 for fp16 training because of this cast."""
     from saudial.config.settings import Settings

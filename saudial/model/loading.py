@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from saudial.config.huggingface import check_model_access, hub_offline
 from saudial.errors import ConfigError
-from saudial.model import content_hash
+from saudial.model import content_hash, patches
 from saudial.model.hardware import check_cuda, compute_dtype
 
 if TYPE_CHECKING:
@@ -82,6 +82,10 @@ def load_model(settings: Settings, device_map: Any = None, revision: str | None 
             # QLoRA under data parallelism: each process puts its 4-bit copy on its own GPU.
             device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     check_model_access(settings.model_name_or_path, revision or settings.model_revision)  # no Hub: one line, at once
+    # "auto" loads SDPA; training switches padding-free runs to the varlen kernel (patches.py).
+    attention = "sdpa" if settings.attn_implementation == "auto" else settings.attn_implementation
+    if attention == "sdpa":
+        patches.avoid_cudnn_attention()  # its host cost per new shape slowed generation ~4x (patches.py, item 5)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             settings.model_name_or_path,
@@ -91,8 +95,7 @@ def load_model(settings: Settings, device_map: Any = None, revision: str | None 
             dtype=dtype,
             quantization_config=quant,
             device_map=device_map,
-            # "auto" loads SDPA; training switches padding-free runs to the varlen kernel (patches.py).
-            attn_implementation="sdpa" if settings.attn_implementation == "auto" else settings.attn_implementation,
+            attn_implementation=attention,
         )
     except (OSError, ValueError) as exc:  # missing, unreadable, pickle-only, or needs its own code
         raise ConfigError(_load_failure("model", settings.model_name_or_path, exc)) from None

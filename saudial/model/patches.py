@@ -18,6 +18,14 @@ changes, so the patch can be dropped then. Measured in bench/ (docs/benchmarks.m
 4. Optional regional compilation (`compile_decoder_layers`, `SAUDIAL_TORCH_COMPILE`): each decoder layer
    compiled by torch.compile. Off by default: the eager step with the fused LoRA step and the Triton kernels
    was faster, and compiling costs a warm-up every run (config/settings.py).
+5. No cuDNN attention (`avoid_cudnn_attention`, process-wide, wherever a model is loaded with SDPA). Upstream:
+   PyTorch's SDPA picks its cuDNN backend on Hopper, which builds an execution plan on the host for every
+   new shape: ~3.4 ms forward and ~5 ms backward a call when a masked shape changes (H100, torch 2.11: ~60 ms
+   of a 280 ms SDPA training step, 6 attention layers). Generation changes the shape at every decode step
+   (the KV cache grows by one), so the first batch of prompts of a width paid it on every step, and only a
+   second generation over the same shapes ran from cuDNN's plan cache (docs/benchmarks.md). The
+   memory-efficient and flash backends take the same masks for microseconds of host time. The default
+   training step never calls SDPA (item 2), but generation always does, and so do runs without varlen.
 """
 
 from __future__ import annotations
@@ -48,6 +56,12 @@ def use_fused_rms_norm(model: torch.nn.Module) -> int:
     for norm in norms:
         norm.forward = types.MethodType(fused_rms_norm, norm)  # type: ignore[method-assign]
     return len(norms)
+
+
+def avoid_cudnn_attention() -> None:
+    """SDPA without its cuDNN backend in this process (item 5 above); the flash and memory-efficient
+    backends, and the math one as a last resort, stay as PyTorch picks them."""
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 VARLEN = "saudial_varlen"
