@@ -405,6 +405,48 @@ def test_trl_prepares_prompt_completion_records_as_examples_does(
     assert summary["train_tokens"]["truncated_at_max_length"] >= 2  # and some are cut by both
 
 
+def test_bitsandbytes_still_compiles_at_import() -> None:
+    """config/runtime.defer_bitsandbytes_compile exists because importing bitsandbytes calls torch.compile (fresh
+    process), which imports TorchInductor."""
+    code = (
+        "import sys, torch\n"
+        "calls, compile_now = [], torch.compile\n"
+        "torch.compile = lambda *a, **k: calls.append(k) or compile_now(*a, **k)\n"
+        "import bitsandbytes\n"
+        "print(len(calls), 'torch._inductor.compile_fx' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[-2]) > 0 and out[-1] == "True", (
+        "importing bitsandbytes no longer compiles: drop config/runtime.defer_bitsandbytes_compile"
+    )
+
+
+def test_bitsandbytes_imported_without_torchinductor_compiles_on_first_call() -> None:
+    """With saudial's import hook (cli.main installs it first), importing PEFT, which imports bitsandbytes, leaves
+    TorchInductor out and torch.compile as it was; a function bitsandbytes wrapped still computes its values,
+    compiled by its first call (fresh process)."""
+    code = (
+        "import sys\n"
+        "from saudial.config.runtime import defer_bitsandbytes_compile\n"
+        "defer_bitsandbytes_compile()\n"
+        "import torch\n"
+        "compile_now = torch.compile\n"
+        "import peft\n"
+        "from bitsandbytes.backends.default import ops\n"
+        "print('torch._inductor.compile_fx' in sys.modules, torch.compile is compile_now)\n"
+        "torch.manual_seed(0)\n"
+        "code, absmax = torch.linspace(-1, 1, 256), torch.rand(4) + 0.5\n"
+        "A = torch.randint(0, 256, (4 * 64,), dtype=torch.uint8)\n"
+        "out = ops._dequantize_blockwise_compute(A, absmax, code, 64, torch.float32)\n"
+        "expected = (code[A.long()].reshape(4, 64) * absmax[:, None]).reshape(-1)\n"
+        "print(torch.equal(out, expected), 'torch._inductor.compile_fx' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    imported, computed = out.strip().splitlines()[-2:]
+    assert imported == "False True"  # no Inductor at import; torch.compile restored
+    assert computed == "True True"  # the same values, compiled on first use
+
+
 @pytest.mark.parametrize("user_set", [False, True], ids=["unset", "set by the user"])
 def test_compiled_kernel_caches_are_in_hf_home(tmp_path: Path, user_set: bool) -> None:
     """config/runtime.configure_caches (cli.main runs it first) puts Triton's and TorchInductor's caches in HF_HOME

@@ -1,8 +1,16 @@
-"""Process-wide options of the libraries underneath, set before they initialize (no torch import here)."""
+"""Process-wide options of the libraries underneath, set before they initialize (torch is not imported here)."""
 
 from __future__ import annotations
 
+import functools
+import importlib.abc
+import importlib.machinery
 import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+from typing import Any
 
 # PyTorch's caching allocator with expandable segments. Padding-free rows change length every step, and the
 # native allocator fragments on them: measured on an H200 (docs/benchmarks.md), the default 900-row run
@@ -30,3 +38,73 @@ def configure_caches() -> None:
 
     os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(constants.HF_HOME, "triton"))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(constants.HF_HOME, "torch-compile"))
+
+
+# bitsandbytes' fallback kernels (`backends/default/ops.py`, for devices without a native kernel: never saudial's
+# CUDA or CPU paths) are wrapped in `torch.compile` when that module is imported, and building the wrapper
+# imports TorchInductor: ~0.9 s of every command that imports PEFT (`import bitsandbytes` 0.87-0.94 s against
+# 0.03 s deferred, 2 CPU cores). `defer_bitsandbytes_compile` moves that `torch.compile` call, with the same
+# arguments, from the import to each wrapped function's first call; tests/test_upstream.py checks bitsandbytes
+# still compiles at import (drop this when it stops) and that the import no longer brings TorchInductor in.
+BITSANDBYTES_COMPILING = "bitsandbytes.backends.default.ops"
+
+
+def defer_bitsandbytes_compile() -> None:
+    """An import hook for BITSANDBYTES_COMPILING (no-op once bitsandbytes is imported, or installed twice);
+    cli.main installs it before any command imports the model libraries."""
+    if BITSANDBYTES_COMPILING in sys.modules or any(isinstance(f, _DeferCompileFinder) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _DeferCompileFinder())
+
+
+class _DeferCompileFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None) -> ModuleSpec | None:
+        if name != BITSANDBYTES_COMPILING:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _DeferCompileLoader(spec.loader)
+        return spec
+
+
+class _DeferCompileLoader(importlib.abc.Loader):
+    """The module's own loader, with `torch.compile` deferred while the module's code runs."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ...: tracebacks and inspect read them
+        return getattr(self.loader, name)
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        import torch
+
+        compile_now = torch.compile
+        torch.compile = compile_on_first_call(compile_now)
+        try:
+            self.loader.exec_module(module)
+        finally:
+            torch.compile = compile_now
+
+
+def compile_on_first_call(compile_now: Callable[..., Any]) -> Callable[..., Any]:
+    """`torch.compile` as called (`compile(fn, **options)` or `@compile(**options)`), compiling `fn` with the
+    same options the first time the function is called."""
+
+    def compile_later(model: Callable[..., Any] | None = None, **options: Any) -> Any:
+        if model is None:  # the decorator with options
+            return functools.partial(compile_later, **options)
+        compiled: list[Callable[..., Any]] = []
+
+        @functools.wraps(model)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not compiled:
+                compiled.append(compile_now(model, **options))
+            return compiled[0](*args, **kwargs)
+
+        return call
+
+    return compile_later
