@@ -40,7 +40,7 @@ def configure_caches() -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(constants.HF_HOME, "torch-compile"))
 
 
-# bitsandbytes' fallback kernels (`backends/default/ops.py`, for devices without a native kernel: never saudial's
+# bitsandbytes' fallback kernels (`bitsandbytes.backends.default.ops`, for devices without a native kernel: never saudial's
 # CUDA or CPU paths) are wrapped in `torch.compile` when that module is imported, and building the wrapper
 # imports TorchInductor: ~0.9 s of every command that imports PEFT (`import bitsandbytes` 0.87-0.94 s against
 # 0.03 s deferred, 2 CPU cores). `defer_bitsandbytes_compile` moves that `torch.compile` call, with the same
