@@ -44,9 +44,21 @@ def _cudnn_attention() -> None:
     _replace(patches, "avoid_cudnn_attention", lambda: None)
 
 
+def _parameter_walks() -> None:
+    """The Trainer's own FLOPs count and gradient clipping, which walk the model's parameters every step
+    (training/sync_free.py counts and lists them once)."""
+    from transformers import Trainer
+
+    from saudial.training.sync_free import SyncFreeSFTTrainer
+
+    for name in ("floating_point_ops", "_clip_grad_norm"):
+        _replace(SyncFreeSFTTrainer, name, getattr(Trainer, name))
+
+
 WITHOUT: dict[str, Callable[[], None]] = {
     "compact-loss-head": _trl_loss_head,
     "cudnn-attention-off": _cudnn_attention,
+    "parameters-listed-once": _parameter_walks,
 }
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import Trainer
 
 from bench import ablate
 from saudial.model import lm_head, patches
+from saudial.training.sync_free import SyncFreeSFTTrainer
 
 
 @pytest.fixture
@@ -14,6 +16,8 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """The ablations replace module attributes process-wide: monkeypatch puts them back after the test."""
     monkeypatch.setattr(lm_head, "supported", lm_head.supported)
     monkeypatch.setattr(patches, "avoid_cudnn_attention", patches.avoid_cudnn_attention)
+    for name in ("floating_point_ops", "_clip_grad_norm"):
+        monkeypatch.setattr(SyncFreeSFTTrainer, name, getattr(SyncFreeSFTTrainer, name))
     return monkeypatch
 
 
@@ -33,6 +37,11 @@ def test_each_ablation_takes_its_override_out(restored: pytest.MonkeyPatch) -> N
     restored.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda enabled: pytest.fail("cuDNN switched"))
     ablate.WITHOUT["cudnn-attention-off"]()
     patches.avoid_cudnn_attention()  # what model/loading.load_model calls: PyTorch's own default stands
+
+    assert SyncFreeSFTTrainer.floating_point_ops is not Trainer.floating_point_ops
+    ablate.WITHOUT["parameters-listed-once"]()
+    assert SyncFreeSFTTrainer.floating_point_ops is Trainer.floating_point_ops  # the count taken every step
+    assert SyncFreeSFTTrainer._clip_grad_norm is Trainer._clip_grad_norm  # the parameters listed every step
 
 
 def test_an_ablation_whose_function_is_gone_stops_instead_of_measuring_nothing(restored: pytest.MonkeyPatch) -> None:

@@ -40,9 +40,9 @@ def configure_caches() -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(constants.HF_HOME, "torch-compile"))
 
 
-# bitsandbytes' fallback kernels (`bitsandbytes.backends.default.ops`, for devices without a native kernel: never saudial's
-# CUDA or CPU paths) are wrapped in `torch.compile` when that module is imported, and building the wrapper
-# imports TorchInductor: ~0.9 s of every command that imports PEFT (`import bitsandbytes` 0.87-0.94 s against
+# bitsandbytes' fallback kernels (`bitsandbytes.backends.default.ops`, for devices without a native kernel:
+# never saudial's CUDA or CPU paths) are wrapped in `torch.compile` when that module is imported, and building the
+# wrapper imports TorchInductor: ~0.9 s of every command that imports PEFT (`import bitsandbytes` 0.87-0.94 s against
 # 0.03 s deferred, 2 CPU cores). `defer_bitsandbytes_compile` moves that `torch.compile` call, with the same
 # arguments, from the import to each wrapped function's first call; tests/test_upstream.py checks bitsandbytes
 # still compiles at import (drop this when it stops) and that the import no longer brings TorchInductor in.
