@@ -241,7 +241,7 @@ def test_dense_generation_equals_4bit_on_gpu(tiny_model: Path, workbook: Path) -
 
 def test_generation_runs_attention_without_cudnn(tiny_model: Path, workbook: Path) -> None:
     """A model saudial loads generates with SDPA's flash or memory-efficient backend, never cuDNN's, whose host
-    cost for every new shape (each decode step's) made the first generation over a batch ~3.5x slower
+    cost for every new shape (each decode step's) made the first generation over a batch 3.5-5.4x slower
     (model/patches.py, item 5). With cuDNN allowed, PyTorch picks it for the same generation: the upstream
     behaviour the patch is for."""
     from saudial.data.workbook import iter_rows, load

@@ -85,7 +85,7 @@ def load_model(settings: Settings, device_map: Any = None, revision: str | None 
     # "auto" loads SDPA; training switches padding-free runs to the varlen kernel (patches.py).
     attention = "sdpa" if settings.attn_implementation == "auto" else settings.attn_implementation
     if attention == "sdpa":
-        patches.avoid_cudnn_attention()  # its host cost per new shape made generation ~3.5x slower (patches.py, item 5)
+        patches.avoid_cudnn_attention()  # host cost per new shape: generation 3.5-5.4x slower (patches.py, item 5)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             settings.model_name_or_path,
