@@ -451,6 +451,22 @@ def test_bitsandbytes_imported_without_torchinductor_compiles_on_first_call() ->
     assert computed == "True True"  # the same values, compiled on first use
 
 
+def test_a_deferred_compile_that_fails_runs_the_function_as_it_is_without_retrying() -> None:
+    """As bitsandbytes' `_try_torch_compile` falls back when torch.compile fails at import (where Dynamo cannot
+    run), the deferred compile falls back once at the first call, with the options bitsandbytes gave."""
+    from saudial.config.runtime import compile_on_first_call
+
+    tried: list[dict[str, Any]] = []
+
+    def compile_fails(fn: Any, **options: Any) -> Any:
+        tried.append(options)
+        raise RuntimeError("Dynamo is not supported here")
+
+    deferred = compile_on_first_call(compile_fails)(dynamic=False)(lambda x: x + 1)
+    assert (deferred(1), deferred(2)) == (2, 3)
+    assert tried == [{"dynamic": False}]
+
+
 @pytest.mark.parametrize("user_set", [False, True], ids=["unset", "set by the user"])
 def test_compiled_kernel_caches_are_in_hf_home(tmp_path: Path, user_set: bool) -> None:
     """config/runtime.configure_caches (cli.main runs it first) puts Triton's and TorchInductor's caches in HF_HOME

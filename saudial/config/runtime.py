@@ -92,7 +92,8 @@ class _DeferCompileLoader(importlib.abc.Loader):
 
 def compile_on_first_call(compile_now: Callable[..., Any]) -> Callable[..., Any]:
     """`torch.compile` as called (`compile(fn, **options)` or `@compile(**options)`), compiling `fn` with the
-    same options the first time the function is called."""
+    same options the first time the function is called. Where compiling fails there, `fn` runs as it is from
+    then on, as bitsandbytes' `_try_torch_compile` does when `torch.compile` fails at import (not retried)."""
 
     def compile_later(model: Callable[..., Any] | None = None, **options: Any) -> Any:
         if model is None:  # the decorator with options
@@ -102,7 +103,10 @@ def compile_on_first_call(compile_now: Callable[..., Any]) -> Callable[..., Any]
         @functools.wraps(model)
         def call(*args: Any, **kwargs: Any) -> Any:
             if not compiled:
-                compiled.append(compile_now(model, **options))
+                try:
+                    compiled.append(compile_now(model, **options))
+                except Exception:
+                    compiled.append(model)
             return compiled[0](*args, **kwargs)
 
         return call
