@@ -117,10 +117,14 @@ class SyncFreeSFTTrainer(SFTTrainer):
         # same clip over the trained parameters, listed once. FSDP, DeepSpeed and XLA clip their own way.
         if self.accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU):
             return super()._clip_grad_norm(model)
+        self.clipped_from_the_list += 1
+        return self.accelerator.clip_grad_norm_(self._trained_parameters(model), self.args.max_grad_norm)
+
+    def _trained_parameters(self, model: Any) -> list[torch.nn.Parameter]:
+        """`model`'s parameters that train, listed once per model."""
         if self._trained is None or self._trained[0] is not model:
             self._trained = (model, [p for p in model.parameters() if p.requires_grad])
-        self.clipped_from_the_list += 1
-        return self.accelerator.clip_grad_norm_(self._trained[1], self.args.max_grad_norm)
+        return self._trained[1]
 
     def _plain_loss(self) -> bool:
         """Whether TRL's compute_loss would take its plain path: the fused LM head's mean token NLL."""
@@ -196,7 +200,7 @@ class SyncFreeSFTTrainer(SFTTrainer):
         # checkpoint of a diverged run is written for a restart to resume from. So are the trained weights: a
         # step whose loss was finite but whose gradient was not (its norm NaN) makes them NaN, and its loss
         # shows only in the next step's. One read, gathered: every rank stops alike.
-        trained = [p.detach() for p in model.parameters() if p.requires_grad]
+        trained = [p.detach() for p in self._trained_parameters(model)]
         finite = torch.stack([p.isfinite().all() for p in trained]).all() if trained else self._tr_loss.new_ones(())
         both = self.accelerator.gather(torch.stack([self._tr_loss.detach(), finite.to(self._tr_loss)]).view(1, 2))
         loss, ranks_finite = both.sum(0).tolist()
