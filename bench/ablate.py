@@ -67,6 +67,11 @@ def main() -> None:
     unknown = [n for n in names if n not in WITHOUT]
     if unknown:
         sys.exit(f"ablate: unknown BENCH_WITHOUT name(s) {', '.join(unknown)}: choose from {', '.join(WITHOUT)}")
+    # The ablations import the model libraries, and importing bitsandbytes initializes CUDA: the process setup of
+    # cli.main (the allocator above all) first, or the "before" side runs with another allocator than the "after".
+    from saudial.config.runtime import prepare_process
+
+    prepare_process()
     for name in names:
         WITHOUT[name]()
         print(f"ablate: without {name}", flush=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 from transformers import Trainer
@@ -48,3 +51,27 @@ def test_an_ablation_whose_function_is_gone_stops_instead_of_measuring_nothing(r
     restored.delattr(lm_head, "supported")
     with pytest.raises(SystemExit, match=r"saudial\.model\.lm_head\.supported is gone"):
         ablate.WITHOUT["compact-loss-head"]()
+
+
+def test_the_process_is_set_up_before_any_ablation_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ablation imports the model libraries, and importing bitsandbytes initializes CUDA, which reads the
+    allocator's variable: cli.main's process setup must come first, or the "before" side of a pair runs on
+    another allocator (a pair once measured 36.1 GiB reserved against the defaults' 16.0 that way)."""
+    from saudial.config import runtime
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    seen: dict[str, object] = {}
+
+    def probe() -> None:
+        seen["allocator"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+        seen["triton cache"] = os.environ.get("TRITON_CACHE_DIR")
+
+    monkeypatch.setitem(ablate.WITHOUT, "probe", probe)
+    monkeypatch.setenv("BENCH_WITHOUT", "probe")
+    monkeypatch.setattr(ablate.runpy, "run_path", lambda *a, **k: None)  # the run itself is not this test's
+    monkeypatch.setattr(sys, "argv", ["ablate.py"])
+    ablate.main()
+    assert seen["allocator"] == runtime.ALLOCATOR
+    assert seen["triton cache"] is not None  # the compiled kernels in HF_HOME, as a saudial run keeps them

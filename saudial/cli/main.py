@@ -21,7 +21,7 @@ from typing import Any
 from saudial.cli import logs
 from saudial.cli.parser import parse
 from saudial.config.huggingface import check_adapter_dir
-from saudial.config.runtime import configure_allocator, configure_caches, defer_bitsandbytes_compile
+from saudial.config.runtime import prepare_process
 from saudial.config.settings import Settings
 from saudial.config.sources import changed_settings, load_settings
 from saudial.errors import EXIT_BUG, EXIT_OK, OOM_ANY, as_user_error, one_line, redact, unexpected
@@ -162,9 +162,7 @@ def quiet_threads(debug: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    configure_allocator()  # before anything initializes CUDA
-    configure_caches()  # compiled kernels on the HF_HOME volume, before anything compiles
-    defer_bitsandbytes_compile()  # its import no longer imports TorchInductor (~0.9 s)
+    prepare_process()  # the allocator, the kernel caches, bitsandbytes' deferred compile: before any library starts
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug (anywhere before a `--`) or SAUDIAL_DEBUG=1: a fault also prints its traceback.
     end = argv.index("--") if "--" in argv else len(argv)

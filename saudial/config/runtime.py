@@ -40,6 +40,16 @@ def configure_caches() -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(constants.HF_HOME, "torch-compile"))
 
 
+def prepare_process() -> None:
+    """What a saudial process sets before any library initializes: the allocator, the compiled kernels' caches and
+    bitsandbytes' deferred compile. cli.main calls it first; so does anything that imports the model libraries
+    before running cli.main in the same process (bench/ablate.py): importing bitsandbytes initializes CUDA, which
+    reads the allocator's variable then."""
+    configure_allocator()
+    configure_caches()
+    defer_bitsandbytes_compile()
+
+
 # bitsandbytes' fallback kernels (`bitsandbytes.backends.default.ops`, for devices without a native kernel:
 # never saudial's CUDA or CPU paths) are wrapped in `torch.compile` when that module is imported, and building the
 # wrapper imports TorchInductor: ~0.9 s of every command that imports PEFT (`import bitsandbytes` 0.87-0.94 s against
