@@ -55,10 +55,18 @@ def _parameter_walks() -> None:
         _replace(SyncFreeSFTTrainer, name, getattr(Trainer, name))
 
 
+def _one_step_per_layer() -> None:
+    """Each feed-forward's w1 and w3 as two fused LoRA steps, as before model/fused_lora.stacked ran them as one."""
+    from saudial.model import fused_lora
+
+    _replace(fused_lora, "stacked", lambda layers, x: None)
+
+
 WITHOUT: dict[str, Callable[[], None]] = {
     "compact-loss-head": _trl_loss_head,
     "cudnn-attention-off": _cudnn_attention,
     "parameters-listed-once": _parameter_walks,
+    "w1-w3-stacked": _one_step_per_layer,
 }
 
 

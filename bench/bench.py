@@ -101,6 +101,7 @@ def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
     without = [
         ("TRL's loss head", {"BENCH_WITHOUT": "compact-loss-head"}),
         ("parameters walked every step", {"BENCH_WITHOUT": "parameters-listed-once"}),
+        ("w1 and w3 as two LoRA steps", {"BENCH_WITHOUT": "w1-w3-stacked"}),
         ("dequantized on each use", {"SAUDIAL_DEQUANTIZE_ONCE": "false"}),
         ("SDPA + mask, no varlen", SDPA),
         ("SDPA + mask, cuDNN attention on", SDPA | {"BENCH_WITHOUT": "cudnn-attention-off"}),

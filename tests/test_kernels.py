@@ -64,6 +64,24 @@ def test_swiglu(device: str, dtype: torch.dtype, shape: tuple[int, ...], poisone
         assert _rel(mine.cpu(), theirs.detach()) < BOUND[dtype]
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 7, 2 * 33), (2, 5, 2 * 1500), (3, 2 * 1024)])
+def test_swiglu_rows(device: str, dtype: torch.dtype, shape: tuple[int, ...], poisoned: None) -> None:
+    """SwiGLU of [a | b] side by side (the stacked w1 and w3 outputs), the gradient of both in one tensor."""
+    (gu,) = _inputs(shape, dtype, device, n=1)
+    width = shape[-1] // 2
+    g = torch.randn(*shape[:-1], width, dtype=torch.float64)
+    out = kernels.SwiGLURows.apply(gu)
+    (dgu,) = _grads(out, [gu], g.to(device, dtype))
+    gu64 = gu.detach().cpu().double().requires_grad_()
+    ref = torch.nn.functional.silu(gu64[..., :width]) * gu64[..., width:]
+    (rgu,) = _grads(ref, [gu64], g)
+    assert out.dtype == dtype and out.shape == (*shape[:-1], width) and dgu.shape == shape
+    for mine, theirs in ((out, ref), (dgu, rgu)):
+        assert _rel(mine.cpu(), theirs.detach()) < BOUND[dtype]
+
+
 def _rms_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 

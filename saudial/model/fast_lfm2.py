@@ -4,7 +4,10 @@ Upstream (transformers 5.23) runs LFM2's element-wise work as chains of PyTorch 
 batch on an H100 they were ~29% of the GPU's busy time per step (docs/benchmarks.md). `install` gives each
 module of the model a forward that computes the same function with one kernel per piece, each way:
 
-- `Lfm2MLP`: `w2(silu(w1 x) * w3 x)`, the product in one kernel (kernels.SwiGLU);
+- `Lfm2MLP`: `w2(silu(w1 x) * w3 x)`, the product in one kernel (kernels.SwiGLU). Where w1 and w3 are both fused
+  4-bit LoRA layers, they run as one step (model/fused_lora.stacked: one GEMM for both LoRA A's and one for
+  both frozen weights, each way, instead of two of each and the add of their input gradients), and the kernel
+  reads their outputs side by side (kernels.SwiGLURows);
 - `Lfm2DecoderLayer`: the residual add after the operator and the feed-forward norm after it in one kernel
   (kernels.AddRMSNorm), and its backward adds the residual stream's gradient in the same pass;
 - `Lfm2RMSNorm` elsewhere (the operator norm, the q/k norms, the last norm): kernels.RMSNorm;
@@ -21,6 +24,7 @@ model's loss and gradients with and without them.
 from __future__ import annotations
 
 import functools
+import sys
 import types
 from typing import Any
 
@@ -60,6 +64,10 @@ def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
 def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     from saudial.model import kernels
 
+    fused_lora = sys.modules.get("saudial.model.fused_lora")  # imported where any layer was fused
+    gate_up = fused_lora.stacked((self.w1, self.w3), x) if fused_lora is not None else None
+    if gate_up is not None and _covered(gate_up, self._saudial_cpu):
+        return self.w2(kernels.SwiGLURows.apply(gate_up))
     gate, up = self.w1(x), self.w3(x)
     if not _covered(gate, self._saudial_cpu) or gate.dtype != up.dtype or gate.shape != up.shape:
         return self.w2(F.silu(gate) * up)
@@ -155,6 +163,15 @@ def _conv_forward(
     seq = sequence_ids(kwargs.get("seq_idx"), batch, length, bcx.device)
     y: torch.Tensor = kernels.GatedShortConv.apply(bcx, weight.squeeze(1), seq)
     return self.out_proj(y)
+
+
+def stacks(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+    """The layers that the installed feed-forward forwards run as one step (w1 and w3 of each), for
+    fused_lora.keep_dequantized to keep each pair's weights as one tensor."""
+    from transformers.models.lfm2 import modeling_lfm2 as lfm2
+
+    installed = (m for m in model.modules() if vars(m).get("_saudial_cpu") is not None)
+    return [(m.w1, m.w3) for m in installed if type(m) is lfm2.Lfm2MLP]
 
 
 def install(model: torch.nn.Module, cpu: bool = False) -> dict[str, int]:

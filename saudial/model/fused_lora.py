@@ -33,6 +33,7 @@ LFM2-1.2B) on top of the 4-bit weights, which stay what the model holds.
 from __future__ import annotations
 
 import types
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import bitsandbytes as bnb
@@ -60,7 +61,7 @@ class Frozen:
     """One adapted layer's frozen 4-bit weight as the fused step reads it: dequantized on each use (QLoRA's
     memory), or once and kept (`keep_dequantized`)."""
 
-    __slots__ = ("absmax", "dense", "quant_state", "scales", "weight")
+    __slots__ = ("absmax", "dense", "quant_state", "scales", "stack", "weight")
 
     def __init__(self, weight: Any) -> None:  # bitsandbytes' Params4bit
         self.weight, self.quant_state = weight, weight.quant_state
@@ -69,6 +70,8 @@ class Frozen:
         self.absmax = self.quant_state.absmax
         self.scales = block_scales(self.quant_state)
         self.dense: torch.Tensor | None = None
+        # The kept weights of the layers stacked with this one (`keep_dequantized`), `dense` a block of its rows.
+        self.stack: torch.Tensor | None = None
 
     def get(self, dtype: torch.dtype) -> torch.Tensor:
         """The weight, (out, in) in `dtype`."""
@@ -109,6 +112,62 @@ class _QLoRALinear(torch.autograd.Function):
         return grad_x, None, grad_a, grad_b, None
 
 
+class _StackedQLoRALinear(torch.autograd.Function):
+    """Adapted 4-bit linears reading one input as one step, their outputs side by side on the last axis.
+
+    forward   h = x [A_1; ..; A_n]^T (one GEMM), y_i = s_i h_i B_i^T, then y += x [W_1; ..; W_n]^T (one GEMM)
+    backward  dh_i = s_i dy_i B_i, dx = dh [A_1; ..; A_n] + dy [W_1; ..; W_n], dA = dh^T x (one GEMM each),
+              dB_i = s_i dy_i^T h_i
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, plan: tuple[Any, ...], *loras: torch.Tensor) -> torch.Tensor:
+        frozen, scalings, stack = plan
+        lora_a, lora_b = loras[0::2], loras[1::2]
+        ranks, widths = [a.shape[0] for a in lora_a], [b.shape[0] for b in lora_b]
+        x2d = x.reshape(-1, x.shape[-1])
+        a_cat = torch.cat(lora_a)  # (R, in): a few kilobytes
+        h = x2d @ a_cat.t()  # (tokens, R)
+        out = x2d.new_empty(x2d.shape[0], sum(widths))
+        zero = x2d.new_empty(())
+        for h_i, b_i, out_i, s_i in zip(h.split(ranks, 1), lora_b, out.split(widths, 1), scalings, strict=True):
+            torch.addmm(zero, h_i, b_i.t(), beta=0, alpha=s_i, out=out_i)  # into its columns: no copy
+        if stack is not None:
+            out.addmm_(x2d, stack.t())
+        else:
+            for f, out_i in zip(frozen, out.split(widths, 1), strict=True):
+                out_i.addmm_(x2d, f.get(x.dtype).t())
+        ctx.save_for_backward(x2d, h, a_cat, *lora_b)
+        ctx.plan, ctx.ranks, ctx.widths, ctx.x_shape = plan, ranks, widths, x.shape
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x2d, h, a_cat, *lora_b = ctx.saved_tensors
+        frozen, scalings, stack = ctx.plan
+        g = grad.reshape(-1, grad.shape[-1]).to(x2d.dtype)
+        gs, hs = g.split(ctx.widths, 1), h.split(ctx.ranks, 1)
+        zero = g.new_empty(())
+        gh = g.new_empty(g.shape[0], sum(ctx.ranks))  # (tokens, R): s_i dy_i B_i side by side
+        for g_i, b_i, gh_i, s_i in zip(gs, lora_b, gh.split(ctx.ranks, 1), scalings, strict=True):
+            torch.addmm(zero, g_i, b_i, beta=0, alpha=s_i, out=gh_i)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = gh @ a_cat
+            if stack is not None:
+                grad_x.addmm_(g, stack)
+            else:
+                for f, g_i in zip(frozen, gs, strict=True):
+                    grad_x.addmm_(g_i, f.get(g.dtype))
+            grad_x = grad_x.view(ctx.x_shape)
+        grads_a = (gh.t() @ x2d).split(ctx.ranks, 0) if any(ctx.needs_input_grad[2::2]) else [None] * len(lora_b)
+        out: list[torch.Tensor | None] = [grad_x, None]
+        for i, (g_i, h_i, s_i) in enumerate(zip(gs, hs, scalings, strict=True)):
+            out.append(grads_a[i] if ctx.needs_input_grad[2 + 2 * i] else None)
+            out.append(torch.addmm(zero, g_i.t(), h_i, beta=0, alpha=s_i) if ctx.needs_input_grad[3 + 2 * i] else None)
+        return tuple(out)
+
+
 def _frozen(layer: LoraLinear4bit) -> Frozen:
     """The layer's Frozen, made on first use and again when bitsandbytes gave its weight a new quant state."""
     weight: Any = layer.base_layer.weight
@@ -119,30 +178,67 @@ def _frozen(layer: LoraLinear4bit) -> Frozen:
     return frozen
 
 
-def _fused_forward(self: LoraLinear4bit, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """The Function where it covers this call and the layer's state; PEFT's own forward otherwise."""
-    adapter = self.active_adapters[0] if len(self.active_adapters) == 1 else None
-    base = self.base_layer
+def _lora_of(layer: LoraLinear4bit, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """The layer's (lora_A, lora_B, scaling) where the fused step covers this call and the layer's state; None where
+    PEFT's own forward must run."""
+    adapter = layer.active_adapters[0] if len(layer.active_adapters) == 1 else None
+    base = layer.base_layer
     weight = base.weight
     if (
-        args
-        or kwargs
-        or adapter is None
-        or self.disable_adapters
-        or self.merged
-        or adapter not in self.lora_A
-        or adapter in self.lora_variant
-        or not isinstance(self.lora_dropout[adapter], torch.nn.Identity)
+        adapter is None
+        or layer.disable_adapters
+        or layer.merged
+        or adapter not in layer.lora_A
+        or adapter in layer.lora_variant
+        or not isinstance(layer.lora_dropout[adapter], torch.nn.Identity)
         or base.bias is not None
         or getattr(weight, "quant_state", None) is None
         or getattr(weight.quant_state, "packing_format_for_cpu", False)  # bitsandbytes' CPU inference layout
         or x.dtype != base.compute_dtype
-        or self.lora_A[adapter].weight.dtype != x.dtype
-        or self.lora_B[adapter].weight.dtype != x.dtype
+        or layer.lora_A[adapter].weight.dtype != x.dtype
+        or layer.lora_B[adapter].weight.dtype != x.dtype
     ):
+        return None
+    return layer.lora_A[adapter].weight, layer.lora_B[adapter].weight, layer.scaling[adapter]
+
+
+def _fused_forward(self: LoraLinear4bit, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """The Function where it covers this call and the layer's state; PEFT's own forward otherwise."""
+    lora = None if args or kwargs else _lora_of(self, x)
+    if lora is None:
         return type(self).forward(self, x, *args, **kwargs)
-    lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
-    return _QLoRALinear.apply(x, _frozen(self), lora_a, lora_b, self.scaling[adapter])
+    return _QLoRALinear.apply(x, _frozen(self), *lora)
+
+
+def stacked(layers: Sequence[torch.nn.Module], x: torch.Tensor) -> torch.Tensor | None:
+    """`x` through `layers` (fused LoRA layers that read the same input) as one step: their outputs side by side on
+    the last axis, in order; None where any of them is not a fused layer or the fused step does not cover its call."""
+    loras = []
+    for layer in layers:
+        if getattr(getattr(layer, "forward", None), "__func__", None) is not _fused_forward:
+            return None
+        assert isinstance(layer, LoraLinear4bit)
+        lora = _lora_of(layer, x)
+        if lora is None:
+            return None
+        loras.append(lora)
+    frozen = tuple(_frozen(layer) for layer in layers)  # type: ignore[arg-type]
+    plan = (frozen, tuple(s for _, _, s in loras), _kept_stack(frozen, x.dtype))
+    out: torch.Tensor = _StackedQLoRALinear.apply(x, plan, *(t for a, b, _ in loras for t in (a, b)))
+    return out
+
+
+def _kept_stack(frozen: tuple[Frozen, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """The weights of `frozen` kept as one (out, in) tensor, their blocks of rows in this order; None if not."""
+    stack = frozen[0].stack
+    if stack is None or stack.dtype != dtype:
+        return None
+    start = stack.data_ptr()
+    for f in frozen:
+        if f.stack is not stack or f.dense is None or f.dense.data_ptr() != start:
+            return None
+        start += f.dense.numel() * f.dense.element_size()
+    return stack if start == stack.data_ptr() + stack.numel() * stack.element_size() else None
 
 
 def fuse(model: torch.nn.Module) -> int:
@@ -156,19 +252,40 @@ def fuse(model: torch.nn.Module) -> int:
 
 
 @torch.no_grad()
-def keep_dequantized(model: torch.nn.Module) -> tuple[int, int]:
+def keep_dequantized(model: torch.nn.Module, stacks: Iterable[Sequence[torch.nn.Module]] = ()) -> tuple[int, int]:
     """Dequantize the frozen weight of every fused LoRA layer in `model` once, for the rest of the run, in the
-    layer's compute dtype; returns (layers, bytes kept). Call after `fuse`."""
+    layer's compute dtype; returns (layers, bytes kept). The layers of each of `stacks` (layers that `stacked` runs
+    together) are kept as one tensor, each layer's weight a block of its rows, in order. Call after `fuse`."""
     count = size = 0
+    done: set[int] = set()
+    for members in stacks:
+        layers = [m for m in members if isinstance(m, LoraLinear4bit) and _quantized(m)]
+        if len(layers) < 2 or len(layers) != len(members):
+            continue
+        dtypes = {getattr(layer.base_layer, "compute_dtype", None) for layer in layers}
+        dtype = dtypes.pop()
+        if dtypes or not isinstance(dtype, torch.dtype):
+            continue
+        frozen = [_frozen(layer) for layer in layers]
+        stack = torch.cat([_dequantize(f.weight, f.quant_state, f.scales, dtype) for f in frozen])
+        row = 0
+        for f in frozen:
+            rows = f.quant_state.shape[0]
+            f.dense, f.stack, row = stack[row : row + rows], stack, row + rows
+        count, size = count + len(layers), size + stack.numel() * stack.element_size()
+        done.update(id(layer) for layer in layers)
     for module in model.modules():
-        if not isinstance(module, LoraLinear4bit):
+        if not isinstance(module, LoraLinear4bit) or id(module) in done or not _quantized(module):
             continue
         base: Any = module.base_layer
-        if getattr(base.weight, "quant_state", None) is not None:
-            frozen = _frozen(module)
-            frozen.dense = _dequantize(frozen.weight, frozen.quant_state, frozen.scales, base.compute_dtype)
-            count, size = count + 1, size + frozen.dense.numel() * frozen.dense.element_size()
+        frozen_one = _frozen(module)
+        frozen_one.dense = _dequantize(frozen_one.weight, frozen_one.quant_state, frozen_one.scales, base.compute_dtype)
+        count, size = count + 1, size + frozen_one.dense.numel() * frozen_one.dense.element_size()
     return count, size
+
+
+def _quantized(layer: LoraLinear4bit) -> bool:
+    return getattr(layer.base_layer.weight, "quant_state", None) is not None
 
 
 def forget(layer: torch.nn.Module) -> None:

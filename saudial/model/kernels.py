@@ -1,5 +1,6 @@
-"""Triton kernels for LFM2's element-wise work: SwiGLU, RMSNorm (with the residual add before it) and the
-masked short convolution, each one launch forward and one backward.
+"""Triton kernels for LFM2's element-wise work: SwiGLU (of two tensors, or of one holding both side by side),
+RMSNorm (with the residual add before it) and the masked short convolution, each one launch forward and one
+backward.
 
 Upstream, each of these is a chain of PyTorch element-wise kernels, each reading and writing the whole
 activation: SwiGLU's `silu(a) * b` is 2 kernels forward and ~4 backward; the RMSNorm times its weight 2
@@ -20,30 +21,49 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK = 2048  # elements per program of the flat element-wise kernels
+BLOCK = 1024  # columns per program of the SwiGLU kernels
 
 
 @triton.jit
-def _swiglu_fwd(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    out = a * tl.sigmoid(a) * b
-    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+def _swiglu_fwd(a_ptr, b_ptr, out_ptr, width, stride, b_offset, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < width
+    a = tl.load(a_ptr + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + row * stride + b_offset + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * width + cols, (a * tl.sigmoid(a) * b).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _swiglu_bwd(a_ptr, b_ptr, g_ptr, da_ptr, db_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+def _swiglu_bwd(a_ptr, b_ptr, g_ptr, da_ptr, db_ptr, width, stride, b_offset, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < width
+    a = tl.load(a_ptr + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + row * stride + b_offset + cols, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + row * width + cols, mask=mask, other=0.0).to(tl.float32)
     sig = tl.sigmoid(a)
-    silu = a * sig
-    tl.store(db_ptr + offs, (g * silu).to(db_ptr.dtype.element_ty), mask=mask)
-    tl.store(da_ptr + offs, (g * b * sig * (1.0 + a * (1.0 - sig))).to(da_ptr.dtype.element_ty), mask=mask)
+    dtype = da_ptr.dtype.element_ty
+    tl.store(da_ptr + row * stride + cols, (g * b * sig * (1.0 + a * (1.0 - sig))).to(dtype), mask=mask)
+    tl.store(db_ptr + row * stride + b_offset + cols, (g * a * sig).to(dtype), mask=mask)
+
+
+def _swiglu(a: torch.Tensor, b: torch.Tensor, width: int, b_offset: int) -> torch.Tensor:
+    """out[row, c] = silu(a[row, c]) * b[row, b_offset + c] for rows of `width` outputs, a and b contiguous with
+    rows as long as a's last axis (b_offset > 0: b is a, [a | b] side by side)."""
+    stride = a.shape[-1]
+    out = a.new_empty(*a.shape[:-1], width)
+    _swiglu_fwd[(out.numel() // width, triton.cdiv(width, BLOCK))](a, b, out, width, stride, b_offset, BLOCK=BLOCK)
+    return out
+
+
+def _swiglu_grad(a: torch.Tensor, b: torch.Tensor, grad: torch.Tensor, b_offset: int) -> tuple[torch.Tensor, ...]:
+    width, stride = grad.shape[-1], a.shape[-1]
+    da = torch.empty_like(a)
+    db = da if b_offset else torch.empty_like(b)  # side by side: one tensor holds both
+    grid = (grad.numel() // width, triton.cdiv(width, BLOCK))
+    _swiglu_bwd[grid](a, b, grad.contiguous(), da, db, width, stride, b_offset, BLOCK=BLOCK)
+    return (da,) if b_offset else (da, db)
 
 
 class SwiGLU(torch.autograd.Function):
@@ -52,20 +72,29 @@ class SwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a, b = a.contiguous(), b.contiguous()
-        out = torch.empty_like(a)
-        n = a.numel()
-        _swiglu_fwd[(triton.cdiv(n, BLOCK),)](a, b, out, n, BLOCK=BLOCK)
         ctx.save_for_backward(a, b)
-        return out
+        return _swiglu(a, b, a.shape[-1], 0)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
         a, b = ctx.saved_tensors
-        grad = grad.contiguous()
-        da, db = torch.empty_like(a), torch.empty_like(b)
-        n = a.numel()
-        _swiglu_bwd[(triton.cdiv(n, BLOCK),)](a, b, grad, da, db, n, BLOCK=BLOCK)
-        return da, db
+        return _swiglu_grad(a, b, grad, 0)
+
+
+class SwiGLURows(torch.autograd.Function):
+    """silu(a) * b for gu = [a | b] side by side on the last axis ([..., 2F] to [..., F]), as the stacked LoRA step
+    gives LFM2's w1 and w3 outputs (model/fused_lora.stacked); its gradient comes back the same way, one tensor."""
+
+    @staticmethod
+    def forward(ctx: Any, gu: torch.Tensor) -> torch.Tensor:
+        gu = gu.contiguous()
+        ctx.save_for_backward(gu)
+        return _swiglu(gu, gu, gu.shape[-1] // 2, gu.shape[-1] // 2)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (gu,) = ctx.saved_tensors
+        return _swiglu_grad(gu, gu, grad, gu.shape[-1] // 2)[0]
 
 
 @triton.jit
