@@ -56,17 +56,18 @@ def _parameter_walks() -> None:
 
 
 def _one_step_per_layer() -> None:
-    """Each feed-forward's w1 and w3 as two fused LoRA steps, as before model/fused_lora.stacked ran them as one."""
+    """One fused LoRA step per layer: each feed-forward's w1 and w3, and each attention's q, k and v, on their own
+    (model/fused_lora.stacked runs the layers of one input as one step)."""
     from saudial.model import fused_lora
 
-    _replace(fused_lora, "stacked", lambda layers, x: None)
+    _replace(fused_lora, "stacked", lambda layers, x, split=False: None)
 
 
 WITHOUT: dict[str, Callable[[], None]] = {
     "compact-loss-head": _trl_loss_head,
     "cudnn-attention-off": _cudnn_attention,
     "parameters-listed-once": _parameter_walks,
-    "w1-w3-stacked": _one_step_per_layer,
+    "stacked-lora": _one_step_per_layer,
 }
 
 

@@ -101,7 +101,7 @@ def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
     without = [
         ("TRL's loss head", {"BENCH_WITHOUT": "compact-loss-head"}),
         ("parameters walked every step", {"BENCH_WITHOUT": "parameters-listed-once"}),
-        ("w1 and w3 as two LoRA steps", {"BENCH_WITHOUT": "w1-w3-stacked"}),
+        ("LoRA layers of one input unstacked", {"BENCH_WITHOUT": "stacked-lora"}),
         ("dequantized on each use", {"SAUDIAL_DEQUANTIZE_ONCE": "false"}),
         ("SDPA + mask, no varlen", SDPA),
         ("SDPA + mask, cuDNN attention on", SDPA | {"BENCH_WITHOUT": "cudnn-attention-off"}),

@@ -48,7 +48,7 @@ def test_each_ablation_takes_its_override_out(restored: pytest.MonkeyPatch) -> N
     assert SyncFreeSFTTrainer._clip_grad_norm is Trainer._clip_grad_norm  # the parameters listed every step
 
     stacked = fused_lora.stacked
-    ablate.WITHOUT["w1-w3-stacked"]()
+    ablate.WITHOUT["stacked-lora"]()
     assert fused_lora.stacked is not stacked
     assert fused_lora.stacked((torch.nn.Linear(4, 4),) * 2, torch.ones(1, 4)) is None  # each layer on its own
 

@@ -65,13 +65,14 @@ def test_one_layer_is_as_exact_as_peft(tiny_model: Path, device: str, keep: bool
 @pytest.mark.parametrize("device", DEVICES)
 def test_model_loss_and_lora_gradients_match_peft(tiny_model: Path, device: str, keep: bool) -> None:
     """The whole model with every 4-bit LoRA layer fused, and with LFM2's kernel forwards on it, which run each
-    feed-forward's w1 and w3 as one stacked step (model/fast_lfm2.py; on the CPU in Triton's interpreter)."""
+    feed-forward's w1 and w3, and each attention's q, k and v, as one stacked step (model/fast_lfm2.py; on the CPU
+    in Triton's interpreter)."""
     model = peft_4bit(tiny_model, device)
     ids = torch.randint(3, model.config.vocab_size, (1, 160), generator=torch.Generator().manual_seed(2)).to(device)
 
     def step() -> tuple[float, dict[str, torch.Tensor]]:
         model.zero_grad()
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss  # as training calls it
         loss.backward()
         grads = {n: p.grad.detach().float().flatten() for n, p in model.named_parameters() if p.requires_grad}
         return loss.item(), grads
@@ -100,28 +101,38 @@ def test_model_loss_and_lora_gradients_match_peft(tiny_model: Path, device: str,
     outputs: list[torch.Tensor | None] = []
     stacked = fused_lora.stacked
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fused_lora, "stacked", lambda *a: outputs.append(stacked(*a)) or outputs[-1])
+        patch.setattr(fused_lora, "stacked", lambda *a, **k: outputs.append(stacked(*a, **k)) or outputs[-1])
         kernel_loss, kernel_grads = step()
-    assert len(outputs) == len(pairs) and all(out is not None for out in outputs)  # each feed-forward stacked
+    attention = sum(1 for m in model.modules() if type(m).__name__ == "Lfm2Attention")
+    assert attention > 0  # the tiny model has attention layers and short conv layers
+    assert len(outputs) == len(pairs) + attention  # each feed-forward's w1, w3 and each attention's q, k, v
+    assert all(out is not None for out in outputs)
     assert abs(kernel_loss - loss) <= 2e-3 * abs(loss)
     for name, grad in grads.items():
         cosine = torch.nn.functional.cosine_similarity(grad, kernel_grads[name], dim=0).item()
         assert cosine > 0.999, (name, cosine)
 
 
-@pytest.mark.parametrize("keep", [False, True], ids=["dequantized-each-use", "dequantized-once"])
+@pytest.mark.parametrize(
+    ("keep", "split"), [(False, False), (True, False), (False, True)], ids=["w1w3", "w1w3-kept", "qkv-split"]
+)
 @pytest.mark.parametrize("device", DEVICES)
-def test_stacked_layers_are_as_exact_as_peft(tiny_model: Path, device: str, keep: bool) -> None:
-    """Two layers of one input (a feed-forward's w1 and w3) as one stacked step: both outputs side by side, and
-    every gradient, as exact as PEFT's two layers against a float64 reference."""
+def test_stacked_layers_are_as_exact_as_peft(tiny_model: Path, device: str, keep: bool, split: bool) -> None:
+    """Layers of one input as one stacked step (a feed-forward's w1 and w3, their outputs side by side; an
+    attention's q, k and v, one output each): every output and gradient as exact as PEFT's layers against a
+    float64 reference."""
     model = peft_4bit(tiny_model, device)
-    mlp = model.base_model.model.model.layers[-1].feed_forward
-    pair = (mlp.w1, mlp.w3)
+    if split:
+        attention = next(m for m in model.modules() if type(m).__name__ == "Lfm2Attention")
+        layers: tuple[Any, ...] = (attention.q_proj, attention.k_proj, attention.v_proj)
+    else:
+        mlp = model.base_model.model.model.layers[-1].feed_forward
+        layers = (mlp.w1, mlp.w3)
     generator = torch.Generator().manual_seed(4)
-    x0 = torch.randn(300, mlp.w1.in_features, generator=generator).to(device, torch.bfloat16)
-    widths = [layer.out_features for layer in pair]
+    x0 = torch.randn(300, layers[0].in_features, generator=generator).to(device, torch.bfloat16)
+    widths = [layer.out_features for layer in layers]
     g = torch.randn(300, sum(widths), generator=generator).to(device, torch.bfloat16)
-    params = [p for layer in pair for p in (layer.lora_A["default"].weight, layer.lora_B["default"].weight)]
+    params = [p for layer in layers for p in (layer.lora_A["default"].weight, layer.lora_B["default"].weight)]
 
     def run(forward: Any) -> list[torch.Tensor]:
         x = x0.clone().requires_grad_(True)
@@ -135,30 +146,42 @@ def test_stacked_layers_are_as_exact_as_peft(tiny_model: Path, device: str, keep
     xd = x0.double().requires_grad_(True)
     refs = [p.detach().double().requires_grad_(True) for p in params]
     outs = []
-    for layer, (a, b) in zip(pair, zip(refs[0::2], refs[1::2], strict=True), strict=True):
+    for layer, (a, b) in zip(layers, zip(refs[0::2], refs[1::2], strict=True), strict=True):
         weight = bnb.functional.dequantize_4bit(layer.base_layer.weight, layer.base_layer.weight.quant_state)
         outs.append(xd @ weight.double().t() + layer.scaling["default"] * (xd @ a.t()) @ b.t())
     yd = torch.cat(outs, dim=-1)
     yd.backward(g.double())
     reference = [yd.detach(), xd.grad, *(r.grad for r in refs)]
 
-    peft = run(lambda x: torch.cat([type(layer).forward(layer, x) for layer in pair], dim=-1))
+    peft = run(lambda x: torch.cat([type(layer).forward(layer, x) for layer in layers], dim=-1))
     fused_lora.fuse(model)
-    assert fused_lora.stacked(pair, x0.float()) is None  # not the compute dtype: the layers one by one
+    assert fused_lora.stacked(layers, x0.float(), split=split) is None  # not the compute dtype: one by one
     if keep:
-        fused_lora.keep_dequantized(model, [pair])
-        stack = mlp.w1._saudial_frozen.stack
-        assert stack is not None and stack.shape == (sum(widths), mlp.w1.in_features)  # one tensor for both
-        assert fused_lora._kept_stack((mlp.w1._saudial_frozen, mlp.w3._saudial_frozen), torch.bfloat16) is stack
-    stacked = run(lambda x: fused_lora.stacked(pair, x))
-    names = ["y", "dx", "dA1", "dB1", "dA3", "dB3"]
+        fused_lora.keep_dequantized(model, [layers])
+        frozen = tuple(layer._saudial_frozen for layer in layers)
+        stack = frozen[0].stack
+        assert stack is not None and stack.shape == (sum(widths), layers[0].in_features)  # one tensor for both
+        assert fused_lora._kept_stack(frozen, torch.bfloat16) is stack
+    if split:
+        stacked = run(lambda x: torch.cat(fused_lora.stacked(layers, x, split=True), dim=-1))
+    else:
+        stacked = run(lambda x: fused_lora.stacked(layers, x))
+    names = ["y", "dx", *(f"{kind}{i}" for i in range(len(layers)) for kind in ("dA", "dB"))]
     for name, ref, p, f in zip(names, reference, peft, stacked, strict=True):
         assert ref is not None
         scale = ref.abs().max().item()
         peft_error, fused_error = ((t - ref).abs().max().item() / scale for t in (p, f))
         assert fused_error <= max(1.5 * peft_error, 2e-3), (name, peft_error, fused_error)
     with model.disable_adapter():  # a call the fused step does not cover: not stacked
-        assert fused_lora.stacked(pair, x0) is None
+        assert fused_lora.stacked(layers, x0) is None
+    if split:  # an output that reaches no loss: its A and B get gradients of zeros, the others theirs
+        x = x0.clone().requires_grad_(True)
+        for p in params:
+            p.grad = None
+        query, _, value = fused_lora.stacked(layers, x, split=True)
+        (query.sum() + value.sum()).backward()
+        grads = [p.grad for p in params]
+        assert all(grad is not None and grad.any() == (i not in (2, 3)) for i, grad in enumerate(grads))
 
 
 def test_what_the_function_does_not_cover_goes_to_peft(tiny_model: Path) -> None:

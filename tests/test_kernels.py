@@ -180,7 +180,7 @@ def test_lfm2_with_kernels_matches_lfm2_without(device: str) -> None:
 
     loss_ref, grad_ref = run()
     counts = fast_lfm2.install(model, cpu=device == "cpu")
-    assert counts == {"mlp": 4, "norm": 4 * 2 + 2 + 1, "layer": 4, "conv": 3}
+    assert counts == {"mlp": 4, "attention": 1, "norm": 4 * 2 + 2 + 1, "layer": 4, "conv": 3}
     loss, grad = run()
     assert abs(float(loss - loss_ref)) < 1e-5 * float(loss_ref)
     assert _rel(grad, grad_ref.double()) < 1e-5

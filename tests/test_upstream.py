@@ -249,10 +249,10 @@ def test_lfm2_rms_norm_is_what_the_fused_forward_replaces() -> None:
 
 
 def test_lfm2_modules_whose_forwards_fast_lfm2_replaces() -> None:
-    """fast_lfm2.install gives LFM2's MLP, decoder layer and short conv modules forwards of its own: they take
-    upstream's arguments, read these attributes, and compute what upstream's forwards compute (the MLP's
-    w2(silu(w1 x) * w3 x)). The layer's checkpointing is upstream's class wrapper, which fast_lfm2 repeats.
-    tests/test_kernels.py checks the whole model with and without."""
+    """fast_lfm2.install gives LFM2's MLP, attention, decoder layer and short conv modules forwards of their own:
+    they take upstream's arguments, read these attributes and functions, and compute what upstream's forwards
+    compute (the MLP's w2(silu(w1 x) * w3 x)). The layer's checkpointing is upstream's class wrapper, which
+    fast_lfm2 repeats. tests/test_kernels.py and tests/test_fused_lora.py check the whole model with and without."""
     from transformers.modeling_layers import GradientCheckpointingLayer
     from transformers.models.lfm2 import modeling_lfm2 as lfm2
 
@@ -269,6 +269,10 @@ def test_lfm2_modules_whose_forwards_fast_lfm2_replaces() -> None:
         "kwargs",
     ]
     assert issubclass(lfm2.Lfm2DecoderLayer, GradientCheckpointingLayer)
+    attention_args = ["self", "hidden_states", "position_embeddings", "attention_mask", "past_key_values", "kwargs"]
+    assert params(lfm2.Lfm2Attention.forward) == attention_args
+    assert callable(lfm2.apply_rotary_pos_emb) and callable(lfm2.eager_attention_forward)
+    assert callable(lfm2.ALL_ATTENTION_FUNCTIONS.get_interface)
     config = tiny_config(vocab_size=32)
     torch.manual_seed(0)
     mlp = lfm2.Lfm2MLP(config)
@@ -282,6 +286,9 @@ def test_lfm2_modules_whose_forwards_fast_lfm2_replaces() -> None:
         for name in ("operator_norm", "ffn_norm", "feed_forward", "self_attn" if layer.is_attention_layer else "conv"):
             assert hasattr(layer, name), f"Lfm2DecoderLayer has no {name}: review model/fast_lfm2.py"
     assert set(kinds) == {True, False}  # the tiny model has both kinds of layer
+    attention = kinds[True].self_attn
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj", "q_layernorm", "k_layernorm", "head_dim", "scaling"):
+        assert hasattr(attention, name), f"Lfm2Attention has no {name}: review model/fast_lfm2.py"
     conv = kinds[False].conv
     assert isinstance(conv.in_proj, torch.nn.Linear) and isinstance(conv.out_proj, torch.nn.Linear)
     assert conv.in_proj.out_features == 3 * config.hidden_size  # B, C, x, in this order (kernels.GatedShortConv)

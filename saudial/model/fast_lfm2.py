@@ -8,6 +8,8 @@ module of the model a forward that computes the same function with one kernel pe
   4-bit LoRA layers, they run as one step (model/fused_lora.stacked: one GEMM for both LoRA A's and one for
   both frozen weights, each way, instead of two of each and the add of their input gradients), and the kernel
   reads their outputs side by side (kernels.SwiGLURows);
+- `Lfm2Attention`: upstream's forward, with q, k and v from one fused LoRA step where all three are fused LoRA
+  layers (one GEMM for the three LoRA A's each way, the input gradient summed in place);
 - `Lfm2DecoderLayer`: the residual add after the operator and the feed-forward norm after it in one kernel
   (kernels.AddRMSNorm), and its backward adds the residual stream's gradient in the same pass;
 - `Lfm2RMSNorm` elsewhere (the operator norm, the q/k norms, the last norm): kernels.RMSNorm;
@@ -72,6 +74,37 @@ def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     if not _covered(gate, self._saudial_cpu) or gate.dtype != up.dtype or gate.shape != up.shape:
         return self.w2(F.silu(gate) * up)
     return self.w2(kernels.SwiGLU.apply(gate, up))
+
+
+def _attention_forward(
+    self: Any,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    attention_mask: Any,
+    past_key_values: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
+    """Upstream's `Lfm2Attention.forward` with q, k and v from one stacked LoRA step; upstream's where that does
+    not cover the call (a cache, layers that are not fused LoRA layers)."""
+    from transformers.models.lfm2 import modeling_lfm2 as lfm2
+
+    fused_lora = sys.modules.get("saudial.model.fused_lora")
+    qkv = None
+    if fused_lora is not None and past_key_values is None:
+        qkv = fused_lora.stacked((self.q_proj, self.k_proj, self.v_proj), hidden_states, split=True)
+    if qkv is None:
+        return type(self).forward(self, hidden_states, position_embeddings, attention_mask, past_key_values, **kwargs)
+    hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+    query, key, value = (t.view(hidden_shape) for t in qkv)
+    query, key = self.q_layernorm(query).transpose(1, 2), self.k_layernorm(key).transpose(1, 2)
+    query, key = lfm2.apply_rotary_pos_emb(query, key, *position_embeddings)
+    attention = lfm2.ALL_ATTENTION_FUNCTIONS.get_interface(
+        self.config._attn_implementation, lfm2.eager_attention_forward
+    )
+    out, weights = attention(
+        self, query, key, value.transpose(1, 2), attention_mask, dropout=0.0, scaling=self.scaling, **kwargs
+    )
+    return self.out_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
 
 
 def _layer_forward(
@@ -179,7 +212,7 @@ def install(model: torch.nn.Module, cpu: bool = False) -> dict[str, int]:
     TRITON_INTERPRET=1)."""
     from transformers.models.lfm2 import modeling_lfm2 as lfm2
 
-    counts = {"mlp": 0, "norm": 0, "layer": 0, "conv": 0}
+    counts = {"mlp": 0, "attention": 0, "norm": 0, "layer": 0, "conv": 0}
     for module in model.modules():
         kind = type(module)
         if getattr(module, "_saudial_cpu", None) is not None:  # installed already
@@ -187,6 +220,9 @@ def install(model: torch.nn.Module, cpu: bool = False) -> dict[str, int]:
         if kind is lfm2.Lfm2MLP:
             module.forward = types.MethodType(_mlp_forward, module)
             counts["mlp"] += 1
+        elif kind is lfm2.Lfm2Attention:
+            module.forward = types.MethodType(_attention_forward, module)
+            counts["attention"] += 1
         elif kind is lfm2.Lfm2RMSNorm:
             vars(module)["_saudial_fallback"] = module.forward  # the fused or upstream forward, bound
             module.forward = types.MethodType(_norm_forward, module)
