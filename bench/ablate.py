@@ -57,10 +57,10 @@ def _parameter_walks() -> None:
 
 def _one_step_per_layer() -> None:
     """One fused LoRA step per layer: each feed-forward's w1 and w3, and each attention's q, k and v, on their own
-    (model/fused_lora.stacked runs the layers of one input as one step)."""
-    from saudial.model import fused_lora
+    (model/stacked_lora.py runs the layers of one input as one step)."""
+    from saudial.model import stacked_lora
 
-    _replace(fused_lora, "stacked", lambda layers, x, split=False: None)
+    _replace(stacked_lora, "stacked", lambda layers, x, split=False: None)
 
 
 WITHOUT: dict[str, Callable[[], None]] = {

@@ -10,7 +10,7 @@ import torch
 from transformers import Trainer
 
 from bench import ablate
-from saudial.model import fused_lora, lm_head, patches
+from saudial.model import lm_head, patches, stacked_lora
 from saudial.training.sync_free import SyncFreeSFTTrainer
 
 
@@ -19,7 +19,7 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """The ablations replace module attributes process-wide: monkeypatch puts them back after the test."""
     monkeypatch.setattr(lm_head, "supported", lm_head.supported)
     monkeypatch.setattr(patches, "avoid_cudnn_attention", patches.avoid_cudnn_attention)
-    monkeypatch.setattr(fused_lora, "stacked", fused_lora.stacked)
+    monkeypatch.setattr(stacked_lora, "stacked", stacked_lora.stacked)
     for name in ("floating_point_ops", "_clip_grad_norm"):
         monkeypatch.setattr(SyncFreeSFTTrainer, name, getattr(SyncFreeSFTTrainer, name))
     return monkeypatch
@@ -47,10 +47,10 @@ def test_each_ablation_takes_its_override_out(restored: pytest.MonkeyPatch) -> N
     assert SyncFreeSFTTrainer.floating_point_ops is Trainer.floating_point_ops  # the count taken every step
     assert SyncFreeSFTTrainer._clip_grad_norm is Trainer._clip_grad_norm  # the parameters listed every step
 
-    stacked = fused_lora.stacked
+    stacked = stacked_lora.stacked
     ablate.WITHOUT["stacked-lora"]()
-    assert fused_lora.stacked is not stacked
-    assert fused_lora.stacked((torch.nn.Linear(4, 4),) * 2, torch.ones(1, 4)) is None  # each layer on its own
+    assert stacked_lora.stacked is not stacked
+    assert stacked_lora.stacked((torch.nn.Linear(4, 4),) * 2, torch.ones(1, 4)) is None  # each layer on its own
 
 
 def test_an_ablation_whose_function_is_gone_stops_instead_of_measuring_nothing(restored: pytest.MonkeyPatch) -> None:

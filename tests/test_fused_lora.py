@@ -1,4 +1,5 @@
-"""The fused 4-bit LoRA step (model/fused_lora.py) against PEFT's own layers, on a real NF4 model.
+"""The fused 4-bit LoRA step (model/fused_lora.py), one layer and stacked (model/stacked_lora.py), against PEFT's own
+layers, on a real NF4 model.
 
 The tiny LFM2 is loaded in 4-bit through transformers' real from_pretrained + BitsAndBytesConfig (on the CPU
 here; tests/test_gpu.py trains with it on a GPU), wrapped by PEFT with saudial's LoraConfig, its LoRA
@@ -15,7 +16,7 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from saudial.model import fused_lora
+from saudial.model import fused_lora, stacked_lora
 from tests.models import lora_4bit_layers, peft_4bit
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -99,9 +100,9 @@ def test_model_loss_and_lora_gradients_match_peft(tiny_model: Path, device: str,
             fused_lora.forget(layer)
         fused_lora.keep_dequantized(model, pairs)
     outputs: list[torch.Tensor | None] = []
-    stacked = fused_lora.stacked
+    stacked = stacked_lora.stacked
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fused_lora, "stacked", lambda *a, **k: outputs.append(stacked(*a, **k)) or outputs[-1])
+        patch.setattr(stacked_lora, "stacked", lambda *a, **k: outputs.append(stacked(*a, **k)) or outputs[-1])
         kernel_loss, kernel_grads = step()
     attention = sum(1 for m in model.modules() if type(m).__name__ == "Lfm2Attention")
     assert attention > 0  # the tiny model has attention layers and short conv layers
@@ -155,17 +156,17 @@ def test_stacked_layers_are_as_exact_as_peft(tiny_model: Path, device: str, keep
 
     peft = run(lambda x: torch.cat([type(layer).forward(layer, x) for layer in layers], dim=-1))
     fused_lora.fuse(model)
-    assert fused_lora.stacked(layers, x0.float(), split=split) is None  # not the compute dtype: one by one
+    assert stacked_lora.stacked(layers, x0.float(), split=split) is None  # not the compute dtype: one by one
     if keep:
         fused_lora.keep_dequantized(model, [layers])
         frozen = tuple(layer._saudial_frozen for layer in layers)
         stack = frozen[0].stack
         assert stack is not None and stack.shape == (sum(widths), layers[0].in_features)  # one tensor for both
-        assert fused_lora._kept_stack(frozen, torch.bfloat16) is stack
+        assert stacked_lora._kept_stack(frozen, torch.bfloat16) is stack
     if split:
-        stacked = run(lambda x: torch.cat(fused_lora.stacked(layers, x, split=True), dim=-1))
+        stacked = run(lambda x: torch.cat(stacked_lora.stacked(layers, x, split=True), dim=-1))
     else:
-        stacked = run(lambda x: fused_lora.stacked(layers, x))
+        stacked = run(lambda x: stacked_lora.stacked(layers, x))
     names = ["y", "dx", *(f"{kind}{i}" for i in range(len(layers)) for kind in ("dA", "dB"))]
     for name, ref, p, f in zip(names, reference, peft, stacked, strict=True):
         assert ref is not None
@@ -173,12 +174,12 @@ def test_stacked_layers_are_as_exact_as_peft(tiny_model: Path, device: str, keep
         peft_error, fused_error = ((t - ref).abs().max().item() / scale for t in (p, f))
         assert fused_error <= max(1.5 * peft_error, 2e-3), (name, peft_error, fused_error)
     with model.disable_adapter():  # a call the fused step does not cover: not stacked
-        assert fused_lora.stacked(layers, x0) is None
+        assert stacked_lora.stacked(layers, x0) is None
     if split:  # an output that reaches no loss: its A and B get gradients of zeros, the others theirs
         x = x0.clone().requires_grad_(True)
         for p in params:
             p.grad = None
-        query, _, value = fused_lora.stacked(layers, x, split=True)
+        query, _, value = stacked_lora.stacked(layers, x, split=True)
         (query.sum() + value.sum()).backward()
         grads = [p.grad for p in params]
         assert all(grad is not None and grad.any() == (i not in (2, 3)) for i, grad in enumerate(grads))

@@ -5,7 +5,7 @@ batch on an H100 they were ~29% of the GPU's busy time per step (docs/benchmarks
 module of the model a forward that computes the same function with one kernel per piece, each way:
 
 - `Lfm2MLP`: `w2(silu(w1 x) * w3 x)`, the product in one kernel (kernels.SwiGLU). Where w1 and w3 are both fused
-  4-bit LoRA layers, they run as one step (model/fused_lora.stacked: one GEMM for both LoRA A's and one for
+  4-bit LoRA layers, they run as one step (model/stacked_lora.py: one GEMM for both LoRA A's and one for
   both frozen weights, each way, instead of two of each and the add of their input gradients), and the kernel
   reads their outputs side by side (kernels.SwiGLURows);
 - `Lfm2Attention`: upstream's forward, with q, k and v from one fused LoRA step where all three are fused LoRA
@@ -26,7 +26,6 @@ model's loss and gradients with and without them.
 from __future__ import annotations
 
 import functools
-import sys
 import types
 from typing import Any
 
@@ -64,10 +63,9 @@ def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    from saudial.model import kernels
+    from saudial.model import kernels, stacked_lora
 
-    fused_lora = sys.modules.get("saudial.model.fused_lora")  # imported where any layer was fused
-    gate_up = fused_lora.stacked((self.w1, self.w3), x) if fused_lora is not None else None
+    gate_up = stacked_lora.stacked((self.w1, self.w3), x)
     if gate_up is not None and _covered(gate_up, self._saudial_cpu):
         return self.w2(kernels.SwiGLURows.apply(gate_up))
     gate, up = self.w1(x), self.w3(x)
@@ -88,10 +86,11 @@ def _attention_forward(
     not cover the call (a cache, layers that are not fused LoRA layers)."""
     from transformers.models.lfm2 import modeling_lfm2 as lfm2
 
-    fused_lora = sys.modules.get("saudial.model.fused_lora")
+    from saudial.model import stacked_lora
+
     qkv = None
-    if fused_lora is not None and past_key_values is None:
-        qkv = fused_lora.stacked((self.q_proj, self.k_proj, self.v_proj), hidden_states, split=True)
+    if past_key_values is None:
+        qkv = stacked_lora.stacked((self.q_proj, self.k_proj, self.v_proj), hidden_states, split=True)
     if qkv is None:
         return type(self).forward(self, hidden_states, position_embeddings, attention_mask, past_key_values, **kwargs)
     hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
@@ -199,8 +198,8 @@ def _conv_forward(
 
 
 def stacks(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
-    """The layers that the installed feed-forward forwards run as one step (w1 and w3 of each), for
-    fused_lora.keep_dequantized to keep each pair's weights as one tensor."""
+    """The layers that the installed feed-forward forwards run as one step (w1 and w3 of each,
+    model/stacked_lora.py), for fused_lora.keep_dequantized to keep each pair's weights as one tensor."""
     from transformers.models.lfm2 import modeling_lfm2 as lfm2
 
     installed = (m for m in model.modules() if vars(m).get("_saudial_cpu") is not None)

@@ -83,7 +83,7 @@ class SwiGLU(torch.autograd.Function):
 
 class SwiGLURows(torch.autograd.Function):
     """silu(a) * b for gu = [a | b] side by side on the last axis ([..., 2F] to [..., F]), as the stacked LoRA step
-    gives LFM2's w1 and w3 outputs (model/fused_lora.stacked); its gradient comes back the same way, one tensor."""
+    gives LFM2's w1 and w3 outputs (model/stacked_lora.py); its gradient comes back the same way, one tensor."""
 
     @staticmethod
     def forward(ctx: Any, gu: torch.Tensor) -> torch.Tensor:
