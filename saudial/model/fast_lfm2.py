@@ -65,8 +65,8 @@ def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
 def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     from saudial.model import kernels, stacked_lora
 
-    gate_up = stacked_lora.stacked((self.w1, self.w3), x)
-    if gate_up is not None and _covered(gate_up, self._saudial_cpu):
+    gate_up = stacked_lora.stacked((self.w1, self.w3), x) if _covered(x, self._saudial_cpu) else None
+    if gate_up is not None:
         return self.w2(kernels.SwiGLURows.apply(gate_up))
     gate, up = self.w1(x), self.w3(x)
     if not _covered(gate, self._saudial_cpu) or gate.dtype != up.dtype or gate.shape != up.shape:

@@ -183,8 +183,8 @@ def build_trainer(
             else:
                 log.info("fused LoRA: %d 4-bit linear layers, one autograd step each", fused_lora.fuse(peft_model))
                 if keeps_dequantized(settings):
-                    # The layers of one input (an attention's q, k, v; a feed-forward's w1, w3) kept as one tensor:
-                    # one GEMM for them each way (model/stacked_lora.py)
+                    # w1 and w3 of each feed-forward kept as one tensor: one frozen GEMM for both each way
+                    # (model/stacked_lora.py); q, k and v keep theirs apart, their outputs three tensors for the norms
                     layers, size = fused_lora.keep_dequantized(peft_model, fast_lfm2.stacks(peft_model))
                     log.info(
                         "frozen weights: %d layers dequantized once and kept, %.1f GB (SAUDIAL_DEQUANTIZE_ONCE=false: "
