@@ -44,17 +44,6 @@ def _cudnn_attention() -> None:
     _replace(patches, "avoid_cudnn_attention", lambda: None)
 
 
-def _parameter_walks() -> None:
-    """The Trainer's own FLOPs count and gradient clipping, which walk the model's parameters every step
-    (training/sync_free.py counts and lists them once)."""
-    from transformers import Trainer
-
-    from saudial.training.sync_free import SyncFreeSFTTrainer
-
-    for name in ("floating_point_ops", "_clip_grad_norm"):
-        _replace(SyncFreeSFTTrainer, name, getattr(Trainer, name))
-
-
 def _one_step_per_layer() -> None:
     """One fused LoRA step per layer: each feed-forward's w1 and w3, and each attention's q, k and v, on their own
     (model/stacked_lora.py runs the layers of one input as one step)."""
@@ -66,7 +55,6 @@ def _one_step_per_layer() -> None:
 WITHOUT: dict[str, Callable[[], None]] = {
     "compact-loss-head": _trl_loss_head,
     "cudnn-attention-off": _cudnn_attention,
-    "parameters-listed-once": _parameter_walks,
     "stacked-lora": _one_step_per_layer,
 }
 

@@ -100,7 +100,6 @@ def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
     steps = 4 if smoke else 40
     without = [
         ("TRL's loss head", {"BENCH_WITHOUT": "compact-loss-head"}),
-        ("parameters walked every step", {"BENCH_WITHOUT": "parameters-listed-once"}),
         ("LoRA layers of one input unstacked", {"BENCH_WITHOUT": "stacked-lora"}),
         ("dequantized on each use", {"SAUDIAL_DEQUANTIZE_ONCE": "false"}),
         ("SDPA + mask, no varlen", SDPA),

@@ -21,15 +21,8 @@ mean of the earlier losses in its place), and the run stops there with a `Traini
 or at a checkpoint before it (which also checks that the trained weights are finite: a step with a finite
 loss and a NaN gradient norm makes them NaN), so that no diverged adapter or checkpoint is saved.
 
-The host's own work in a step counts for the same reason: where the host is slower than the GPU, each of its
-milliseconds is one the GPU idles. Upstream walks all of the model's parameters (with LoRA, ~1,100 modules) three
-times a step outside the model: `floating_point_ops` counts them for the run's FLOPs, and gradient clipping lists
-them twice to find the gradients. The count and the trained parameters do not change during a run: here they are
-taken once (~6 ms a step less on 2 CPU cores, an LFM2-1.2B-shaped model; bench/host_profile.py). The frozen
-parameters have no gradient, which clipping skips: the same norm and the same clipped gradients.
-
 tests/test_sync_free.py checks the loss, the logged metrics (the gradient norm among them), the FLOPs and the
-token count against TRL's own trainer, and that the overridden Trainer methods are still called.
+token count against TRL's own trainer, and that the overridden Trainer method is still called.
 """
 
 from __future__ import annotations
@@ -38,7 +31,6 @@ import math
 from typing import Any
 
 import torch
-from accelerate.utils import DistributedType
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -77,9 +69,6 @@ class SyncFreeSFTTrainer(SFTTrainer):
         self.host_counted_batches = 0  # batches counted on the host (tests: the override is still called)
         self._pending: list[torch.Tensor] = []  # per step [entropy, mean token accuracy], on the GPU
         self._pending_tokens: list[torch.Tensor] = []  # per step tokens (TRL's num_tokens) when not known on host
-        self._parameter_count: int | None = None  # floating_point_ops' count, taken at the first step
-        self._trained: tuple[Any, list[torch.nn.Parameter]] | None = None  # (model, its trained parameters)
-        self.clipped_from_the_list = 0  # steps clipped over the listed parameters (tests: the override is called)
 
     # The loaders' worker processes ignore SIGTERM/SIGINT: this process stops the run (process/signals.QuietWorker).
     def get_train_dataloader(self) -> Any:
@@ -100,31 +89,6 @@ class SyncFreeSFTTrainer(SFTTrainer):
             return
         self.state.num_input_tokens_seen += self._host_tokens
         self.host_counted_batches += 1
-
-    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
-        # Upstream: 6 x the batch's input tokens x `model.num_parameters(exclude_embeddings=True)`, which walks
-        # every module twice, every step; the count is taken once.
-        model: Any = self.model
-        main = getattr(model, "main_input_name", "input_ids")
-        if main not in inputs or not hasattr(model, "num_parameters"):
-            return super().floating_point_ops(inputs)
-        if self._parameter_count is None:
-            self._parameter_count = int(model.num_parameters(exclude_embeddings=True))
-        return 6 * inputs[main].numel() * self._parameter_count
-
-    def _clip_grad_norm(self, model: Any) -> Any:
-        # Upstream: accelerate's clip over `model.parameters()`, listed and filtered for gradients each step; the
-        # same clip over the trained parameters, listed once. FSDP, DeepSpeed and XLA clip their own way.
-        if self.accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU):
-            return super()._clip_grad_norm(model)
-        self.clipped_from_the_list += 1
-        return self.accelerator.clip_grad_norm_(self._trained_parameters(model), self.args.max_grad_norm)
-
-    def _trained_parameters(self, model: Any) -> list[torch.nn.Parameter]:
-        """`model`'s parameters that train, listed once per model."""
-        if self._trained is None or self._trained[0] is not model:
-            self._trained = (model, [p for p in model.parameters() if p.requires_grad])
-        return self._trained[1]
 
     def _plain_loss(self) -> bool:
         """Whether TRL's compute_loss would take its plain path: the fused LM head's mean token NLL."""
@@ -200,7 +164,7 @@ class SyncFreeSFTTrainer(SFTTrainer):
         # checkpoint of a diverged run is written for a restart to resume from. So are the trained weights: a
         # step whose loss was finite but whose gradient was not (its norm NaN) makes them NaN, and its loss
         # shows only in the next step's. One read, gathered: every rank stops alike.
-        trained = [p.detach() for p in self._trained_parameters(model)]
+        trained = [p.detach() for p in model.parameters() if p.requires_grad]
         finite = torch.stack([p.isfinite().all() for p in trained]).all() if trained else self._tr_loss.new_ones(())
         both = self.accelerator.gather(torch.stack([self._tr_loss.detach(), finite.to(self._tr_loss)]).view(1, 2))
         loss, ranks_finite = both.sum(0).tolist()
