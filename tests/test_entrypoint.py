@@ -187,3 +187,32 @@ def test_earlier_output_is_never_silently_overwritten(
     assert result.returncode == 2
     assert "SAUDIAL_OVERWRITE_OUTPUT_DIR=true" in result.stderr
     assert (out / "adapter_model.safetensors").read_bytes() == b"earlier run"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["one row", "SAUDIAL_EVAL_SIZE=0, chat"])
+def test_a_run_that_holds_nothing_out_trains_and_says_it_will_not_evaluate(
+    case: str, tiny_model: Path, saudial_frame: pd.DataFrame, tmp_path: Path, run_entry: RunEntry
+) -> None:
+    """A held-out side left empty (SAUDIAL_EVAL_SIZE=0, or data too small to hold a sentence out) once stopped
+    the run with exit 1: datasets cannot build a data set from an empty list of records."""
+    from tests.chat_files import conversations, write_jsonl
+
+    if case == "one row":
+        data = synthetic.write(saudial_frame.head(1), tmp_path / "one row.xlsx")
+        extra = {"SAUDIAL_EVAL": "full", "SAUDIAL_MAX_NEW_TOKENS": "4"}
+        said = f"no rows could be held out of {data} at SAUDIAL_EVAL_SIZE=0.1"
+    else:
+        data = write_jsonl(tmp_path / "chat.jsonl", conversations(8))
+        extra = {"SAUDIAL_TASK": "chat", "SAUDIAL_EVAL_SIZE": "0", "SAUDIAL_EVAL": "loss"}
+        said = "SAUDIAL_EVAL_SIZE=0 holds no rows out"
+    out = tmp_path / "out"
+    result = run_entry(base_env(tiny_model, data, out, SAUDIAL_MAX_STEPS="2", **extra))
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "Traceback" not in log
+    warning = [line for line in log.splitlines() if "will not evaluate" in line]
+    assert len(warning) == 1 and said in warning[0], warning
+    assert (out / "adapter_model.safetensors").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "eval_loss" not in json.dumps(metrics) and "bleu" not in json.dumps(metrics).lower()

@@ -85,7 +85,8 @@ def to_examples(
     records = [messages.tokenize(tokenizer, c, max_length) for c in conversations]
     if learnable_only:
         records = [r for r in records if any(r["assistant_masks"][:max_length])]
-    return datasets.Dataset.from_list(records, features=FEATURES)
+    # from_dict: datasets cannot build an empty data set from an empty list of records (an empty held-out side).
+    return datasets.Dataset.from_dict({key: [r[key] for r in records] for key in FEATURES}, features=FEATURES)
 
 
 def summarize(data: ChatData, split: ChatSplit, max_length: int, train_ds: datasets.Dataset) -> dict[str, Any]:

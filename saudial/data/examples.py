@@ -94,8 +94,10 @@ def prepare(
 def to_prompt_completion(rows: pd.DataFrame) -> datasets.Dataset:
     columns = (rows[c].astype(str) for c in ("dialect", "english", "translation", "context"))
     records = [build_example(d, e, t, c or None) for d, e, t, c in zip(*columns, strict=True)]
-    return datasets.Dataset.from_list(
-        records,
+    # from_dict, not from_list: datasets cannot build an empty data set from an empty list of records, and the
+    # held-out side is empty where SAUDIAL_EVAL_SIZE is 0 or the data too small to hold a sentence out.
+    return datasets.Dataset.from_dict(
+        {key: [record[key] for record in records] for key in ("prompt", "completion")},
         features=datasets.Features({"prompt": datasets.Value("string"), "completion": datasets.Value("string")}),
     )
 
@@ -111,6 +113,8 @@ def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> tuple[
     """
     eos = tokenizer.eos_token
     prompts = list(ds["prompt"])
+    if not prompts:  # an empty held-out side; the tokenizer refuses an empty batch
+        return [], []
     completions = [c if c.endswith(eos) else c + eos for c in ds["completion"]]
     encoded = tokenizer([*prompts, *(p + c for p, c in zip(prompts, completions, strict=True))])["input_ids"]
     prompt_ids, whole_ids = encoded[: len(prompts)], encoded[len(prompts) :]

@@ -134,7 +134,7 @@ def evaluate(
         log.info("evaluation skipped (SAUDIAL_EVAL=none)")
         return {}
     if eval_rows.empty:
-        log.warning("no eval split (SAUDIAL_EVAL_SIZE=0): nothing to evaluate")
+        log.warning("no held-out rows: nothing to evaluate")
         return {}
     rows = cap(eval_rows, settings.max_eval_samples, settings.seed)
     results: dict[str, Any] = {}

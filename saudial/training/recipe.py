@@ -109,6 +109,8 @@ def train(
         train_count, held_out = len(split.train), split.eval
     if not train_count:
         raise ConfigError("the training split is empty: lower SAUDIAL_EVAL_SIZE or add rows")
+    if held_out.empty and settings.eval != "none":
+        warn_no_held_out(settings)
     if not dry_run:
         gpu_gib = hardware.gpu_memory_gib()
         fitted = hardware.fit_to_gpu(settings, gpu_gib)
@@ -259,3 +261,18 @@ def train(
     if not trainer.is_world_process_zero():  # with several processes, only rank 0 writes outputs
         return None
     return Trained(settings, peft_model, tokenizer, held_out, metrics, run_dir, "evaluate", revision, stopper.received)
+
+
+def warn_no_held_out(settings: Settings) -> None:
+    """Why a run that was asked to evaluate will not, and what to change (the path as an argument: escaped)."""
+    then = "this run trains on every row and will not evaluate (SAUDIAL_EVAL=%s): add rows or raise SAUDIAL_EVAL_SIZE"
+    then += " to evaluate, or set SAUDIAL_EVAL=none"
+    if not settings.eval_size:
+        log.warning("SAUDIAL_EVAL_SIZE=0 holds no rows out: " + then, settings.eval)
+    else:  # data/examples.split: a dialect of one row keeps it; a sentence goes out with all its rows or not at all
+        log.warning(
+            "no rows could be held out of %s at SAUDIAL_EVAL_SIZE=%g: " + then,
+            settings.data,
+            settings.eval_size,
+            settings.eval,
+        )
