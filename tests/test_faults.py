@@ -424,6 +424,46 @@ def test_merge_output_follows_the_same_rules(tmp_path: Path, monkeypatch: pytest
     )
 
 
+@pytest.mark.parametrize(
+    ("found", "command"),
+    [
+        ("training run", "merge"),
+        ("training run", "export"),
+        ("merge", "export"),
+        ("export", "merge"),
+        ("export", "train"),
+    ],
+)
+def test_each_command_replaces_only_its_own_output(found: str, command: str, tmp_path: Path) -> None:
+    """merge and export (--output) and training (SAUDIAL_OUTPUT_DIR) replace only an earlier output of their own
+    command, overwrite or not: an export with --overwrite-output-dir into a training run's folder once deleted its
+    adapter, checkpoints and metrics, told it was "an earlier export"."""
+    from saudial.config.settings import Settings
+    from saudial.rundir.outputs import prepare_output_dir
+    from saudial.rundir.staging import prepare_folder
+
+    out = tmp_path / "out"
+    (out / "checkpoint-4").mkdir(parents=True)
+    files = ["adapter_model.safetensors", "metrics.json", "checkpoint-4"]
+    for name in files[:2]:
+        (out / name).write_text("written by an earlier saudial command")
+    marks = {"merge": {"saudial_merge": 1}, "export": {"saudial_export": 1}}.get(found, {})
+    manifest = {"saudial_run": 1, "status": "finished", "fingerprint": "f", **marks, "files": files}
+    (out / "run_manifest.json").write_text(json.dumps(manifest))
+    before = tree(out)
+    settings = Settings.model_validate({"output_dir": out, "overwrite_output_dir": True})
+    with pytest.raises(ConfigError) as refused:
+        if command == "train":
+            prepare_output_dir(settings, "another fingerprint", "sha256")
+        else:
+            prepare_folder(out, settings, command)
+    wanted = "training run" if command == "train" else command
+    message = str(refused.value)
+    assert f"holds a saudial {found} ('adapter_model.safetensors', 'checkpoint-4', " in message
+    assert f"not an earlier {wanted}" in message and "not even with SAUDIAL_OVERWRITE_OUTPUT_DIR=true" in message
+    assert tree(out) == before
+
+
 def test_a_record_saudial_did_not_write_is_never_taken_for_one(tmp_path: Path) -> None:
     from saudial.config.settings import Settings
     from saudial.rundir.outputs import prepare_output_dir

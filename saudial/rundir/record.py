@@ -145,6 +145,9 @@ NOT_IN_RECORD = {"timings", "evaluation", EVALUATIONS}
 FINISHED, PUSHED = "finished", "pushed"
 STATUSES = [RUNNING, INTERRUPTED, TRAINED, EVALUATED, FINISHED, PUSHED]  # in the order a run goes through them
 FILES = "files"
+# The other commands that leave a record where they write (jobs/merge.py, jobs/export.py copy the training run's and
+# mark it); a record without these marks is a training run's.
+PRODUCTS = {"saudial_merge": "merge", "saudial_export": "export"}
 
 
 def update(
@@ -167,6 +170,11 @@ def update(
         current.update(manifest)
         write_json(output_dir / MANIFEST, current)
     return current
+
+
+def product(manifest: dict[str, Any]) -> str:
+    """What wrote the folder of `manifest`: "merge", "export" or "training run"."""
+    return next((name for key, name in PRODUCTS.items() if manifest.get(key)), "training run")
 
 
 def owned(manifest: dict[str, Any]) -> set[str]:

@@ -136,6 +136,8 @@ def check_records(output_dir: Path, unfinished: dict[str, Any] | None, where: st
             "(this one is left as it is)"
         )
     finished = record.read_json(output_dir / record.MANIFEST)
+    for manifest, directory in ((finished, output_dir), (unfinished, run_dir)):
+        check_product(where, directory, manifest, "training run")
     staging_is_ours = not run_dir.exists() or (run_dir.is_dir() and (unfinished is not None or helpers_only(run_dir)))
     strangers = [n for n in foreign(output_dir, finished) if n != STAGING or not staging_is_ours]
     if strangers:
@@ -151,6 +153,17 @@ def check_records(output_dir: Path, unfinished: dict[str, Any] | None, where: st
             "that version, or choose another SAUDIAL_OUTPUT_DIR for this run (nothing there was changed)"
         )
     return finished
+
+
+def check_product(where: str, directory: Path, manifest: dict[str, Any] | None, wanted: str) -> None:
+    """Refuse a folder that holds another command's output: training, merge and export each replace only their own."""
+    found = wanted if manifest is None else record.product(manifest)
+    if found != wanted:
+        raise ConfigError(
+            f"{where} holds a saudial {found} ({listing(sorted(ours(directory, manifest)))}), not an earlier {wanted}: "
+            f"saudial replaces there only an earlier {wanted}, not even with SAUDIAL_OVERWRITE_OUTPUT_DIR=true; choose "
+            "another directory"
+        )
 
 
 def helpers_only(run_dir: Path) -> bool:
@@ -260,6 +273,7 @@ def prepare_folder(output: Path, settings: Settings, kind: str = "merge") -> Pat
         resume_promotion(output)
         damage = record.damaged(output / record.MANIFEST)
         earlier = None if damage else record.read_json(output / record.MANIFEST)
+        check_product(where, output, earlier, kind)
         in_work = record.read_json(work / record.MANIFEST) if work.is_dir() else None
         work_is_ours = not work.exists() or (
             work.is_dir() and (not contents(work) or bool(in_work and in_work.get(key)))
