@@ -6,6 +6,7 @@ gave and an exit code of the README's table, never a bug (exit 1)."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -362,3 +363,17 @@ def test_a_record_never_holds_a_token(monkeypatch: pytest.MonkeyPatch, tmp_path:
     record.update(tmp_path, {"saudial_run": 1, "push_error": f"403 from Authorization: Bearer {TOKEN}"})
     written = (tmp_path / "run_manifest.json").read_text()
     assert TOKEN not in written and "Bearer hf_***" in written
+
+
+def test_an_adapter_path_that_is_not_a_folder_says_what_it_is(tmp_path: Path) -> None:
+    from saudial.config.huggingface import check_adapter_dir
+
+    (tmp_path / "notes.txt").write_text("not an adapter")
+    (tmp_path / "empty").mkdir()
+    for path, said in (
+        (tmp_path / "missing", "does not exist"),
+        (tmp_path / "notes.txt", "is a file"),
+        (tmp_path / "empty", "holds no adapter_config.json"),
+    ):
+        with pytest.raises(ConfigError, match=rf"^--adapter '{re.escape(str(path))}' {said}: point it at the output"):
+            check_adapter_dir(path)

@@ -133,8 +133,9 @@ def check_adapter_dir(adapter_dir: Path) -> None:
     where = f"--adapter {printable(str(adapter_dir))!r}"
     config = adapter_dir / "adapter_config.json"
     if not config.is_file():
+        what = "does not exist" if not adapter_dir.exists() else "is a file" if not adapter_dir.is_dir() else None
         raise ConfigError(
-            f"{where} holds no adapter_config.json: point it at the output directory of a training run "
+            f"{where} {what or 'holds no adapter_config.json'}: point it at the output directory of a training run "
             "(SAUDIAL_OUTPUT_DIR)"
         )
     try:
