@@ -3,7 +3,8 @@
 One MESSAGE (with `--system`, after that system prompt) is answered and the reply printed. A .jsonl or
 .parquet file of conversations whose last message is the user's (`messages`, or TRL's prompt-only
 `prompt`) is answered row by row and written next to it as NAME.replies.EXT: every row as it was, plus
-its `reply`, never over an existing file (the output rules of `translate --output`). The file is read and
+its `reply`, never over an existing file (the output rules of `translate --output`: its folder is created
+where missing and checked writable before any model is loaded). The file is read and
 checked by the rules of the training data (data/conversations.py) before any model is looked at.
 Generation is bounded as translation's is: each prompt at most SAUDIAL_MAX_LENGTH tokens (the oldest
 turns are left out first), each reply at most SAUDIAL_MAX_NEW_TOKENS.
@@ -22,7 +23,7 @@ from saudial.data.messages import check_template
 from saudial.data.text import strip_controls
 from saudial.data.workbook import read_table
 from saudial.errors import ConfigError
-from saudial.jobs.translate import Asked, deliver, output_path_for, text_or_file
+from saudial.jobs.translate import Asked, check_output_folder, deliver, output_path_for, text_or_file
 from saudial.process.collector import long_lived_imports
 from saudial.rundir.record import trained_task
 
@@ -93,6 +94,7 @@ def check_chat(
         return Asked([with_system([{"role": "user", "content": cleaned(str(message), "MESSAGE")}], system)], None, None)
     target = output_path(input_path, output)  # the file first: a broken one fails before any model is looked at
     frame, prompts = read_inputs(input_path, settings.max_data_file_mb, system)
+    check_output_folder(target)  # last: a command refused by any other check writes nothing
     return Asked(prompts, frame, target)
 
 
