@@ -213,3 +213,11 @@ def test_chat_into_a_read_only_folder_exits_74_before_any_model(
     args = ("--input", str(source), "--output", str(tmpfs / "ask.jsonl"))
     result = run_in_process(env, "chat", "--adapter", str(no_model_adapter), *args)
     assert_one_line_error(result, f"cannot write {tmpfs}: EROFS (Read-only file system)", EXIT_IO)
+
+
+def test_chat_names_an_input_of_an_unsupported_type(tmp_path: Path, no_model_adapter: Path) -> None:
+    """--input r.sh names --input (it named the --output made from it, r.replies.sh)."""
+    script = _write(tmp_path / "r.sh", "echo hi\n")
+    env = data_env(tmp_path / "unused.xlsx", tmp_path / "out")
+    result = run_in_process(env, "chat", "--adapter", str(no_model_adapter), "--input", str(script))
+    assert_one_line_error(result, "--input 'r.sh' is not a .jsonl or .parquet file of conversations")

@@ -150,6 +150,17 @@ def test_translate_into_a_read_only_folder_exits_74_before_any_model(
     assert "mount it read-write" in line, line
 
 
+def test_translate_names_an_input_of_an_unsupported_type(tmp_path: Path, no_model_adapter: Path) -> None:
+    """--input r.sh names --input and the types it takes (it named the --output made from it, r.translated.sh)."""
+    script = tmp_path / "r.sh"
+    script.write_text("echo hi\n")
+    env = data_env(tmp_path / "unused.xlsx", tmp_path / "out")
+    result = run_in_process(env, "translate", "--adapter", str(no_model_adapter), "--input", str(script))
+    line = assert_one_line_error(result, f"--input {str(script)!r} has an unsupported type: give a .xlsx, .xlsm, ")
+    assert line.endswith(".csv, .jsonl or .parquet file") and "translated" not in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "r.sh"]
+
+
 @pytest.mark.slow  # the shared training run (tests/adapter_run.py)
 def test_translate_rejects_an_unknown_dialect(trained: Path, tiny_model: Path, workbook: Path, tmp_path: Path) -> None:
     env = command_env(tiny_model, workbook, tmp_path)

@@ -35,6 +35,7 @@ Messages = list[dict[str, str]]
 
 def output_path(input_path: Path, output: Path | None) -> Path:
     """`name.replies.ext` next to the input, unless given: a .jsonl or .parquet file that does not exist yet."""
+    check_input_type(input_path)  # before a name is made from it
     target = output or input_path.with_name(f"{input_path.stem}.replies{input_path.suffix}")
     if target.suffix.lower() not in conversations.SUFFIXES:
         raise ConfigError(f"--output {target} has an unsupported type: name it .jsonl or .parquet")
@@ -57,13 +58,17 @@ def cleaned(text: str, what: str) -> str:
     return kept
 
 
-def read_inputs(path: Path, max_mb: int, system: str | None) -> tuple[pd.DataFrame, list[Messages]]:
-    """The rows of a conversations file and each one's messages (with `system`, after it)."""
+def check_input_type(path: Path) -> None:
     if path.suffix.lower() not in conversations.SUFFIXES:
         raise ConfigError(
             f'--input {path.name!r} is not a .jsonl or .parquet file of conversations ({{"messages": [...]}} per '
             "line, the last message the user's)"
         )
+
+
+def read_inputs(path: Path, max_mb: int, system: str | None) -> tuple[pd.DataFrame, list[Messages]]:
+    """The rows of a conversations file and each one's messages (with `system`, after it)."""
+    check_input_type(path)
     table = read_table(path, max_mb=max_mb, setting="--input")
     found, removed = conversations.read_conversations(table, to_reply=True)
     if removed:

@@ -83,6 +83,9 @@ def text_or_file(command: str, argument: str, given: str | None, input_path: Pat
 
 def output_path_for(input_path: Path, output: Path | None) -> Path:
     """`name.translated.ext` next to the input, unless given; an existing file is never overwritten."""
+    if input_path.suffix.lower() not in SUFFIXES:  # before a name is made from it
+        kinds = f"{', '.join(SUFFIXES[:-1])} or {SUFFIXES[-1]}"
+        raise ConfigError(f"--input {str(input_path)!r} has an unsupported type: give a {kinds} file")
     target = output or input_path.with_name(f"{input_path.stem}.translated{input_path.suffix}")
     if target.suffix.lower() not in SUFFIXES:
         raise ConfigError(f"--output {target} has an unsupported type: name it .xlsx, .csv, .jsonl or .parquet")
