@@ -3,7 +3,8 @@
 A `SaudialError` is printed as one line (``error: ...``) by the entry point, never as a traceback:
 it is the user's input that was wrong, or the machine (disk, memory), not our code. `as_user_error`
 turns the faults of the machine into one of them wherever they come from: an I/O failure (disk full,
-read-only, no permission) into `StorageError`, out of memory into `TrainingError`. Anything else is a
+read-only, no permission) into `StorageError`, out of memory into `TrainingError`; `check_writable` raises
+that `StorageError` for an output folder before the work that would write there. Anything else is a
 bug: one line and exit 1 (the traceback with ``--debug`` or ``SAUDIAL_DEBUG=1``).
 """
 
@@ -13,6 +14,7 @@ import errno
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -185,6 +187,18 @@ def faults(path: Path | None = None, oom_advice: str = OOM_TRAINING, note: str =
         if note:
             error.args = (f"{error}; {note}",)
         raise error from exc
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` (with any missing parent, as every output folder is) and a nameless file in it, gone at
+    once: a folder that cannot be written (read-only, not this user's) is exit 74 here, named as `folder`, so
+    that a command says so before it loads a model rather than after its work."""
+    with faults(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:  # it may name the temporary file it tried: name the folder
+            raise OSError(exc.errno, exc.strerror, str(folder)) from exc
 
 
 # --- what messages echo ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ the entry point's `main` in this process (tests/entry.py); each table keeps one 
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from saudial.config.settings import Settings
+from saudial.errors import EXIT_IO, ConfigError
+from saudial.jobs.chat import check_chat
 from tests.entry import Built, Outcome, assert_one_line_error, data_env, dry_runs, run, run_in_process
 
 SYSTEM = {"role": "system", "content": "Answer in Najdi Arabic."}
@@ -182,3 +186,38 @@ def test_chat_rejects_a_bad_input_before_any_model(case: str, input_results: dic
     result, files = input_results[case]
     assert_one_line_error(result, INPUT_CASES[case][2])
     assert files == ["ask.jsonl"]  # no replies file
+
+
+def _ask(folder: Path) -> Path:
+    folder.mkdir(exist_ok=True)
+    return _write(folder / "ask.jsonl", json.dumps(_messages(USER)) + "\n")
+
+
+def test_chat_makes_the_output_folder_after_every_other_check(tmp_path: Path, no_model_adapter: Path) -> None:
+    """--output in a folder that does not exist: made by the checks before any model (it was a FileNotFoundError,
+    exit 1, once every reply was written); a refused input makes nothing."""
+    source, into = _ask(tmp_path / "inputs"), tmp_path / "new" / "folder" / "ask.jsonl"
+    with pytest.raises(ConfigError, match="--system is empty"):
+        check_chat(Settings(), no_model_adapter, None, " ", source, into)
+    assert not (tmp_path / "new").exists()
+    asked = check_chat(Settings(), no_model_adapter, None, None, source, into)
+    assert asked.target == into and into.parent.is_dir() and not list(into.parent.iterdir())
+
+
+def test_chat_into_a_read_only_folder_exits_74_before_any_model(
+    tmp_path: Path, tmpfs: Path, no_model_adapter: Path
+) -> None:
+    source = _ask(tmp_path / "inputs")
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    env = data_env(tmp_path / "unused.xlsx", tmp_path / "out")
+    args = ("--input", str(source), "--output", str(tmpfs / "ask.jsonl"))
+    result = run_in_process(env, "chat", "--adapter", str(no_model_adapter), *args)
+    assert_one_line_error(result, f"cannot write {tmpfs}: EROFS (Read-only file system)", EXIT_IO)
+
+
+def test_chat_names_an_input_of_an_unsupported_type(tmp_path: Path, no_model_adapter: Path) -> None:
+    """--input r.sh names --input (it named the --output made from it, r.replies.sh)."""
+    script = _write(tmp_path / "r.sh", "echo hi\n")
+    env = data_env(tmp_path / "unused.xlsx", tmp_path / "out")
+    result = run_in_process(env, "chat", "--adapter", str(no_model_adapter), "--input", str(script))
+    assert_one_line_error(result, "--input 'r.sh' is not a .jsonl or .parquet file of conversations")

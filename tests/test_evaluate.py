@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,12 @@ import torch
 from saudial.config.settings import Settings
 from saudial.data.examples import split
 from saudial.data.text import clean_text
+from saudial.errors import EXIT_IO
 from saudial.inference.evaluation import cap, evaluate
 from saudial.inference.scoring import OVERALL, normalize, score, score_by_dialect
 from tests.adapter_run import copy_run, random_adapter, trained_adapter
 from tests.conftest import RunEntry, base_env
+from tests.entry import error_line, tree
 
 
 def test_normalize_nfc_quotes_whitespace_and_keeps_diacritics() -> None:
@@ -171,6 +174,29 @@ def test_evaluate_command(trained: Path, tiny_model: Path, workbook: Path, tmp_p
     assert metrics["evaluation"]["scores"]["adapter"][OVERALL]["n"] == 5
     assert (out / "eval_results.md").is_file()
     assert "\r" not in result.stderr  # no terminal: progress as lines (saudial/cli/logs.py), none redrawn
+
+
+@pytest.mark.slow
+def test_evaluate_into_a_read_only_folder_exits_74_before_generating(
+    trained: Path, tiny_model: Path, workbook: Path, tmp_path: Path, tmpfs: Path, run_entry: RunEntry
+) -> None:
+    """A run on a read-only disk, evaluated into its own folder or an --output-dir there: exit 74 naming the
+    folder, before the data is split or a model loaded (it was exit 74 only after base and adapter had
+    translated the whole eval split)."""
+    out = copy_run(trained, tmpfs / "run")
+    (tmpfs / "results").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    before = tree(tmpfs)
+    env = base_env(tiny_model, workbook, tmp_path / "unused", SAUDIAL_EVAL="full", SAUDIAL_MAX_NEW_TOKENS="4")
+    for key in ("SAUDIAL_OUTPUT_DIR", "SAUDIAL_DATA", "SAUDIAL_MODEL_NAME_OR_PATH"):
+        env.pop(key)  # the command finds them in the run's manifest
+    for folder, flags in ((out, []), (tmpfs / "results", ["--output-dir", str(tmpfs / "results")])):
+        result = run_entry(env, "evaluate", "--adapter", str(out), *flags)
+        assert result.returncode == EXIT_IO, result.stderr[-3000:]
+        line = error_line(result.stderr)
+        assert line.startswith(f"error: cannot write {folder}: EROFS (Read-only file system)"), line
+        assert "generat" not in result.stderr, result.stderr[-3000:]  # no model loaded, nothing generated
+    assert tree(tmpfs) == before
 
 
 def test_evaluate_command_needs_an_adapter(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -12,10 +13,12 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from saudial.config.settings import Settings
+from saudial.errors import EXIT_IO, ConfigError
 from saudial.inference.generate import Request, postprocess, translate
+from saudial.jobs.translate import check_translate
 from tests.adapter_run import copy_run, random_adapter, trained_adapter
 from tests.conftest import RunEntry, base_env
-from tests.entry import run_in_process
+from tests.entry import assert_one_line_error, data_env, run_in_process
 
 
 @pytest.fixture
@@ -95,6 +98,67 @@ def test_translate_file_writes_next_to_it_and_never_overwrites(
     ok = run_entry(env, "translate", "--adapter", str(trained), "--input", str(jsonl), "--dialect", "Southern")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "Model Translation" in (tmp_path / "lines.translated.jsonl").read_text()
+
+    # --output in a folder that does not exist yet: made, as merge, export and evaluate make theirs.
+    into = tmp_path / "new" / "folder" / "lines.csv"
+    made = run_entry(env, "translate", "--adapter", str(trained), "--input", str(source), "--output", str(into))
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert len(pd.read_csv(into)) == 2
+
+
+def _lines(folder: Path) -> Path:
+    folder.mkdir(exist_ok=True)
+    source = folder / "lines.csv"
+    source.write_text("English Text\nOpen the door.\n")
+    return source
+
+
+def test_translate_makes_the_output_folder_after_every_other_check(tmp_path: Path, no_model_adapter: Path) -> None:
+    """--output in a folder that does not exist: made by the checks before any model (it was a FileNotFoundError,
+    exit 1, once everything was translated); a refused input makes nothing."""
+    source, into = _lines(tmp_path / "inputs"), tmp_path / "new" / "folder" / "lines.csv"
+    with pytest.raises(ConfigError, match="dialect is not a dialect name"):
+        check_translate(Settings(), no_model_adapter, None, "Najdi\u202e", None, source, into)
+    assert not (tmp_path / "new").exists()
+    asked = check_translate(Settings(), no_model_adapter, None, "Najdi", None, source, into)
+    assert asked.target == into and into.parent.is_dir() and not list(into.parent.iterdir())
+
+    under_a_file = tmp_path / "inputs" / "lines.csv" / "out.csv"
+    refused = run_in_process(
+        data_env(tmp_path / "unused.xlsx", tmp_path / "out"),
+        *("translate", "--adapter", str(no_model_adapter), "--dialect", "Najdi"),
+        *("--input", str(source), "--output", str(under_a_file)),
+    )
+    assert_one_line_error(refused, f"the folder of --output={str(source)!r} is a file, not a directory: give --output")
+
+
+@pytest.mark.parametrize("folder", ["ro", "ro/new"])
+def test_translate_into_a_read_only_folder_exits_74_before_any_model(
+    folder: str, tmp_path: Path, tmpfs: Path, no_model_adapter: Path
+) -> None:
+    """A read-only --output folder (or one that would be made there): exit 74 naming it, before any model is
+    loaded (the adapter here has none); it was exit 74 only once everything was translated."""
+    source = _lines(tmp_path / "inputs")
+    (tmpfs / "ro").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    result = run_in_process(
+        data_env(tmp_path / "unused.xlsx", tmp_path / "out"),
+        *("translate", "--adapter", str(no_model_adapter), "--dialect", "Najdi"),
+        *("--input", str(source), "--output", str(tmpfs / folder / "lines.csv")),
+    )
+    line = assert_one_line_error(result, f"cannot write {tmpfs / folder}: EROFS (Read-only file system)", EXIT_IO)
+    assert "mount it read-write" in line, line
+
+
+def test_translate_names_an_input_of_an_unsupported_type(tmp_path: Path, no_model_adapter: Path) -> None:
+    """--input r.sh names --input and the types it takes (it named the --output made from it, r.translated.sh)."""
+    script = tmp_path / "r.sh"
+    script.write_text("echo hi\n")
+    env = data_env(tmp_path / "unused.xlsx", tmp_path / "out")
+    result = run_in_process(env, "translate", "--adapter", str(no_model_adapter), "--input", str(script))
+    line = assert_one_line_error(result, f"--input {str(script)!r} has an unsupported type: give a .xlsx, .xlsm, ")
+    assert line.endswith(".csv, .jsonl or .parquet file") and "translated" not in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "r.sh"]
 
 
 @pytest.mark.slow  # the shared training run (tests/adapter_run.py)

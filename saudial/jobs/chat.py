@@ -3,7 +3,8 @@
 One MESSAGE (with `--system`, after that system prompt) is answered and the reply printed. A .jsonl or
 .parquet file of conversations whose last message is the user's (`messages`, or TRL's prompt-only
 `prompt`) is answered row by row and written next to it as NAME.replies.EXT: every row as it was, plus
-its `reply`, never over an existing file (the output rules of `translate --output`). The file is read and
+its `reply`, never over an existing file (the output rules of `translate --output`: its folder is created
+where missing and checked writable before any model is loaded). The file is read and
 checked by the rules of the training data (data/conversations.py) before any model is looked at.
 Generation is bounded as translation's is: each prompt at most SAUDIAL_MAX_LENGTH tokens (the oldest
 turns are left out first), each reply at most SAUDIAL_MAX_NEW_TOKENS.
@@ -22,7 +23,7 @@ from saudial.data.messages import check_template
 from saudial.data.text import strip_controls
 from saudial.data.workbook import read_table
 from saudial.errors import ConfigError
-from saudial.jobs.translate import Asked, deliver, output_path_for, text_or_file
+from saudial.jobs.translate import Asked, check_output_folder, deliver, output_path_for, text_or_file
 from saudial.process.collector import long_lived_imports
 from saudial.rundir.record import trained_task
 
@@ -34,6 +35,7 @@ Messages = list[dict[str, str]]
 
 def output_path(input_path: Path, output: Path | None) -> Path:
     """`name.replies.ext` next to the input, unless given: a .jsonl or .parquet file that does not exist yet."""
+    check_input_type(input_path)  # before a name is made from it
     target = output or input_path.with_name(f"{input_path.stem}.replies{input_path.suffix}")
     if target.suffix.lower() not in conversations.SUFFIXES:
         raise ConfigError(f"--output {target} has an unsupported type: name it .jsonl or .parquet")
@@ -56,13 +58,17 @@ def cleaned(text: str, what: str) -> str:
     return kept
 
 
-def read_inputs(path: Path, max_mb: int, system: str | None) -> tuple[pd.DataFrame, list[Messages]]:
-    """The rows of a conversations file and each one's messages (with `system`, after it)."""
+def check_input_type(path: Path) -> None:
     if path.suffix.lower() not in conversations.SUFFIXES:
         raise ConfigError(
             f'--input {path.name!r} is not a .jsonl or .parquet file of conversations ({{"messages": [...]}} per '
             "line, the last message the user's)"
         )
+
+
+def read_inputs(path: Path, max_mb: int, system: str | None) -> tuple[pd.DataFrame, list[Messages]]:
+    """The rows of a conversations file and each one's messages (with `system`, after it)."""
+    check_input_type(path)
     table = read_table(path, max_mb=max_mb, setting="--input")
     found, removed = conversations.read_conversations(table, to_reply=True)
     if removed:
@@ -93,6 +99,7 @@ def check_chat(
         return Asked([with_system([{"role": "user", "content": cleaned(str(message), "MESSAGE")}], system)], None, None)
     target = output_path(input_path, output)  # the file first: a broken one fails before any model is looked at
     frame, prompts = read_inputs(input_path, settings.max_data_file_mb, system)
+    check_output_folder(target)  # last: a command refused by any other check writes nothing
     return Asked(prompts, frame, target)
 
 

@@ -14,7 +14,7 @@ from saudial.data.chat_examples import CONVERSATION
 from saudial.data.conversations import ChatData, load_configured_data
 from saudial.data.examples import split
 from saudial.data.messages import check_template
-from saudial.errors import ConfigError
+from saudial.errors import ConfigError, check_writable
 from saudial.inference.evaluation import evaluate
 from saudial.inference.generate import load_for_inference, settings_for_adapter
 from saudial.process import signals
@@ -47,7 +47,7 @@ def run_evaluate(settings: Settings, adapter_dir: Path) -> dict[str, Any]:
         log.info("SAUDIAL_EVAL=none: nothing to do")
         return {}
     output_dir = settings.output_dir if explicit_output else adapter_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(output_dir)  # created where missing; read-only is exit 74 now, not after the generation
     rows = eval_split(settings)
     if settings.task == "auto":  # the adapter's own record says which; else the data does
         settings = settings.model_copy(update={"task": "chat" if CONVERSATION in rows else "translate"})

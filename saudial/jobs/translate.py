@@ -1,7 +1,9 @@
 """`saudial translate`: English text or a whole file through a trained adapter.
 
 One text is printed; a .csv/.xlsx/.jsonl/.parquet file with an 'English Text' column is translated row
-by row and written next to it as NAME.translated.EXT, never over an existing file.
+by row and written next to it as NAME.translated.EXT (or to --output FILE), never over an existing file.
+The output's folder is created where missing and written to once before any model is loaded: a folder
+that cannot be written is exit 74 at once, not after the work.
 
 The input file is read and checked (data/files.py, the cell rules of data/text.py) before the adapter
 or any model is looked at, so a broken file fails in a second. Spreadsheet outputs (.xlsx, .csv) escape
@@ -25,9 +27,10 @@ from saudial.data import workbook
 from saudial.data.files import SUFFIXES
 from saudial.data.text import describe_names, is_missing, name_problem, strip_controls
 from saudial.data.workbook import read_table
-from saudial.errors import ConfigError, DataError
+from saudial.errors import ConfigError, DataError, check_writable
 from saudial.process.collector import long_lived_imports
 from saudial.rundir.record import trained_task
+from saudial.rundir.staging import check_can_be_directory
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,9 @@ def text_or_file(command: str, argument: str, given: str | None, input_path: Pat
 
 def output_path_for(input_path: Path, output: Path | None) -> Path:
     """`name.translated.ext` next to the input, unless given; an existing file is never overwritten."""
+    if input_path.suffix.lower() not in SUFFIXES:  # before a name is made from it
+        kinds = f"{', '.join(SUFFIXES[:-1])} or {SUFFIXES[-1]}"
+        raise ConfigError(f"--input {str(input_path)!r} has an unsupported type: give a {kinds} file")
     target = output or input_path.with_name(f"{input_path.stem}.translated{input_path.suffix}")
     if target.suffix.lower() not in SUFFIXES:
         raise ConfigError(f"--output {target} has an unsupported type: name it .xlsx, .csv, .jsonl or .parquet")
@@ -88,6 +94,13 @@ def output_path_for(input_path: Path, output: Path | None) -> Path:
     if target.resolve() == input_path.resolve():
         raise ConfigError("--output must differ from --input")
     return target
+
+
+def check_output_folder(target: Path) -> None:
+    """--output's folder: one that cannot be a folder is exit 2; a missing one is created (as every output
+    folder is) and a file written in it and removed (`check_writable`): one that cannot be written is exit 74."""
+    check_can_be_directory(target.parent, "the folder of --output", "give --output a file in a folder")
+    check_writable(target.parent)
 
 
 def read_inputs(path: Path, max_mb: int) -> tuple[pd.DataFrame, list[InputRow]]:
@@ -212,7 +225,9 @@ def check_translate(
     target = output_path_for(input_path, output)  # the file first: a broken one fails before any model is looked at
     frame, rows = read_inputs(input_path, settings.max_data_file_mb)
     row_word = "line" if input_path.suffix.lower() == ".jsonl" else "row"
-    return Asked(requests_for(rows, dialect, context, known, row_word), frame, target)
+    requests = requests_for(rows, dialect, context, known, row_word)
+    check_output_folder(target)  # last: a command refused by any other check writes nothing
+    return Asked(requests, frame, target)
 
 
 def run_translate(

@@ -54,7 +54,7 @@ def staging_dir(output_dir: Path) -> Path:
     return output_dir / STAGING
 
 
-def check_can_be_directory(path: Path, setting: str) -> None:
+def check_can_be_directory(path: Path, setting: str, fix: str = "choose a directory path, e.g. 'outputs/run'") -> None:
     """Refuse (exit 2) a path that cannot be a directory: under a regular file (`file.txt/out`), in a symlink
     loop, or itself something other than a directory. Whatever does not exist yet is created later."""
     shown = repr(printable(str(path)))
@@ -71,10 +71,10 @@ def check_can_be_directory(path: Path, setting: str) -> None:
                 why = f"under {printable(str(place.parent))!r}, which is not a directory"
             else:
                 why = f"not a place saudial can look at ({exc.strerror})"
-            raise ConfigError(f"{setting}={shown} is {why}: choose a directory path, e.g. 'outputs/run'") from None
+            raise ConfigError(f"{setting}={shown} is {why}: {fix}") from None
         if not stat.S_ISDIR(info.st_mode):
             what = "a file, not a directory" if place == probe else f"under {printable(str(place))!r}, which is a file"
-            raise ConfigError(f"{setting}={shown} is {what}: choose a directory path, e.g. 'outputs/run'")
+            raise ConfigError(f"{setting}={shown} is {what}: {fix}")
 
 
 def check_not_protected(path: Path, setting: str, data: Path | None = None) -> None:
