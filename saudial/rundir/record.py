@@ -266,8 +266,8 @@ def add_evaluation(output_dir: Path, results: dict[str, Any], how: dict[str, Any
     that an evaluation never replaces an earlier one unread. The run record says when it was last evaluated."""
     earlier = read_json(output_dir / METRICS) or {}
     history = earlier.get(EVALUATIONS)
-    if not isinstance(history, list):  # evaluated before metrics.json kept a list: that one first
-        history = [{k: v for k, v in earlier.items() if k.startswith("eval")}] if "eval_loss" in earlier else []
+    if not isinstance(history, list):  # an evaluation held without the list (eval_runtime_s) first; not training's
+        history = [{k: v for k, v in earlier.items() if k.startswith("eval")}] if "eval_runtime_s" in earlier else []
     entry = {"evaluated": now(), **how, **results}
     when = {EVALUATED: entry["evaluated"]} if (output_dir / MANIFEST).is_file() else None
     update(output_dir, when, {**results, EVALUATIONS: [*history, entry]})
