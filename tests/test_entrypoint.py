@@ -51,6 +51,7 @@ def test_train_end_to_end(tiny_model: Path, workbook: Path, tmp_path: Path, run_
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_steps"] == 4 and metrics["train_tokens_per_second"] > 0
     assert torch.isfinite(torch.tensor([metrics["train_loss"], metrics["eval_loss"]])).all()
+    assert [e["command"] for e in metrics["evaluations"]] == ["train"]  # one run, one evaluation
     # How many modules each LoRA target name selected (tiny model: attention at 1 of 4 layers), in the log and record.
     counts = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "out_proj": 4, "in_proj": 3, "w1": 4, "w2": 4, "w3": 4}
     assert metrics["lora_target_modules"] == counts == manifest["metrics"]["lora_target_modules"]

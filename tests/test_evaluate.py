@@ -154,6 +154,25 @@ def test_eval_loss_equals_the_trainers_completion_loss(
     assert eval_loss(model, tokenizer, rows, settings) == pytest.approx(total / count, rel=1e-4)
 
 
+def test_the_evaluation_after_training_is_the_first_in_the_history(tmp_path: Path) -> None:
+    """Training's own eval_loss (and eval_samples) in metrics.json is not an evaluation of its own; an evaluation
+    held at the top without the list (it has eval_runtime_s) is kept as the first."""
+    from saudial.rundir.record import EVALUATIONS, add_evaluation
+
+    results = {"eval_loss": 6.79, "eval_runtime_s": 1.5}
+    (tmp_path / "metrics.json").write_text(json.dumps({"train_loss": 7.1, "eval_samples": 19, "eval_loss": 6.79}))
+    add_evaluation(tmp_path, results, {"command": "train"})
+    history = json.loads((tmp_path / "metrics.json").read_text())[EVALUATIONS]
+    assert [e["command"] for e in history] == ["train"]
+
+    held = {"train_loss": 7.1, "eval_samples": 19, "eval_loss": 6.5, "eval_runtime_s": 2.0}
+    (tmp_path / "metrics.json").write_text(json.dumps(held))
+    add_evaluation(tmp_path, results, {"command": "evaluate"})
+    history = json.loads((tmp_path / "metrics.json").read_text())[EVALUATIONS]
+    assert history[0] == {"eval_samples": 19, "eval_loss": 6.5, "eval_runtime_s": 2.0}
+    assert [e.get("command") for e in history] == [None, "evaluate"]
+
+
 @pytest.fixture
 def trained(tiny_model: Path, workbook: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return trained_adapter(tiny_model, workbook, tmp_path_factory)

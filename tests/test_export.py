@@ -258,6 +258,11 @@ def test_bad_inputs_exit_2_with_one_line(run_dir: Path, tiny_model: Path, workbo
     result = run(env, "export", "--adapter", str(out), "--quant", "q4_k_m,q3_k_xl")
     assert result.returncode == EXIT_CONFIG
     assert "--quant: 'q3_k_xl' is not a type llama.cpp knows" in one_error_line(result.stderr)
+    result = run(env, "export", "--adapter", str(out), "--lora-only", "--quant", "f16")
+    assert result.returncode == EXIT_CONFIG
+    assert "--quant 'f16' does not apply with --lora-only: the GGUF LoRA is written in F32" in one_error_line(
+        result.stderr
+    )
     original = (out / "run_manifest.json").read_text()
     (out / "run_manifest.json").write_text(json.dumps(json.loads(original) | {"status": "trained"}))
     result = run(env, "export", "--adapter", str(out))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +19,7 @@ from saudial.errors import EXIT_IO, ConfigError
 from saudial.inference.generate import Request, postprocess, translate
 from saudial.jobs.translate import check_translate
 from tests.adapter_run import copy_run, random_adapter, trained_adapter
-from tests.conftest import RunEntry, base_env
+from tests.conftest import ENTRYPOINT, RunEntry, base_env
 from tests.entry import assert_one_line_error, data_env, run_in_process
 
 
@@ -167,6 +169,43 @@ def test_translate_rejects_an_unknown_dialect(trained: Path, tiny_model: Path, w
     result = run_in_process(env, "translate", "--adapter", str(trained), "--dialect", "Egyptian", "Hello")
     assert result.returncode == 2
     assert "'Egyptian' is not a dialect this adapter was trained on (Eastern, Hijazi, Najdi, Southern)" in result.stderr
+
+
+@pytest.mark.slow
+def test_an_adapter_trained_with_relative_paths_works_from_any_directory(
+    tiny_model: Path, workbook: Path, tmp_path: Path
+) -> None:
+    """The run record holds the data file and the local base model absolute, so translate and evaluate find them
+    from another working directory; a record with relative paths still works from the directory it names them in."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    shutil.copytree(tiny_model, project / "runs" / "demo" / "tiny-lfm2")
+    shutil.copy(workbook, project / "data.xlsx")
+    elsewhere.mkdir()
+
+    def entry(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, str(ENTRYPOINT), *args]
+        return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+    relative = {"SAUDIAL_DATA": "data.xlsx", "SAUDIAL_MODEL_NAME_OR_PATH": "runs/demo/tiny-lfm2"}
+    trained = entry(project, base_env(tiny_model, workbook, Path("run"), SAUDIAL_EVAL="none", **relative))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run = project / "run"
+    manifest = json.loads((run / "run_manifest.json").read_text())
+    model, data = str(project / "runs" / "demo" / "tiny-lfm2"), str(project / "data.xlsx")
+    assert (manifest["config"]["model_name_or_path"], manifest["config"]["data"]) == (model, data)
+    assert (manifest["model"]["name_or_path"], manifest["data"]["file"]) == (model, data)
+
+    env = command_env(tiny_model, workbook, tmp_path)
+    translated = entry(elsewhere, env, "translate", "--adapter", str(run), "--dialect", "Najdi", "Open the door.")
+    assert translated.returncode == 0, translated.stderr[-3000:]
+    evaluated = entry(elsewhere, env, "evaluate", "--adapter", str(run))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["evaluations"][-1]["data"] == data
+
+    old = copy_run(run, tmp_path / "old")
+    (old / "run_manifest.json").write_text(json.dumps(manifest | {"config": manifest["config"] | relative}))
+    again = entry(project, env, "translate", "--adapter", str(old), "--dialect", "Najdi", "Open the door.")
+    assert again.returncode == 0, again.stderr[-3000:]
 
 
 @pytest.mark.slow

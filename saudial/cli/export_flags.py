@@ -14,6 +14,10 @@ USAGE = "saudial export --adapter DIR [--output DIR] [--quant q4_k_m,q8_0,f16,bf
 def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, metavar="DIR", help="the GGUF folder (default: DIR/gguf)")
     parser.add_argument(
-        "--quant", metavar="TYPES", help="llama.cpp's types, e.g. q4_k_m,q8_0,f16 (default: q4_k_m,q8_0)"
+        "--quant",
+        metavar="TYPES",
+        help="llama.cpp's types, e.g. q4_k_m,q8_0,f16 (default: q4_k_m,q8_0; not with --lora-only)",
     )
-    parser.add_argument("--lora-only", action="store_true", help="the adapter alone as a GGUF LoRA (llama.cpp --lora)")
+    parser.add_argument(
+        "--lora-only", action="store_true", help="the adapter alone as a GGUF LoRA in F32 (llama.cpp --lora)"
+    )

@@ -151,7 +151,8 @@ def evaluate(
     results["eval_runtime_s"] = round(time.perf_counter() - clock, 2)
 
     how = {"command": command} | {k: getattr(settings, k) for k in HOW}
-    record.add_evaluation(output_dir, results, how | {"data": str(settings.data)})
+    data = record.absolute(str(settings.data)) if settings.data else None  # as the run record holds it
+    record.add_evaluation(output_dir, results, how | {"data": data})
     # Named where they are once the run is complete: a run's staging folder moves into OUTPUT_DIR.
     final = output_dir.parent if output_dir.name == record.STAGING else output_dir
     if "evaluation" in results:

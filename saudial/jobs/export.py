@@ -70,6 +70,11 @@ def run_export(
     settings: Settings, adapter_dir: Path, output: Path | None, quant: str | None, lora_only: bool
 ) -> dict[str, Any]:
     """Write and check the GGUF files; return the export's record."""
+    if lora_only and quant:
+        raise ConfigError(
+            f"--quant {quant!r} does not apply with --lora-only: the GGUF LoRA is written in F32 (small, and llama.cpp "
+            "applies it to a base GGUF of any type): leave out --quant, or leave out --lora-only for the merged model"
+        )
     manifest = check_finished_run(adapter_dir)
     requested = quant or (settings.export or "").removeprefix("gguf:") or DEFAULT_TYPES
     types = [] if lora_only else llama.parse_types(requested, "--quant" if quant else "SAUDIAL_EXPORT")

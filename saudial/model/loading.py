@@ -138,7 +138,7 @@ def resolve_revision(settings: Settings) -> dict[str, Any]:
     name = settings.model_name_or_path
     if Path(name).is_dir():
         return {
-            "name_or_path": name,
+            "name_or_path": str(Path(name).resolve()),  # absolute, as in the run record's settings
             "source": "local",
             "revision_sha": None,
             "content_sha256": content_hash.sha256(Path(name)),  # started early by the CLI

@@ -54,8 +54,9 @@ class ResumePlan:
 def explain_mismatch(earlier: dict[str, Any], settings: Settings, data_sha256: str) -> str:
     """The training settings and data that differ between the earlier run's manifest and this run."""
     differences: list[str] = []
-    before = earlier.get("config") if isinstance(earlier.get("config"), dict) else {}
-    now_config = settings.redacted()
+    # Local paths absolute on both sides, as the record holds them (record.located).
+    before = record.located(earlier["config"]) if isinstance(earlier.get("config"), dict) else {}
+    now_config = record.located(settings.redacted())
     for name, value in now_config.items():
         if name in record.NOT_TRAINING or not before or name not in before:
             continue

@@ -74,7 +74,9 @@ LATER_SETTINGS = {"task": "translate"}
 
 
 def run_fingerprint(settings: Settings, data_sha256: str) -> str:
-    """A hash of everything that decides what is trained: the settings that matter and the data."""
+    """A hash of everything that decides what is trained: the settings that matter and the data. A local path is
+    hashed as given (the record shows it absolute: `located`), so the same run started from another copy of the
+    project, or on another machine from the Hub's checkpoint, has the same fingerprint."""
     relevant = {
         k: v
         for k, v in settings.redacted().items()
@@ -82,6 +84,26 @@ def run_fingerprint(settings: Settings, data_sha256: str) -> str:
     }
     blob = json.dumps({"settings": relevant, "data_sha256": data_sha256}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# Settings that may name a local file or folder: the run record holds them absolute (`located`), so that the
+# adapter's later commands (translate, evaluate, merge, export) find them from any working directory.
+LOCAL_PATHS = ("data", "model_name_or_path", "tokenizer_name_or_path")
+
+
+def absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def located(config: dict[str, Any]) -> dict[str, Any]:
+    """Settings as JSON (`Settings.redacted`) with their local paths absolute: the data file, and a base model or
+    tokenizer that is a directory here; a Hub id stays an id."""
+    found = dict(config)
+    for name in LOCAL_PATHS:
+        value = found.get(name)
+        if isinstance(value, str) and (name == "data" or Path(value).expanduser().is_dir()):
+            found[name] = absolute(value)
+    return found
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -207,16 +229,17 @@ def start(
     model: dict[str, Any] | None = None,
     files: list[str] | None = None,
 ) -> None:
-    """A run starts (or resumes) in `output_dir`: its settings and fingerprint, the base model's resolved
-    revision (`model`: name, revision, revision_sha, source), what it wrote so far, status running."""
+    """A run starts (or resumes) in `output_dir`: its settings (local paths absolute) and fingerprint, the base
+    model's resolved revision (`model`: name, revision, revision_sha, source), what it wrote so far, status running."""
+    config = located(settings.redacted())
     update(
         output_dir,
         {
             "saudial_run": 1,
             "status": RUNNING,
-            "config": settings.redacted(),
+            "config": config,
             "fingerprint": fingerprint,
-            "data": {"file": str(settings.data), "sha256": data_sha256},
+            "data": {"file": config["data"], "sha256": data_sha256},
             "model": model or {},
             **environment(processes),
             "started": attempts[0]["started"] if attempts else now(),
@@ -241,6 +264,8 @@ def trained(
 ) -> None:
     """Training finished and the adapter is saved: the data summary, the metrics, status trained."""
     data = {k: v for k, v in data_summary.items() if k != "train_tokens"} | {"tokens": data_summary["train_tokens"]}
+    if isinstance(data.get("file"), str):  # absolute, as in the settings (`located`)
+        data["file"] = absolute(data["file"])
     update(
         output_dir,
         {
@@ -266,8 +291,8 @@ def add_evaluation(output_dir: Path, results: dict[str, Any], how: dict[str, Any
     that an evaluation never replaces an earlier one unread. The run record says when it was last evaluated."""
     earlier = read_json(output_dir / METRICS) or {}
     history = earlier.get(EVALUATIONS)
-    if not isinstance(history, list):  # evaluated before metrics.json kept a list: that one first
-        history = [{k: v for k, v in earlier.items() if k.startswith("eval")}] if "eval_loss" in earlier else []
+    if not isinstance(history, list):  # an evaluation held without the list (eval_runtime_s) first; not training's
+        history = [{k: v for k, v in earlier.items() if k.startswith("eval")}] if "eval_runtime_s" in earlier else []
     entry = {"evaluated": now(), **how, **results}
     when = {EVALUATED: entry["evaluated"]} if (output_dir / MANIFEST).is_file() else None
     update(output_dir, when, {**results, EVALUATIONS: [*history, entry]})
