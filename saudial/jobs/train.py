@@ -123,8 +123,7 @@ def after_training(trained: Trained) -> dict[str, Any]:
                 "nothing to do: %s already holds this run, finished (same settings and data)", output_dir.resolve()
             )
     elif settings.push_to_hub:
-        from saudial.jobs.push import push
-        from saudial.publish.hub import retry_command
+        from saudial.jobs.push import push, retry_command
 
         then = f"the finished run is in {output_dir}: upload it with `{retry_command(output_dir)}`"
         signals.stop_if_received("the upload", then)
