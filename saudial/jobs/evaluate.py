@@ -47,16 +47,18 @@ def run_evaluate(settings: Settings, adapter_dir: Path) -> dict[str, Any]:
         log.info("SAUDIAL_EVAL=none: nothing to do")
         return {}
     output_dir = settings.output_dir if explicit_output else adapter_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
     rows = eval_split(settings)
     if settings.task == "auto":  # the adapter's own record says which; else the data does
         settings = settings.model_copy(update={"task": "chat" if CONVERSATION in rows else "translate"})
     model, tokenizer = load_for_inference(settings, adapter_dir)
     if settings.task == "chat":
         check_template(tokenizer, str(adapter_dir))
-    with signals.interruptible("evaluation", f"nothing was written; run `evaluate --adapter {adapter_dir}` again"):
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Stops between batches (exit 75) until the results are written; from there on it finishes, card included.
+    then = f"nothing was written: run `saudial evaluate --adapter {adapter_dir}` again"
+    with signals.interruptible("evaluation", then):
         results = evaluate(settings, model, tokenizer, rows, output_dir, command="evaluate")
-    update_card(output_dir)
+        update_card(output_dir)
     return results
 
 

@@ -2,7 +2,8 @@
 
 The repo id and visibility are this command's flags or variables, else what the run recorded. A failed
 upload (exit 4) names the command that retries it as it is: with `--hub-model-id` (and `--hub-private`)
-where they did not come from the run's record.
+where they did not come from the run's record. SIGTERM/SIGINT never cuts the card short; it stops the
+upload at once (exit 75): a Hub commit is all or nothing, and the run stays as it is on disk.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from saudial.config.settings import Settings
 from saudial.errors import ConfigError
+from saudial.process import signals
 from saudial.publish import hub
 from saudial.publish.card import CARD, write_card
 from saudial.rundir import record
@@ -49,6 +51,9 @@ def push(settings: Settings, output_dir: Path) -> str:
     """Write the model card into `output_dir`, then upload the run; returns the repo URL."""
     repo_id, private, retry = target(settings, output_dir)  # refuses a directory that holds no adapter
     hub.check_upload(retry)  # no token, HF_HUB_OFFLINE: refused before the card is written
-    record.own(output_dir, CARD)  # the run's file from now on (a later overwrite may replace it)
-    write_card(output_dir, repo_id)
-    return hub.push(output_dir, repo_id, private, retry)
+    with signals.deferred("the model card"):
+        record.own(output_dir, CARD)  # the run's file from now on (a later overwrite may replace it)
+        write_card(output_dir, repo_id)
+    then = f"the finished run is in {output_dir}, not uploaded: upload it with `{retry}`"
+    with signals.interruptible("the upload", then, at_once=True):
+        return hub.push(output_dir, repo_id, private, retry)
