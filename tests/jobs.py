@@ -40,12 +40,12 @@ def env_for(tiny_model: Path, data: Path, out: Path, **extra: str) -> dict[str, 
 
 
 class Job:
-    """`python entrypoint.py` in the background, its stdout and stderr collected as they come. `group`: in a
-    process group of its own, which `signal_group` signals whole (as a scheduler or a terminal's Ctrl-C does)."""
+    """`python entrypoint.py` (or `argv`) in the background, its stdout and stderr collected as they come. `group`:
+    in a process group of its own, which `signal_group` signals whole (as a scheduler or a terminal's Ctrl-C does)."""
 
-    def __init__(self, env: dict[str, str], group: bool = False) -> None:
+    def __init__(self, env: dict[str, str], group: bool = False, argv: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(ENTRYPOINT)],
+            argv or [sys.executable, str(ENTRYPOINT)],
             env=env,
             cwd=REPO,
             stdout=subprocess.PIPE,
@@ -104,3 +104,35 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     differing = [name for name in a if not torch.equal(a[name], b[name])]
     worst = max(((a[n] - b[n]).abs().max().item() for n in differing), default=0.0)
     assert not differing, f"{len(differing)} of {len(a)} tensors differ (max abs diff {worst:.3g}): {differing[:3]}"
+
+
+# The entry point's `main` in a process of its own, one function (PAUSE_AT: "module:attribute.path") made to touch
+# the file PAUSED and sleep first (after its own work with PAUSE_AFTER=1): a signal then finds the command there.
+PAUSING_MAIN = """
+import importlib, os, sys, time
+module, _, path = os.environ["PAUSE_AT"].partition(":")
+owner = importlib.import_module(module)
+*parents, name = path.split(".")
+for parent in parents:
+    owner = getattr(owner, parent)
+real = getattr(owner, name)
+def paused(*args, **kwargs):
+    result = real(*args, **kwargs) if os.environ.get("PAUSE_AFTER") else None
+    open(os.environ["PAUSED"], "w").close()
+    time.sleep(120)
+    return result if os.environ.get("PAUSE_AFTER") else real(*args, **kwargs)
+setattr(owner, name, paused)
+from saudial.cli.main import main
+sys.exit(main())
+"""
+
+
+def paused_job(env: dict[str, str], pause_at: str, marker: Path, *args: str, after: bool = False) -> Job:
+    """`saudial ARGS` (the entry point's `main`) stopped at `pause_at` (see PAUSING_MAIN): returns once it is there."""
+    env = env | {"PAUSE_AT": pause_at, "PAUSED": str(marker)} | ({"PAUSE_AFTER": "1"} if after else {})
+    job = Job(env, argv=[sys.executable, "-c", PAUSING_MAIN, *args])
+    deadline = time.monotonic() + 300
+    while not marker.exists() and job.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), f"{pause_at} not reached (exit {job.proc.poll()}):\n{job.output[-4000:]}"
+    return job

@@ -106,7 +106,7 @@ def test_sigterm_during_the_upload_exits_75(slow_hub: str, tiny_model: Path, wor
     assert code == EXIT_INTERRUPTED, job.output[-4000:]
     line = error_line(job.output)
     assert line.startswith("error: stopped by SIGTERM during the upload; the finished run is in"), line
-    assert f"python -m saudial push --output-dir {out}" in line and TOKEN not in job.output
+    assert f"saudial push --output-dir {out}`" in line and TOKEN not in job.output
     assert (out / ADAPTER).is_file() and not (out / "staging").exists()
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shlex
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ from huggingface_hub import ModelCard
 from saudial.publish.hub import RETRY_DELAYS_S
 from tests.adapter_run import trained_adapter
 from tests.conftest import RunEntry, base_env
-from tests.entry import run_in_process
+from tests.entry import assert_one_line_error, run_in_process
 
 TOKEN = "hf_saudialFAKEtoken0123456789abcdefXYZ"
 REPO_ID = "tester/lfm2-saudial-test"
@@ -320,7 +321,7 @@ def test_forbidden_upload_after_training_exits_4_and_keeps_the_adapter(
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: upload to")
     assert "403 Forbidden" in error and "write access" in error
-    assert f"python -m saudial push --output-dir {out}" in error
+    assert f"retry the upload with: saudial push --output-dir {out}" in error and "--hub-model-id" not in error
     assert "Traceback" not in result.stderr
     assert len(hub.of_kind("commit")) == 1  # a 403 is not retried
     assert (out / "adapter_model.safetensors").is_file() and (out / "run_manifest.json").is_file()
@@ -384,7 +385,7 @@ def test_push_failures_exit_4_with_the_retry_command(
     assert result.returncode == 4, result.stderr[-3000:]
     error = result.stderr.strip().splitlines()[-1]
     assert expected in error, error
-    assert f"retry the upload with: python -m saudial push --output-dir {out}" in error
+    assert error.endswith(f"retry the upload with: saudial push --output-dir {out} --hub-model-id {REPO_ID}"), error
     assert "Traceback" not in result.stderr
     attempts = len(hub.of_kind(kind))
     assert attempts == (4 if status == 500 else 1)  # 5xx: 1 try + 3 retries; 401/403: no retry
@@ -392,6 +393,67 @@ def test_push_failures_exit_4_with_the_retry_command(
         assert_backoff(in_process.slept, RETRY_DELAYS_S if status == 500 else ())
     assert (out / "adapter_model.safetensors").is_file()
     assert_token_only_in_authorization(hub, result.stdout, result.stderr)
+
+
+@pytest.mark.slow
+def test_the_printed_retry_command_works_as_printed(
+    trained: Path, tmp_path: Path, hub: StandIn, run_entry: RunEntry
+) -> None:
+    """A run trained without a Hub repo, pushed with --hub-model-id: the failure's retry command names the repo,
+    and runs as printed (was: it left the flag out, and that command then failed with exit 2). Real processes."""
+    env, out = push_env(trained, hub, tmp_path)
+    for key in ("SAUDIAL_PUSH_TO_HUB", "SAUDIAL_HUB_MODEL_ID"):
+        env.pop(key)
+    hub.faults["create"] = [403]
+    failed = run_entry(env, "push", "--output-dir", str(out), "--hub-model-id", REPO_ID, "--hub-private", "false")
+    assert failed.returncode == 4, failed.stderr[-3000:]
+    retry = shlex.split(failed.stderr.strip().splitlines()[-1].split("retry the upload with: ")[1])
+    assert retry == ["saudial", "push", "--output-dir", str(out), "--hub-model-id", REPO_ID, "--hub-private", "false"]
+    hub.faults.clear()
+    done = run_entry(env, *retry[1:])  # `saudial` is this entry point
+    assert done.returncode == 0, done.stderr[-3000:]
+    created = json.loads(hub.of_kind("create")[-1].body)
+    assert f"{created['organization']}/{created['name']}" == REPO_ID and created["visibility"] == "public"
+    assert_token_only_in_authorization(hub, failed.stderr, done.stdout, done.stderr)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"HF_TOKEN": "<unset>"}, "no Hugging Face token: set HF_TOKEN to a token with write access"),
+        ({"HF_HUB_OFFLINE": "1"}, "cannot upload while HF_HUB_OFFLINE is set: unset it and run `saudial push"),
+        ({"SAUDIAL_HUB_MODEL_ID": "<unset>"}, "push needs the Hub repo: pass --hub-model-id owner/name (or set"),
+    ],
+)
+def test_push_without_token_repo_or_hub_is_a_settings_error(
+    trained: Path, tmp_path: Path, hub: StandIn, in_process: InProcess, extra: dict[str, str], expected: str
+) -> None:
+    """Settings that no retry can fix: exit 2 (README, Exit codes), as before training; nothing sent to the Hub.
+    No token was exit 4; no repo id named SAUDIAL_PUSH_TO_HUB, which `push` does not read."""
+    env, out = push_env(trained, hub, tmp_path)
+    env.pop("SAUDIAL_PUSH_TO_HUB")
+    for key, value in extra.items():
+        if value == "<unset>":
+            env.pop(key)
+        else:
+            env[key] = value
+    result = in_process.run(env, "push", "--output-dir", str(out))
+    assert_one_line_error(result, expected, code=2)
+    assert "SAUDIAL_PUSH_TO_HUB" not in result.stderr and not hub.requests
+
+
+def test_push_without_a_token_exits_2_as_a_process(tmp_path: Path, run_entry: RunEntry, hub: StandIn) -> None:
+    """The same refusal end to end, on an adapter folder (push reads no model)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "adapter_config.json").write_text("{}")
+    env = hub_env(Path("unused"), Path("unused"), out, hub, tmp_path)
+    env.pop("HF_TOKEN")
+    result = run_entry(env, "push", "--output-dir", str(out))
+    line = assert_one_line_error(result, "no Hugging Face token: set HF_TOKEN", code=2)
+    assert line.endswith(f"and run `saudial push --output-dir {out} --hub-model-id {REPO_ID}`"), line
+    assert not hub.requests
 
 
 # --- pre-flight: exit 2 before any model is loaded ----------------------------------------------------

@@ -179,9 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # commands print no training settings.
         if args.command == "train" and distributed.is_main_process() and not distributed.launched_by_us():
             print_settings(settings, cli_values, args)
-        if getattr(args, "adapter", None) is not None:
-            check_adapter_dir(args.adapter)  # before the command imports torch and the model libraries
-        return COMMANDS[args.command](args, settings)
+        if args.command == "train":
+            return run_train(args, settings)  # its phases hear SIGTERM/SIGINT themselves (process/signals.py)
+        # Any other command stops at once, exit 75; one that writes says there what it kept (process/signals.py).
+        with signals.interruptible(f"`saudial {args.command}`", "nothing was written: run it again", at_once=True):
+            if getattr(args, "adapter", None) is not None:
+                check_adapter_dir(args.adapter)  # before the command imports torch and the model libraries
+            return COMMANDS[args.command](args, settings)
     except (Exception, KeyboardInterrupt) as exc:
         # Every fault ends here as one line and a documented exit code (README, Exit codes): an error the
         # user can act on, a fault of the machine (disk, memory: errors.as_user_error), else a bug (1).
@@ -189,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         close_progress_bars()  # the line goes on a line of its own, the last one
         if debug:
             print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C where train hears only SIGTERM (README, Exit codes: 130)
             print("error: interrupted (Ctrl-C)", file=sys.stderr)
             return 130
         # One line, whatever the message holds: control characters escaped, any Hugging Face token redacted.

@@ -54,9 +54,11 @@ def run_evaluate(settings: Settings, adapter_dir: Path) -> dict[str, Any]:
     model, tokenizer = load_for_inference(settings, adapter_dir)
     if settings.task == "chat":
         check_template(tokenizer, str(adapter_dir))
-    with signals.interruptible("evaluation", f"nothing was written; run `evaluate --adapter {adapter_dir}` again"):
+    # Stops between batches (exit 75) until the results are written; from there on it finishes, card included.
+    then = f"nothing was written: run `saudial evaluate --adapter {adapter_dir}` again"
+    with signals.interruptible("evaluation", then):
         results = evaluate(settings, model, tokenizer, rows, output_dir, command="evaluate")
-    update_card(output_dir)
+        update_card(output_dir)
     return results
 
 

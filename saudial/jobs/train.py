@@ -123,13 +123,11 @@ def after_training(trained: Trained) -> dict[str, Any]:
                 "nothing to do: %s already holds this run, finished (same settings and data)", output_dir.resolve()
             )
     elif settings.push_to_hub:
-        from saudial.jobs.push import push
-        from saudial.publish.hub import retry_command
+        from saudial.jobs.push import push, retry_command
 
         then = f"the finished run is in {output_dir}: upload it with `{retry_command(output_dir)}`"
         signals.stop_if_received("the upload", then)
-        with signals.interruptible("the upload", then, at_once=True):
-            push(settings, output_dir)
+        push(settings, output_dir)  # SIGTERM from here: the card is finished, the upload stopped at once (exit 75)
         record.advance(output_dir, record.PUSHED, hub_model_id=settings.hub_model_id)
     return results
 

@@ -15,6 +15,10 @@ between phases. What each phase does with it:
 - between the phases after training (`stop_if_received`, jobs/train.py): before the move into place and
   before the upload, exit 75 with what is left; the move itself is never cut short (it is journaled);
 - the upload (`interruptible(..., at_once=True)`): stops at once, exit 75: the run is safe on disk.
+
+Every other command (cli/main.py) is `interruptible(..., at_once=True)` from its start: it stops at once, exit
+75, "nothing was written"; a file cut short is removed as it stops (translate's and chat's outputs, merge's
+staging folder). What must not be cut short (the model card, merge's move into place) runs `deferred`.
 """
 
 from __future__ import annotations
@@ -107,6 +111,20 @@ def watching() -> Iterator[Stopper]:
     stopper.install()
     try:
         yield stopper
+    finally:
+        stopper.restore()
+
+
+@contextmanager
+def deferred(what: str) -> Iterator[None]:
+    """SIGTERM/SIGINT inside the block waits for its end (`what`: a write that must not be cut short). The phase
+    around it holds the signal then: it stops at its next `check()` or `interruptible`; where none comes, the
+    command finishes as it would have."""
+    stopper = Stopper()
+    stopper.stopping = f"finishing {what} first"
+    stopper.install()
+    try:
+        yield
     finally:
         stopper.restore()
 

@@ -11,9 +11,11 @@ Before training (`preflight`), a push bound to fail stops the run at once with e
 a bad repo id, HF_HUB_OFFLINE set, no Hub reachable, a token the Hub rejects, a read-only token, or a
 namespace the token's owner cannot write to. A 5xx or 429 answer only warns: likely passing.
 
-After training (`push`), the adapter, tokenizer, run record, eval_results.md and model card go up in
-one commit; a failure that outlasts the retries raises PushError (exit code 4) naming the cause and
-the command that retries: `python -m saudial push --output-dir DIR`. No pickle goes up or down.
+The upload (`push`, after training or by `saudial push`: jobs/push.py) sends the adapter, tokenizer, run
+record, eval_results.md and model card in one commit. Without a token, or with HF_HUB_OFFLINE set, it
+does not start: ConfigError (exit 2), as before training. A failure of the upload itself that outlasts
+the retries raises PushError (exit code 4) naming the cause and the command that retries it (`saudial
+push --output-dir DIR`, with the repo id when the run's record does not hold it). No pickle goes up or down.
 """
 
 from __future__ import annotations
@@ -51,13 +53,10 @@ UPLOAD_PATTERNS = [*ADAPTER, *TOKENIZER, MANIFEST, METRICS, RESULTS_MD, "README.
 UPLOAD_PATTERNS += [f"gguf/{n}" for n in ("*.gguf", "Modelfile", "README.md", MANIFEST)]
 
 
-def retry_command(output_dir: Path) -> str:
-    return f"python -m saudial push --output-dir {output_dir}"
-
-
-def check_repo_id(repo_id: str | None) -> str:
+def check_repo_id(repo_id: str | None, missing: str = "") -> str:
+    """`repo_id` checked (ConfigError, exit 2); `missing`: the message without one."""
     if not repo_id:
-        raise ConfigError("SAUDIAL_PUSH_TO_HUB=true needs SAUDIAL_HUB_MODEL_ID=owner/name (the Hub repo to create)")
+        raise ConfigError(missing or "SAUDIAL_PUSH_TO_HUB=true needs SAUDIAL_HUB_MODEL_ID=owner/name (the Hub repo)")
     try:
         return settings_check_repo_id(repo_id)
     except ValueError as exc:
@@ -96,7 +95,7 @@ def preflight(settings: Settings) -> None:
     if hub_offline():
         raise ConfigError(
             "SAUDIAL_PUSH_TO_HUB=true cannot upload while HF_HUB_OFFLINE is set: unset HF_HUB_OFFLINE, or set "
-            "SAUDIAL_PUSH_TO_HUB=false and push later with `python -m saudial push --output-dir DIR`"
+            "SAUDIAL_PUSH_TO_HUB=false and push later with `saudial push --output-dir DIR`"
         )
     token = get_token()
     if not token:
@@ -160,31 +159,26 @@ def _with_retries(call: Callable[[], T], what: str, delays: tuple[float, ...] = 
     raise AssertionError("unreachable")
 
 
-def hub_settings(settings: Settings, output_dir: Path) -> tuple[str, bool]:
-    """Repo id and visibility: the flags/variables of this command, else what the run recorded."""
-    if not (output_dir / "adapter_config.json").is_file():
-        raise ConfigError(f"{output_dir} holds no adapter (adapter_config.json): is it a training output directory?")
-    recorded = (read_json(output_dir / MANIFEST) or {}).get("config") or {}
-    repo_id = settings.hub_model_id if "hub_model_id" in settings.model_fields_set else None
-    repo_id = repo_id or recorded.get("hub_model_id") or settings.hub_model_id
-    private = settings.hub_private if "hub_private" in settings.model_fields_set else recorded.get("hub_private", True)
-    return check_repo_id(repo_id), bool(private)
+def check_upload(retry: str) -> None:
+    """ConfigError (exit 2) without a token or with HF_HUB_OFFLINE set, naming `retry` (the command to run then)."""
+    from huggingface_hub import get_token
 
-
-def push(settings: Settings, output_dir: Path) -> str:
-    """Upload a finished run's directory (its model card written already: jobs/push.py); returns the repo URL.
-
-    PushError (exit 4) if it fails."""
-    from huggingface_hub import HfApi, get_token
-
-    repo_id, private = hub_settings(settings, output_dir)
-    retry = retry_command(output_dir)
     if hub_offline():
-        raise PushError(
-            f"cannot upload while HF_HUB_OFFLINE is set; the adapter is in {output_dir}: unset it and run `{retry}`"
-        )
+        raise ConfigError(f"cannot upload while HF_HUB_OFFLINE is set: unset it and run `{retry}`")
     if not get_token():
-        raise PushError(f"no Hugging Face token: set HF_TOKEN (write access) and run `{retry}`")
+        raise ConfigError(
+            f"no Hugging Face token: set HF_TOKEN to a token with write access "
+            f"(https://huggingface.co/settings/tokens) and run `{retry}`"
+        )
+
+
+def push(output_dir: Path, repo_id: str, private: bool, retry: str) -> str:
+    """Upload a finished run's directory (its model card written already) to `repo_id`; returns the repo URL.
+
+    `check_upload` first; PushError (exit 4) naming `retry` (the command that retries it) if the upload fails."""
+    from huggingface_hub import HfApi
+
+    check_upload(retry)
     api = HfApi()
     endpoint = hub_endpoint()
     files = sorted(p.name for p in output_dir.iterdir() if p.is_file() and p.name in UPLOAD_PATTERNS)
@@ -204,14 +198,14 @@ def push(settings: Settings, output_dir: Path) -> str:
             "uploading",
         )
     except Exception as exc:
-        raise PushError(explain_failure(exc, repo_id, output_dir, endpoint)) from None
+        cause = explain_failure(exc, repo_id, endpoint)
+        raise PushError(f"{cause}; the adapter is safe in {output_dir}; retry the upload with: {retry}") from None
     log.info("uploaded to %s", url)
     return str(url)
 
 
-def explain_failure(exc: BaseException, repo_id: str, output_dir: Path, endpoint: str) -> str:
+def explain_failure(exc: BaseException, repo_id: str, endpoint: str) -> str:
     status = _status(exc)
-    retry = f"the adapter is safe in {output_dir}; retry the upload with: {retry_command(output_dir)}"
     if status == 401:
         cause = "401 Unauthorized: HF_TOKEN is invalid or expired (create a new one with write access)"
     elif status == 403:
@@ -226,7 +220,7 @@ def explain_failure(exc: BaseException, repo_id: str, output_dir: Path, endpoint
         cause = f"cannot reach {endpoint} ({_server_message(exc)}; retried {len(RETRY_DELAYS_S)} times)"
     else:
         cause = f"{type(exc).__name__}: {_server_message(exc)}"
-    return f"upload to {endpoint}/{repo_id} failed: {cause}; {retry}"
+    return f"upload to {endpoint}/{repo_id} failed: {cause}"
 
 
 # --- the Hub copy of the latest checkpoint (SAUDIAL_HUB_STRATEGY=checkpoint) ----------------------------
