@@ -218,6 +218,23 @@ def test_evaluate_into_a_read_only_folder_exits_74_before_generating(
     assert tree(tmpfs) == before
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_evaluate_output_dir_that_cannot_be_a_folder_exits_2(
+    where: str, trained: Path, tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
+) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    target = tmp_path / "notes.txt" if where == "a file" else tmp_path / "notes.txt" / "results"
+    env = base_env(tiny_model, workbook, tmp_path / "unused", SAUDIAL_EVAL="full")
+    for key in ("SAUDIAL_OUTPUT_DIR", "SAUDIAL_DATA", "SAUDIAL_MODEL_NAME_OR_PATH"):
+        env.pop(key)  # the command finds them in the run's manifest
+    result = run_entry(env, "evaluate", "--adapter", str(trained), "--output-dir", str(target))
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = error_line(result.stderr)
+    assert line.startswith(f"error: --output-dir='{target}' is ") and "give --output-dir a folder" in line, line
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_evaluate_command_needs_an_adapter(
     tmp_path: Path, run_entry: RunEntry, tiny_model: Path, workbook: Path
 ) -> None:

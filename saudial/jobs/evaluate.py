@@ -20,6 +20,7 @@ from saudial.inference.generate import load_for_inference, settings_for_adapter
 from saudial.process import signals
 from saudial.publish.card import CARD, write_card
 from saudial.rundir.record import MANIFEST, PUSHED, owned, read_json
+from saudial.rundir.staging import check_can_be_directory
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ def run_evaluate(settings: Settings, adapter_dir: Path) -> dict[str, Any]:
         log.info("SAUDIAL_EVAL=none: nothing to do")
         return {}
     output_dir = settings.output_dir if explicit_output else adapter_dir
+    if explicit_output:
+        check_can_be_directory(output_dir, "--output-dir", "give --output-dir a folder, or leave it out")
     check_writable(output_dir)  # created where missing; read-only is exit 74 now, not after the generation
     rows = eval_split(settings)
     if settings.task == "auto":  # the adapter's own record says which; else the data does
