@@ -270,6 +270,16 @@ def test_bad_inputs_exit_2_with_one_line(run_dir: Path, tiny_model: Path, workbo
     assert "is not a finished saudial run (its run is trained, not finished)" in one_error_line(result.stderr)
     (out / "run_manifest.json").write_text(original)
     assert tree(out) == before and not (out / "gguf").exists()
+    # A damaged adapter is found once the export has begun: it leaves no staging folder, and no output folder
+    # where the export made one.
+    damaged = copy_run(run_dir, tmp_path / "damaged")
+    adapter = damaged / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:100])
+    for output in ([], ["--output", str(tmp_path / "new" / "gguf")]):
+        result = run(env, "export", "--adapter", str(damaged), *output)
+        assert result.returncode == EXIT_CONFIG, result.stderr[-3000:]
+        assert "adapter_model.safetensors" in one_error_line(result.stderr)
+    assert not (damaged / "gguf").exists() and not (tmp_path / "new" / "gguf").exists()
 
 
 @pytest.mark.slow
@@ -344,8 +354,7 @@ def test_sigterm_during_quantization_exits_75_and_keeps_nothing(
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
     assert "stopped by SIGTERM while llama.cpp wrote" in one_error_line(stderr)
-    assert not [p for p in (out / "gguf").iterdir() if p.name != "staging"]
-    assert not list((out / "gguf").rglob("*.partial"))
+    assert not (out / "gguf").exists()  # the export made it, and nothing of the export is kept
 
 
 @pytest.mark.slow

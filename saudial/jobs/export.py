@@ -81,21 +81,42 @@ def run_export(
     settings = settings_for_adapter(settings, adapter_dir)
     output = output if output is not None else adapter_dir / FOLDER
     inside = output.resolve().parent == adapter_dir.resolve()
+    created = not output.exists()
     # A folder holding anything saudial did not write is refused (exit 2), as is an earlier export without overwrite.
     work = staging.prepare_folder(output, settings, kind="export")
     if inside:
         record.own(adapter_dir, output.name)  # the run's record lists its export folder before it is filled
     then = f"nothing in {output} outside {work} was changed; start the same command again"
-    with signals.interruptible("export", then), faults(work, oom_advice=OOM_EXPORT, note=then):
-        export = write_all(settings, adapter_dir, work, types, lora_only, manifest)
-        files = [name for name in staging.contents(work) if name != MANIFEST]
-        record.update(work, {**manifest, "saudial_export": 1, "export": export, record.FILES: files}, replace=True)
-        signals.check()
-        staging.promote(output)
+    promoting = False
+    try:
+        with signals.interruptible("export", then), faults(work, oom_advice=OOM_EXPORT, note=then):
+            export = write_all(settings, adapter_dir, work, types, lora_only, manifest)
+            files = [name for name in staging.contents(work) if name != MANIFEST]
+            record.update(work, {**manifest, "saudial_export": 1, "export": export, record.FILES: files}, replace=True)
+            signals.check()
+            promoting = True  # from here a crash is completed by the next start (staging.resume_promotion)
+            staging.promote(output)
+    except BaseException:
+        if not promoting:
+            discard(work, output if created else None)
+        raise
     if inside:  # the run's own record says what was exported beside it
         record.update(adapter_dir, {"export": {**export, "folder": output.name}})
     log.info("GGUF export written to %s", output.resolve())
     return export
+
+
+def discard(work: Path, created: Path | None) -> None:
+    """An export that failed before its move into place: its staging folder (saudial's own) goes, and the output
+    folder too where this export created it and left it empty. Best effort: the next export clears what is left."""
+    try:
+        staging.remove(work, staging.contents(work))
+        (work / MANIFEST).unlink(missing_ok=True)
+        work.rmdir()
+        if created is not None and not any(created.iterdir()):
+            created.rmdir()
+    except OSError:
+        pass
 
 
 def write_all(
