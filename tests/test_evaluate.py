@@ -235,6 +235,36 @@ def test_evaluate_output_dir_that_cannot_be_a_folder_exits_2(
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
+def test_evaluate_output_dir_holds_evaluations_only(
+    trained: Path, tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
+) -> None:
+    """--output-dir once wrote into any folder: another run's model card, metrics and record were replaced by
+    this adapter's, and a user's metrics.json was edited. Now: a new or empty folder, or an earlier evaluation's."""
+    env = base_env(tiny_model, workbook, tmp_path / "unused", SAUDIAL_EVAL="full", SAUDIAL_MAX_EVAL_SAMPLES="3")
+    env["SAUDIAL_MAX_NEW_TOKENS"] = "4"
+    for key in ("SAUDIAL_OUTPUT_DIR", "SAUDIAL_DATA", "SAUDIAL_MODEL_NAME_OR_PATH"):
+        env.pop(key)  # the command finds them in the run's manifest
+    other_run = copy_run(trained, tmp_path / "other run")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.json").write_text('{"mine": 1}')
+    refusals = ((other_run, "holds a saudial training run ("), (mine, "holds files that no saudial evaluation"))
+    for target, said in refusals:
+        before = tree(target)
+        result = run_entry(env, "evaluate", "--adapter", str(trained), "--output-dir", str(target))
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert said in error_line(result.stderr)
+        assert tree(target) == before
+    results = tmp_path / "results"
+    for _ in range(2):  # a new folder, then the same folder again: an earlier evaluation's
+        result = run_entry(env, "evaluate", "--adapter", str(trained), "--output-dir", str(results))
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert len(json.loads((results / "metrics.json").read_text())["evaluations"]) == 2
+    assert json.loads((results / "run_manifest.json").read_text())["saudial_evaluate"] == 1
+    assert not (results / "README.md").exists()
+
+
 def test_evaluate_command_needs_an_adapter(
     tmp_path: Path, run_entry: RunEntry, tiny_model: Path, workbook: Path
 ) -> None:

@@ -19,6 +19,7 @@ from saudial.inference.evaluation import evaluate
 from saudial.inference.generate import load_for_inference, settings_for_adapter
 from saudial.process import signals
 from saudial.publish.card import CARD, write_card
+from saudial.rundir import record, staging
 from saudial.rundir.record import MANIFEST, PUSHED, owned, read_json
 from saudial.rundir.staging import check_can_be_directory
 
@@ -48,9 +49,12 @@ def run_evaluate(settings: Settings, adapter_dir: Path) -> dict[str, Any]:
         log.info("SAUDIAL_EVAL=none: nothing to do")
         return {}
     output_dir = settings.output_dir if explicit_output else adapter_dir
-    if explicit_output:
+    elsewhere = explicit_output and output_dir.resolve() != adapter_dir.resolve()
+    if elsewhere:
         check_can_be_directory(output_dir, "--output-dir", "give --output-dir a folder, or leave it out")
     check_writable(output_dir)  # created where missing; read-only is exit 74 now, not after the generation
+    if elsewhere:
+        claim(output_dir)
     rows = eval_split(settings)
     if settings.task == "auto":  # the adapter's own record says which; else the data does
         settings = settings.model_copy(update={"task": "chat" if CONVERSATION in rows else "translate"})
@@ -63,6 +67,25 @@ def run_evaluate(settings: Settings, adapter_dir: Path) -> dict[str, Any]:
         results = evaluate(settings, model, tokenizer, rows, output_dir, command="evaluate")
         update_card(output_dir)
     return results
+
+
+def claim(output_dir: Path) -> None:
+    """An --output-dir other than the adapter's folder holds evaluations only: new, empty, or an earlier one's (its
+    record says so). Another command's output or anything saudial did not write there is refused (exit 2), overwrite
+    or not; the folder's record lists what the evaluation writes before it writes it."""
+    where = f"--output-dir {str(output_dir)!r}"
+    damage = record.damaged(output_dir / MANIFEST)
+    earlier = None if damage else read_json(output_dir / MANIFEST)
+    staging.check_product(where, output_dir, earlier, "evaluation")
+    strangers = staging.foreign(output_dir, earlier)
+    if strangers or damage:
+        raise ConfigError(
+            f"{where} holds files that no saudial evaluation wrote there ({staging.listing(strangers or [MANIFEST])}): "
+            "saudial never replaces or changes those; choose a new or empty folder, or leave --output-dir out to "
+            "evaluate into the adapter's own folder"
+        )
+    files = sorted({*owned(earlier or {}), record.METRICS, record.RESULTS_MD, record.PREDICTIONS} - {MANIFEST})
+    record.update(output_dir, {"saudial_run": 1, "saudial_evaluate": 1, record.FILES: files})
 
 
 def update_card(output_dir: Path) -> None:

@@ -167,9 +167,9 @@ NOT_IN_RECORD = {"timings", "evaluation", EVALUATIONS}
 FINISHED, PUSHED = "finished", "pushed"
 STATUSES = [RUNNING, INTERRUPTED, TRAINED, EVALUATED, FINISHED, PUSHED]  # in the order a run goes through them
 FILES = "files"
-# The other commands that leave a record where they write (jobs/merge.py, jobs/export.py copy the training run's and
-# mark it); a record without these marks is a training run's.
-PRODUCTS = {"saudial_merge": "merge", "saudial_export": "export"}
+# The other commands that leave a record where they write (merge and export copy the training run's and mark it;
+# evaluate --output-dir writes its own); a record without these marks is a training run's.
+PRODUCTS = {"saudial_merge": "merge", "saudial_export": "export", "saudial_evaluate": "evaluation"}
 
 
 def update(
