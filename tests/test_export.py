@@ -243,8 +243,10 @@ def test_export_of_a_finished_run(run_dir: Path, tiny_model: Path, workbook: Pat
     assert "vllm serve" in (out / "gguf" / "README.md").read_text()
     again = run(env, "export", "--adapter", str(out), "--quant", "q8_0")  # an earlier export: not without overwrite
     assert again.returncode == EXIT_CONFIG and "holds an earlier export" in one_error_line(again.stderr)
-    lora = run(env, "export", "--adapter", str(out), "--output", str(tmp_path / "lora"), "--lora-only")
+    lora_env = env | {"SAUDIAL_EXPORT": "gguf:f16"}  # types that do not apply to the LoRA: said, not silently dropped
+    lora = run(lora_env, "export", "--adapter", str(out), "--output", str(tmp_path / "lora"), "--lora-only")
     assert lora.returncode == EXIT_OK, lora.stderr[-3000:]
+    assert "SAUDIAL_EXPORT=gguf:f16 names GGUF types; --lora-only writes the LoRA in F32 only" in lora.stderr
     entry = json.loads((tmp_path / "lora" / "run_manifest.json").read_text())["export"]["files"][0]
     assert entry["name"] == f"{stem}-LoRA-F32.gguf" and entry["check"]["passed"]  # on the base GGUF, vs merged
     assert f"ADAPTER ./{stem}-LoRA-F32.gguf" in (tmp_path / "lora" / "Modelfile").read_text()

@@ -120,3 +120,24 @@ def test_push_sigterm_during_the_upload(trained: Path, tiny_model: Path, workboo
     from saudial.publish.card import build_card
 
     assert (out / "README.md").read_text() == str(build_card(out, "someone/model"))  # whole
+
+
+def test_a_second_signal_in_a_command_speaks_of_no_checkpoint(caplog: pytest.LogCaptureFixture) -> None:
+    """Training's repeated-signal warning speaks of an incomplete checkpoint; a command that writes none (merge,
+    evaluate, translate) says only that it is already stopping."""
+    import logging
+
+    from saudial.errors import Interrupted
+    from saudial.process import signals
+
+    caplog.set_level(logging.WARNING, logger="saudial.process.signals")
+    stop = pytest.raises(Interrupted, match="stopped by SIGTERM during merge; nothing was written")
+    with stop, signals.interruptible("merge", "nothing was written"):
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
+        signals.check()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "SIGTERM received: stopping the merge after this batch",
+        "SIGTERM received again: already stopping, ignored",
+    ]

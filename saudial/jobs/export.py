@@ -75,6 +75,8 @@ def run_export(
             f"--quant {quant!r} does not apply with --lora-only: the GGUF LoRA is written in F32 (small, and llama.cpp "
             "applies it to a base GGUF of any type): leave out --quant, or leave out --lora-only for the merged model"
         )
+    if lora_only and (settings.export or "").removeprefix("gguf"):
+        log.warning("SAUDIAL_EXPORT=%s names GGUF types; --lora-only writes the LoRA in F32 only", settings.export)
     manifest = check_finished_run(adapter_dir)
     requested = quant or (settings.export or "").removeprefix("gguf:") or DEFAULT_TYPES
     types = [] if lora_only else llama.parse_types(requested, "--quant" if quant else "SAUDIAL_EXPORT")

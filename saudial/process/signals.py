@@ -46,6 +46,7 @@ class Stopper:
     def __init__(self, signals: tuple[signal.Signals, ...] | None = None, at_once: bool = False) -> None:
         self.received: str | None = None
         self.stopping = "stopping after the current step and saving a checkpoint"  # what the log line says
+        self.again = " (a SIGKILL now would leave an incomplete checkpoint, which the next start skips)"  # training's
         self.signals = signals or self.SIGNALS
         self.at_once = at_once
         self._previous: dict[int, Any] = {}
@@ -74,11 +75,7 @@ class Stopper:
             if self.at_once:
                 raise _Stop(name)
         else:
-            log.warning(
-                "%s received again: already stopping, ignored (a SIGKILL now would leave an incomplete "
-                "checkpoint, which the next start skips)",
-                name,
-            )
+            log.warning("%s received again: already stopping, ignored%s", name, self.again)
 
 
 class _Stop(BaseException):
@@ -121,7 +118,7 @@ def deferred(what: str) -> Iterator[None]:
     around it holds the signal then: it stops at its next `check()` or `interruptible`; where none comes, the
     command finishes as it would have."""
     stopper = Stopper()
-    stopper.stopping = f"finishing {what} first"
+    stopper.stopping, stopper.again = f"finishing {what} first", ""
     stopper.install()
     try:
         yield
@@ -135,6 +132,7 @@ def interruptible(what: str, then: str, received: str | None = None, at_once: bo
     next `check()`, or at once with `at_once`: Interrupted (exit 75) "stopped by SIGTERM during <what>; <then>"."""
     stopper = Stopper(at_once=at_once)
     stopper.received, stopper.stopping = received, f"stopping the {what}" + ("" if at_once else " after this batch")
+    stopper.again = ""  # no checkpoint here: training's own stop says what a SIGKILL would leave
     stopper.install()
     try:
         if at_once:

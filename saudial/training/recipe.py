@@ -265,8 +265,8 @@ def train(
 
 def warn_no_held_out(settings: Settings) -> None:
     """Why a run that was asked to evaluate will not, and what to change (the path as an argument: escaped)."""
-    then = "this run trains on every row and will not evaluate (SAUDIAL_EVAL=%s): add rows or raise SAUDIAL_EVAL_SIZE"
-    then += " to evaluate, or set SAUDIAL_EVAL=none"
+    then = "this run trains on every row and will not evaluate (SAUDIAL_EVAL=%s): to evaluate, add rows (two or more"
+    then += " in a dialect) or raise SAUDIAL_EVAL_SIZE; or set SAUDIAL_EVAL=none"
     if not settings.eval_size:
         log.warning("SAUDIAL_EVAL_SIZE=0 holds no rows out: " + then, settings.eval)
     else:  # data/examples.split: a dialect of one row keeps it; a sentence goes out with all its rows or not at all
