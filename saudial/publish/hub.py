@@ -175,10 +175,10 @@ def check_upload(retry: str) -> None:
 def push(output_dir: Path, repo_id: str, private: bool, retry: str) -> str:
     """Upload a finished run's directory (its model card written already) to `repo_id`; returns the repo URL.
 
-    `check_upload` first; PushError (exit 4) naming `retry` (the command that retries it) if the upload fails."""
+    The caller has run `check_upload` (jobs/push.py, before the card); PushError (exit 4) naming `retry` (the
+    command that retries it) if the upload fails."""
     from huggingface_hub import HfApi
 
-    check_upload(retry)
     api = HfApi()
     endpoint = hub_endpoint()
     files = sorted(p.name for p in output_dir.iterdir() if p.is_file() and p.name in UPLOAD_PATTERNS)

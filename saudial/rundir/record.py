@@ -195,7 +195,7 @@ def update(
 
 
 def product(manifest: dict[str, Any]) -> str:
-    """What wrote the folder of `manifest`: "merge", "export" or "training run"."""
+    """What wrote the folder of `manifest`: "merge", "export", "evaluation" or "training run"."""
     return next((name for key, name in PRODUCTS.items() if manifest.get(key)), "training run")
 
 

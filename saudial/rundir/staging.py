@@ -156,7 +156,8 @@ def check_records(output_dir: Path, unfinished: dict[str, Any] | None, where: st
 
 
 def check_product(where: str, directory: Path, manifest: dict[str, Any] | None, wanted: str) -> None:
-    """Refuse a folder that holds another command's output: training, merge and export each replace only their own."""
+    """Refuse a folder that holds another command's output: training, merge, export and evaluate --output-dir each
+    replace only their own."""
     found = wanted if manifest is None else record.product(manifest)
     if found != wanted:
         raise ConfigError(
