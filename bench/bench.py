@@ -77,7 +77,12 @@ def configurations(smoke: bool) -> list[tuple[str, dict[str, str], int]]:
         ("seed as written (bs 1x8)", SEED, steps or 4),
         ("seed, batch 8x8", SEED | {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "8"}, steps or 4),
         ("saudial defaults", {}, steps or 40),
-        ("defaults, GC on (8 GiB GPUs)", {"SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 30),
+        ("defaults, every layer checkpointed", {"SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps or 30),
+        # The defaults on smaller GPUs, emulated by PyTorch's own cap on what this process may allocate: each
+        # step checkpoints the fewest layers it needs (model/activation_memory.py).
+        ("defaults on a 4 GiB GPU", {"BENCH_GPU_GIB": "4"}, steps or 30),
+        ("defaults on an 8 GiB GPU", {"BENCH_GPU_GIB": "8"}, steps or 30),
+        ("defaults on a 24 GiB GPU", {"BENCH_GPU_GIB": "24"}, steps or 30),
         ("defaults, SDPA + mask, no varlen", SDPA, steps or 40),
         ("defaults, foreach AdamW", FOREACH_ADAMW, steps or 40),
         ("defaults, bs 128", {"SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "128"}, steps or 20),
@@ -112,6 +117,25 @@ def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
         runs += [(f"levers: {name}{turn}", extra, steps) for name, extra in without]
     # The original recipe's settings with saudial's kernels on (the seed's row has them off)
     runs.append(("levers: seed's settings, kernels on", SEED | {"SAUDIAL_FUSED_KERNELS": "true"}, 4))
+    return runs
+
+
+def fitted_pairs(smoke: bool) -> list[tuple[str, dict[str, str], int]]:
+    """The checkpointing fitted to each step against its parts, in turns, forwards then backwards: the defaults;
+    PyTorch's cap on the process's memory alone (checkpointing set off); the cap with the fit (nothing checkpointed
+    on 24 GiB); every layer checkpointed; and the fit on 4 GiB."""
+    steps = 4 if smoke else 30
+    cap_only = {"BENCH_GPU_GIB": "24", "SAUDIAL_GRADIENT_CHECKPOINTING": "false"}
+    runs = []
+    for turn in ("", ", again"):
+        rows = [
+            (f"fitted: defaults{turn}", {}, steps),
+            (f"fitted: 24 GiB cap, checkpointing off{turn}", cap_only, steps),
+            (f"fitted: 24 GiB cap, fitted{turn}", {"BENCH_GPU_GIB": "24"}, steps),
+            (f"fitted: every layer checkpointed{turn}", {"SAUDIAL_GRADIENT_CHECKPOINTING": "true"}, steps),
+            (f"fitted: 4 GiB cap, fitted{turn}", {"BENCH_GPU_GIB": "4"}, steps),
+        ]
+        runs += rows if not turn else rows[::-1]  # the second turn backwards: a drifting host favours no row
     return runs
 
 
@@ -218,12 +242,23 @@ def config_env(
     if smoke:
         env["SAUDIAL_QUANTIZATION"] = "none"
     env.update(extra)
+    if gib := env.pop("BENCH_GPU_GIB", None):  # a smaller GPU: PyTorch's cap on what the process may allocate
+        env["PYTORCH_CUDA_ALLOC_CONF"] = f"expandable_segments:True,per_process_memory_fraction:{gpu_fraction(gib)}"
     if env.get("SAUDIAL_NUM_PROCESSES", "1") == "1":
         env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]  # one GPU, no DataParallel
     if smoke:
         env.pop("SAUDIAL_TORCH_DTYPE", None)
         env.pop("SAUDIAL_TORCH_COMPILE", None)
     return env
+
+
+def gpu_fraction(gib: str) -> float:
+    """The share of this GPU's memory that is `gib` GiB (1 without a GPU: the smoke run)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 1.0
+    return min(1.0, float(gib) * 2**30 / torch.cuda.get_device_properties(0).total_memory)
 
 
 def run_config(
@@ -335,7 +370,7 @@ def main() -> None:
         "--sections",
         default="configs,wholerun,scaling,maxlen",
         help="comma list, run in this order: configs,levers,compilecache,compileprofile,compiled,wholerun,"
-        "memory,scaling,maxlen,profile,multigpu,unsloth",
+        "memory,activations,fitted,scaling,maxlen,profile,multigpu,unsloth",
     )
     parser.add_argument("--only", default="", help="configs/levers name prefixes to run, separated by ;")
     parser.add_argument("--skip", default="", help="configs/levers name prefixes not to run, separated by ;")
@@ -413,6 +448,10 @@ def main() -> None:
             for name, extra, lever_steps in levers(args.smoke):
                 if picked(name):
                     run(name, extra, data_900, lever_steps)
+        elif section == "fitted":
+            for name, extra, fitted_steps in fitted_pairs(args.smoke):
+                if picked(name):
+                    run(name, extra, data_900, fitted_steps)
         elif section == "compilecache":
             # Compile paid once: the compiled layers twice on one compile cache, emptied first; warmup_s is
             # the run's training time beyond its steady step time (the compile, mostly in the first steps).
@@ -432,6 +471,17 @@ def main() -> None:
             # file holds longer rows, so its longest padding-free micro-batch is longer (docs/benchmarks.md).
             data_9k = write_rows(args.work / "rows-10000.xlsx", 10000)
             run("defaults, 9,000 rows (100 steps)", {}, data_9k, 4 if args.smoke else 100)
+        elif section == "activations":
+            # What a step's peak memory is against its tokens, with no layer checkpointed, all and half
+            # (bench/activation_memory.py: the measurements behind model/activation_memory.py's estimate), on
+            # the defaults' rows and on long rows (micro-batch 16, max_length 2048: steps of many more tokens).
+            long_rows = write_rows(args.work / "rows-long.xlsx", 400, paragraph_share=1.0, paragraph_sentences=60)
+            for name, extra, data in (
+                ("defaults", {}, data_900),
+                ("long rows", {"SAUDIAL_MAX_LENGTH": "2048", "SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE": "16"}, long_rows),
+            ):
+                if picked(f"activations: {name}"):
+                    activations_config(name, extra, data, model, args, 3 if args.smoke else 10)
         elif section == "scaling":
             # 9,000 rows (whole run), then 90,000 capped at the 9,000-row run's steps; --only/--skip pick either.
             steps_9k = 4 if args.smoke else planned_steps(defaults, 9000, 1)  # 9,000 of the 10,000 rows train
@@ -513,6 +563,19 @@ def profile_config(name: str, extra: dict[str, str], data: Path, model: Path, wo
     code, wall = sh(command, env, log, timeout=400)
     summary = report.read_text().splitlines()[1] if code == 0 and report.exists() else log.read_text()[-1500:]
     print(f"  profile {name}: exit {code}, wall {wall:.1f}s: {summary}", flush=True)
+
+
+def activations_config(name: str, extra: dict[str, str], data: Path, model: Path, args: Any, steps: int) -> None:
+    """bench/activation_memory.py on one configuration: peak memory per step against its tokens."""
+    slug = slug_of(name)
+    env = config_env(extra, data, model, args.work / "activations" / slug, args.smoke, None)
+    report = args.out / f"activations-{slug}.json"
+    log = args.work / "logs" / f"activations-{slug}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(REPO / "bench" / "activation_memory.py"), str(report), "--steps", str(steps)]
+    code, wall = sh(command, env, log, timeout=400)
+    phases = json.loads(report.read_text())["phases"] if code == 0 and report.exists() else log.read_text()[-1500:]
+    print(f"  activations {name}: exit {code}, wall {wall:.1f}s: {json.dumps(phases)}", flush=True)
 
 
 def peer_ratios(results: list[dict[str, Any]]) -> dict[str, float]:

@@ -6,6 +6,8 @@
 #   bash bench/device-run.sh profile [OUT]     where a default step's time goes (bench/profile_step.py)
 #   bash bench/device-run.sh all [OUT]         bench, then the GPU tests (beside it on a second GPU, if there is one)
 #   bash bench/device-run.sh levers [OUT]      the speed overrides' same-call pairs (bench.py's levers, bench/ablate.py)
+#   bash bench/device-run.sh activations [OUT] a step's peak memory against its tokens, no, all and half the layers
+#                                              checkpointed (bench/activation_memory.py: model/activation_memory.py)
 #   bash bench/device-run.sh family [OUT]      each LFM2 size with its recipe, evaluate and translate (bench/family.py;
 #                                              FAMILY_SIZES: a comma list of 350M,700M,1.2B,2.6B, default all;
 #                                              FAMILY_RUNS: recipe,small-gpu, default both)
@@ -91,6 +93,13 @@ family() {  # each LFM2 size's whole run with its recipe; results in OUT/family/
     tail -12 "$OUT/family.log"
 }
 
+activations() {  # peak memory per step against tokens (bench/activation_memory.py); results in OUT/activations/
+    say "activation memory on GPU 0"
+    CUDA_VISIBLE_DEVICES=0 timeout "$(left 5)" "$PY" bench/bench.py --out "$OUT/activations" --work /tmp/saudial-bench \
+        --sections activations 2>&1 | grep --line-buffered -v "it/s\]" > "$OUT/activations.log"
+    tail -4 "$OUT/activations.log"
+}
+
 levers() {  # the defaults against each speed override taken out, in turns; results in OUT/levers/
     say "levers on GPU 0"
     CUDA_VISIBLE_DEVICES=0 timeout "$(left 5)" "$PY" bench/bench.py --out "$OUT/levers" --work /tmp/saudial-bench \
@@ -101,6 +110,7 @@ levers() {  # the defaults against each speed override taken out, in turns; resu
 case "$PRESET" in
 family) setup_stack project && family ;;
 levers) setup_stack project && levers ;;
+activations) setup_stack project && activations ;;
 gpu-tests) setup_stack project && gpu_tests 0 ;;
 bench) setup_stack unsloth && bench 0 ;;
 profile) setup_stack project && profile ;;

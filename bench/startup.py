@@ -15,7 +15,7 @@ nothing is imported earlier than in a real run). It prints medians, in seconds:
 - imports for the data: jobs/train.py and what it imports (pandas), and transformers (its logging set up)
 - data file: reading and checking the workbook (jobs/train.py's load_configured_data)
 - imports for training: from the data to `train()` (torch, transformers, PEFT, TRL, datasets, ...)
-- train(): the split, CUDA probe, output directory, tokenizer, tokenizing (train()'s data_s parts), then
+- train(): the split, output directory, tokenizer, tokenizing (train()'s data_s parts), then
   the model, the trainer and the steps (not this benchmark's subject)
 - after train(): evaluation (none here), moving staging into place, the model card
 - exit: from main() returning until the process has ended (atexit, threads, interpreter teardown)
@@ -42,7 +42,6 @@ PROBES: dict[str, tuple[str, ...]] = {
     "saudial.jobs.train": ("load_configured_data", "after_training"),
     "saudial.training.recipe": ("train", "prepare_output_dir", "load_tokenizer", "load_model", "build_trainer"),
     "saudial.data.examples": ("split", "prepare"),
-    "saudial.model.hardware": ("gpu_memory_gib",),
     "saudial.training.reproducibility": ("configure",),
     "saudial.process.distributed": ("init",),
 }
@@ -169,7 +168,6 @@ def run_once(work: Path, model: Path, data: Path, steps: int | None, dry_run: bo
     if not dry_run:
         after = m["saudial.jobs.train.after_training"]
         parts |= {
-            "train(): CUDA probe": span("saudial.model.hardware.gpu_memory_gib"),
             "train(): process group": span("saudial.process.distributed.init"),
             "train(): determinism": span("saudial.training.reproducibility.configure"),
             "train(): output dir": span("saudial.training.recipe.prepare_output_dir"),

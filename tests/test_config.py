@@ -141,39 +141,6 @@ def test_readme_settings_table_is_current() -> None:
     assert settings_table() in readme, "regenerate the README's table: python -m saudial.config"
 
 
-def test_small_gpus_get_gradient_checkpointing_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    from saudial.model.hardware import fit_to_gpu
-
-    default = Settings()
-    assert not default.gradient_checkpointing
-    assert fit_to_gpu(default, 8.0).gradient_checkpointing  # an 8 GB card
-    assert fit_to_gpu(default, 44.4).gradient_checkpointing  # an L40S: long rows could outgrow it (hardware.py)
-    assert fit_to_gpu(default, 80.0) is default  # an H100: the measured default stands
-    assert fit_to_gpu(default, None) is default  # the CPU
-    monkeypatch.setenv("SAUDIAL_GRADIENT_CHECKPOINTING", "false")
-    explicit = load_settings({})
-    assert fit_to_gpu(explicit, 8.0) is explicit  # the user's word wins
-    monkeypatch.delenv("SAUDIAL_GRADIENT_CHECKPOINTING")
-    compiled = load_settings({"torch_compile": "true"})
-    assert fit_to_gpu(compiled, 8.0) is compiled  # compiled layers cannot be checkpointed
-
-
-def test_frozen_weights_are_kept_dequantized_where_checkpointing_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fused step keeps the frozen weights dequantized (~2 bytes a weight) on the GPUs that train without
-    checkpointing, and not on those fit_to_gpu gives checkpointing to; the user's setting wins either way."""
-    from saudial.model.hardware import fit_to_gpu
-    from saudial.training.trainer import keeps_dequantized
-
-    default = Settings()
-    assert default.dequantize_once is None
-    assert keeps_dequantized(fit_to_gpu(default, 80.0))  # an H100
-    assert not keeps_dequantized(fit_to_gpu(default, 24.0))  # a 24 GB card: memory is what it is short of
-    monkeypatch.setenv("SAUDIAL_DEQUANTIZE_ONCE", "true")
-    assert keeps_dequantized(fit_to_gpu(load_settings({}), 24.0))
-    monkeypatch.setenv("SAUDIAL_DEQUANTIZE_ONCE", "false")
-    assert not keeps_dequantized(fit_to_gpu(load_settings({}), 80.0))
-
-
 def test_a_loader_worker_collates_on_a_gpu_and_none_on_the_cpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Unset, dataloader_num_workers is one worker where training runs on a GPU (it collates the next batch
     during the step) and none on the CPU; the user's value wins either way and reaches the Trainer's config."""

@@ -269,3 +269,27 @@ def test_generation_runs_attention_without_cudnn(tiny_model: Path, workbook: Pat
     finally:
         patches.avoid_cudnn_attention()
     assert any("cudnn" in op for op in upstream), f"PyTorch no longer picks cuDNN here ({upstream}): drop the patch"
+
+
+def test_a_small_gpu_checkpoints_only_the_layers_each_step_needs(
+    full_size_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry
+) -> None:
+    """LFM2-1.2B's shape at the default micro-batch of 64 on a GPU capped at 4 GiB (PyTorch's own cap, as a user
+    sharing a GPU sets it): the run fits, the steps checkpoint some layers and not all, and the losses are those of
+    the same run with the whole GPU, where nothing is checkpointed (model/activation_memory.py)."""
+    total = torch.cuda.get_device_properties(0).total_memory
+    capped = {"PYTORCH_CUDA_ALLOC_CONF": f"expandable_segments:True,per_process_memory_fraction:{4 * 2**30 / total}"}
+    runs = {}
+    for name, extra in (("whole", {}), ("capped", capped)):
+        out = tmp_path / name
+        env = _gpu_env(full_size_model, workbook, out, SAUDIAL_MAX_STEPS="6", SAUDIAL_PER_DEVICE_TRAIN_BATCH_SIZE="64")
+        result = run_entry(env | extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = json.loads((out / "metrics.json").read_text())
+    whole, fitted = runs["whole"], runs["capped"]
+    assert "gradient_checkpointing" not in whole and whole["peak_reserved_gib"] > 4
+    plan = fitted["gradient_checkpointing"]
+    assert 0 < plan["checkpointed_max"] <= plan["layers"] and plan["checkpointed_min"] < plan["layers"], plan
+    assert fitted["peak_reserved_gib"] <= 4, fitted
+    assert _losses(tmp_path / "capped") == pytest.approx(_losses(tmp_path / "whole"), rel=2e-3)
+    print("4 GiB:", plan, {k: fitted.get(k) for k in ("steady_tokens_per_second", "peak_reserved_gib")})

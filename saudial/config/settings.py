@@ -103,8 +103,9 @@ class Settings(BaseSettings):
     # per-layer copy of the input (less memory, docs/benchmarks.md), and the fused 4-bit LoRA step needs it.
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input (fused_lora needs 0).")
     fused_lora: bool = Field(True, description="Each 4-bit LoRA linear as one autograd step (model/fused_lora.py).")
-    # Unset: on where checkpointing is off (GPUs of 56 GiB up: speed is worth 2 bytes a weight; below, memory is not).
-    dequantize_once: bool | None = Field(None, description="Keep weights dequantized (unset: if not checkpointing).")
+    # Unset: on where nothing is checkpointed, or where checkpointing fitted to each step leaves room even in the
+    # largest step (model/activation_memory.py): speed is worth 2 bytes a weight where memory is not short.
+    dequantize_once: bool | None = Field(None, description="Keep weights dequantized (unset: where memory is ample).")
     target_modules: CommaList = Field(
         default_factory=lambda: list(LFM2_LINEAR_MODULES),
         description="Module names to adapt, comma-separated, each must exist (default: all LFM2 linear layers).",
@@ -161,8 +162,8 @@ class Settings(BaseSettings):
     )
     gradient_checkpointing: bool = Field(
         False,
-        description="Recompute activations in the backward pass: less memory, slower "
-        "(left unset, it is turned on for GPUs under 56 GiB).",
+        description="Recompute every layer's activations in the backward pass: less memory, slower (left unset on "
+        "a GPU: none where the data's largest step fits, else the fewest layers each step needs; docs/benchmarks.md).",
     )
     optim: str = Field("adamw_torch_fused", description="Optimizer (transformers' name and default).")
     max_grad_norm: float = Field(1.0, gt=0.0, le=1e6, description="Gradient clipping norm.")  # 1e6: no clipping

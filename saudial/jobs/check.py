@@ -135,13 +135,19 @@ def base_section(report: Report, settings: Settings) -> None:
 
 
 def picks_section(report: Report, settings: Settings, memory: float | None) -> None:
-    """The settings a run here would pick (model/hardware.fit_to_gpu)."""
+    """The settings a run here would pick."""
     report.add("", "A run here would pick:")
-    fitted = hardware.fit_to_gpu(settings, memory)
-    why = "set" if "gradient_checkpointing" in settings.model_fields_set else "default"
-    if fitted is not settings:
-        why = f"turned on: the GPU has under {hardware.CHECKPOINTING_BELOW_GIB:.0f} GiB"
-    report.add("gradient checkpointing", f"{'on' if fitted.gradient_checkpointing else 'off'} ({why})")
+    if "gradient_checkpointing" in settings.model_fields_set or settings.gradient_checkpointing:
+        checkpointing = f"{'on, every layer' if settings.gradient_checkpointing else 'off'} (set)"
+    elif settings.torch_compile or memory is None:
+        checkpointing = "off (default)"
+    else:  # training/checkpointing.py, when the run has its data and model
+        checkpointing = (
+            f"off where the data's largest micro-batch fits this GPU's {memory:.1f} GiB without it; otherwise each "
+            "step checkpoints the fewest decoder layers its tokens need, or every layer with several processes or "
+            "off the measured path (default: decided when training starts, docs/benchmarks.md)"
+        )
+    report.add("gradient checkpointing", checkpointing)
     processes = settings.num_processes or (_gpu_count() if memory is not None else 1)
     batch = settings.per_device_train_batch_size * settings.gradient_accumulation_steps * processes
     report.add(
@@ -149,7 +155,7 @@ def picks_section(report: Report, settings: Settings, memory: float | None) -> N
         f"{settings.per_device_train_batch_size} per micro-batch x {settings.gradient_accumulation_steps} "
         f"accumulation x {processes} process(es) = {batch} examples per optimizer step",
     )
-    report.add("torch.compile", "on (SAUDIAL_TORCH_COMPILE)" if fitted.torch_compile else "off")
+    report.add("torch.compile", "on (SAUDIAL_TORCH_COMPILE)" if settings.torch_compile else "off")
     needs = " (needs a CUDA GPU)" if settings.quantization != "none" else " (runs on the CPU too, slowly)"
     report.add("quantization", settings.quantization + needs)
 

@@ -23,11 +23,12 @@ an add) before every 4-bit dequantize, forward and backward: 368 extra kernels a
 for LFM2-1.2B's 92 layers. The fp32 scales cost ~4 bytes per 64 weights (~65 MB); the values are the ones
 bitsandbytes computes on each call (tests/test_fused_lora.py checks them bit for bit).
 
-`keep_dequantized` goes further where memory allows (`dequantize_once`, on by itself where gradient
-checkpointing is off): each frozen weight is dequantized once for the whole run and kept in the compute
-dtype, so no step dequantizes (184 kernels and their Python per step on LFM2-1.2B, forward and backward).
-The values are the same (bitsandbytes' kernel, run once); the copy costs 2 bytes per weight (~2.1 GB on
-LFM2-1.2B) on top of the 4-bit weights, which stay what the model holds.
+`keep_dequantized` goes further where memory allows (`dequantize_once`, on by itself where nothing is
+checkpointed, or where checkpointing fitted to each step leaves room: model/activation_memory.py): each frozen
+weight is dequantized once for the whole run and kept in the compute dtype, so no step dequantizes (184 kernels
+and their Python per step on LFM2-1.2B, forward and backward). The values are the same (bitsandbytes' kernel, run
+once); the copy costs 2 bytes per weight (~2.1 GB on LFM2-1.2B) on top of the 4-bit weights, which stay what the
+model holds.
 """
 
 from __future__ import annotations
@@ -196,6 +197,16 @@ def keep_dequantized(model: torch.nn.Module, stacks: Iterable[Sequence[torch.nn.
         frozen_one.dense = _dequantize(frozen_one.weight, frozen_one.quant_state, frozen_one.scales, base.compute_dtype)
         count, size = count + 1, size + frozen_one.dense.numel() * frozen_one.dense.element_size()
     return count, size
+
+
+def dequantized_size(model: torch.nn.Module) -> int:
+    """Bytes that `keep_dequantized` would keep for `model`'s fused 4-bit LoRA layers."""
+    size = 0
+    for module in model.modules():
+        if isinstance(module, LoraLinear4bit) and _quantized(module):
+            base: Any = module.base_layer
+            size += base.weight.quant_state.shape.numel() * base.compute_dtype.itemsize
+    return size
 
 
 def _quantized(layer: LoraLinear4bit) -> bool:

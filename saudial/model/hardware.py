@@ -68,33 +68,6 @@ def compute_dtype(settings: Settings) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-# Measured (docs/benchmarks.md): the default micro-batch of 64 examples without gradient checkpointing
-# peaked at 49 GiB reserved on an H100 before expandable segments, LoRA dropout 0 and the fused LoRA step and
-# RMSNorm; 16.7 GiB on an H200 now, on ~125-token rows. A padding-free row grows with the rows' length (up to 64 x
-# max_length tokens), so the margin stays: on a GPU with less memory than this, the default turns
-# checkpointing on (recomputed activations: ~25% slower, 3.1 GiB) unless the user set it either way.
-CHECKPOINTING_BELOW_GIB = 56.0
-
-
-def gpu_memory_gib() -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
-
-
-def fit_to_gpu(settings: Settings, memory_gib: float | None) -> Settings:
-    """Settings adjusted to a small GPU: gradient checkpointing on when it was left at its default."""
-    if (
-        memory_gib is None
-        or memory_gib >= CHECKPOINTING_BELOW_GIB
-        or settings.gradient_checkpointing
-        or "gradient_checkpointing" in settings.model_fields_set
-        or settings.torch_compile is True  # compiled layers cannot be checkpointed (config/settings.py says why)
-    ):
-        return settings
-    return settings.model_copy(update={"gradient_checkpointing": True})
-
-
 # CPU threads for generation. Decoding is one token at a time: each step's matmuls are as small as the model,
 # and every thread waits for the slowest at each of them. Measured on a 2-core machine whose cores were
 # busy with other work (load 11), 48 greedy tokens: the tiny demo LFM2 (0.2M parameters) 0.27 s on 1 thread

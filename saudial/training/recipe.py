@@ -68,7 +68,7 @@ class StopOnSignal(Stopper, TrainerCallback):
 class Trained:
     """A finished training run, still in memory: what evaluation and publishing need."""
 
-    settings: Settings  # as the run used them (e.g. gradient checkpointing turned on for a small GPU)
+    settings: Settings  # as the run used them
     model: Any  # the PeftModel: base model + the trained adapter (None: trained by an earlier start)
     tokenizer: Any
     eval_rows: pd.DataFrame  # held-out rows (chat: dialect + conversation, data/chat_examples.held_out_frame)
@@ -112,16 +112,6 @@ def train(
     if held_out.empty and settings.eval != "none":
         warn_no_held_out(settings)
     if not dry_run:
-        gpu_gib = hardware.gpu_memory_gib()
-        fitted = hardware.fit_to_gpu(settings, gpu_gib)
-        if fitted is not settings:
-            log.info(
-                "the GPU has %.0f GiB: gradient checkpointing on (without it the default batch of 64 rows in one "
-                "padding-free row reserves ~17 GiB at ~125 tokens a row, and more on longer rows; "
-                "SAUDIAL_GRADIENT_CHECKPOINTING=false keeps it off)",
-                gpu_gib,
-            )
-            settings = fitted
         # Fresh start, resume, continue after training, or refuse (exit 2): rank 0 decides before any model
         # is loaded (rundir/outputs.py) and writes the run's record with its fingerprint in OUTPUT_DIR/staging.
         distributed.init()
@@ -218,6 +208,15 @@ def train(
         interrupted.shared = True  # every rank stopped at this step; rank 0 says so
         raise interrupted
     timings["train_s"] = time.perf_counter() - tick
+    if trainer.activation_fit is not None:
+        fitted = trainer.activation_fit.summary()
+        log.info(
+            "gradient checkpointing: %d to %d of %d decoder layers a step (%.1f on average)",
+            fitted["checkpointed_min"],
+            fitted["checkpointed_max"],
+            fitted["layers"],
+            fitted["checkpointed_mean"],
+        )
 
     metrics: dict[str, Any] = {
         "train_loss": result.training_loss,
@@ -231,6 +230,7 @@ def train(
         "lora_target_modules": matched,
         **({"base_model": base} if base else {}),
         **meter.result,
+        **({"gradient_checkpointing": fit.summary()} if (fit := trainer.activation_fit) else {}),
         "loss_curve": [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e],
     }
 

@@ -35,7 +35,7 @@ from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from saudial.errors import TrainingError
-from saudial.model import lm_head
+from saudial.model import activation_memory, lm_head
 from saudial.process import signals
 
 NON_PAD_TOKENS = "saudial_non_pad_tokens"  # the collator's count; taken out of the batch before the model
@@ -69,6 +69,8 @@ class SyncFreeSFTTrainer(SFTTrainer):
         self.host_counted_batches = 0  # batches counted on the host (tests: the override is still called)
         self._pending: list[torch.Tensor] = []  # per step [entropy, mean token accuracy], on the GPU
         self._pending_tokens: list[torch.Tensor] = []  # per step tokens (TRL's num_tokens) when not known on host
+        # Gradient checkpointing fitted to each micro-batch's tokens (training/checkpointing.py), if any.
+        self.activation_fit: activation_memory.Fit | None = None
 
     # The loaders' worker processes ignore SIGTERM/SIGINT: this process stops the run (process/signals.QuietWorker).
     def get_train_dataloader(self) -> Any:
@@ -79,6 +81,8 @@ class SyncFreeSFTTrainer(SFTTrainer):
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         self._host_tokens = inputs.pop(NON_PAD_TOKENS, None)
+        if self.activation_fit is not None:  # the row's length: a shape, known on the host
+            self.activation_fit.apply(inputs["input_ids"].numel())
         return super().training_step(model, inputs, num_items_in_batch)
 
     def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:

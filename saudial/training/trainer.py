@@ -19,12 +19,13 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from transformers.trainer_callback import ProgressCallback
 from transformers.training_args import OptimizerNames
-from trl import SFTConfig, SFTTrainer
+from trl import SFTConfig
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from saudial.errors import ConfigError
-from saudial.model import fast_lfm2, fused_lora, patches, short_conv
+from saudial.model import activation_memory, fast_lfm2, fused_lora, patches, short_conv
 from saudial.model.lora import lora_config
+from saudial.training.checkpointing import allocator_settings, expandable, fit_activations
 from saudial.training.steplines import StepLines
 from saudial.training.sync_free import CountingCollator, SyncFreeSFTTrainer
 
@@ -129,7 +130,7 @@ def build_trainer(
     train_ds: datasets.Dataset,
     eval_ds: datasets.Dataset,
     dtype: torch.dtype,
-) -> SFTTrainer:
+) -> SyncFreeSFTTrainer:
     """TRL's SFTTrainer with the LoRA adapter on `model`, set up for speed as configured (model/patches.py)."""
     collator = None
     if settings.padding_free:  # one flat row per micro-batch, no compute on padding
@@ -163,43 +164,58 @@ def build_trainer(
         for param in peft_model.parameters():
             if param.requires_grad:
                 param.data = param.data.float()
+    varlen = False
     if settings.padding_free:
         short_conv.install_boundary_aware_conv()  # examples of one flat row must not see each other in the conv
         if settings.attn_implementation == "auto" and dtype != torch.float32 and patches.varlen_available():
             patches.use_varlen_attention(peft_model)  # each example attends only to itself, no L^2 mask
             log.info("attention: flash varlen over the examples of each padding-free row")
+            varlen = True
     if settings.torch_compile:
         count = patches.compile_decoder_layers(peft_model)
         log.info("torch.compile: %d decoder layers; the first steps are slow while it compiles", count)
     else:
         if settings.fused_rms_norm:  # one kernel per norm each way instead of seven (compiled layers fuse their own)
             log.info("fused RMSNorm: %d norms", patches.use_fused_rms_norm(peft_model))
-        if settings.fused_kernels and fast_lfm2.available():  # one Triton kernel per element-wise piece, each way
+        installed = settings.fused_kernels and fast_lfm2.available()
+        if installed:  # one Triton kernel per element-wise piece, each way
             log.info("fused kernels: %s", fast_lfm2.install(peft_model))
         # One autograd step per 4-bit LoRA linear instead of PEFT's chain (compiled layers fuse on their own).
+        fused = False
         if settings.fused_lora and settings.quantization == "4bit" and dtype == torch.bfloat16:
             if settings.lora_dropout:
                 log.info("fused LoRA: off (it needs SAUDIAL_LORA_DROPOUT=0)")
             else:
                 log.info("fused LoRA: %d 4-bit linear layers, one autograd step each", fused_lora.fuse(peft_model))
-                if keeps_dequantized(settings):
-                    # w1 and w3 of each feed-forward kept as one tensor: one frozen GEMM for both each way
-                    # (model/stacked_lora.py); q, k and v keep theirs apart, their outputs three tensors for the norms
-                    layers, size = fused_lora.keep_dequantized(peft_model, fast_lfm2.stacks(peft_model))
-                    log.info(
-                        "frozen weights: %d layers dequantized once and kept, %.1f GB (SAUDIAL_DEQUANTIZE_ONCE=false: "
-                        "dequantized on each use instead)",
-                        layers,
-                        size / 1e9,
-                    )
+                fused = True
+        kept = fused_lora.dequantized_size(peft_model) if fused and settings.dequantize_once is not False else 0
+        # The estimate was measured on this path: the fused LoRA step and kernels, flash varlen attention over
+        # padding-free rows, expandable segments (a fragmenting allocator reserves far more than it allocates).
+        measured = fused and varlen and installed and expandable(allocator_settings())
+        fit = fit_activations(settings, trainer, train_ds, dtype, kept, measured)
+        keep = fused and keeps_dequantized(settings, fit)
+        if fit is not None:
+            fit.keep_weights = keep
+        if keep:
+            # w1 and w3 of each feed-forward kept as one tensor: one frozen GEMM for both each way
+            # (model/stacked_lora.py); q, k and v keep theirs apart, their outputs three tensors for the norms
+            layers, size = fused_lora.keep_dequantized(peft_model, fast_lfm2.stacks(peft_model))
+            log.info(
+                "frozen weights: %d layers dequantized once and kept, %.1f GB (SAUDIAL_DEQUANTIZE_ONCE=false: "
+                "dequantized on each use instead)",
+                layers,
+                size / 1e9,
+            )
     return trainer
 
 
-def keeps_dequantized(settings: Settings) -> bool:
+def keeps_dequantized(settings: Settings, fit: activation_memory.Fit | None = None) -> bool:
     """Whether the fused LoRA step keeps the frozen weights dequantized: `dequantize_once`, and where it is unset,
-    wherever gradient checkpointing is off (model/hardware.fit_to_gpu turns it on for GPUs under 56 GiB)."""
+    where gradient checkpointing is off, or fitted to each step with room for them (model/activation_memory.py)."""
     if settings.dequantize_once is not None:
         return settings.dequantize_once
+    if fit is not None:
+        return fit.keep_weights
     return not settings.gradient_checkpointing
 
 
