@@ -79,6 +79,8 @@ def test_command_help_lists_its_settings_once_with_defaults(command: str) -> Non
             assert f"[{env_name(name)};" not in flat, f"{command} --help lists {name}, which it does not use"
     groups = re.findall(r"^(\w+) settings:$", text, re.M)
     assert groups == [g for g in GROUPS if set(GROUPS[g]) & wanted]
+    if command == "evaluate":  # its --output-dir is where the evaluation goes, by default the adapter's folder
+        assert "[SAUDIAL_OUTPUT_DIR; default: --adapter]" in flat and "logs and manifest go" not in flat
 
 
 def test_help_needs_neither_torch_nor_the_network() -> None:

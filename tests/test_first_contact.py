@@ -108,6 +108,25 @@ def test_the_card_names_what_the_run_was(tmp_path: Path) -> None:
     assert "A QLoRA (LoRA on the 4-bit NF4-quantized base, bfloat16 compute) adapter" in qlora and "- qlora" in qlora
 
 
+def test_a_pushed_card_names_the_published_base_not_a_local_path(tmp_path: Path) -> None:
+    """A run trained from a local copy of the base records its absolute path; the card pushed to the Hub names the
+    published model it is (the run's base-model record), or the folder alone, and never this machine's path.
+    The card kept in the run's own folder still shows where the base is."""
+    from saudial.publish.card import build_card
+
+    local = "/home/someone/models/LFM2-1.2B"
+    manifest = {"saudial_run": 1, "config": {"model_name_or_path": local, "quantization": "4bit"}, "data": {}}
+    (tmp_path / "run_manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "metrics.json").write_text(json.dumps({"base_model": {"name": "LiquidAI/LFM2-1.2B"}}))
+    pushed = str(build_card(tmp_path, "someone/lfm2-saudial"))
+    assert "/home/someone" not in pushed
+    assert "base_model: LiquidAI/LFM2-1.2B" in pushed and '"LiquidAI/LFM2-1.2B"' in pushed  # metadata, usage
+    (tmp_path / "metrics.json").write_text(json.dumps({"base_model": {"name": None}}))  # not a published shape
+    unnamed = str(build_card(tmp_path, "someone/lfm2-saudial"))
+    assert "/home/someone" not in unnamed and "LFM2-1.2B" in unnamed and "base_model:" not in unnamed
+    assert local in str(build_card(tmp_path))  # the local card
+
+
 def test_the_synthetic_sample_is_named_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The bundled sample (and any file devtools/synthetic.py writes) is found by its Scenario mark, and the data
     summary and the model card say "synthetic sample (not SauDial)"; a file without the mark is not."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shlex
 import shutil
 import threading
@@ -294,7 +295,8 @@ def test_train_evaluate_and_push(
 
     card = ModelCard(files["README.md"].decode())
     meta: Any = card.data  # ModelCardData
-    assert meta.base_model == str(tiny_model)
+    # A local base that is no published model: no Hub id to name in the metadata, and not this machine's path
+    assert meta.base_model is None and tiny_model.name in card.text and str(tiny_model) not in str(card)
     assert meta.library_name == "peft"
     assert meta.pipeline_tag == "text-generation"
     assert meta.language == ["en", "ar"]
@@ -345,10 +347,16 @@ def test_push_command_uploads_a_finished_run(
     trained: Path, tmp_path: Path, hub: StandIn, in_process: InProcess
 ) -> None:
     env, out = push_env(trained, hub, tmp_path)
+    (out / "gguf").mkdir()  # what `saudial export` leaves beside the adapter (its contents do not matter to push)
+    (out / "gguf" / "adapter-f32.gguf").write_bytes(b"GGUF")
+    (out / "gguf" / "Modelfile").write_text("FROM x\n")
     env["SAUDIAL_HUB_PRIVATE"] = "false"
     hub.faults["commit"] = [500, 200]  # one server error, then success: retried
     result = in_process.run(env, "push", "--output-dir", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
+    listed = re.search(r"uploading (.*) to http", result.stderr)
+    assert listed is not None and set(listed.group(1).split(", ")) == set(hub.files()), "the line lists what is sent"
+    assert {"gguf/adapter-f32.gguf", "gguf/Modelfile"} <= set(hub.files())
     assert json.loads(hub.of_kind("create")[0].body)["visibility"] == "public"
     assert len(hub.of_kind("commit")) == 2
     assert "retrying" in result.stderr

@@ -7,15 +7,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import shutil
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from saudial import __version__
 from saudial.cli import export_flags as export
+from saudial.cli.flags import add_setting
 from saudial.config.settings import Settings, env_name, flag_name
-from saudial.config.sources import default_of
 
 # The settings in help groups, in the order the help shows them. tests/test_cli.py checks that every
 # setting is in exactly one group, so a new setting must be placed here.
@@ -84,6 +82,14 @@ saving a checkpoint (start again to resume)."""
 ADAPTER_HELP = "a training output directory (adapter_config.json, tokenizer, run_manifest.json)"
 # What a command with --adapter takes from the adapter's run record unless set (generate.settings_for_adapter).
 RECORDED = {"data", "sheet_name", "dialects", "eval_size", "max_length", "seed", *BASE_MODEL}
+# A setting whose meaning in a command is not the one of training: (command, setting) -> (help, default shown).
+OWN_HELP = {
+    ("evaluate", "output_dir"): (
+        "Where eval_results.md, metrics.json and the model card go: the adapter's folder, or a folder that holds "
+        "evaluations only (new, empty, or an earlier evaluation's).",
+        "--adapter",
+    ),
+}
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -91,67 +97,13 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=36, width=width)
 
 
-def _strip_optional(annotation: Any) -> Any:
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0] if len(args) == 1 else args
-    return annotation
-
-
-def metavar(name: str) -> str:
-    """BOOL, INT, X, PATH, LIST or {choice,...}: what the flag takes."""
-    kind = _strip_optional(Settings.model_fields[name].annotation)
-    if isinstance(kind, list):  # e.g. bool | Literal["auto"]
-        choices = ["true", "false"] if bool in kind else []
-        for part in kind:
-            if typing.get_origin(part) is Literal:
-                choices += [str(c) for c in typing.get_args(part)]
-        return "{" + ",".join(choices) + "}"
-    if typing.get_origin(kind) is Literal:
-        return "{" + ",".join(str(c) for c in typing.get_args(kind)) + "}"
-    if typing.get_origin(kind) is typing.Annotated or typing.get_origin(kind) is list:
-        return "A,B,..."
-    names = {bool: "BOOL", int: "INT", float: "X", Path: "PATH", str: "TEXT"}
-    return names.get(kind, "VALUE")
-
-
-def shown_default(name: str) -> str:
-    default = default_of(name)
-    if isinstance(default, list):
-        return ",".join(default)
-    return "none" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
-
-
-def add_setting(group: Any, name: str, recorded: bool = False) -> None:
-    """`--name-with-dashes`, and `--name_with_underscores` accepted but not listed. `recorded`: by default
-    the adapter's (its run record's), not the setting's default."""
-    info = Settings.model_fields[name]
-    is_bool = info.annotation is bool
-    kwargs: dict[str, Any] = {
-        "dest": name,
-        "default": argparse.SUPPRESS,  # an absent flag falls through to the variable, the recipe, the default
-        "nargs": "?" if is_bool else None,
-        "const": "true" if is_bool else None,
-        "metavar": "BOOL" if is_bool else metavar(name),
-    }
-    default = "the adapter's run record" if recorded else shown_default(name)
-    described = info.description or ""
-    if recorded:  # required by train; here the adapter's run record has it
-        described = described.removesuffix(" Required.")
-    text = f"{described} [{env_name(name)}; default: {default}]"
-    group.add_argument(flag_name(name), help=text, **kwargs)
-    alias = "--" + name
-    if alias != flag_name(name):
-        group.add_argument(alias, help=argparse.SUPPRESS, **kwargs)
-
-
-def add_settings(parser: argparse.ArgumentParser, names: list[str], recorded: set[str]) -> None:
+def add_settings(parser: argparse.ArgumentParser, names: list[str], recorded: set[str], command: str = "") -> None:
     """The settings among `names`, in their help groups; `recorded`: those that default to the adapter's."""
     for title, members in GROUPS.items():
         if chosen := [n for n in members if n in names]:
             group = parser.add_argument_group(f"{title} settings")
             for name in chosen:
-                add_setting(group, name, name in recorded)
+                add_setting(group, name, name in recorded, OWN_HELP.get((command, name)))
 
 
 def _command(
@@ -179,7 +131,7 @@ def _command(
         parser.add_argument("--input", type=Path, metavar="FILE", help=input_help)
         parser.add_argument("--output", type=Path, metavar="FILE", help=output_help)
         parser.add_argument(argument.lower(), nargs="?", metavar=argument, help=argument_help)
-    add_settings(parser, COMMAND_SETTINGS[name], RECORDED if adapter else set())  # after the command's own flags
+    add_settings(parser, COMMAND_SETTINGS[name], RECORDED if adapter else set(), name)  # after the command's flags
     return parser
 
 

@@ -206,6 +206,7 @@ def record_of(info: BaseInfo) -> dict[str, Any]:
     entry = info.entry
     shape = info.shape
     return {
+        "name": entry.name if entry else None,  # the published model it is (a local copy's card names it)
         "family": entry.family if entry else None,
         "size": entry.size if entry else None,
         "status": entry.status if entry else None,

@@ -22,7 +22,7 @@ from saudial.config.sources import default_of
 from saudial.data.text import SYNTHETIC
 from saudial.inference.scoring import OVERALL
 from saudial.publish import chat_card
-from saudial.rundir.record import EVALUATIONS, MANIFEST, METRICS, RESULTS_MD, read_json
+from saudial.rundir.record import EVALUATIONS, MANIFEST, METRICS, RESULTS_MD, read_json, without_local_paths
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,10 @@ def build_card(output_dir: Path, repo_id: str | None = None) -> ModelCard:
     metrics = read_json(output_dir / METRICS) or {}
     config: dict[str, Any] = manifest.get("config") or {}
     base_model = str(config.get("model_name_or_path") or _adapter_base(output_dir) or "LiquidAI/LFM2-1.2B")
+    if repo_id and Path(base_model).is_absolute():
+        # A local copy of the base (the run record holds it absolute): the Hub's card names the published model it
+        # is (model/base_model.py), or the folder's name, never this machine's path.
+        base_model = (metrics.get("base_model") or {}).get("name") or Path(base_model).name
     name = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
     chat = config.get("task") == "chat"  # trained on conversations (SAUDIAL_TASK=chat): publish/chat_card.py
     file_name = Path(str((manifest.get("data") or {}).get("file") or "conversations")).name
@@ -71,7 +75,7 @@ def build_card(output_dir: Path, repo_id: str | None = None) -> ModelCard:
     results = eval_results(metrics, file_name, chat=True) if chat else eval_results(metrics, dataset_name)
     quantized_4bit = config.get("quantization", "4bit") == "4bit"  # QLoRA; else LoRA (describe_method)
     data = ModelCardData(
-        base_model=base_model,
+        base_model=base_model if not repo_id or base_model.count("/") == 1 else None,  # the Hub's: a model id
         library_name="peft",
         pipeline_tag="text-generation",
         language=["en", "ar"],
@@ -135,7 +139,7 @@ def render_body(
         *usage,
         *_gguf_section(manifest.get("export")),
         "## Training settings",
-        _settings_section(config),
+        _settings_section(config if source == str(output_dir) else without_local_paths(config)),
         "## Training results",
         _training_results(metrics),
         "## Versions",

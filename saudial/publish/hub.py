@@ -178,10 +178,13 @@ def push(output_dir: Path, repo_id: str, private: bool, retry: str) -> str:
     The caller has run `check_upload` (jobs/push.py, before the card); PushError (exit 4) naming `retry` (the
     command that retries it) if the upload fails."""
     from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
 
     api = HfApi()
     endpoint = hub_endpoint()
-    files = sorted(p.name for p in output_dir.iterdir() if p.is_file() and p.name in UPLOAD_PATTERNS)
+    # What upload_folder sends: the run's files that UPLOAD_PATTERNS allow, matched by huggingface_hub's own filter.
+    found = sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*") if p.is_file())
+    files = list(filter_repo_objects(found, allow_patterns=UPLOAD_PATTERNS))
     log.info("uploading %s to %s/%s (%s)", ", ".join(files), endpoint, repo_id, "private" if private else "public")
     try:
         url = _with_retries(

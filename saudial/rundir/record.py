@@ -37,31 +37,15 @@ RESULTS_MD = "eval_results.md"  # the evaluation table (inference/evaluation.py)
 PREDICTIONS = "eval_predictions.jsonl"  # every held-out translation, base and adapter
 # Settings that change what is trained. A checkpoint may only be resumed by a run whose settings
 # agree on all of these (the rest, e.g. output_dir, logging, evaluation and push, may differ).
+# fmt: off
 NOT_TRAINING = {
-    "output_dir",
-    "overwrite_output_dir",
-    "resume",
-    "logging_steps",
-    "report_to",
-    "save_steps",
-    "save_total_limit",
-    "dataloader_num_workers",
-    "eval",
-    "max_eval_samples",
-    "per_device_eval_batch_size",
-    "max_new_tokens",
-    "do_sample",
-    "temperature",
-    "min_p",
-    "repetition_penalty",
-    "push_to_hub",
-    "hub_model_id",
-    "hub_private",
-    "hub_strategy",
-    "data",
+    "output_dir", "overwrite_output_dir", "resume", "logging_steps", "report_to", "save_steps", "save_total_limit",
+    "dataloader_num_workers", "eval", "max_eval_samples", "per_device_eval_batch_size", "max_new_tokens", "do_sample",
+    "temperature", "min_p", "repetition_penalty", "push_to_hub", "hub_model_id", "hub_private", "hub_strategy", "data",
     "max_data_file_mb",  # how large a file may be read; the data sha256 says what was read
     "dequantize_once",  # where the frozen weights' dequantized values are kept, not what they are
 }
+# fmt: on
 
 
 def now() -> str:
@@ -104,6 +88,17 @@ def located(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, str) and (name == "data" or Path(value).expanduser().is_dir()):
             found[name] = absolute(value)
     return found
+
+
+def without_local_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings with each absolute local path (the data file, a local base model or tokenizer, the output folder)
+    cut to its last part: a card on the Hub says what the files were, not where they were on this machine."""
+    shown = dict(config)
+    for key in (*LOCAL_PATHS, "output_dir"):
+        value = shown.get(key)
+        if isinstance(value, str) and Path(value).is_absolute():
+            shown[key] = Path(value).name
+    return shown
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
