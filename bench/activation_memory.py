@@ -58,9 +58,7 @@ class Phases(TrainerCallback):
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         _, count = self.phase(state.global_step)
-        order = sorted(range(len(self.fit.layers)), key=lambda i: -self.fit.keeps[i])
-        for i, layer in enumerate(self.fit.layers):
-            layer.gradient_checkpointing = i in set(order[:count])
+        self.fit.checkpoint(count)
         self.start = allocated()
         if CUDA:
             torch.cuda.reset_peak_memory_stats()

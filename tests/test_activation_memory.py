@@ -229,3 +229,20 @@ def test_the_run_is_fitted_only_where_its_largest_step_would_not_fit(
     own = Settings(**{**settings.model_dump(exclude_unset=True), "gradient_checkpointing": False})
     assert "gradient_checkpointing" in own.model_fields_set
     assert fitted_on(middle, own)[0] is None  # set off by the user: theirs
+
+
+def test_expandable_segments_are_read_from_either_allocator_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fit runs only on the allocator it was measured on: expandable segments, as config/runtime sets them or
+    a user writes them in either of PyTorch's variables."""
+    from saudial.config import runtime
+
+    for name in runtime.ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert not runtime.expandable_segments()
+    runtime.configure_allocator()
+    assert runtime.expandable_segments()
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "per_process_memory_fraction:0.5")  # the user's own, without
+    assert not runtime.expandable_segments()
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "expandable_segments: true,per_process_memory_fraction:0.5")
+    assert runtime.expandable_segments()

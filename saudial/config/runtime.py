@@ -18,11 +18,20 @@ from typing import Any
 ALLOCATOR = "expandable_segments:True"
 
 
+ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # the older name, and torch's newer one
+
+
 def configure_allocator() -> None:
     """Expandable segments, unless the user configured the allocator. Must run before CUDA is initialized
     (torch reads the variable at its lazy CUDA init); cli.main calls it first, and the image sets it too."""
-    if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ and "PYTORCH_ALLOC_CONF" not in os.environ:
-        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR
+    if not any(name in os.environ for name in ALLOCATOR_VARIABLES):
+        os.environ[ALLOCATOR_VARIABLES[0]] = ALLOCATOR
+
+
+def expandable_segments() -> bool:
+    """Whether this process's allocator settings have expandable segments on (PyTorch reads True or true)."""
+    settings = next((os.environ[name] for name in ALLOCATOR_VARIABLES if name in os.environ), "")
+    return "expandable_segments:true" in settings.replace(" ", "").lower()
 
 
 def configure_caches() -> None:

@@ -137,13 +137,17 @@ class Fit:
             self.start()
         self.observe()
         checkpointed = self.count(tokens)
-        chosen = set(self.order[:checkpointed])
-        for i, layer in enumerate(self.layers):
-            layer.gradient_checkpointing = i in chosen
+        self.checkpoint(checkpointed)
         self.counts.append(checkpointed)
         self.tokens.append(tokens)
         self.highest = max(self.highest, self.need(tokens, checkpointed))
         return checkpointed
+
+    def checkpoint(self, count: int) -> None:
+        """Flag the first `count` layers of `order` to be checkpointed, and only those."""
+        chosen = set(self.order[:count])
+        for i, layer in enumerate(self.layers):
+            layer.gradient_checkpointing = i in chosen
 
     def start(self) -> None:
         """At the first step: what the allocator holds now, and what the optimizer will hold."""
@@ -195,9 +199,10 @@ def fitted(
     layers = decoder_layers(model)
     if not layers:
         return None
-    held = torch.cuda.memory_allocated() + trainable + RUNNING_EXTRA
+    extra = trainable + RUNNING_EXTRA
+    held = torch.cuda.memory_allocated() + extra
     fit = plan(layers, element, held + kept, budget if budget is not None else budget_bytes())
-    fit.extra = trainable + RUNNING_EXTRA
+    fit.extra = extra
     fit.unchecked = fit.need(worst, 0)
     if fit.unchecked <= fit.budget:
         return None

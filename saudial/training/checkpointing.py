@@ -5,7 +5,6 @@ fits the GPU, else fitted to each step (model/activation_memory.py), or every la
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 import datasets
@@ -86,13 +85,3 @@ def checkpoint_per_step(trainer: SyncFreeSFTTrainer, fit: activation_memory.Fit)
     model: Any = trainer.model
     model.enable_input_require_grads()
     trainer.activation_fit = fit
-
-
-def allocator_settings() -> str:
-    """PyTorch's caching allocator settings of this process (config/runtime.configure_allocator sets its own)."""
-    return os.environ.get("PYTORCH_CUDA_ALLOC_CONF", os.environ.get("PYTORCH_ALLOC_CONF", ""))
-
-
-def expandable(settings: str) -> bool:
-    """Whether the allocator `settings` have expandable segments on (PyTorch reads True or true)."""
-    return "expandable_segments:true" in settings.replace(" ", "").lower()

@@ -208,8 +208,8 @@ def train(
         interrupted.shared = True  # every rank stopped at this step; rank 0 says so
         raise interrupted
     timings["train_s"] = time.perf_counter() - tick
-    if trainer.activation_fit is not None:
-        fitted = trainer.activation_fit.summary()
+    fitted = trainer.activation_fit.summary() if trainer.activation_fit is not None else None
+    if fitted is not None:
         log.info(
             "gradient checkpointing: %d to %d of %d decoder layers a step (%.1f on average)",
             fitted["checkpointed_min"],
@@ -230,7 +230,7 @@ def train(
         "lora_target_modules": matched,
         **({"base_model": base} if base else {}),
         **meter.result,
-        **({"gradient_checkpointing": fit.summary()} if (fit := trainer.activation_fit) else {}),
+        **({"gradient_checkpointing": fitted} if fitted is not None else {}),
         "loss_curve": [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e],
     }
 

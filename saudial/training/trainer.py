@@ -22,10 +22,11 @@ from transformers.training_args import OptimizerNames
 from trl import SFTConfig
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from saudial.config import runtime
 from saudial.errors import ConfigError
 from saudial.model import activation_memory, fast_lfm2, fused_lora, patches, short_conv
 from saudial.model.lora import lora_config
-from saudial.training.checkpointing import allocator_settings, expandable, fit_activations
+from saudial.training.checkpointing import fit_activations
 from saudial.training.steplines import StepLines
 from saudial.training.sync_free import CountingCollator, SyncFreeSFTTrainer
 
@@ -191,7 +192,7 @@ def build_trainer(
         kept = fused_lora.dequantized_size(peft_model) if fused and settings.dequantize_once is not False else 0
         # The estimate was measured on this path: the fused LoRA step and kernels, flash varlen attention over
         # padding-free rows, expandable segments (a fragmenting allocator reserves far more than it allocates).
-        measured = fused and varlen and installed and expandable(allocator_settings())
+        measured = fused and varlen and installed and runtime.expandable_segments()
         fit = fit_activations(settings, trainer, train_ds, dtype, kept, measured)
         keep = fused and keeps_dequantized(settings, fit)
         if fit is not None:
