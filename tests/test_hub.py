@@ -308,6 +308,9 @@ def test_train_evaluate_and_push(
     assert "| Dialect | n | chrF++ base | chrF++ adapter" in text  # the evaluation table
     assert '"learning_rate"' in text and "transformers" in text  # configuration and versions
     assert "PeftModel.from_pretrained" in text and "### Response:" in text  # usage snippet
+    # PEFT's adapter_config.json names the local base by its path; the Hub's copy by its folder's name alone
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model)
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == tiny_model.name
 
     assert_token_only_in_authorization(hub, result.stdout, result.stderr, files_text(out))
 
@@ -351,9 +354,14 @@ def test_push_command_uploads_a_finished_run(
     (out / "gguf" / "adapter-f32.gguf").write_bytes(b"GGUF")
     (out / "gguf" / "Modelfile").write_text("FROM x\n")
     env["SAUDIAL_HUB_PRIVATE"] = "false"
+    # Trained from a local copy of a published model (model/base_model.py records which one).
+    metrics = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").write_text(json.dumps({**metrics, "base_model": {"name": "LiquidAI/LFM2-1.2B"}}))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "README.md"}
     hub.faults["commit"] = [500, 200]  # one server error, then success: retried
     result = in_process.run(env, "push", "--output-dir", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert {p: p.read_bytes() for p in before} == before, "push changes no file of the run but its card"
     listed = re.search(r"uploading (.*) to http", result.stderr)
     assert listed is not None and set(listed.group(1).split(", ")) == set(hub.files()), "the line lists what is sent"
     assert {"gguf/adapter-f32.gguf", "gguf/Modelfile"} <= set(hub.files())
@@ -364,7 +372,38 @@ def test_push_command_uploads_a_finished_run(
     files = hub.files()
     assert {"adapter_model.safetensors", "README.md", "run_manifest.json", "metrics.json"} <= set(files)
     assert "Not evaluated in this run" in files["README.md"].decode()
+    # What goes to the Hub names no path of this machine: the base by its published name, PEFT reading it so
+    from peft import LoraConfig
+
+    local_config = json.loads((out / "adapter_config.json").read_text())
+    assert Path(local_config["base_model_name_or_path"]).is_absolute()
+    hub_config = json.loads(files["adapter_config.json"])
+    assert hub_config == {**local_config, "base_model_name_or_path": "LiquidAI/LFM2-1.2B"}
+    copy = tmp_path / "from-the-hub"
+    copy.mkdir()
+    (copy / "adapter_config.json").write_bytes(files["adapter_config.json"])
+    assert LoraConfig.from_pretrained(str(copy)).base_model_name_or_path == "LiquidAI/LFM2-1.2B"
+    local_manifest, hub_manifest = (
+        json.loads((out / "run_manifest.json").read_text()),
+        json.loads(files["run_manifest.json"]),
+    )
+    for key in ("data", "output_dir"):  # the run was trained in another folder (the shared run's)
+        local = Path(local_manifest["config"][key])
+        assert local.is_absolute() and hub_manifest["config"][key] == local.name
+    assert hub_manifest["versions"] == local_manifest["versions"]
+    assert not [v for v in json_strings(hub_manifest) if Path(v).is_absolute()]
+    assert str(tmp_path.parent) not in "".join(f.decode(errors="replace") for f in files.values())
+    assert "the Hub's adapter_config.json, run_manifest.json name no path of this machine" in result.stderr
     assert_token_only_in_authorization(hub, result.stdout, result.stderr, files_text(out))
+
+
+def json_strings(value: Any) -> list[str]:
+    """Every string in a JSON value."""
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in json_strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in json_strings(item)]
+    return [value] if isinstance(value, str) else []
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from saudial.errors import ConfigError
 from saudial.process import signals
 from saudial.publish import hub
 from saudial.publish.card import CARD, write_card
+from saudial.publish.hub_files import hub_copies
 from saudial.rundir import record
 from saudial.rundir.record import MANIFEST, read_json
 
@@ -56,4 +57,4 @@ def push(settings: Settings, output_dir: Path) -> str:
         write_card(output_dir, repo_id)
     then = f"the finished run is in {output_dir}, not uploaded: upload it with `{retry}`"
     with signals.interruptible("the upload", then, at_once=True):
-        return hub.push(output_dir, repo_id, private, retry)
+        return hub.push(output_dir, repo_id, private, retry, hub_copies(output_dir))

@@ -22,7 +22,8 @@ from saudial.config.sources import default_of
 from saudial.data.text import SYNTHETIC
 from saudial.inference.scoring import OVERALL
 from saudial.publish import chat_card
-from saudial.rundir.record import EVALUATIONS, MANIFEST, METRICS, RESULTS_MD, read_json, without_local_paths
+from saudial.publish.hub_files import cut_paths, published_base
+from saudial.rundir.record import EVALUATIONS, MANIFEST, METRICS, RESULTS_MD, read_json
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,8 @@ def build_card(output_dir: Path, repo_id: str | None = None) -> ModelCard:
     metrics = read_json(output_dir / METRICS) or {}
     config: dict[str, Any] = manifest.get("config") or {}
     base_model = str(config.get("model_name_or_path") or _adapter_base(output_dir) or "LiquidAI/LFM2-1.2B")
-    if repo_id and Path(base_model).is_absolute():
-        # A local copy of the base (the run record holds it absolute): the Hub's card names the published model it
-        # is (model/base_model.py), or the folder's name, never this machine's path.
-        base_model = (metrics.get("base_model") or {}).get("name") or Path(base_model).name
+    if repo_id:  # a local copy of the base: the Hub's card names the published model it is, never a local path
+        base_model = published_base(base_model, metrics)
     name = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
     chat = config.get("task") == "chat"  # trained on conversations (SAUDIAL_TASK=chat): publish/chat_card.py
     file_name = Path(str((manifest.get("data") or {}).get("file") or "conversations")).name
@@ -139,7 +138,7 @@ def render_body(
         *usage,
         *_gguf_section(manifest.get("export")),
         "## Training settings",
-        _settings_section(config if source == str(output_dir) else without_local_paths(config)),
+        _settings_section(config if source == str(output_dir) else cut_paths(config)),
         "## Training results",
         _training_results(metrics),
         "## Versions",

@@ -12,10 +12,11 @@ a bad repo id, HF_HUB_OFFLINE set, no Hub reachable, a token the Hub rejects, a 
 namespace the token's owner cannot write to. A 5xx or 429 answer only warns: likely passing.
 
 The upload (`push`, after training or by `saudial push`: jobs/push.py) sends the adapter, tokenizer, run
-record, eval_results.md and model card in one commit. Without a token, or with HF_HUB_OFFLINE set, it
-does not start: ConfigError (exit 2), as before training. A failure of the upload itself that outlasts
-the retries raises PushError (exit code 4) naming the cause and the command that retries it (`saudial
-push --output-dir DIR`, with the repo id when the run's record does not hold it). No pickle goes up or down.
+record, eval_results.md and model card in one commit, without local paths (publish/hub_files.py). Without a
+token, or with HF_HUB_OFFLINE set, it does not start: ConfigError (exit 2), as before training. A failure of
+the upload itself that outlasts the retries raises PushError (exit code 4) naming the cause and the command
+that retries it (`saudial push --output-dir DIR`, with the repo id when the run's record does not hold it).
+No pickle goes up or down.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import logging
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -172,29 +173,31 @@ def check_upload(retry: str) -> None:
         )
 
 
-def push(output_dir: Path, repo_id: str, private: bool, retry: str) -> str:
-    """Upload a finished run's directory (its model card written already) to `repo_id`; returns the repo URL.
+def push(output_dir: Path, repo_id: str, private: bool, retry: str, replaced: Mapping[str, bytes]) -> str:
+    """Upload a finished run's directory (its model card written already) to `repo_id`, the files named in `replaced`
+    as those bytes (publish/hub_files.py); returns the repo URL.
 
     The caller has run `check_upload` (jobs/push.py, before the card); PushError (exit 4) naming `retry` (the
     command that retries it) if the upload fails."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.utils import filter_repo_objects
 
     api = HfApi()
     endpoint = hub_endpoint()
-    # What upload_folder sends: the run's files that UPLOAD_PATTERNS allow, matched by huggingface_hub's own filter.
+    # The run's files that UPLOAD_PATTERNS allow, matched by huggingface_hub's own filter (as upload_folder does).
     found = sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*") if p.is_file())
     files = list(filter_repo_objects(found, allow_patterns=UPLOAD_PATTERNS))
     log.info("uploading %s to %s/%s (%s)", ", ".join(files), endpoint, repo_id, "private" if private else "public")
+    if changed := [f for f in files if f in replaced]:
+        log.info("the Hub's %s name no path of this machine (the folder's copies are unchanged)", ", ".join(changed))
     try:
         url = _with_retries(
             lambda: api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model"), "creating the repo"
         )
         _with_retries(
-            lambda: api.upload_folder(
+            lambda: api.create_commit(
                 repo_id=repo_id,
-                folder_path=output_dir,
-                allow_patterns=UPLOAD_PATTERNS,
+                operations=[CommitOperationAdd(f, replaced[f] if f in replaced else output_dir / f) for f in files],
                 commit_message="Upload LFM2 SauDial LoRA adapter (saudial)",
                 repo_type="model",
             ),

@@ -90,17 +90,6 @@ def located(config: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def without_local_paths(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings with each absolute local path (the data file, a local base model or tokenizer, the output folder)
-    cut to its last part: a card on the Hub says what the files were, not where they were on this machine."""
-    shown = dict(config)
-    for key in (*LOCAL_PATHS, "output_dir"):
-        value = shown.get(key)
-        if isinstance(value, str) and Path(value).is_absolute():
-            shown[key] = Path(value).name
-    return shown
-
-
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically: a reader (or a resumed run) never sees half a file; a failed write leaves no .tmp."""
     tmp = path.with_suffix(path.suffix + ".tmp")
