@@ -127,6 +127,23 @@ def test_a_pushed_card_names_the_published_base_not_a_local_path(tmp_path: Path)
     assert local in str(build_card(tmp_path))  # the local card
 
 
+def test_a_finished_runs_files_are_readable_as_the_umask_says(
+    tiny_model: Path, workbook: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """safetensors writes its files 0600 (tests/test_upstream.py); a finished run's adapter, its checkpoint's too,
+    gets the mode of the run's other files: 0666 less the umask."""
+    import stat
+
+    from saudial.rundir import modes
+    from tests.adapter_run import trained_adapter
+
+    out = trained_adapter(tiny_model, workbook, tmp_path_factory)
+    expected = 0o666 & ~modes.umask()
+    found = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert "adapter_model.safetensors" in found and any(n.endswith("/adapter_model.safetensors") for n in found)
+    assert {name: mode for name, mode in found.items() if mode != expected} == {}
+
+
 def test_the_synthetic_sample_is_named_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The bundled sample (and any file devtools/synthetic.py writes) is found by its Scenario mark, and the data
     summary and the model card say "synthetic sample (not SauDial)"; a file without the mark is not."""

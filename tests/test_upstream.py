@@ -495,3 +495,17 @@ def test_compiled_kernel_caches_are_in_hf_home(tmp_path: Path, user_set: bool) -
         assert (triton_dir, inductor_dir) == (str(tmp_path / "mine-t"), str(tmp_path / "mine-i"))
     else:
         assert (triton_dir, inductor_dir) == (str(tmp_path / "hf" / "triton"), str(tmp_path / "hf" / "torch-compile"))
+
+
+def test_safetensors_still_writes_its_files_owner_only(tmp_path: Path) -> None:
+    """rundir/modes.py gives a finished run's safetensors files the umask's mode because safetensors ignores it."""
+    from safetensors.torch import save_file
+
+    from saudial.rundir import modes
+
+    if modes.umask() & 0o044 == 0o044:  # the umask itself keeps files owner-only: nothing to tell apart
+        pytest.skip("a umask that keeps group and others from reading")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
+    (tmp_path / "w.json").write_text("{}")
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == modes.UPSTREAM_MODE
+    assert (tmp_path / "w.json").stat().st_mode & 0o777 != modes.UPSTREAM_MODE

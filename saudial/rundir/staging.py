@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saudial.errors import ConfigError, faults, printable
-from saudial.rundir import record
+from saudial.rundir import modes, record
 
 if TYPE_CHECKING:
     from saudial.config.settings import Settings
@@ -213,6 +213,7 @@ def promote(output_dir: Path) -> None:
             f"not write; move them away and start again with the same settings (the finished run in {staging} "
             "is then moved into place)"
         )
+    modes.as_umask(staging)  # safetensors' files readable as the run's others are
     record.update(staging, {"status": record.FINISHED, record.FINISHED: record.now(), record.FILES: new})
     record.write_json(staging / JOURNAL, {"new": new, "old": old})
     _fsync_dir(staging)
