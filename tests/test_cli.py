@@ -120,6 +120,32 @@ def test_a_setting_another_command_uses_is_refused_by_name() -> None:
     )
 
 
+def test_a_misspelt_command_is_named_with_the_closest_one() -> None:
+    result = run("trian", "--learning-rate", "1e-4")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert (
+        result.stderr == "saudial: error: 'trian' is not a command: did you mean `saudial train`? (`saudial --help`)\n"
+    )
+    unlike = run("upload")
+    assert unlike.returncode == 2 and "the commands: train, check, translate" in unlike.stderr
+
+
+def test_a_variable_named_like_a_commands_own_flag_says_to_pass_the_flag(tmp_path: Path) -> None:
+    """translate's --dialect is a flag, not a setting: SAUDIAL_DIALECT is not read, and the closest setting's name
+    (SAUDIAL_DIALECTS, the training data's filter) would be the wrong advice there. Other commands do suggest it."""
+    env = clean_env(SAUDIAL_DIALECT="Najdi")
+    result = run("translate", "--adapter", str(tmp_path), "Hello", env=env)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: SAUDIAL_DIALECT is not read: this command takes --dialect as a flag "
+        "(pass --dialect, unset SAUDIAL_DIALECT)\n"
+    )
+    check = run("check", "--quiet", env=env)
+    assert check.returncode == 2 and "unknown setting SAUDIAL_DIALECT: did you mean SAUDIAL_DIALECTS?" in check.stderr
+    debug = run("translate", "--adapter", str(tmp_path / "none"), "Hello", env=clean_env(SAUDIAL_DEBUG="0"))
+    assert "SAUDIAL_DEBUG" not in debug.stderr  # a variable saudial reads, though --debug is a flag too
+
+
 # --- recipes and precedence ------------------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ def test_train_end_to_end(tiny_model: Path, workbook: Path, tmp_path: Path, run_
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert secret not in log
-    assert "Najdi" in log and "truncated" in log and f"adapter saved; it goes to {out}" in log
+    assert "Najdi" in log and "truncated" in log and f"it moves into {out} when the run is complete" in log
     # Every path named from the end of training on is where the file is once the run is in place.
     after = log[log.index("adapter saved") :]
     assert f"{out}/staging" not in after and "written to " + str(out / "metrics.json") in after, after

@@ -87,7 +87,7 @@ def test_the_evaluation_table_says_why_its_scores_are_zero() -> None:
         "empty_outputs": {"base": 16, "adapter": 11},
     }
     table = markdown_table(evaluation)
-    assert "Empty outputs: base 16 of 16, adapter 11 of 16. An empty output scores 0" in table
+    assert "Empty outputs: base 16 of 16, adapter 11 of 16 (nothing but whitespace before the end token" in table
     assert "Empty outputs" not in markdown_table(evaluation | {"empty_outputs": {"base": 0, "adapter": 0}})
 
 
@@ -142,6 +142,22 @@ def test_a_finished_runs_files_are_readable_as_the_umask_says(
     found = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
     assert "adapter_model.safetensors" in found and any(n.endswith("/adapter_model.safetensors") for n in found)
     assert {name: mode for name, mode in found.items() if mode != expected} == {}
+
+
+def test_the_local_cards_snippet_runs_from_any_folder(
+    tiny_model: Path, workbook: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """The card of a run's folder loads the adapter by its absolute path, the base in the run's compute dtype
+    (float32 on the CPU), and says that an adapter trained on the synthetic sample does not translate."""
+    from tests.adapter_run import trained_adapter
+
+    card = (trained_adapter(tiny_model, workbook, tmp_path_factory) / "README.md").read_text()
+    assert "so it does not translate" in card and "that translates English game text" not in card
+    snippet = re.search(r"```python\n(.*?)```", card, re.S)
+    assert snippet and "dtype=torch.float32" in snippet.group(1)
+    code = snippet.group(1).replace("max_new_tokens=256", "max_new_tokens=4")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_the_synthetic_sample_is_named_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -28,7 +28,7 @@ def test_two_processes_train_and_only_rank_0_writes(tiny_model: Path, workbook: 
     # Rank 0 alone logs, writes and saves: each of these appears once.
     assert log.count("settings that differ from the defaults") == 1
     assert log.count("rows read 200") == 1
-    assert log.count("adapter saved; it goes to") == 1
+    assert log.count("adapter saved; it moves into") == 1
     assert log.count("checkpoint saved: checkpoint-2 (step 2)") == 1
     assert "error:" not in log and "Traceback" not in log
 

@@ -174,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     distributed.quiet_other_ranks()
     cli_values: dict[str, Any] = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     try:
-        settings = load_settings(cli_values, config_file=getattr(args, "config", None))
+        own = [k for k in vars(args) if k not in Settings.model_fields and k != "command"]  # translate's --dialect
+        settings = load_settings(cli_values, config_file=getattr(args, "config", None), flags=own)
         # Once per run, by the process that starts it (the launcher printed it for its ranks); inference
         # commands print no training settings.
         if args.command == "train" and distributed.is_main_process() and not distributed.launched_by_us():

@@ -5,6 +5,7 @@ in groups. Building the parser imports nothing heavy, so `--help` answers at onc
 from __future__ import annotations
 
 import argparse
+import difflib
 import inspect
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from saudial import __version__
 from saudial.cli import export_flags as export
 from saudial.cli.flags import add_setting
 from saudial.config.settings import Settings, env_name, flag_name
+from saudial.errors import printable
 
 # The settings in help groups, in the order the help shows them. tests/test_cli.py checks that every
 # setting is in exactly one group, so a new setting must be placed here.
@@ -236,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: list[str]) -> argparse.Namespace:
     """The arguments; a flag this command does not take is an error that says which command does."""
     parser = build_parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in SUMMARY:  # argparse says "invalid choice" only
+        close = difflib.get_close_matches(argv[0], list(SUMMARY), n=1)
+        hint = f"did you mean `saudial {close[0]}`?" if close else f"the commands: {', '.join(SUMMARY)}"
+        parser.exit(2, f"saudial: error: {printable(argv[0])!r} is not a command: {hint} (`saudial --help`)\n")
     args, extra = parser.parse_known_args(argv)
     if extra:
         settings_flags = {flag_name(n): n for n in Settings.model_fields} | {"--" + n: n for n in Settings.model_fields}

@@ -30,11 +30,16 @@ RECIPE_SUFFIXES = (".yaml", ".yml")
 RECIPE_MAX_BYTES = 64 * 1024
 
 
-def check_unknown_env(environ: Mapping[str, str]) -> None:
-    """A typo such as SAUDIAL_LEARNIGN_RATE must not be silently ignored."""
+def check_unknown_env(environ: Mapping[str, str], flags: Iterable[str] = ()) -> None:
+    """A typo such as SAUDIAL_LEARNIGN_RATE must not be silently ignored. `flags`: the command's own flags (not
+    settings: translate's --dialect), which no variable sets."""
     known = {env_name(name) for name in Settings.model_fields} | NON_SETTING_VARIABLES
+    own = {env_name(flag): "--" + flag.replace("_", "-") for flag in flags}
     for key in sorted(environ):
         if key.startswith(ENV_PREFIX) and key not in known:
+            if key in own:
+                flag = own[key]
+                raise ConfigError(f"{key} is not read: this command takes {flag} as a flag (pass {flag}, unset {key})")
             raise ConfigError(f"unknown setting {key}: {_closest(key, known)} (unset it or fix the name)")
 
 
@@ -113,11 +118,15 @@ def _with_recipe(recipe: dict[str, Any]) -> type[Settings]:
 
 
 def load_settings(
-    cli_values: Mapping[str, Any], environ: Mapping[str, str] | None = None, config_file: Path | None = None
+    cli_values: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+    flags: Iterable[str] = (),
 ) -> Settings:
-    """Defaults < recipe file < SAUDIAL_* environment < CLI flags. Raises ConfigError with one actionable line."""
+    """Defaults < recipe file < SAUDIAL_* environment < CLI flags. Raises ConfigError with one actionable line.
+    `flags`: the command's own flags, which are not settings (check_unknown_env)."""
     environ = os.environ if environ is None else environ
-    check_unknown_env(environ)
+    check_unknown_env(environ, flags)
     recipe = read_recipe(config_file) if config_file is not None else {}
     cls = Settings if config_file is None else _with_recipe(recipe)
     try:

@@ -113,8 +113,9 @@ def markdown_table(evaluation: dict[str, Any], loss: float | None = None) -> str
         counts = ", ".join(f"{system} {n} of {evaluation['samples']}" for system, n in empty.items())
         notes.insert(
             1,
-            f"Empty outputs: {counts}. An empty output scores 0, so a model that writes nothing but its end token "
-            "(an untrained or barely trained adapter, or make demo's tiny random model) scores 0 everywhere.",
+            f"Empty outputs: {counts} (nothing but whitespace before the end token or max_new_tokens). An empty "
+            "output scores 0, so a model that writes only that (an untrained or barely trained adapter, or make "
+            "demo's tiny random model) scores 0 everywhere, whatever the count of tokens generated.",
         )
     return "\n".join(lines + notes) + "\n"
 

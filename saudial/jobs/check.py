@@ -177,7 +177,7 @@ def data_section(report: Report, settings: Settings) -> None:
     try:
         dataset = load_configured_data(settings)
     except SaudialError as exc:
-        report.add("data", f"{settings.data}: cannot be used")
+        report.add("data", f"cannot be used: {exc}")  # the problem on its line, and first among the blockers
         report.blockers.append(str(exc))
         return
     if isinstance(dataset, ChatData):

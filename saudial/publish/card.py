@@ -60,13 +60,14 @@ def eval_results(metrics: dict[str, Any], dataset: str = DATASET_NAME, chat: boo
 
 def build_card(output_dir: Path, repo_id: str | None = None) -> ModelCard:
     """The card of the run in `output_dir`; `repo_id` is its Hub repo (None: a card for the local directory)."""
+    output_dir = output_dir.resolve()  # the local card's snippets load from it wherever they run
     manifest = read_json(output_dir / MANIFEST) or {}
     metrics = read_json(output_dir / METRICS) or {}
     config: dict[str, Any] = manifest.get("config") or {}
     base_model = str(config.get("model_name_or_path") or _adapter_base(output_dir) or "LiquidAI/LFM2-1.2B")
     if repo_id:  # a local copy of the base: the Hub's card names the published model it is, never a local path
         base_model = published_base(base_model, metrics)
-    name = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
+    name = repo_id.split("/")[-1] if repo_id else output_dir.name
     chat = config.get("task") == "chat"  # trained on conversations (SAUDIAL_TASK=chat): publish/chat_card.py
     file_name = Path(str((manifest.get("data") or {}).get("file") or "conversations")).name
     synthetic = bool((manifest.get("data") or {}).get("synthetic"))  # the bundled sample: data/workbook.is_synthetic
@@ -105,24 +106,25 @@ def render_body(
     revision = (manifest.get("model") or {}).get("revision_sha")
     pinned = f" Base model revision: `{revision}`." if revision else ""
     shown = source if source == str(output_dir) else "DIR"
+    dtype = str(manifest.get("compute_dtype") or "")  # the snippets load the base as the run computed
+    dtype = dtype if dtype in ("float32", "float16", "bfloat16") else "bfloat16"
     if config.get("task") == "chat":
         what, data_text = chat_card.intro(method, base_link, data) + pinned, chat_card.data_section(data)
-        usage = [chat_card.usage_snippet(source, base_model), chat_card.usage_note(shown)]
+        usage = [chat_card.usage_snippet(source, base_model, dtype), chat_card.usage_note(shown)]
     else:
         what = (
-            f"A {method} adapter for {base_link} that translates English game text into Saudi dialects "
-            f"({dialects}), trained with TRL's `SFTTrainer` by saudial on "
-            + (
-                f"the {SYNTHETIC}: a word code in Arabic script, so it does not translate"
-                if data.get("synthetic")
-                else "the SauDial workbook"
+            (
+                f"A {method} adapter for {base_link}, trained with TRL's `SFTTrainer` by saudial on the {SYNTHETIC}: "
+                "a word code in Arabic script in place of translations, so it does not translate; it shows the "
+                f"pipeline end to end. On the SauDial workbook the same run makes a translator into {dialects}."
             )
-            + "."
-            + pinned
-        )
+            if data.get("synthetic")
+            else f"A {method} adapter for {base_link} that translates English game text into Saudi dialects "
+            f"({dialects}), trained with TRL's `SFTTrainer` by saudial on the SauDial workbook."
+        ) + pinned
         data_text = _data_section(data)
         usage = [
-            usage_snippet(source, base_model),
+            usage_snippet(source, base_model, dtype),
             "The prompt must be exactly the training prompt (the response part empty); "
             f'`saudial translate --adapter {shown} --dialect Najdi "..."` '
             "does it for you, and `saudial merge` writes a merged bf16 model for vLLM or llama.cpp.",
@@ -262,14 +264,14 @@ def _training_results(metrics: dict[str, Any]) -> str:
     return "\n".join(["| metric | value |", "|---|---:|", *rows]) if rows else "See metrics.json."
 
 
-def usage_snippet(source: str, base_model: str) -> str:
+def usage_snippet(source: str, base_model: str, dtype: str = "bfloat16") -> str:
     return f'''```python
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("{source}")
-model = AutoModelForCausalLM.from_pretrained("{base_model}", dtype=torch.bfloat16, device_map="auto")
+model = AutoModelForCausalLM.from_pretrained("{base_model}", dtype=torch.{dtype}, device_map="auto")
 model = PeftModel.from_pretrained(model, "{source}").eval()
 
 # The training prompt, character for character, with the response left empty.

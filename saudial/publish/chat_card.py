@@ -39,14 +39,14 @@ def data_section(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def usage_snippet(source: str, base_model: str) -> str:
+def usage_snippet(source: str, base_model: str, dtype: str = "bfloat16") -> str:
     return f'''```python
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("{source}")
-model = AutoModelForCausalLM.from_pretrained("{base_model}", dtype=torch.bfloat16, device_map="auto")
+model = AutoModelForCausalLM.from_pretrained("{base_model}", dtype=torch.{dtype}, device_map="auto")
 model = PeftModel.from_pretrained(model, "{source}").eval()
 
 # The conversation so far, through the tokenizer's chat template, with the assistant's turn opened.

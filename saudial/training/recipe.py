@@ -248,7 +248,7 @@ def train(
             timings["total_s"] = time.perf_counter() - clock
             metrics["timings"] = timings
             record.trained(run_dir, summary, metrics, determinism, distributed.world_size())
-            log.info("adapter saved; it goes to %s with the rest of the run", settings.output_dir.resolve())
+            log.info("adapter saved; it moves into %s when the run is complete", settings.output_dir.resolve())
     if len(eval_ds) and settings.eval != "none" and not distributed.any_rank(stopper.received is not None):
         then = f"the trained adapter is in {run_dir}: restart with the same settings to finish the evaluation"
         tick = time.perf_counter()
