@@ -238,6 +238,12 @@ def test_export_of_a_finished_run(run_dir: Path, tiny_model: Path, workbook: Pat
         assert entry["bytes"] == (out / "gguf" / entry["name"]).stat().st_size and len(entry["sha256"]) == 64
         assert entry["check"]["tokens_equal"] and entry["check"]["passed"]
     assert "gguf" in json.loads((out / "run_manifest.json").read_text())["files"]
+    # llama.cpp's log goes to saudial's logger (export/llama.route_llama_log); upstream, with verbose=False, it
+    # still prints its warnings: llama-cpp-python reads ggml's WARN level as an error.
+    assert not [line for line in result.stderr.splitlines() if line.startswith("llama")], result.stderr[-2000:]
+    load = f"from llama_cpp import Llama; Llama(model_path={str(out / 'gguf' / f'{stem}-Q8_0.gguf')!r}, verbose=False)"
+    upstream = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=120)
+    assert upstream.returncode == 0 and "llama_kv_cache: " in upstream.stderr, upstream.stderr[-2000:]
     assert json.loads((out / "run_manifest.json").read_text())["export"]["folder"] == "gguf"
     assert f"FROM ./{stem}-Q8_0.gguf" in (out / "gguf" / "Modelfile").read_text()
     assert "vllm serve" in (out / "gguf" / "README.md").read_text()

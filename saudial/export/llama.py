@@ -12,6 +12,7 @@ f16, bf16, ... ; f32 is the converter's file itself.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -25,6 +26,8 @@ import gguf
 import numpy as np
 
 from saudial.errors import ConfigError, Interrupted, StorageError, free_space
+
+log = logging.getLogger(__name__)
 
 NO_SPACE = "No space left on device"
 SMALL_MODEL_BYTES = 64 << 20
@@ -117,12 +120,39 @@ def _quantize_here(source: str, target: str, kind: str, threads: int) -> int:
     return 0 if result == 0 else 1
 
 
+# llama.cpp's log, kept once installed (ctypes calls it from C: the Python function must stay alive).
+_LOG_CALLBACK: list[Any] = []
+
+
+def route_llama_log() -> None:
+    """llama.cpp's log lines to this module's logger, at DEBUG: saudial's own lines say what an export does.
+
+    Upstream: llama-cpp-python 0.3.36 reads ggml's log levels by an older numbering (its `_logger`: WARN as 3 is
+    read as logging.ERROR), so with verbose=False llama.cpp's warnings still reached stderr, such as
+    "llama_kv_cache: the V embeddings have different sizes across layers" for every LFM2 loaded.
+    tests/test_export.py checks that the numbering is still the old one and that an export prints no such line."""
+    import ctypes
+
+    import llama_cpp
+
+    if _LOG_CALLBACK:
+        return
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        log.debug("llama.cpp (%d): %s", level, text.decode("utf-8", "replace").rstrip())
+
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    _LOG_CALLBACK.append(callback)
+
+
 class Runner:
     """One GGUF loaded by llama.cpp (and a LoRA GGUF applied to it): tokenize, logits, greedy tokens."""
 
     def __init__(self, path: Path, lora: Path | None = None, n_ctx: int = 1024, threads: int | None = None) -> None:
         from llama_cpp import Llama
 
+        route_llama_log()
         if threads is None:  # a small model runs fastest on one thread (more only wait for each other)
             threads = 1 if path.stat().st_size < SMALL_MODEL_BYTES else min(4, os.cpu_count() or 1)
         self.llm = Llama(
