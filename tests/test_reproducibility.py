@@ -46,6 +46,8 @@ def test_same_seed_is_bitwise_identical_and_another_seed_differs(
     assert manifest["versions"]["torch"] == metadata.version("torch")
     assert manifest["versions"]["transformers"] == metadata.version("transformers")
     assert manifest["determinism"]["cudnn_deterministic"] is True
+    # Not set by saudial: PyTorch parses it with a regex on every cuBLAS call (training/reproducibility.py)
+    assert manifest["determinism"]["CUBLAS_WORKSPACE_CONFIG"] == "unset (PyTorch's default)"
     lock = REPO / "requirements.lock"
     expected_lock = hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None
     assert manifest["lock_sha256"] == expected_lock
