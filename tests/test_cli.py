@@ -128,6 +128,8 @@ def test_a_misspelt_command_is_named_with_the_closest_one() -> None:
     )
     unlike = run("upload")
     assert unlike.returncode == 2 and "the commands: train, check, translate" in unlike.stderr
+    forged = run("tr\x1b[2Jain")  # escaped once, as every message escapes what the user gave
+    assert forged.stderr.startswith("saudial: error: 'tr\\x1b[2Jain' is not a command: did you mean"), forged.stderr
 
 
 def test_a_variable_named_like_a_commands_own_flag_says_to_pass_the_flag(tmp_path: Path) -> None:

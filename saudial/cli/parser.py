@@ -241,7 +241,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if argv and not argv[0].startswith("-") and argv[0] not in SUMMARY:  # argparse says "invalid choice" only
         close = difflib.get_close_matches(argv[0], list(SUMMARY), n=1)
         hint = f"did you mean `saudial {close[0]}`?" if close else f"the commands: {', '.join(SUMMARY)}"
-        parser.exit(2, f"saudial: error: {printable(argv[0])!r} is not a command: {hint} (`saudial --help`)\n")
+        parser.exit(2, f"saudial: error: '{printable(argv[0])}' is not a command: {hint} (`saudial --help`)\n")
     args, extra = parser.parse_known_args(argv)
     if extra:
         settings_flags = {flag_name(n): n for n in Settings.model_fields} | {"--" + n: n for n in Settings.model_fields}

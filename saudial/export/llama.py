@@ -130,7 +130,8 @@ def route_llama_log() -> None:
     Upstream: llama-cpp-python 0.3.36 reads ggml's log levels by an older numbering (its `_logger`: WARN as 3 is
     read as logging.ERROR), so with verbose=False llama.cpp's warnings still reached stderr, such as
     "llama_kv_cache: the V embeddings have different sizes across layers" for every LFM2 loaded.
-    tests/test_export.py checks that the numbering is still the old one and that an export prints no such line."""
+    tests/test_export.py checks that an export prints no such line and that upstream's `Llama(verbose=False)` still
+    does."""
     import ctypes
 
     import llama_cpp
