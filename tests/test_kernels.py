@@ -241,3 +241,30 @@ def test_no_packed_sequence_check_under_varlen(monkeypatch: pytest.MonkeyPatch) 
         assert calls == []
         model(input_ids=ids, position_ids=position_ids, use_cache=False)
     assert calls == [1]
+
+
+def test_triton_key_computed_beside_the_load() -> None:
+    """fast_lfm2.key_triton_early: Triton's key of its installation, which upstream's first launch of a process
+    computes (get_cache_key calls the cached triton_key), is computed on a thread that imports nothing, and kept
+    once the wait returns; not wanted, nothing is computed. A fresh process: the key is kept per process."""
+    import inspect
+    import subprocess
+    import sys
+
+    from triton.runtime import cache
+
+    assert "triton_key()" in inspect.getsource(cache.get_cache_key), "upstream no longer keys a launch by it"
+    code = (
+        "import sys\n"
+        "from triton.runtime import cache\n"
+        "from saudial.model import fast_lfm2\n"
+        "fast_lfm2.available = lambda: True\n"  # this machine has no GPU; the thread is the same
+        "fast_lfm2.key_triton_early(False)()\n"
+        "print(cache.triton_key.cache_info().currsize)\n"
+        "before = set(sys.modules)\n"
+        "fast_lfm2.key_triton_early()()\n"
+        "print(cache.triton_key.cache_info().currsize, sorted(set(sys.modules) - before))\n"
+        "print(cache.triton_key() == cache.triton_key.__wrapped__(), cache.triton_key.cache_info().misses)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split("\n")[:3] == ["0", "1 []", "True 1"], out.stdout + out.stderr

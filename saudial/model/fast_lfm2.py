@@ -26,7 +26,10 @@ model's loss and gradients with and without them.
 from __future__ import annotations
 
 import functools
+import logging
+import threading
 import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,6 +45,34 @@ def available() -> bool:
     except ImportError:
         return False
     return True
+
+
+log = logging.getLogger(__name__)
+
+
+def key_triton_early(wanted: bool = True) -> Callable[[], None]:
+    """Start computing Triton's key of this installation on a thread; returns the wait for it (a no-op where not
+    `wanted`, or without a GPU and triton).
+
+    Upstream (triton 3.6, 3.7), the first kernel a process launches computes that key first, before it loads
+    the compiled kernel from the cache or compiles it (`triton.runtime.cache.triton_key`, kept for the process):
+    a sha256 of Triton's compiler sources and of its ~460 MB libtriton, ~0.4 s of the first training step on an
+    H100 host. Started before the model loads, it is done by the first step; the file reads and hashlib release
+    the GIL, and it imports nothing (tests/test_kernels.py), so the load goes on beside it. Wait before the first
+    launch: a launch meanwhile would compute it again from the start."""
+    if not (wanted and available()):
+        return lambda: None
+    from triton.runtime.cache import triton_key
+
+    def key() -> None:
+        try:
+            triton_key()
+        except Exception as e:  # the first launch computes it again and reports what is wrong
+            log.debug("Triton's cache key: %s", type(e).__name__)
+
+    thread = threading.Thread(target=key, name="triton-key", daemon=True)
+    thread.start()
+    return thread.join
 
 
 def _covered(x: torch.Tensor, cpu: bool) -> bool:

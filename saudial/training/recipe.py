@@ -20,7 +20,7 @@ from saudial.config.huggingface import fetch_command, not_here
 from saudial.data import chat_examples, examples
 from saudial.data.conversations import ChatData
 from saudial.errors import OOM_INFERENCE, ConfigError, Interrupted, faults
-from saudial.model import hardware
+from saudial.model import fast_lfm2, hardware
 from saudial.model.loading import load_model, load_tokenizer, resolve_revision
 from saudial.model.lora import check_targets
 from saudial.process import distributed
@@ -161,6 +161,9 @@ def train(
 
     # 3. The base model (4-bit NF4 on a GPU by default) and the LoRA adapter to train on it.
     tick = time.perf_counter()
+    # Triton's key of its installation, which the first launch of saudial's kernels (or of compiled layers)
+    # would compute: ~0.4 s, here beside the model's load
+    triton_keyed = fast_lfm2.key_triton_early(settings.fused_kernels or settings.torch_compile)
     dtype = hardware.compute_dtype(settings)
     log.info("loading %s (%s, compute dtype %s)", settings.model_name_or_path, settings.quantization, dtype)
     if distributed.is_main_process():  # what the model card says the adapter was trained on
@@ -190,6 +193,7 @@ def train(
         f"nothing outside {run_dir} was changed; with room again, restart with the same settings: it resumes from "
         "the newest complete checkpoint"
     )
+    triton_keyed()
     try:
         with faults(run_dir, note=io_note):
             result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
