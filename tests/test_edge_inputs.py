@@ -93,15 +93,15 @@ def _unusable_output(tmp_path: Path, case: str) -> Path:
 def test_an_output_directory_that_cannot_be_one_is_the_users_input(case: str, tmp_path: Path) -> None:
     """Training and merge: exit 2 naming the path, nothing created (was exit 1, a bug)."""
     from saudial.config.settings import Settings
-    from saudial.jobs.merge import prepare
     from saudial.rundir.outputs import prepare_output_dir
+    from saudial.rundir.products import prepare
 
     out = _unusable_output(tmp_path, case)
     before = sorted(p.name for p in tmp_path.iterdir())
     settings = Settings.model_construct(**{**Settings().model_dump(), "output_dir": out})
     for call, setting in (
         (lambda: prepare_output_dir(settings, "f" * 64, "0" * 64), "SAUDIAL_OUTPUT_DIR"),
-        (lambda: prepare(out, settings), "--output"),
+        (lambda: prepare(out, settings, "merge"), "--output"),
     ):
         with pytest.raises(ConfigError) as raised:
             call()

@@ -406,19 +406,19 @@ def test_a_move_into_place_killed_at_any_step_is_completed_by_the_next_start(
 
 def test_merge_output_follows_the_same_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from saudial.config.settings import Settings
-    from saudial.jobs.merge import prepare
+    from saudial.rundir.products import prepare
 
     settings = Settings.model_validate({"overwrite_output_dir": True})
     merged = tmp_path / "merged"
     merged.mkdir()
     (merged / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match=r"holds files that no saudial merge wrote there \('notes.txt'\)"):
-        prepare(merged, settings)
+        prepare(merged, settings, "merge")
     assert [p.name for p in merged.iterdir()] == ["notes.txt"]
     monkeypatch.chdir(merged)
     with pytest.raises(ConfigError, match="is the current directory"):
-        prepare(Path("."), settings)
-    work = prepare(tmp_path / "fresh", settings)
+        prepare(Path("."), settings, "merge")
+    work = prepare(tmp_path / "fresh", settings, "merge")
     assert (
         work == tmp_path / "fresh" / "staging" and json.loads((work / "run_manifest.json").read_text())["saudial_merge"]
     )
@@ -440,7 +440,7 @@ def test_each_command_replaces_only_its_own_output(found: str, command: str, tmp
     adapter, checkpoints and metrics, told it was "an earlier export"."""
     from saudial.config.settings import Settings
     from saudial.rundir.outputs import prepare_output_dir
-    from saudial.rundir.staging import prepare_folder
+    from saudial.rundir.products import prepare
 
     out = tmp_path / "out"
     (out / "checkpoint-4").mkdir(parents=True)
@@ -456,7 +456,7 @@ def test_each_command_replaces_only_its_own_output(found: str, command: str, tmp
         if command == "train":
             prepare_output_dir(settings, "another fingerprint", "sha256")
         else:
-            prepare_folder(out, settings, command)
+            prepare(out, settings, command)
     wanted = "training run" if command == "train" else command
     message = str(refused.value)
     assert f"holds a saudial {found} ('adapter_model.safetensors', 'checkpoint-4', " in message

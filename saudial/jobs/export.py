@@ -1,7 +1,7 @@
 """`saudial export`: a finished run's adapter as GGUF for llama.cpp, Ollama and LM Studio, checked by llama.cpp.
 
 1. Cheap checks first: the adapter folder is a finished saudial run, every type is one llama.cpp knows, the
-   output folder is new, empty or an earlier export's (the rules of `saudial merge`: rundir/staging.prepare_folder).
+   output folder is new, empty or an earlier export's (the rules of `saudial merge`: rundir/products.prepare).
 2. The base model loaded unquantized from its own bf16 weights, widened to float32, the adapter merged in
    (inference/merged.py); with --lora-only the base alone.
 3. One float32 GGUF written by saudial's converter (export/convert.py); each requested type made from it by
@@ -30,7 +30,7 @@ from saudial.export import checks, convert, llama, modelfile
 from saudial.inference.generate import settings_for_adapter
 from saudial.inference.merged import load_base, merge_into
 from saudial.process import signals
-from saudial.rundir import record, staging
+from saudial.rundir import products, record, staging
 from saudial.rundir.record import MANIFEST, now, read_json, trained_task
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,9 @@ def run_export(
     settings = settings_for_adapter(settings, adapter_dir)
     output = output if output is not None else adapter_dir / FOLDER
     inside = output.resolve().parent == adapter_dir.resolve()
-    created = not output.exists()
+    created = None if output.exists() else output
     # A folder holding anything saudial did not write is refused (exit 2), as is an earlier export without overwrite.
-    work = staging.prepare_folder(output, settings, kind="export")
+    work = products.prepare(output, settings, kind="export")
     if inside:
         record.own(adapter_dir, output.name)  # the run's record lists its export folder before it is filled
     then = f"nothing in {output} outside {work} was changed; start the same command again"
@@ -100,25 +100,12 @@ def run_export(
             staging.promote(output)
     except BaseException:
         if not promoting:
-            discard(work, output if created else None)
+            products.discard(work, created)
         raise
     if inside:  # the run's own record says what was exported beside it
         record.update(adapter_dir, {"export": {**export, "folder": output.name}})
     log.info("GGUF export written to %s", output.resolve())
     return export
-
-
-def discard(work: Path, created: Path | None) -> None:
-    """An export that failed before its move into place: its staging folder (saudial's own) goes, and the output
-    folder too where this export created it and left it empty. Best effort: the next export clears what is left."""
-    try:
-        staging.remove(work, staging.contents(work))
-        (work / MANIFEST).unlink(missing_ok=True)
-        work.rmdir()
-        if created is not None and not any(created.iterdir()):
-            created.rmdir()
-    except OSError:
-        pass
 
 
 def write_all(

@@ -13,7 +13,6 @@ SAUDIAL_OVERWRITE_OUTPUT_DIR=true may replace; nothing else there is touched.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -24,9 +23,8 @@ from saudial.inference.generate import settings_for_adapter
 from saudial.inference.merged import load_merged
 from saudial.process import signals
 from saudial.process.environment import versions
-from saudial.rundir import record, staging
+from saudial.rundir import products, record, staging
 from saudial.rundir.record import MANIFEST, now, read_json, write_json
-from saudial.rundir.staging import prepare_folder as prepare
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +39,15 @@ def merge(settings: Settings, adapter_dir: Path, output: Path) -> Path:
     SIGTERM/SIGINT (exit 75) before the merge is complete. The move into place is never cut short."""
     settings = settings_for_adapter(settings, adapter_dir)
     check_adapter_weights(adapter_dir)
-    existed = output.exists()
+    created = None if output.exists() else output
     with signals.deferred("preparing the output folder"):
-        work = prepare(output, settings)
+        work = products.prepare(output, settings, kind="merge")
     note, then = f"nothing in {output} outside {work} was changed", f"nothing was written to {output}: run it again"
     try:
         with signals.interruptible("the merge", then, at_once=True), faults(work, oom_advice=OOM_MERGE, note=note):
             write(settings, adapter_dir, work)
     except (ConfigError, Interrupted):  # e.g. the base model cannot be reached: take back what `prepare` wrote
-        discard(output, work, existed)
+        products.discard(work, created)
         raise
     with signals.deferred("the move into place"), faults(work, note=note):
         staging.promote(output)
@@ -78,11 +76,3 @@ def write(settings: Settings, adapter_dir: Path, work: Path) -> None:
     manifest = read_json(adapter_dir / MANIFEST) or {"saudial_run": 1}
     files = [name for name in staging.contents(work) if name != MANIFEST]
     record.update(work, {**manifest, "saudial_merge": 1, record.FILES: files}, replace=True)
-
-
-def discard(output: Path, work: Path, existed: bool) -> None:
-    """Remove the empty merge `prepare` started in `work` (saudial's own), and `output` if this merge made it."""
-    staging.remove(work, [*staging.contents(work), MANIFEST])
-    for folder in (work, *([] if existed else [output])):
-        with contextlib.suppress(OSError):  # not empty: a helper of an interrupted run, an earlier merge's files
-            folder.rmdir()

@@ -22,13 +22,10 @@ import re
 import shutil
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from saudial.errors import ConfigError, faults, printable
+from saudial.errors import ConfigError, printable
 from saudial.rundir import modes, record
-
-if TYPE_CHECKING:
-    from saudial.config.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -260,40 +257,3 @@ def _roll_forward(output_dir: Path) -> None:
         staging.rmdir()
     except OSError:
         log.warning("%s still holds files after the swap; they were left there", staging)
-
-
-def prepare_folder(output: Path, settings: Settings, kind: str = "merge") -> Path:
-    """An empty --output/staging to write the merge (or export: `kind`) into; refuse an --output that is not
-    for one."""
-    where, key = f"--output {str(output)!r}", f"saudial_{kind}"
-    check_not_protected(output, "--output", settings.data)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"{where} is a file, not a directory")
-    work = staging_dir(output)
-    with faults(output):
-        output.mkdir(parents=True, exist_ok=True)
-        resume_promotion(output)
-        damage = record.damaged(output / record.MANIFEST)
-        earlier = None if damage else record.read_json(output / record.MANIFEST)
-        check_product(where, output, earlier, kind)
-        in_work = record.read_json(work / record.MANIFEST) if work.is_dir() else None
-        work_is_ours = not work.exists() or (
-            work.is_dir() and (not contents(work) or bool(in_work and in_work.get(key)))
-        )
-        strangers = [n for n in foreign(output, earlier) if n != STAGING or not work_is_ours]
-        if strangers or damage:
-            raise ConfigError(
-                f"{where} holds files that no saudial {kind} wrote there ({listing(strangers or [record.MANIFEST])}): "
-                "saudial never replaces or deletes those, not even with SAUDIAL_OVERWRITE_OUTPUT_DIR=true; choose a "
-                "new or empty directory, or move those files elsewhere"
-            )
-        if earlier is not None and not settings.overwrite_output_dir:
-            kept = listing(sorted(ours(output, earlier)))
-            raise ConfigError(
-                f"{where} is not empty: it holds an earlier {kind} ({kept}): choose another directory, or set "
-                f"SAUDIAL_OVERWRITE_OUTPUT_DIR=true to replace those files once the new {kind} is written"
-            )
-        remove(work, contents(work))  # an earlier one that did not finish: saudial's own
-        work.mkdir(exist_ok=True)
-        record.update(work, {"saudial_run": 1, key: 1, record.FILES: []}, replace=True)  # saudial's
-    return work

@@ -1,0 +1,67 @@
+"""The --output folder of `saudial merge` and `saudial export`: made ready for one to be written into its staging
+folder, and taken back when it fails before its move into place (rundir/staging.py moves it).
+
+The rules are a training run's: a folder holding anything saudial did not write is refused, and an earlier merge
+or export is replaced only with SAUDIAL_OVERWRITE_OUTPUT_DIR=true, once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from saudial.errors import ConfigError, faults
+from saudial.rundir import record, staging
+
+if TYPE_CHECKING:
+    from saudial.config.settings import Settings
+
+
+def prepare(output: Path, settings: Settings, kind: str) -> Path:
+    """An empty --output/staging to write the merge (or export: `kind`) into; refuse an --output that is not
+    for one."""
+    where, key = f"--output {str(output)!r}", f"saudial_{kind}"
+    staging.check_not_protected(output, "--output", settings.data)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"{where} is a file, not a directory")
+    work = staging.staging_dir(output)
+    with faults(output):
+        output.mkdir(parents=True, exist_ok=True)
+        staging.resume_promotion(output)
+        damage = record.damaged(output / record.MANIFEST)
+        earlier = None if damage else record.read_json(output / record.MANIFEST)
+        staging.check_product(where, output, earlier, kind)
+        in_work = record.read_json(work / record.MANIFEST) if work.is_dir() else None
+        work_is_ours = not work.exists() or (
+            work.is_dir() and (not staging.contents(work) or bool(in_work and in_work.get(key)))
+        )
+        strangers = [n for n in staging.foreign(output, earlier) if n != staging.STAGING or not work_is_ours]
+        if strangers or damage:
+            shown = staging.listing(strangers or [record.MANIFEST])
+            raise ConfigError(
+                f"{where} holds files that no saudial {kind} wrote there ({shown}): "
+                "saudial never replaces or deletes those, not even with SAUDIAL_OVERWRITE_OUTPUT_DIR=true; choose a "
+                "new or empty directory, or move those files elsewhere"
+            )
+        if earlier is not None and not settings.overwrite_output_dir:
+            kept = staging.listing(sorted(staging.ours(output, earlier)))
+            raise ConfigError(
+                f"{where} is not empty: it holds an earlier {kind} ({kept}): choose another directory, or set "
+                f"SAUDIAL_OVERWRITE_OUTPUT_DIR=true to replace those files once the new {kind} is written"
+            )
+        staging.remove(work, staging.contents(work))  # an earlier one that did not finish: saudial's own
+        work.mkdir(exist_ok=True)
+        record.update(work, {"saudial_run": 1, key: 1, record.FILES: []}, replace=True)  # saudial's
+    return work
+
+
+def discard(work: Path, created: Path | None) -> None:
+    """Take back what `prepare` made for a merge or export that failed before its move into place: `work`
+    (saudial's own) goes, and `created`, the output folder, where this command made it and it is empty. Best
+    effort, so that the failure's own error is what the user sees: the next merge or export clears what is left."""
+    with contextlib.suppress(OSError):
+        staging.remove(work, [*staging.contents(work), record.MANIFEST])
+    for folder in (work, *([created] if created is not None else [])):
+        with contextlib.suppress(OSError):  # not empty: a helper of an interrupted run, an earlier product's files
+            folder.rmdir()
