@@ -19,7 +19,7 @@ from saudial.inference.evaluation import evaluate
 from saudial.inference.generate import load_for_inference, settings_for_adapter
 from saudial.process import signals
 from saudial.publish.card import CARD, write_card
-from saudial.rundir import record, staging
+from saudial.rundir import products, record
 from saudial.rundir.record import MANIFEST, PUSHED, owned, read_json
 from saudial.rundir.staging import check_can_be_directory
 
@@ -73,17 +73,8 @@ def claim(output_dir: Path) -> None:
     """An --output-dir other than the adapter's folder holds evaluations only: new, empty, or an earlier one's (its
     record says so). Another command's output or anything saudial did not write there is refused (exit 2), overwrite
     or not; the folder's record lists what the evaluation writes before it writes it."""
-    where = f"--output-dir {str(output_dir)!r}"
-    damage = record.damaged(output_dir / MANIFEST)
-    earlier = None if damage else read_json(output_dir / MANIFEST)
-    staging.check_product(where, output_dir, earlier, "evaluation")
-    strangers = staging.foreign(output_dir, earlier)
-    if strangers or damage:
-        raise ConfigError(
-            f"{where} holds files that no saudial evaluation wrote there ({staging.listing(strangers or [MANIFEST])}): "
-            "saudial never replaces or changes those; choose a new or empty folder, or leave --output-dir out to "
-            "evaluate into the adapter's own folder"
-        )
+    fix = ": choose a new or empty folder, or leave --output-dir out to evaluate into the adapter's own folder"
+    earlier = products.earlier_record(f"--output-dir {str(output_dir)!r}", output_dir, "evaluation", fix)
     files = sorted({*owned(earlier or {}), record.METRICS, record.RESULTS_MD, record.PREDICTIONS} - {MANIFEST})
     record.update(output_dir, {"saudial_run": 1, "saudial_evaluate": 1, record.FILES: files})
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from saudial.errors import ConfigError, faults
 from saudial.rundir import record, staging
@@ -29,21 +29,15 @@ def prepare(output: Path, settings: Settings, kind: str) -> Path:
     with faults(output):
         output.mkdir(parents=True, exist_ok=True)
         staging.resume_promotion(output)
-        damage = record.damaged(output / record.MANIFEST)
-        earlier = None if damage else record.read_json(output / record.MANIFEST)
-        staging.check_product(where, output, earlier, kind)
         in_work = record.read_json(work / record.MANIFEST) if work.is_dir() else None
         work_is_ours = not work.exists() or (
             work.is_dir() and (not staging.contents(work) or bool(in_work and in_work.get(key)))
         )
-        strangers = [n for n in staging.foreign(output, earlier) if n != staging.STAGING or not work_is_ours]
-        if strangers or damage:
-            shown = staging.listing(strangers or [record.MANIFEST])
-            raise ConfigError(
-                f"{where} holds files that no saudial {kind} wrote there ({shown}): "
-                "saudial never replaces or deletes those, not even with SAUDIAL_OVERWRITE_OUTPUT_DIR=true; choose a "
-                "new or empty directory, or move those files elsewhere"
-            )
+        fix = (
+            ", not even with SAUDIAL_OVERWRITE_OUTPUT_DIR=true; choose a new or empty directory, or move those files "
+            "elsewhere"
+        )
+        earlier = earlier_record(where, output, kind, fix, {staging.STAGING} if work_is_ours else set())
         if earlier is not None and not settings.overwrite_output_dir:
             kept = staging.listing(sorted(staging.ours(output, earlier)))
             raise ConfigError(
@@ -54,6 +48,24 @@ def prepare(output: Path, settings: Settings, kind: str) -> Path:
         work.mkdir(exist_ok=True)
         record.update(work, {"saudial_run": 1, key: 1, record.FILES: []}, replace=True)  # saudial's
     return work
+
+
+def earlier_record(
+    where: str, folder: Path, kind: str, fix: str, skip: set[str] | None = None
+) -> dict[str, Any] | None:
+    """The record of an earlier `kind` (merge, export, evaluation) in `folder`: None where there is none. Refuses
+    (exit 2) another command's output, and a folder holding files that no saudial `kind` wrote there (but `skip`)
+    or a damaged record: saudial cannot tell which files are its own. `fix`: what the user can do, said after "saudial
+    never replaces or deletes those"."""
+    damage = record.damaged(folder / record.MANIFEST)
+    earlier = None if damage else record.read_json(folder / record.MANIFEST)
+    staging.check_product(where, folder, earlier, kind)
+    strangers = [n for n in staging.foreign(folder, earlier) if n not in (skip or set())]
+    if strangers or damage:
+        shown = staging.listing(strangers or [record.MANIFEST])
+        never = "saudial never replaces or deletes those"
+        raise ConfigError(f"{where} holds files that no saudial {kind} wrote there ({shown}): {never}{fix}")
+    return earlier
 
 
 def discard(work: Path, created: Path | None) -> None:
