@@ -35,6 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+log = logging.getLogger(__name__)
+
 
 def available() -> bool:
     """Whether the kernels can run here: a CUDA GPU and triton."""
@@ -45,9 +47,6 @@ def available() -> bool:
     except ImportError:
         return False
     return True
-
-
-log = logging.getLogger(__name__)
 
 
 def key_triton_early(wanted: bool = True) -> Callable[[], None]:

@@ -8,6 +8,7 @@ or export is replaced only with SAUDIAL_OVERWRITE_OUTPUT_DIR=true, once the new 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ def prepare(output: Path, settings: Settings, kind: str) -> Path:
             ", not even with SAUDIAL_OVERWRITE_OUTPUT_DIR=true; choose a new or empty directory, or move those files "
             "elsewhere"
         )
-        earlier = earlier_record(where, output, kind, fix, {staging.STAGING} if work_is_ours else set())
+        earlier = earlier_record(where, output, kind, fix, [staging.STAGING] if work_is_ours else [])
         if earlier is not None and not settings.overwrite_output_dir:
             kept = staging.listing(sorted(staging.ours(output, earlier)))
             raise ConfigError(
@@ -50,9 +51,7 @@ def prepare(output: Path, settings: Settings, kind: str) -> Path:
     return work
 
 
-def earlier_record(
-    where: str, folder: Path, kind: str, fix: str, skip: set[str] | None = None
-) -> dict[str, Any] | None:
+def earlier_record(where: str, folder: Path, kind: str, fix: str, skip: Collection[str] = ()) -> dict[str, Any] | None:
     """The record of an earlier `kind` (merge, export, evaluation) in `folder`: None where there is none. Refuses
     (exit 2) another command's output, and a folder holding files that no saudial `kind` wrote there (but `skip`)
     or a damaged record: saudial cannot tell which files are its own. `fix`: what the user can do, said after "saudial
@@ -60,7 +59,7 @@ def earlier_record(
     damage = record.damaged(folder / record.MANIFEST)
     earlier = None if damage else record.read_json(folder / record.MANIFEST)
     staging.check_product(where, folder, earlier, kind)
-    strangers = [n for n in staging.foreign(folder, earlier) if n not in (skip or set())]
+    strangers = [n for n in staging.foreign(folder, earlier) if n not in skip]
     if strangers or damage:
         shown = staging.listing(strangers or [record.MANIFEST])
         never = "saudial never replaces or deletes those"
