@@ -5,7 +5,8 @@
 #   bash bench/device-run.sh bench [OUT]       the benchmark table of docs/benchmarks.md, with Unsloth beside it
 #   bash bench/device-run.sh profile [OUT]     where a default step's time goes (bench/profile_step.py)
 #   bash bench/device-run.sh all [OUT]         bench, then the GPU tests (beside it on a second GPU, if there is one)
-#   bash bench/device-run.sh levers [OUT]      the speed overrides' same-call pairs (bench.py's levers, bench/ablate.py)
+#   bash bench/device-run.sh levers [OUT]      the speed overrides' same-call pairs (bench.py's levers, bench/ablate.py;
+#                                              BENCH_ONLY: some of them, e.g. "levers: defaults;levers: CUBLAS")
 #   bash bench/device-run.sh activations [OUT] a step's peak memory against its tokens, no, all and half the layers
 #                                              checkpointed (bench/activation_memory.py: model/activation_memory.py)
 #   bash bench/device-run.sh family [OUT]      each LFM2 size with its recipe, evaluate and translate (bench/family.py;
@@ -21,7 +22,8 @@
 # without the Unsloth row. Environment:
 #   LIMIT=S           seconds for the whole call (default 3600); each part stops in time to report
 #   PYTHON            the interpreter (default python3); UNSLOTH_SITE: Unsloth's folder (`make bench-peers`)
-#   BENCH_SECTIONS    bench.py sections of the table (default below); BENCH_ONLY: its --only name prefixes
+#   BENCH_SECTIONS    bench.py sections of the table (default below); BENCH_ONLY: its --only name prefixes (bench,
+#                     levers)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PRESET=${1:-}
@@ -103,7 +105,7 @@ activations() {  # peak memory per step against tokens (bench/activation_memory.
 levers() {  # the defaults against each speed override taken out, in turns; results in OUT/levers/
     say "levers on GPU 0"
     CUDA_VISIBLE_DEVICES=0 timeout "$(left 5)" "$PY" bench/bench.py --out "$OUT/levers" --work /tmp/saudial-bench \
-        --sections levers 2>&1 | grep --line-buffered -v "it/s\]" > "$OUT/levers.log"
+        --sections levers --only "${BENCH_ONLY:-}" 2>&1 | grep --line-buffered -v "it/s\]" > "$OUT/levers.log"
     tail -14 "$OUT/levers.log"
 }
 
