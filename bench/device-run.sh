@@ -33,7 +33,7 @@ PY=${PYTHON:-python3}  # the interpreter that holds torch (make bench: the proje
 UNSLOTH_SITE=${UNSLOTH_SITE:-$([ -d .unsloth-site ] && echo "$PWD/.unsloth-site" || echo /tmp/unsloth_site)}
 export UNSLOTH_SITE
 SECTIONS=${BENCH_SECTIONS:-configs,wholerun,unsloth,scaling,compiled,maxlen}
-TABLE_ROWS="seed as written (bs 1x8);saudial defaults;defaults, GC on;defaults, 9,000 rows;defaults, 90,000 rows"
+TABLE_ROWS="seed as written (bs 1x8);saudial defaults;defaults, every layer checkpointed;defaults, 9,000 rows;defaults, 90,000 rows"
 ONLY=${BENCH_ONLY:-$TABLE_ROWS}
 # The bench's model is built once per machine; NVLink multicast stays off (the lent hosts' GPUs are shared).
 export BENCH_REUSE_MODEL=1 PYTHONUNBUFFERED=1

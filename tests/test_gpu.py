@@ -201,6 +201,7 @@ def test_chat_training_on_gpu(tiny_model: Path, tmp_path: Path, run_entry: RunEn
     print("chat on GPU:", {"losses": losses[:2] + losses[-2:], "reply": reply.stdout.strip()[:80]})
 
 
+@pytest.mark.compiles
 def test_compiled_layers_train_on_gpu(tiny_model: Path, workbook: Path, tmp_path: Path, run_entry: RunEntry) -> None:
     """SAUDIAL_TORCH_COMPILE=true on the 4-bit model: same first losses as eager (bf16 noise), loss falls."""
     curves = {}

@@ -67,6 +67,7 @@ def test_padding_free_losses_equal_padded(tiny_model: Path, workbook: Path, rest
 
 
 @pytest.mark.gpu
+@pytest.mark.compiles
 def test_compiled_layers_train_like_eager(tiny_model: Path, workbook: Path, restore_conv) -> None:
     """torch.compile of the decoder layers (SAUDIAL_TORCH_COMPILE) changes speed, not the numbers.
 
