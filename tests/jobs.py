@@ -108,20 +108,39 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 # The entry point's `main` in a process of its own, one function (PAUSE_AT: "module:attribute.path") made to touch
 # the file PAUSED and sleep first (after its own work with PAUSE_AFTER=1): a signal then finds the command there.
+# PAUSE_AT "import:module" pauses inside that module's import instead (3 s, then the module runs and PAUSED +
+# ".imported" is touched).
 PAUSING_MAIN = """
-import importlib, os, sys, time
+import importlib, importlib.abc, importlib.machinery, os, sys, time
 module, _, path = os.environ["PAUSE_AT"].partition(":")
-owner = importlib.import_module(module)
-*parents, name = path.split(".")
-for parent in parents:
-    owner = getattr(owner, parent)
-real = getattr(owner, name)
-def paused(*args, **kwargs):
-    result = real(*args, **kwargs) if os.environ.get("PAUSE_AFTER") else None
-    open(os.environ["PAUSED"], "w").close()
-    time.sleep(120)
-    return result if os.environ.get("PAUSE_AFTER") else real(*args, **kwargs)
-setattr(owner, name, paused)
+if module == "import":
+    class PausingFinder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, search_path, target=None):
+            if name != path:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.machinery.PathFinder.find_spec(name, search_path)
+            run_module = spec.loader.exec_module
+            def exec_module(new_module):
+                open(os.environ["PAUSED"], "w").close()
+                time.sleep(3)
+                run_module(new_module)
+                open(os.environ["PAUSED"] + ".imported", "w").close()
+            spec.loader.exec_module = exec_module
+            return spec
+    sys.meta_path.insert(0, PausingFinder())
+else:
+    owner = importlib.import_module(module)
+    *parents, name = path.split(".")
+    for parent in parents:
+        owner = getattr(owner, parent)
+    real = getattr(owner, name)
+    def paused(*args, **kwargs):
+        result = real(*args, **kwargs) if os.environ.get("PAUSE_AFTER") else None
+        open(os.environ["PAUSED"], "w").close()
+        time.sleep(120)
+        return result if os.environ.get("PAUSE_AFTER") else real(*args, **kwargs)
+    setattr(owner, name, paused)
 from saudial.cli.main import main
 sys.exit(main())
 """

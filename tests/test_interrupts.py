@@ -8,6 +8,8 @@ while the signal is sent: generation, a file being written, the model loading, t
 from __future__ import annotations
 
 import signal
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -107,6 +109,22 @@ def test_merge_stopped_while_saving_leaves_nothing(
     assert not merged.exists()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_during_a_lazy_import_waits_for_the_import(
+    trained: Path, tiny_model: Path, workbook: Path, tmp_path: Path, signum: int
+) -> None:
+    """A signal while transformers imports LFM2's modeling module in the middle of the merge: the import finishes,
+    then the merge stops (exit 75, its one line), leaving nothing. Raised inside the import machinery instead, the
+    stop could leave the libraries half imported (process/signals.py)."""
+    env = command_env(tiny_model, workbook, tmp_path)
+    merged = tmp_path / "merged"
+    args = ("merge", "--adapter", str(trained), "--output", str(merged))
+    line = stopped(env, "import:transformers.models.lfm2.modeling_lfm2", tmp_path, signum, *args)
+    assert (tmp_path / "paused.imported").exists()  # the module ran to its end before the stop
+    assert line.endswith(f"during the merge; nothing was written to {merged}: run it again"), line
+    assert not merged.exists()
+
+
 def test_push_sigterm_during_the_upload(trained: Path, tiny_model: Path, workbook: Path, tmp_path: Path) -> None:
     """The card is written whole, the upload stopped at once; the line names the command that uploads it."""
     env = command_env(tiny_model, workbook, tmp_path) | {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
@@ -141,3 +159,65 @@ def test_a_second_signal_in_a_command_speaks_of_no_checkpoint(caplog: pytest.Log
         "SIGTERM received: stopping the merge after this batch",
         "SIGTERM received again: already stopping, ignored",
     ]
+
+
+def probe_import(folder: Path, monkeypatch: pytest.MonkeyPatch, then: str) -> None:
+    """A module `saudial_probe_import` in `folder` that sends its process SIGTERM while it is being imported, waits
+    for the handler to run there, then runs the code `then`."""
+    (folder / "saudial_probe_import.py").write_text(
+        "import os, signal, time\n"
+        "from saudial.process import signals\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(0.2)  # the handler runs here, inside the import\n" + then
+    )
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "saudial_probe_import", raising=False)
+
+
+def test_a_stop_heard_in_an_import_keeps_a_deferred_write_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during an import inside an at-once command: the stop waits for the import to end, then for a
+    `deferred` write begun in the import to end, and stops the command there (in-process)."""
+    from saudial.errors import Interrupted
+    from saudial.process import signals
+
+    write = "write = signals.deferred('the probe write')\nwrite.__enter__()  # goes on after the import\n"
+    probe_import(tmp_path, monkeypatch, write)
+    steps = []
+    stop = pytest.raises(Interrupted, match="stopped by SIGTERM during `saudial probe`")
+    with stop, signals.interruptible("`saudial probe`", "nothing was written", at_once=True):
+        import saudial_probe_import
+
+        steps.append("imported")
+        time.sleep(0.3)  # the stop looks again every 50 ms here: the write holds it
+        steps.append("written")
+        saudial_probe_import.write.__exit__(None, None, None)
+        time.sleep(1)  # stopped here, at the first look after the write
+        steps.append("not stopped")
+    assert steps == ["imported", "written"]
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL  # the looks' handler put back
+
+
+def test_a_phase_that_stops_for_a_signal_heard_in_an_import_ends_the_outer_looks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import ends and an inner at-once phase begins (merge's "the merge"): that phase stops for the signal,
+    with its own line, and its clean-up runs whole, not cut short by the outer phase's next look (in-process)."""
+    from saudial.errors import Interrupted
+    from saudial.process import signals
+
+    probe_import(tmp_path, monkeypatch, "")
+    steps = []
+    stop = pytest.raises(Interrupted, match="stopped by SIGTERM during the inner phase; its own")
+    with stop, signals.interruptible("`saudial probe`", "nothing was written", at_once=True):
+        import saudial_probe_import  # noqa: F401
+
+        try:
+            with signals.interruptible("the inner phase", "its own", at_once=True):
+                steps.append("not stopped")
+        except Interrupted:
+            time.sleep(0.3)  # a clean-up, as merge's products.discard: no look of the outer phase comes here
+            steps.append("cleaned up")
+            raise
+    assert steps == ["cleaned up"]

@@ -18,7 +18,10 @@ between phases. What each phase does with it:
 
 Every other command (cli/main.py) is `interruptible(..., at_once=True)` from its start: it stops at once, exit
 75, "nothing was written"; a file cut short is removed as it stops (translate's and chat's outputs, merge's
-staging folder). What must not be cut short (the model card, merge's move into place) runs `deferred`.
+staging folder). What must not be cut short (the model card, merge's move into place) runs `deferred`. "At
+once" waits for a module being imported to finish (`_importing`): a stop raised inside Python's import machinery
+can leave the libraries half imported (a module gone from sys.modules while others hold parts of it); 2 of ~100
+Ctrl-Cs during merge's lazy imports then ended in exit 1 (ModuleNotFoundError) instead of 75.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 from saudial.errors import Interrupted
@@ -36,6 +40,13 @@ from saudial.errors import Interrupted
 log = logging.getLogger(__name__)
 
 _installed: list[Stopper] = []  # the handlers in place, innermost last
+RETRY_S = 0.05  # an at-once stop heard during an import looks again this often (SIGALRM) until the import is done
+_LOOK = getattr(signal, "SIGALRM", None)  # none on Windows: there the stop comes at once, as before
+
+
+def _end_looks() -> None:
+    if _LOOK is not None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 class Stopper:
@@ -54,11 +65,15 @@ class Stopper:
     def install(self) -> None:
         if _installed and self.received is None:  # heard before this phase began: this phase stops at once
             self.received = _installed[-1].received
+        if self.at_once and self.received is not None:  # it stops for it now: an outer phase's looks (`_stop`) end
+            _end_looks()
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         _installed.append(self)
 
     def restore(self) -> None:
+        if _LOOK in self._previous:  # a stop waiting for an import: the phase out hears of it instead
+            _end_looks()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
@@ -67,15 +82,35 @@ class Stopper:
         if self.received is not None and _installed and _installed[-1].received is None:
             _installed[-1].received = self.received  # the next phase out hears of it
 
-    def _handle(self, signum: int, _frame: Any) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.received is None:
             self.received = name
             log.warning("%s received: %s", name, self.stopping)
             if self.at_once:
-                raise _Stop(name)
+                self._stop(frame)
         else:
             log.warning("%s received again: already stopping, ignored%s", name, self.again)
+
+    def _stop(self, frame: FrameType | None) -> None:
+        """Raise _Stop now, or, while a module is being imported or an inner phase (`deferred`) holds the signal,
+        look again in RETRY_S (SIGALRM; where there is none, now)."""
+        waiting = _importing(frame) or (bool(_installed) and _installed[-1] is not self)
+        if waiting and _LOOK is not None:
+            if _LOOK not in self._previous:
+                self._previous[_LOOK] = signal.signal(_LOOK, lambda _s, f: self._stop(f))
+            signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+            return
+        raise _Stop(self.received)
+
+
+def _importing(frame: FrameType | None) -> bool:
+    """Whether `frame` or one of its callers runs in Python's import machinery: a module is being imported."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 class _Stop(BaseException):
