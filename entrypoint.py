@@ -4,9 +4,7 @@
 Settings come from SAUDIAL_* environment variables and the matching --flags (see --help).
 """
 
-import sys
-
-from saudial.cli.main import main
+from saudial.cli.main import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

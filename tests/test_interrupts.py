@@ -221,3 +221,29 @@ def test_a_phase_that_stops_for_a_signal_heard_in_an_import_ends_the_outer_looks
             steps.append("cleaned up")
             raise
     assert steps == ["cleaned up"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_in_the_interpreters_teardown_keeps_the_exit_code(tmp_path: Path, signum: int) -> None:
+    """After the command's end (here: `--dry-run` without data, exit 2 and its line), the interpreter's teardown
+    still runs atexit handlers; a signal then ends the process at once with the command's own exit code, not
+    130 or 143, and no traceback (cli/main.run)."""
+    from tests.jobs import Job
+
+    exiting = tmp_path / "exiting"
+    script = (
+        "import atexit, time\n"
+        f"atexit.register(lambda: (open({str(exiting)!r}, 'w').close(), time.sleep(60)))  # runs last\n"
+        "from saudial.cli.main import run\n"
+        "run()\n"
+    )
+    env = {k: v for k, v in base_env(tmp_path, tmp_path, tmp_path).items() if k != "SAUDIAL_DATA"}
+    job = Job(env, argv=[sys.executable, "-c", script, "--dry-run"])
+    deadline = time.monotonic() + 120
+    while not exiting.exists() and job.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert exiting.exists(), job.output[-3000:]
+    job.signal(signum)
+    assert job.finish(timeout=20) == 2, job.output[-3000:]
+    assert "Traceback" not in job.output
+    assert "SAUDIAL_DATA" in error_line(job.output)
