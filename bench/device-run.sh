@@ -22,8 +22,8 @@
 # without the Unsloth row. Environment:
 #   LIMIT=S           seconds for the whole call (default 3600); each part stops in time to report
 #   PYTHON            the interpreter (default python3); UNSLOTH_SITE: Unsloth's folder (`make bench-peers`)
-#   BENCH_SECTIONS    bench.py sections of the table (default below); BENCH_ONLY: its --only name prefixes (bench,
-#                     levers)
+#   BENCH_SECTIONS    bench.py sections of the table (default below)
+#   BENCH_ONLY        bench.py's --only name prefixes for the bench and levers presets (default: the table's rows)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PRESET=${1:-}
