@@ -202,22 +202,27 @@ def test_a_stop_heard_in_an_import_keeps_a_deferred_write_whole(
 def test_a_phase_that_stops_for_a_signal_heard_in_an_import_ends_the_outer_looks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The import ends and an inner at-once phase begins (merge's "the merge"): that phase stops for the signal,
-    with its own line, and its clean-up runs whole, not cut short by the outer phase's next look (in-process)."""
+    """An inner at-once phase (merge's "the merge") begins while the outer phase waits to stop (here: a `deferred`
+    write begun in the import holds it, so no look can stop the outer phase before the inner one begins): the
+    inner phase stops for the signal, with its own line, and its clean-up runs whole, the write ended within it,
+    not cut short by a look of the outer phase (in-process)."""
     from saudial.errors import Interrupted
     from saudial.process import signals
 
-    probe_import(tmp_path, monkeypatch, "")
+    write = "write = signals.deferred('the probe write')\nwrite.__enter__()  # goes on after the import\n"
+    probe_import(tmp_path, monkeypatch, write)
     steps = []
     stop = pytest.raises(Interrupted, match="stopped by SIGTERM during the inner phase; its own")
     with stop, signals.interruptible("`saudial probe`", "nothing was written", at_once=True):
-        import saudial_probe_import  # noqa: F401
+        import saudial_probe_import
 
         try:
             with signals.interruptible("the inner phase", "its own", at_once=True):
                 steps.append("not stopped")
         except Interrupted:
-            time.sleep(0.3)  # a clean-up, as merge's products.discard: no look of the outer phase comes here
+            time.sleep(0.1)  # a clean-up, as merge's products.discard, the write still holding the outer phase
+            saudial_probe_import.write.__exit__(None, None, None)
+            time.sleep(0.3)  # the clean-up goes on, the outer phase innermost again: no look of its comes here
             steps.append("cleaned up")
             raise
     assert steps == ["cleaned up"]
