@@ -52,10 +52,19 @@ def _one_step_per_layer() -> None:
     _replace(stacked_lora, "stacked", lambda layers, x, split=False: None)
 
 
+def _qk_norm_then_rope() -> None:
+    """q and k through the RMSNorm kernel and upstream's `apply_rotary_pos_emb` (PyTorch's kernels) instead of one
+    kernel each way for both (model/qk_kernels.py)."""
+    from saudial.model import qk_kernels
+
+    _replace(qk_kernels, "covers", lambda x, weight, cos, sin: False)
+
+
 WITHOUT: dict[str, Callable[[], None]] = {
     "compact-loss-head": _trl_loss_head,
     "cudnn-attention-off": _cudnn_attention,
     "stacked-lora": _one_step_per_layer,
+    "qk-rope": _qk_norm_then_rope,
 }
 
 

@@ -106,6 +106,7 @@ def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
     without = [
         ("TRL's loss head", {"BENCH_WITHOUT": "compact-loss-head"}),
         ("LoRA layers of one input unstacked", {"BENCH_WITHOUT": "stacked-lora"}),
+        ("q/k norm, then PyTorch's rotation", {"BENCH_WITHOUT": "qk-rope"}),
         ("dequantized on each use", {"SAUDIAL_DEQUANTIZE_ONCE": "false"}),
         ("SDPA + mask, no varlen", SDPA),
         ("SDPA + mask, cuDNN attention on", SDPA | {"BENCH_WITHOUT": "cudnn-attention-off"}),

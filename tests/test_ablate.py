@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench import ablate
-from saudial.model import lm_head, patches, stacked_lora
+from saudial.model import lm_head, patches, qk_kernels, stacked_lora
 
 
 @pytest.fixture
@@ -18,6 +18,7 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.setattr(lm_head, "supported", lm_head.supported)
     monkeypatch.setattr(patches, "avoid_cudnn_attention", patches.avoid_cudnn_attention)
     monkeypatch.setattr(stacked_lora, "stacked", stacked_lora.stacked)
+    monkeypatch.setattr(qk_kernels, "covers", qk_kernels.covers)
     return monkeypatch
 
 
@@ -42,6 +43,11 @@ def test_each_ablation_takes_its_override_out(restored: pytest.MonkeyPatch) -> N
     ablate.WITHOUT["stacked-lora"]()
     assert stacked_lora.stacked is not stacked
     assert stacked_lora.stacked((torch.nn.Linear(4, 4),) * 2, torch.ones(1, 4)) is None  # each layer on its own
+
+    x, weight, rotation = torch.ones(1, 3, 2, 8), torch.ones(8), torch.ones(1, 3, 8)
+    assert qk_kernels.covers(x, weight, rotation, rotation)
+    ablate.WITHOUT["qk-rope"]()
+    assert not qk_kernels.covers(x, weight, rotation, rotation)  # upstream's norm, then rotation
 
 
 def test_an_ablation_whose_function_is_gone_stops_instead_of_measuring_nothing(restored: pytest.MonkeyPatch) -> None:

@@ -268,3 +268,36 @@ def test_triton_key_computed_beside_the_load() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split("\n")[:3] == ["0", "1 []", "True 1"], out.stdout + out.stderr
+
+
+def _qk_ref(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Upstream's q/k path, in float64: the head's RMS norm, then apply_rotary_pos_emb (heads on axis 2)."""
+    from transformers.models.lfm2.modeling_lfm2 import apply_rotary_pos_emb
+
+    normed = _rms_ref(x, weight, 1e-5)
+    out, _ = apply_rotary_pos_emb(normed, normed, cos, sin, unsqueeze_dim=2)
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("batch", "tokens", "heads", "dim"), [(1, 37, 4, 16), (2, 5, 3, 64), (1, 3, 1, 2)])
+def test_qk_norm_rope(
+    device: str, dtype: torch.dtype, batch: int, tokens: int, heads: int, dim: int, poisoned: None
+) -> None:
+    from saudial.model.qk_kernels import QKNormRope, covers
+
+    (x,) = _inputs((batch, tokens, heads, dim), dtype, device, n=1)
+    weight = (1 + 0.1 * torch.randn(dim, dtype=torch.float64)).to(device, dtype)
+    angles = torch.rand(batch, tokens, dim // 2, dtype=torch.float64) * 6.3
+    cos64, sin64 = (f(torch.cat([angles, angles], -1)) for f in (torch.cos, torch.sin))
+    cos, sin = cos64.to(device, dtype), sin64.to(device, dtype)
+    g = torch.randn(batch, tokens, heads, dim, dtype=torch.float64)
+    x64 = x.detach().cpu().double().requires_grad_()
+
+    assert covers(x, weight, cos, sin)
+    out = QKNormRope.apply(x, weight, cos, sin, 1e-5)
+    (dx,) = _grads(out, [x], g.to(device, dtype))
+    ref = _qk_ref(x64, weight.cpu().double(), cos.cpu().double(), sin.cpu().double())
+    (rdx,) = _grads(ref, [x64], g)
+    assert _rel(out.cpu(), ref.detach()) < BOUND[dtype] * 2 and _rel(dx.cpu(), rdx) < BOUND[dtype] * 2

@@ -9,7 +9,8 @@ module of the model a forward that computes the same function with one kernel pe
   both frozen weights, each way, instead of two of each and the add of their input gradients), and the kernel
   reads their outputs side by side (kernels.SwiGLURows);
 - `Lfm2Attention`: upstream's forward, with q, k and v from one fused LoRA step where all three are fused LoRA
-  layers (one GEMM for the three LoRA A's each way, the input gradient summed in place);
+  layers (one GEMM for the three LoRA A's each way, the input gradient summed in place), and each of q and k
+  normed and rotated (`apply_rotary_pos_emb`) in one kernel each way (model/qk_kernels.py) instead of ~12;
 - `Lfm2DecoderLayer`: the residual add after the operator and the feed-forward norm after it in one kernel
   (kernels.AddRMSNorm), and its backward adds the residual stream's gradient in the same pass;
 - `Lfm2RMSNorm` elsewhere (the operator norm, the q/k norms, the last norm): kernels.RMSNorm;
@@ -112,21 +113,28 @@ def _attention_forward(
     past_key_values: Any = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
-    """Upstream's `Lfm2Attention.forward` with q, k and v from one stacked LoRA step; upstream's where that does
-    not cover the call (a cache, layers that are not fused LoRA layers)."""
+    """Upstream's `Lfm2Attention.forward` with q, k and v from one stacked LoRA step (each projection its own
+    where they are not fused LoRA layers), and each of q and k normed and rotated in one kernel
+    (model/qk_kernels.py); upstream's forward with a cache (generation) or off the kernels' devices."""
     from transformers.models.lfm2 import modeling_lfm2 as lfm2
 
-    from saudial.model import stacked_lora
+    from saudial.model import qk_kernels, stacked_lora
 
-    qkv = None
-    if past_key_values is None:
-        qkv = stacked_lora.stacked((self.q_proj, self.k_proj, self.v_proj), hidden_states, split=True)
-    if qkv is None:
+    if past_key_values is not None or not _covered(hidden_states, self._saudial_cpu):
         return type(self).forward(self, hidden_states, position_embeddings, attention_mask, past_key_values, **kwargs)
+    qkv = stacked_lora.stacked((self.q_proj, self.k_proj, self.v_proj), hidden_states, split=True)
+    if qkv is None:
+        qkv = (self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states))
     hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
     query, key, value = (t.view(hidden_shape) for t in qkv)
-    query, key = self.q_layernorm(query).transpose(1, 2), self.k_layernorm(key).transpose(1, 2)
-    query, key = lfm2.apply_rotary_pos_emb(query, key, *position_embeddings)
+    cos, sin = position_embeddings
+    q_norm, k_norm = self.q_layernorm, self.k_layernorm
+    if all(qk_kernels.covers(t, n.weight, cos, sin) for t, n in ((query, q_norm), (key, k_norm))):
+        query = qk_kernels.QKNormRope.apply(query, q_norm.weight, cos, sin, q_norm.variance_epsilon).transpose(1, 2)
+        key = qk_kernels.QKNormRope.apply(key, k_norm.weight, cos, sin, k_norm.variance_epsilon).transpose(1, 2)
+    else:
+        query, key = q_norm(query).transpose(1, 2), k_norm(key).transpose(1, 2)
+        query, key = lfm2.apply_rotary_pos_emb(query, key, cos, sin)
     attention = lfm2.ALL_ATTENTION_FUNCTIONS.get_interface(
         self.config._attn_implementation, lfm2.eager_attention_forward
     )
