@@ -281,7 +281,7 @@ def _qk_ref(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("batch", "tokens", "heads", "dim"), [(1, 37, 4, 16), (2, 5, 3, 64), (1, 3, 1, 2)])
+@pytest.mark.parametrize(("batch", "tokens", "heads", "dim"), [(1, 37, 4, 16), (2, 5, 3, 64), (1, 3, 1, 8)])
 def test_qk_norm_rope(
     device: str, dtype: torch.dtype, batch: int, tokens: int, heads: int, dim: int, poisoned: None
 ) -> None:
@@ -301,3 +301,4 @@ def test_qk_norm_rope(
     ref = _qk_ref(x64, weight.cpu().double(), cos.cpu().double(), sin.cpu().double())
     (rdx,) = _grads(ref, [x64], g)
     assert _rel(out.cpu(), ref.detach()) < BOUND[dtype] * 2 and _rel(dx.cpu(), rdx) < BOUND[dtype] * 2
+    assert not covers(x[..., :4], weight[:4], cos[..., :4], sin[..., :4])  # D 4: upstream's norm and rotation

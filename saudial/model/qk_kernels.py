@@ -9,7 +9,7 @@ does), then the rotation in fp32 from those values, rounded once at the end (ups
 bf16 products and the sum). Only the input and the per-row statistics are kept for the backward.
 
 Layout: x is (batch, tokens, heads, D) contiguous (q and k as the stacked LoRA step writes them), cos and sin
-(batch, tokens, D) as LFM2's rotary embedding gives them; D = 2 * HALF with HALF a power of two.
+(batch, tokens, D) as LFM2's rotary embedding gives them; D = 2 * HALF with HALF a power of two (LFM2's D: 64).
 """
 
 from __future__ import annotations
@@ -77,12 +77,12 @@ def _qk_bwd(
 
 def covers(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
     """Whether QKNormRope computes this call: x (batch, tokens, heads, D), a frozen weight of x's dtype, cos and
-    sin (batch, tokens, D), D twice a power of two."""
+    sin (batch, tokens, D), D twice a power of two of at least 4."""
     half = x.shape[-1] // 2
     return (
         x.dim() == 4
         and x.shape[-1] == 2 * half
-        and half > 0
+        and half >= 4  # the smallest block given to Triton: 4 values
         and half & (half - 1) == 0
         and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
         and weight.dtype == x.dtype
