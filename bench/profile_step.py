@@ -4,8 +4,9 @@
 
 Settings come from the environment exactly as for entrypoint.py (SAUDIAL_*), and the trainer is the one
 `saudial.training.trainer.build_trainer` makes. It prints, per step: wall time, GPU busy time (sum of kernel times),
-kernel launches and CPU-side operator calls, then the top kernels and the top CPU operators. A step whose
-wall time is far above its GPU busy time is bound by the host (Python, dispatch, launches), not the GPU.
+kernel launches and CPU-side operator calls, the busy time by kind of kernel (bench/kernel_kinds.py: the
+element-wise share), then the top kernels and the top CPU operators. A step whose wall time is far above its GPU
+busy time is bound by the host (Python, dispatch, launches), not the GPU.
 With `--syncs N`, the N steps before the profiled ones run under torch's sync debug mode and the report
 lists each place that made the host wait for the GPU (`.item()`, a blocking copy, a boolean index), per step.
 """
@@ -28,6 +29,7 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.kernel_kinds import report as kinds_report
 from saudial.config.settings import Settings
 from saudial.data.examples import prepare
 from saudial.data.examples import split as data_split
@@ -162,6 +164,7 @@ def main() -> None:
         f"per step: wall {profiler.wall / n * 1e3:.1f} ms, GPU busy {gpu_us / n / 1e3:.1f} ms "
         f"({gpu_us / 1e6 / profiler.wall:.0%} of wall), {launches / n:,.0f} kernels, {cpu_ops / n:,.0f} aten ops\n"
     )
+    head += "\n" + kinds_report(((e.key, e.self_device_time_total) for e in kernels), n)
     idle = ""  # the GPU's idle gaps, from the trace (bench/gaps.py), right under the summary
     if args.trace:
         from bench.gaps import gaps
