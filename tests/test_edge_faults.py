@@ -1,5 +1,6 @@
 """The process at its edges, through the real entry point on the tiny LFM2: SIGTERM in the phases after
-training, a restart after a kill during the move into place, a full disk with TensorBoard's writer thread.
+training, a restart after a kill during the move into place, a full disk with TensorBoard's writer thread and
+at merge's or export's new output folder.
 Each asserts the exit code and the one `error:` line (tests/entry.error_line: no traceback, from any thread)."""
 
 from __future__ import annotations
@@ -193,3 +194,32 @@ def test_disk_full_with_tensorboard_is_one_line(
     line = error_line(result.stderr)
     assert "No space left on device" in line, line
     assert "Exception in thread" not in result.stderr and "Traceback" not in result.stderr
+
+
+# --- 17. a full disk as merge or export makes its new output folder -----------------------------------------
+
+
+@pytest.mark.parametrize("command", ["merge", "export"])
+def test_a_full_disk_at_a_new_output_folder_leaves_no_folder(
+    command: str, tiny_model: Path, workbook: Path, tmpfs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """--output a folder that does not exist, on a disk with no room left: making the folder and its staging works
+    (a directory takes no data pages) and writing the record into it fails. Exit 74 with the one line, and the
+    folders that command made are gone again: the disk is as it was."""
+    if command == "export":
+        pytest.importorskip("gguf", reason="the GGUF writer (requirements-dev.lock)")
+    trained = trained_adapter(tiny_model, workbook, tmp_path_factory)
+    env = env_for(tiny_model, workbook, tmpfs / "unused")
+    for key in ("SAUDIAL_OUTPUT_DIR", "SAUDIAL_DATA", "SAUDIAL_MODEL_NAME_OR_PATH", "SAUDIAL_QUANTIZATION"):
+        env.pop(key)  # from the run's manifest
+    out = tmpfs / "new" / command
+    filler = fill(tmpfs, 0)
+    before = sorted(p.name for p in tmpfs.iterdir())
+
+    result = run(env, command, "--adapter", str(trained), "--output", str(out))
+    assert result.returncode == EXIT_IO, result.stderr[-3000:]
+    line = error_line(result.stderr)
+    assert "No space left on device" in line and str(out / "staging") in line, line
+    assert not out.exists(), sorted(p.relative_to(tmpfs).as_posix() for p in tmpfs.rglob("*"))
+    # The parent folder `mkdir -p` made stays (as a training run's output folder's parents do): only --output goes
+    assert sorted(p.name for p in tmpfs.iterdir()) == sorted([*before, "new"]) and filler.is_file()

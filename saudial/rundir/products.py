@@ -21,12 +21,22 @@ if TYPE_CHECKING:
 
 def prepare(output: Path, settings: Settings, kind: str) -> Path:
     """An empty --output/staging to write the merge (or export: `kind`) into; refuse an --output that is not
-    for one."""
+    for one. A folder this made is taken back where it fails (a full disk while writing the record)."""
     where, key = f"--output {str(output)!r}", f"saudial_{kind}"
     staging.check_not_protected(output, "--output", settings.data)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{where} is a file, not a directory")
     work = staging.staging_dir(output)
+    if output.exists():
+        return _prepare(output, work, where, key, kind, settings)
+    try:
+        return _prepare(output, work, where, key, kind, settings)
+    except BaseException:
+        discard(work, output)  # all of it this call's: the folder did not exist
+        raise
+
+
+def _prepare(output: Path, work: Path, where: str, key: str, kind: str, settings: Settings) -> Path:
     with faults(output):
         output.mkdir(parents=True, exist_ok=True)
         staging.resume_promotion(output)
