@@ -133,3 +133,61 @@ def test_split_zero_keeps_everything_for_training(workbook: Path) -> None:
     rows = data.load(workbook).rows
     s = data_split.split(rows, 0.0, seed=1)
     assert len(s.train) == len(rows) and s.eval.empty
+
+
+def _odd_cells_workbook(path: Path) -> Path:
+    """Sheets with the cells whose reading pandas decides: numbers whole and not, booleans, dates, an error, empty
+    strings, blank rows in the middle and before the header, duplicate and missing headers, styled empty cells past
+    the data, a sheet of a header only and an empty sheet."""
+    import datetime
+
+    from openpyxl import Workbook
+    from openpyxl.styles import Font
+
+    book = Workbook()
+    odd = book.active
+    odd.title = "odd"
+    odd.append(["English Text", "Dialect", "English Text", None, "Localization Difficulty"])
+    odd.append(["Find the sword.", "Najdi", 3.0, True, 2])
+    odd.append([])
+    odd.append(["Open the door.", "#REF!", 2.5, False, datetime.datetime(2024, 5, 1, 12, 30)])
+    odd.append(["", "Hijazi", None, "", 7])
+    odd.append(["Last one.", None, 10**12, "x", -1.25])
+    odd.cell(row=9, column=8).font = Font(bold=True)  # a styled empty cell: no data, no row
+    late = book.create_sheet("late header")
+    late.append([])
+    late.append(["English Text", "Dialect"])
+    late.append(["Go.", "Eastern"])
+    book.create_sheet("header only").append(["English Text", "Dialect", "Dialect Translation"])
+    book.create_sheet("empty")
+    book.save(path)
+    return path
+
+
+@pytest.mark.parametrize("sheet", ["odd", "late header", "header only", "empty"])
+def test_the_workbook_reader_reads_pandas_own_frame(tmp_path: Path, sheet: str) -> None:
+    """formats.read_excel reads the sheet once, checks and cells together, and builds the frame as
+    `pd.read_excel(engine="openpyxl")` does: pandas itself is the reference, on every kind of cell."""
+    from saudial.data import formats
+
+    path = _odd_cells_workbook(tmp_path / "odd.xlsx")
+    ours = formats.read_excel(path.read_bytes(), "odd.xlsx", sheet, 64 << 20)
+    theirs = pd.read_excel(path, sheet_name=sheet, engine="openpyxl")
+    pd.testing.assert_frame_equal(ours.reset_index(drop=True), theirs.reset_index(drop=True))
+    if sheet == "odd":  # the rows keep their sheet numbers, the blank row 3 among them
+        assert list(ours.index) == [2, 3, 4, 5, 6] and ours.loc[4, "Dialect"] != ours.loc[4, "Dialect"]  # NaN
+
+
+@pytest.mark.parametrize("which", ["fixture", "sample"])
+def test_the_workbook_reader_reads_the_published_shape_as_pandas_does(workbook: Path, which: str) -> None:
+    from saudial.data import formats
+
+    path = (
+        workbook
+        if which == "fixture"
+        else Path(__file__).resolve().parents[1] / "samples" / "saudial_synthetic_sample.xlsx"
+    )
+    ours = formats.read_excel(path.read_bytes(), path.name, None, 64 << 20)
+    theirs = pd.read_excel(path, sheet_name=formats.DEFAULT_SHEET, engine="openpyxl")
+    pd.testing.assert_frame_equal(ours.reset_index(drop=True), theirs.reset_index(drop=True))
+    assert list(ours.index) == list(range(2, len(ours) + 2))

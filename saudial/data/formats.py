@@ -7,8 +7,10 @@ index is the row number the user sees: the spreadsheet row (the header is row 1)
 Parquet row.
 
 An .xlsx is checked before openpyxl parses it: the unpacked size of its parts (a zip bomb), their
-compression ratios, their checksums, and the extent of the sheet (a tiny file can declare a cell at
-row 1,048,576, column XFD, which pandas would pad into billions of cells).
+compression ratios and their checksums; then the extent of the sheet as its rows are read (a tiny file can
+declare a cell at row 1,048,576, column XFD, which pandas would pad into billions of cells). That one pass
+keeps the cells as `pd.read_excel` reads them, and pandas' TextParser makes the frame from them, as
+`pd.read_excel` does after reading the sheet itself.
 """
 
 from __future__ import annotations
@@ -86,16 +88,16 @@ def _parse_workbook(data: bytes, shown: str, sheet_name: str | None, max_bytes: 
                 "fix the name or unset it"
             )
         try:
-            rows = _sheet_rows(book[sheet_name], shown, max_bytes // BYTES_PER_CELL)
-            frame = pd.read_excel(book, sheet_name=sheet_name, engine="openpyxl")
+            cells, rows = _sheet_cells(book[sheet_name], shown, max_bytes // BYTES_PER_CELL)
+            frame = _frame(cells)
         except DataError:
             raise
         except Exception as exc:  # as above
             raise corrupt(shown, exc) from None
     finally:
         book.close()
-    assert isinstance(frame, pd.DataFrame)  # one sheet name in, one frame out
-    # pandas skips blank rows: number the rows it kept by their place in the sheet.
+    # Number the rows by their place in the sheet: blank rows before the last one with data are kept (all
+    # missing), so the frame's rows follow the sheet's from row 2, unless blank rows came before the header.
     frame.index = pd.Index(rows[1:] if len(rows) == len(frame) + 1 else range(2, len(frame) + 2))
     return frame
 
@@ -156,26 +158,52 @@ def _check_zip(data: bytes, shown: str, max_bytes: int) -> None:
         raise corrupt(shown, exc) from None
 
 
-def _sheet_rows(sheet: Any, shown: str, max_cells: int) -> list[int]:
-    """The sheet rows that hold something (the first is the header); refuses a sheet pandas would blow up."""
+def _sheet_cells(sheet: Any, shown: str, max_cells: int) -> tuple[list[list[Any]], list[int]]:
+    """The sheet's cells as `pd.read_excel(engine="openpyxl")` reads them (pandas' `get_sheet_data`), and the rows
+    that hold something (the first is the header), in one pass that refuses a sheet too big to read. pandas' own
+    call would read the sheet again: half of a large workbook's reading time. tests/test_data.py checks the
+    frames against pandas' own."""
     sheet.reset_dimensions()  # as pandas does: the declared dimensions may be wrong
+    data: list[list[Any]] = []
     rows: list[int] = []
     width = 0
-    for number, values in enumerate(sheet.iter_rows(values_only=True), 1):
+    for number, row in enumerate(sheet.rows, 1):
         if number > EXCEL_MAX_ROWS:
             raise DataError(f"{shown} has a sheet with rows past Excel's {EXCEL_MAX_ROWS:,}: re-save it in Excel")
-        used = len(values)
-        while used and values[used - 1] in (None, ""):
-            used -= 1
-        if used:
+        values = [_cell_value(cell) for cell in row]
+        while values and values[-1] == "":
+            values.pop()
+        data.append(values)
+        if values:
             rows.append(number)
-            width = max(width, used)
+            width = max(width, len(values))
             if number * width > max_cells:
                 raise DataError(
                     f"{shown} has a sheet spanning {number:,} rows x {width:,} columns, over what "
                     f"{CAP_SETTING} allows: check that it is the right file, or raise {CAP_SETTING}"
                 )
-    return rows
+    del data[rows[-1] if rows else 0 :]  # trailing empty rows; the others padded to one width
+    return [values + [""] * (width - len(values)) for values in data], rows
+
+
+def _cell_value(cell: Any) -> Any:
+    """A cell's value as pandas' openpyxl reader gives it (`_convert_cell`): "" for none, NaN for an error
+    (#REF!, ...), an int for a whole number."""
+    if cell.value is None or cell.data_type == "e":
+        return "" if cell.value is None else float("nan")
+    if cell.data_type == "n":
+        return int(cell.value) if int(cell.value) == cell.value else float(cell.value)
+    return cell.value
+
+
+def _frame(cells: list[list[Any]]) -> pd.DataFrame:
+    """The rows as a frame, as `pd.read_excel` makes one (the header row first; blank rows kept)."""
+    from pandas.io.parsers import TextParser  # type: ignore[attr-defined]  # pandas exports it; its stubs do not
+
+    try:
+        return TextParser(cells, header=0, skip_blank_lines=False).read()
+    except pd.errors.EmptyDataError:  # no cells
+        return pd.DataFrame()
 
 
 def decode(data: bytes, shown: str, kind: str) -> str:
