@@ -112,10 +112,10 @@ def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> tuple[
     tests/test_upstream.py checks the result against TRL's own preparation.
     """
     eos = tokenizer.eos_token
-    prompts = list(ds["prompt"])
+    prompts: list[str] = ds["prompt"][:]  # a slice of a column is a list: iterating the column formats each row
     if not prompts:  # an empty held-out side; the tokenizer refuses an empty batch
         return [], []
-    completions = [c if c.endswith(eos) else c + eos for c in ds["completion"]]
+    completions = [c if c.endswith(eos) else c + eos for c in ds["completion"][:]]
     encoded = tokenizer([*prompts, *(p + c for p, c in zip(prompts, completions, strict=True))])["input_ids"]
     prompt_ids, whole_ids = encoded[: len(prompts)], encoded[len(prompts) :]
     return whole_ids, [common_prefix_length(p, w) for p, w in zip(prompt_ids, whole_ids, strict=True)]
@@ -127,7 +127,7 @@ def trainer_records(ds: datasets.Dataset, ids: list[list[int]], starts: list[int
     prompt that fills `max_length`) is dropped, as TRL drops it. `training/trainer.py` tells TRL to skip its own
     preparation of records that have `labels`."""
     columns: dict[str, list[Any]] = {"prompt": [], "completion": [], "input_ids": [], "labels": []}
-    for prompt, completion, whole, start in zip(ds["prompt"], ds["completion"], ids, starts, strict=True):
+    for prompt, completion, whole, start in zip(ds["prompt"][:], ds["completion"][:], ids, starts, strict=True):
         labels = ([-100] * start + whole[start:])[:max_length]
         if all(label == -100 for label in labels):
             continue
