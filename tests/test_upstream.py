@@ -509,3 +509,64 @@ def test_safetensors_still_writes_its_files_owner_only(tmp_path: Path) -> None:
     (tmp_path / "w.json").write_text("{}")
     assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == modes.UPSTREAM_MODE
     assert (tmp_path / "w.json").stat().st_mode & 0o777 != modes.UPSTREAM_MODE
+
+
+TOKENIZERS_PROBE = """
+import multiprocessing, os, sys
+os.environ.pop("TOKENIZERS_PARALLELISM", None)
+from saudial.config import runtime
+runtime.serial_tokenizers()
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+texts = ["Please bring my old golden map to the quiet castle with the brave horse now."] * 4000
+threads = lambda: len(os.listdir("/proc/self/task"))
+before = threads()
+tokenizer(texts)
+serial = threads()
+with runtime.parallel_tokenizers():
+    tokenizer(texts)
+parallel = threads()
+def child(queue):
+    queue.put(len(tokenizer(texts)["input_ids"]))
+context = multiprocessing.get_context("fork")
+queue = context.Queue()
+process = context.Process(target=child, args=(queue,))
+process.start()
+process.join(60)
+variable = os.environ.get("TOKENIZERS_PARALLELISM", "unset")
+print(before, serial, parallel, variable, process.exitcode, queue.get(timeout=5))
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2 or not Path("/proc/self/task").is_dir(), reason="needs 2 cores, Linux")
+def test_tokenizers_reads_its_parallelism_variable_each_call_and_a_fork_after_the_pool_still_tokenizes(
+    tiny_model: Path,
+) -> None:
+    """config/runtime.parallel_tokenizers: the fast tokenizer's thread pool starts only for the calls inside it
+    (`tokenizers` reads the variable on every call), the variable is "false" again after them, and a process forked
+    after the pool ran (the training loader's worker) tokenizes, with no message from `tokenizers`."""
+    env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
+    done = subprocess.run(
+        [sys.executable, "-c", TOKENIZERS_PROBE, str(tiny_model)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    before, serial, parallel, variable, exit_code, count = done.stdout.splitlines()[-1].split()
+    assert int(serial) == int(before), "a serial call started threads"
+    assert int(parallel) > int(serial), "the parallel call started no thread pool"
+    assert (variable, exit_code, count) == ("false", "0", "4000")
+    assert "tokenizers" not in done.stdout + done.stderr, (done.stdout + done.stderr)[-2000:]
+
+
+def test_parallel_tokenizers_keeps_the_users_own_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from saudial.config import runtime
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.setattr(runtime, "_serial_by_saudial", False)  # set by the user, not by serial_tokenizers
+    runtime.serial_tokenizers()
+    with runtime.parallel_tokenizers():
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM")
+    runtime.serial_tokenizers()  # unset: saudial's "false", which the batched calls lift
+    with runtime.parallel_tokenizers():
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"

@@ -123,7 +123,6 @@ def setup() -> None:
     fold_hub_handler()
     if not sys.stderr.isatty():
         line_progress()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def fold_hub_handler() -> None:

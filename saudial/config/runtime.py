@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.abc
 import importlib.machinery
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any
@@ -49,14 +50,46 @@ def configure_caches() -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(constants.HF_HOME, "torch-compile"))
 
 
+# The fast tokenizers' thread pool (Rust's rayon): on around the batched calls saudial makes before training
+# (`parallel_tokenizers`: 200,000 texts in 10.9 s instead of 14.7 s on 2 cores, more on more), off elsewhere
+# (TOKENIZERS_PARALLELISM=false, unless the user set it). The training loader's worker is a fork of the process,
+# with none of the pool's threads: older `tokenizers` warned at every such fork unless the variable was set, and a
+# child that used the pool could hang. `tokenizers` reads the variable on every call; tests/test_upstream.py checks
+# that, and that a process forked after the pool ran tokenizes, with no message.
+TOKENIZERS_PARALLELISM = "TOKENIZERS_PARALLELISM"
+_serial_by_saudial = False
+
+
+def serial_tokenizers() -> None:
+    """TOKENIZERS_PARALLELISM=false, unless the user set it."""
+    global _serial_by_saudial
+    if TOKENIZERS_PARALLELISM not in os.environ:
+        os.environ[TOKENIZERS_PARALLELISM] = "false"
+        _serial_by_saudial = True
+
+
+@contextlib.contextmanager
+def parallel_tokenizers() -> Iterator[None]:
+    """The fast tokenizers on every core for the calls inside, where `serial_tokenizers` turned them off."""
+    if not _serial_by_saudial or os.environ.get(TOKENIZERS_PARALLELISM) != "false":
+        yield
+        return
+    os.environ[TOKENIZERS_PARALLELISM] = "true"
+    try:
+        yield
+    finally:
+        os.environ[TOKENIZERS_PARALLELISM] = "false"
+
+
 def prepare_process() -> None:
-    """What a saudial process sets before any library initializes: the allocator, the compiled kernels' caches and
-    bitsandbytes' deferred compile. cli.main calls it first; so does anything that imports the model libraries
-    before running cli.main in the same process (bench/ablate.py): importing bitsandbytes initializes CUDA, which
-    reads the allocator's variable then."""
+    """What a saudial process sets before any library initializes: the allocator, the compiled kernels' caches,
+    bitsandbytes' deferred compile and the tokenizers' threads. cli.main calls it first; so does anything that
+    imports the model libraries before running cli.main in the same process (bench/ablate.py): importing
+    bitsandbytes initializes CUDA, which reads the allocator's variable then."""
     configure_allocator()
     configure_caches()
     defer_bitsandbytes_compile()
+    serial_tokenizers()
 
 
 # bitsandbytes' fallback kernels (`bitsandbytes.backends.default.ops`, for devices without a native kernel:

@@ -22,6 +22,7 @@ import pandas as pd
 from transformers import PreTrainedTokenizerBase
 from trl.data_utils import common_prefix_length
 
+from saudial.config.runtime import parallel_tokenizers
 from saudial.data.prompts import build_example
 from saudial.data.text import SYNTHETIC
 
@@ -116,7 +117,8 @@ def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> tuple[
     if not prompts:  # an empty held-out side; the tokenizer refuses an empty batch
         return [], []
     completions = [c if c.endswith(eos) else c + eos for c in ds["completion"][:]]
-    encoded = tokenizer([*prompts, *(p + c for p, c in zip(prompts, completions, strict=True))])["input_ids"]
+    with parallel_tokenizers():  # every core: this runs before the training loader's worker is forked
+        encoded = tokenizer([*prompts, *(p + c for p, c in zip(prompts, completions, strict=True))])["input_ids"]
     prompt_ids, whole_ids = encoded[: len(prompts)], encoded[len(prompts) :]
     return whole_ids, [common_prefix_length(p, w) for p, w in zip(prompt_ids, whole_ids, strict=True)]
 
