@@ -228,6 +228,36 @@ def test_a_phase_that_stops_for_a_signal_heard_in_an_import_ends_the_outer_looks
     assert steps == ["cleaned up"]
 
 
+def test_a_late_look_of_the_outer_phase_after_an_inner_phase_stopped_stops_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outer phase's SIGALRM can fire just before an inner at-once phase ends the looks, and its handler then
+    runs just after (Python runs handlers between bytecodes): that late look must not start the looks again, or
+    one of them stops the outer phase in the middle of the inner phase's clean-up. Here the late look is raised
+    by hand, after the inner phase stopped, the write still holding the outer phase (in-process)."""
+    from saudial.errors import Interrupted
+    from saudial.process import signals
+
+    write = "write = signals.deferred('the probe write')\nwrite.__enter__()  # goes on after the import\n"
+    probe_import(tmp_path, monkeypatch, write)
+    steps = []
+    stop = pytest.raises(Interrupted, match="stopped by SIGTERM during the inner phase; its own")
+    with stop, signals.interruptible("`saudial probe`", "nothing was written", at_once=True):
+        import saudial_probe_import
+
+        try:
+            with signals.interruptible("the inner phase", "its own", at_once=True):
+                steps.append("not stopped")
+        except Interrupted:
+            signal.raise_signal(signal.SIGALRM)  # the outer phase's look, late
+            saudial_probe_import.write.__exit__(None, None, None)
+            time.sleep(0.3)  # the clean-up goes on, the outer phase innermost again: no look of its comes here
+            steps.append("cleaned up")
+            raise
+    assert steps == ["cleaned up"]
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_in_the_interpreters_teardown_keeps_the_exit_code(tmp_path: Path, signum: int) -> None:
     """After the command's end (here: `--dry-run` without data, exit 2 and its line), the interpreter's teardown

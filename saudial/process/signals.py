@@ -60,13 +60,16 @@ class Stopper:
         self.again = " (a SIGKILL now would leave an incomplete checkpoint, which the next start skips)"  # training's
         self.signals = signals or self.SIGNALS
         self.at_once = at_once
+        self._looking = True  # False once an inner at-once phase stopped for the signal instead (`install`)
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         if _installed and self.received is None:  # heard before this phase began: this phase stops at once
             self.received = _installed[-1].received
-        if self.at_once and self.received is not None:  # it stops for it now: an outer phase's looks (`_stop`) end
-            _end_looks()
+        if self.at_once and self.received is not None:  # it stops for it now: the outer phases' looks (`_stop`) end,
+            _end_looks()  # and one whose SIGALRM came just before runs its handler after this: it looks no more
+            for outer in _installed:
+                outer._looking = False
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         _installed.append(self)
@@ -98,10 +101,14 @@ class Stopper:
         waiting = _importing(frame) or (bool(_installed) and _installed[-1] is not self)
         if waiting and _LOOK is not None:
             if _LOOK not in self._previous:
-                self._previous[_LOOK] = signal.signal(_LOOK, lambda _s, f: self._stop(f))
+                self._previous[_LOOK] = signal.signal(_LOOK, self._look)
             signal.setitimer(signal.ITIMER_REAL, RETRY_S)
             return
         raise _Stop(self.received)
+
+    def _look(self, _signum: int, frame: FrameType | None) -> None:
+        if self._looking:
+            self._stop(frame)
 
 
 def _importing(frame: FrameType | None) -> bool:
