@@ -61,7 +61,8 @@ def shares(kernels: Iterable[tuple[str, float]]) -> dict[str, float]:
     """Microseconds of GPU time per kind, largest first, from (kernel name, self GPU microseconds) pairs."""
     totals: dict[str, float] = {}
     for name, us in kernels:
-        totals[kind(name)] = totals.get(kind(name), 0.0) + us
+        label = kind(name)
+        totals[label] = totals.get(label, 0.0) + us
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 

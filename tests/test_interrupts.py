@@ -199,13 +199,18 @@ def test_a_stop_heard_in_an_import_keeps_a_deferred_write_whole(
     assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL  # the looks' handler put back
 
 
+@pytest.mark.parametrize("late_look", [False, True], ids=["in time", "a late look"])
 def test_a_phase_that_stops_for_a_signal_heard_in_an_import_ends_the_outer_looks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, late_look: bool
 ) -> None:
     """An inner at-once phase (merge's "the merge") begins while the outer phase waits to stop (here: a `deferred`
     write begun in the import holds it, so no look can stop the outer phase before the inner one begins): the
     inner phase stops for the signal, with its own line, and its clean-up runs whole, the write ended within it,
-    not cut short by a look of the outer phase (in-process)."""
+    not cut short by a look of the outer phase (in-process).
+
+    A late look: the outer phase's SIGALRM can fire just before the inner phase ends the looks, and its handler then
+    runs just after (Python runs handlers between bytecodes). That look must not start the looks again; here it is
+    raised by hand after the inner phase stopped, the write still holding the outer phase."""
     from saudial.errors import Interrupted
     from saudial.process import signals
 
@@ -220,36 +225,9 @@ def test_a_phase_that_stops_for_a_signal_heard_in_an_import_ends_the_outer_looks
             with signals.interruptible("the inner phase", "its own", at_once=True):
                 steps.append("not stopped")
         except Interrupted:
+            if late_look:
+                signal.raise_signal(signal.SIGALRM)  # the outer phase's look, late
             time.sleep(0.1)  # a clean-up, as merge's products.discard, the write still holding the outer phase
-            saudial_probe_import.write.__exit__(None, None, None)
-            time.sleep(0.3)  # the clean-up goes on, the outer phase innermost again: no look of its comes here
-            steps.append("cleaned up")
-            raise
-    assert steps == ["cleaned up"]
-
-
-def test_a_late_look_of_the_outer_phase_after_an_inner_phase_stopped_stops_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The outer phase's SIGALRM can fire just before an inner at-once phase ends the looks, and its handler then
-    runs just after (Python runs handlers between bytecodes): that late look must not start the looks again, or
-    one of them stops the outer phase in the middle of the inner phase's clean-up. Here the late look is raised
-    by hand, after the inner phase stopped, the write still holding the outer phase (in-process)."""
-    from saudial.errors import Interrupted
-    from saudial.process import signals
-
-    write = "write = signals.deferred('the probe write')\nwrite.__enter__()  # goes on after the import\n"
-    probe_import(tmp_path, monkeypatch, write)
-    steps = []
-    stop = pytest.raises(Interrupted, match="stopped by SIGTERM during the inner phase; its own")
-    with stop, signals.interruptible("`saudial probe`", "nothing was written", at_once=True):
-        import saudial_probe_import
-
-        try:
-            with signals.interruptible("the inner phase", "its own", at_once=True):
-                steps.append("not stopped")
-        except Interrupted:
-            signal.raise_signal(signal.SIGALRM)  # the outer phase's look, late
             saudial_probe_import.write.__exit__(None, None, None)
             time.sleep(0.3)  # the clean-up goes on, the outer phase innermost again: no look of its comes here
             steps.append("cleaned up")

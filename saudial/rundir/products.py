@@ -27,12 +27,12 @@ def prepare(output: Path, settings: Settings, kind: str) -> Path:
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{where} is a file, not a directory")
     work = staging.staging_dir(output)
-    if output.exists():
-        return _prepare(output, work, where, key, kind, settings)
+    made = not output.exists()
     try:
         return _prepare(output, work, where, key, kind, settings)
     except BaseException:
-        discard(work, output)  # all of it this call's: the folder did not exist
+        if made:
+            discard(work, output)  # all of it this call's: the folder did not exist
         raise
 
 
