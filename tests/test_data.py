@@ -191,3 +191,43 @@ def test_the_workbook_reader_reads_the_published_shape_as_pandas_does(workbook: 
     theirs = pd.read_excel(path, sheet_name=formats.DEFAULT_SHEET, engine="openpyxl")
     pd.testing.assert_frame_equal(ours.reset_index(drop=True), theirs.reset_index(drop=True))
     assert list(ours.index) == list(range(2, len(ours) + 2))
+
+
+@pytest.mark.parametrize("kind", ["records", "prompts", "chat"])
+@pytest.mark.parametrize("rows", [3, 0])
+def test_arrow_dataset_is_the_data_set_from_dict_makes(kind: str, rows: int) -> None:
+    """data/examples.arrow_dataset builds the Arrow arrays itself: the data set must be `from_dict`'s, value for
+    value and type for type, an empty one (an empty held-out side) too."""
+    import datasets
+
+    from saudial.data.chat_examples import FEATURES as CHAT_FEATURES
+
+    values = {
+        "prompt": ["### Instruction:\nوين", "", "a\tb"],
+        "completion": ["السوق<|im_end|>", "x", ""],
+        "input_ids": [[1, 2, 3], [], [2**31 - 1, 0]],
+        "labels": [[-100, 2, 3], [], [-100, 7]],
+        "assistant_masks": [[0, 1, 1], [], [1, 0]],
+    }
+    features = {
+        "records": data_split.RECORD_FEATURES,
+        "prompts": data_split.PROMPT_FEATURES,
+        "chat": CHAT_FEATURES,
+    }[kind]
+    columns = {name: values[name][:rows] for name in features}
+    ours = data_split.arrow_dataset(columns, features)
+    theirs = datasets.Dataset.from_dict(columns, features=features)
+    assert ours.features == theirs.features
+    assert ours.data.table.equals(theirs.data.table, check_metadata=True)
+    assert ours[:] == theirs[:] == columns and len(ours) == rows
+
+
+def test_a_record_whose_prompt_fills_max_length_is_dropped_and_one_token_short_keeps_one_label() -> None:
+    prompts = data_split.arrow_dataset(
+        {"prompt": ["p1", "p2", "p3"], "completion": ["c1", "c2", "c3"]}, data_split.PROMPT_FEATURES
+    )
+    ids = [[5, 6, 7, 8, 9, 10], [5, 6, 7, 8, 9, 10], [5, 6, 7]]
+    records = data_split.trainer_records(prompts, ids, [4, 3, 1], max_length=4)
+    assert records["prompt"] == ["p2", "p3"]  # p1's prompt takes all 4 kept tokens: nothing left to learn
+    assert records["input_ids"] == [[5, 6, 7, 8], [5, 6, 7]]
+    assert records["labels"] == [[-100, -100, -100, 8], [-100, 6, 7]]

@@ -1,4 +1,4 @@
-"""Start-up: the garbage collector around the model libraries' imports (process/collector.py).
+"""Start-up and data preparation: the garbage collector around the model libraries' imports and the records' making
 
 Each case runs in its own interpreter: freezing is process-wide and would keep this test process's garbage.
 The time it saves is a benchmark's (bench/startup.py, docs/benchmarks.md), not asserted here.
@@ -40,3 +40,30 @@ def test_imports_run_with_the_collector_paused_then_frozen() -> None:
 
 def test_a_collector_turned_off_stays_off() -> None:
     assert collector_states("gc.disable()") == "False False False True"
+
+
+def test_the_data_is_prepared_with_the_collector_paused_and_its_garbage_collected_after() -> None:
+    import gc
+    import weakref
+
+    from saudial.process.collector import paused
+
+    class Node:
+        pass
+
+    assert gc.isenabled()
+    with paused():
+        inside = gc.isenabled()
+        cycle = Node()
+        cycle.me = cycle  # type: ignore[attr-defined]
+        ref = weakref.ref(cycle)
+        del cycle
+        still = ref() is not None  # no automatic collection frees it inside
+    assert (inside, still, gc.isenabled(), ref()) == (False, True, True, None)  # on again, the cycle freed
+    gc.disable()
+    try:
+        with paused():
+            pass
+        assert not gc.isenabled()  # a collector turned off stays off
+    finally:
+        gc.enable()

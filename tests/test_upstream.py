@@ -412,6 +412,34 @@ def test_trl_prepares_prompt_completion_records_as_examples_does(
     assert summary["train_tokens"]["truncated_at_max_length"] >= 2  # and some are cut by both
 
 
+@pytest.mark.parametrize("template", ["lfm2", "lfm2.5"])
+def test_token_ids_are_the_tokenizers_own_call(template: str, tmp_path: Path) -> None:
+    """data/examples.token_ids reads the fast tokenizer's backend as transformers' call sets it up: the ids must be
+    the call's, also where an earlier call left truncation and padding set in the backend, and for a tokenizer that
+    splits its special tokens' text."""
+    from saudial.data.examples import token_ids
+    from saudial.devtools import tiny
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny.build(tmp_path / "model", rows=60, template=template))
+    eos = tokenizer.eos_token
+    texts = [
+        "### Instruction:\nTranslate the following English text to Saudi Dialect (Najdi).\n\n### Response:\n",
+        f"Where is the market?{eos}",
+        f"وين السوق؟ {eos} and after it{eos}",  # the end-of-text token in the middle and at the end
+        "",
+        "  spaces,\ttabs\nand lines  ",
+    ]
+    assert token_ids(tokenizer, texts) == tokenizer(texts)["input_ids"]
+    tokenizer(texts, truncation=True, max_length=3, padding="max_length")  # leaves both set in the backend
+    assert tokenizer.backend_tokenizer.truncation is not None and tokenizer.backend_tokenizer.padding is not None
+    tokenizer.backend_tokenizer.encode_special_tokens = True  # the call sets it back from split_special_tokens
+    ids = token_ids(tokenizer, texts)
+    assert ids == tokenizer(texts)["input_ids"] and max(map(len, ids)) > 3
+    splitting = AutoTokenizer.from_pretrained(tmp_path / "model", split_special_tokens=True)
+    ids = token_ids(splitting, texts)
+    assert ids == splitting(texts)["input_ids"] and ids != tokenizer(texts)["input_ids"]
+
+
 def test_bitsandbytes_still_compiles_at_import() -> None:
     """config/runtime.defer_bitsandbytes_compile exists because importing bitsandbytes calls torch.compile (fresh
     process), which imports TorchInductor."""

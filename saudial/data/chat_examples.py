@@ -19,7 +19,7 @@ import datasets
 import pandas as pd
 
 from saudial.data import messages
-from saudial.data.examples import split_table
+from saudial.data.examples import arrow_dataset, split_table
 from saudial.data.messages import Conversation
 from saudial.errors import ConfigError
 
@@ -85,8 +85,8 @@ def to_examples(
     records = [messages.tokenize(tokenizer, c, max_length) for c in conversations]
     if learnable_only:
         records = [r for r in records if any(r["assistant_masks"][:max_length])]
-    # from_dict: datasets cannot build an empty data set from an empty list of records (an empty held-out side).
-    return datasets.Dataset.from_dict({key: [r[key] for r in records] for key in FEATURES}, features=FEATURES)
+    # Columns, not a list of records: an empty held-out side is an empty data set that still has its columns.
+    return arrow_dataset({key: [r[key] for r in records] for key in FEATURES}, FEATURES)
 
 
 def summarize(data: ChatData, split: ChatSplit, max_length: int, train_ds: datasets.Dataset) -> dict[str, Any]:

@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 import pandas as pd
+import pyarrow as pa
+from datasets.fingerprint import generate_random_fingerprint
+from datasets.table import InMemoryTable
 from transformers import PreTrainedTokenizerBase
+from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
 from trl.data_utils import common_prefix_length
 
 from saudial.config.runtime import parallel_tokenizers
@@ -95,12 +99,9 @@ def prepare(
 def to_prompt_completion(rows: pd.DataFrame) -> datasets.Dataset:
     columns = (rows[c].astype(str) for c in ("dialect", "english", "translation", "context"))
     records = [build_example(d, e, t, c or None) for d, e, t, c in zip(*columns, strict=True)]
-    # from_dict, not from_list: datasets cannot build an empty data set from an empty list of records, and the
-    # held-out side is empty where SAUDIAL_EVAL_SIZE is 0 or the data too small to hold a sentence out.
-    return datasets.Dataset.from_dict(
-        {key: [record[key] for record in records] for key in ("prompt", "completion")},
-        features=datasets.Features({"prompt": datasets.Value("string"), "completion": datasets.Value("string")}),
-    )
+    # Columns, not a list of records: the held-out side is empty where SAUDIAL_EVAL_SIZE is 0 or the data too small
+    # to hold a sentence out, and an empty data set still has its columns.
+    return arrow_dataset({key: [record[key] for record in records] for key in PROMPT_FEATURES}, PROMPT_FEATURES)
 
 
 def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> tuple[list[list[int]], list[int]]:
@@ -118,9 +119,48 @@ def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> tuple[
         return [], []
     completions = [c if c.endswith(eos) else c + eos for c in ds["completion"][:]]
     with parallel_tokenizers():  # every core: this runs before the training loader's worker is forked
-        encoded = tokenizer([*prompts, *(p + c for p, c in zip(prompts, completions, strict=True))])["input_ids"]
+        encoded = token_ids(tokenizer, [*prompts, *(p + c for p, c in zip(prompts, completions, strict=True))])
     prompt_ids, whole_ids = encoded[: len(prompts)], encoded[len(prompts) :]
     return whole_ids, [common_prefix_length(p, w) for p, w in zip(prompt_ids, whole_ids, strict=True)]
+
+
+def token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """`tokenizer(texts)["input_ids"]`: for a fast tokenizer, its Rust backend's ids, set up as that call sets it up.
+
+    Upstream (transformers 5.23, `TokenizersBackend._encode_plus`): a call without padding or truncation turns
+    both off in the backend, sets its `encode_special_tokens` to the tokenizer's `split_special_tokens`, runs the
+    backend's `encode_batch` and converts every encoding to a dict of lists (ids, attention mask, ...): the
+    conversion took ~3 s of the ~14 s that 180,000 texts took on 2 cores, and only the ids are used here.
+    tests/test_upstream.py checks that the ids are the call's."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
+    if backend is None:
+        return list(tokenizer(texts)["input_ids"])
+    tokenizer.set_truncation_and_padding(
+        padding_strategy=PaddingStrategy.DO_NOT_PAD,
+        truncation_strategy=TruncationStrategy.DO_NOT_TRUNCATE,
+        max_length=None,
+        stride=0,
+        pad_to_multiple_of=None,
+        padding_side=None,
+    )
+    backend.encode_special_tokens = bool(tokenizer.split_special_tokens)
+    return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=True)]
+
+
+def arrow_dataset(columns: dict[str, list[Any]], features: datasets.Features) -> datasets.Dataset:
+    """`datasets.Dataset.from_dict(columns, features=features)`, without its two passes over the values.
+
+    Upstream (datasets 5.2): `from_dict` encodes every value of Python lists through the features, and the new
+    data set's fingerprint is a hash of its whole table, pickled: ~4 s and ~1.7 s of 90,000 records' token ids on
+    2 cores. Here each column is one Arrow array of its feature's type, the same arrays (tests/test_data.py), and
+    the fingerprint is one of datasets' random ones, as it gives a data set it cannot hash. These data sets live
+    in memory, where datasets caches nothing by fingerprint."""
+    schema = features.arrow_schema
+    table = InMemoryTable.from_pydict(
+        {name: pa.array(values, type=schema.field(name).type) for name, values in columns.items()}
+    )
+    info = datasets.DatasetInfo(features=features)
+    return datasets.Dataset(table, info=info, fingerprint=generate_random_fingerprint())
 
 
 def trainer_records(ds: datasets.Dataset, ids: list[list[int]], starts: list[int], max_length: int) -> datasets.Dataset:
@@ -130,16 +170,17 @@ def trainer_records(ds: datasets.Dataset, ids: list[list[int]], starts: list[int
     preparation of records that have `labels`."""
     columns: dict[str, list[Any]] = {"prompt": [], "completion": [], "input_ids": [], "labels": []}
     for prompt, completion, whole, start in zip(ds["prompt"][:], ds["completion"][:], ids, starts, strict=True):
-        labels = ([-100] * start + whole[start:])[:max_length]
-        if all(label == -100 for label in labels):
+        kept = whole[:max_length]
+        if start >= len(kept):  # every label -100: the prompt fills what is kept (token ids are never -100)
             continue
         columns["prompt"].append(prompt)
         columns["completion"].append(completion)
-        columns["input_ids"].append(whole[:max_length])
-        columns["labels"].append(labels)
-    return datasets.Dataset.from_dict(columns, features=RECORD_FEATURES)
+        columns["input_ids"].append(kept)
+        columns["labels"].append([-100] * start + kept[start:])
+    return arrow_dataset(columns, RECORD_FEATURES)
 
 
+PROMPT_FEATURES = datasets.Features({"prompt": datasets.Value("string"), "completion": datasets.Value("string")})
 RECORD_FEATURES = datasets.Features(
     {
         "prompt": datasets.Value("string"),

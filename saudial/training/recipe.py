@@ -23,7 +23,7 @@ from saudial.errors import OOM_INFERENCE, ConfigError, Interrupted, faults
 from saudial.model import fast_lfm2, hardware
 from saudial.model.loading import load_model, load_tokenizer, resolve_revision
 from saudial.model.lora import check_targets
-from saudial.process import distributed
+from saudial.process import collector, distributed
 from saudial.process.signals import Stopper
 from saudial.rundir import record
 from saudial.rundir.checkpoints import PREFIX, TRAINING_ARGS, CheckpointCallback, CheckpointStore
@@ -146,10 +146,11 @@ def train(
         )
         return None
     tokenizer = load_tokenizer(settings, revision=revision)
-    if isinstance(dataset, ChatData):
-        train_ds, eval_ds, summary = chat_examples.prepare(dataset, chat_split, tokenizer, settings.max_length)
-    else:
-        train_ds, eval_ds, summary = examples.prepare(dataset, split, tokenizer, settings.max_length)
+    with collector.paused():  # millions of token-id lists (process/collector.py)
+        if isinstance(dataset, ChatData):
+            train_ds, eval_ds, summary = chat_examples.prepare(dataset, chat_split, tokenizer, settings.max_length)
+        else:
+            train_ds, eval_ds, summary = examples.prepare(dataset, split, tokenizer, settings.max_length)
     timings["data_s"] = time.perf_counter() - clock
     if dry_run:
         first = train_ds[0]
