@@ -4,6 +4,8 @@
 #   bash bench/device-run.sh gpu-tests [OUT]   pytest -m gpu (per-example losses, kernels, the 4-bit paths)
 #   bash bench/device-run.sh bench [OUT]       the benchmark table of docs/benchmarks.md, with Unsloth beside it
 #   bash bench/device-run.sh profile [OUT]     where a default step's time goes (bench/profile_step.py)
+#   bash bench/device-run.sh host [OUT]        where the step's host time goes: py-spy over the defaults' 40 steps, by
+#                                              phase and by Python function (bench/host_profile.py)
 #   bash bench/device-run.sh all [OUT]         bench, then the GPU tests (beside it on a second GPU, if there is one)
 #   bash bench/device-run.sh levers [OUT]      the speed overrides' same-call pairs (bench.py's levers, bench/ablate.py;
 #                                              BENCH_ONLY: some of them, e.g. "levers: defaults;levers: CUBLAS")
@@ -88,6 +90,21 @@ profile() {  # the defaults' step profile: kernels, GPU busy time, host-device r
     head -45 "$OUT"/profile/profile-defaults.txt 2>/dev/null || tail -20 "$OUT/profile.log"
 }
 
+host() {  # py-spy over the defaults' levers row; OUT/host/: the raw samples, the phases, the functions
+    say "host profile of the defaults (py-spy)"
+    mkdir -p "$OUT/host"
+    "$PY" -m pip install -q --no-index --no-deps .gpuwheels/extra/py_spy-*.whl > "$OUT/host/install.log" 2>&1 ||
+        { tail -3 "$OUT/host/install.log"; return 1; }
+    local spy
+    spy=$(command -v py-spy || echo "$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/py-spy")
+    CUDA_VISIBLE_DEVICES=0 BENCH_WRAP="$spy record --rate 200 --nonblocking --threads --format raw --output $OUT/host/spy.txt --" \
+        timeout "$(left 20)" "$PY" bench/bench.py --out "$OUT/host" --work /tmp/saudial-bench --sections levers \
+        --only "levers: defaults" --skip "levers: defaults," 2>&1 | grep --line-buffered -v "it/s\]" > "$OUT/host.log"
+    "$PY" bench/host_profile.py "$OUT/host/spy.txt" --phases | tee "$OUT/host/phases.txt"
+    "$PY" bench/host_profile.py "$OUT/host/spy.txt" --top 40 > "$OUT/host/functions.txt"
+    head -45 "$OUT/host/functions.txt"
+}
+
 family() {  # each LFM2 size's whole run with its recipe; results in OUT/family/ (family.json after every run)
     say "LFM2 family on GPU 0: ${FAMILY_SIZES:-all sizes}"
     CUDA_VISIBLE_DEVICES=0 timeout "$(left 5)" "$PY" bench/family.py --out "$OUT/family" \
@@ -116,6 +133,7 @@ activations) setup_stack project && activations ;;
 gpu-tests) setup_stack project && gpu_tests 0 ;;
 bench) setup_stack unsloth && bench 0 ;;
 profile) setup_stack project && profile ;;
+host) setup_stack project && host ;;
 all)
     setup_stack unsloth
     if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
