@@ -189,12 +189,28 @@ def faults(path: Path | None = None, oom_advice: str = OOM_TRAINING, note: str =
         raise error from exc
 
 
+def make_dirs(folder: Path) -> None:
+    """`folder` and any missing parent, as every output folder is made. A place where the file system makes no
+    folder (a pseudo file system such as /proc answers ENOENT) is exit 74 as a read-only one is, named as
+    `folder`; the faults of IO_ERRNOS are left to `faults`, a path under a file to the callers' checks."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if io_errno(exc) is not None or exc.errno not in (errno.ENOENT, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        reason = f"{errno.errorcode[exc.errno]} ({os.strerror(exc.errno)})"
+        raise StorageError(
+            f"cannot create {printable(str(folder))}: {reason}: its file system makes no folders there (e.g. "
+            "/proc, /sys): write to a folder on a disk"
+        ) from exc
+
+
 def check_writable(folder: Path) -> None:
     """Create `folder` (with any missing parent, as every output folder is) and a nameless file in it, gone at
     once: a folder that cannot be written (read-only, not this user's) is exit 74 here, named as `folder`, so
     that a command says so before it loads a model rather than after its work."""
     with faults(folder):
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         try:
             tempfile.TemporaryFile(dir=folder).close()
         except OSError as exc:  # it may name the temporary file it tried: name the folder

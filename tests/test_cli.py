@@ -120,6 +120,43 @@ def test_a_setting_another_command_uses_is_refused_by_name() -> None:
     )
 
 
+def test_a_misspelt_or_shortened_flag_is_refused_with_the_closest_one() -> None:
+    """argparse's abbreviations are off: `--learning-rat` would otherwise set the learning rate and pass unseen."""
+    said = {
+        "--learning-rat": "did you mean --learning-rate?",  # a prefix of a flag: refused, not taken for it
+        "--learnig-rate": "did you mean --learning-rate?",
+        "--lr": "did you mean --learning-rate?",  # another tool's name for it
+        "--epochs": "did you mean --num-train-epochs?",
+        "--zzzz": "; `saudial train --help` lists its flags",
+    }
+    for flag, hint in said.items():
+        result = run("train", "--dry-run", flag, "1e-4")
+        assert (result.returncode, result.stdout) == (2, ""), (flag, result.stderr)
+        assert result.stderr.startswith(f"saudial train: error: {flag} is not a flag of `saudial train`"), result.stderr
+        assert hint in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_negative_number_after_a_flag_is_its_value(tmp_path: Path) -> None:
+    """argparse reads `-1e-4` as a flag ("expected one argument"); it reaches the setting's own check instead."""
+    result = run("train", "--dry-run", "--learning-rate", "-1e-4")
+    assert result.returncode == 2
+    assert "--learning-rate='-1e-4' is invalid: Input should be greater than 0" in result.stderr, result.stderr
+
+
+def test_a_dry_run_refuses_an_output_directory_a_run_would_refuse_and_names_the_flag(tmp_path: Path) -> None:
+    """The path is checked with the data, before the slow imports, and the flag the user typed is the one named."""
+    file = tmp_path / "taken"
+    file.write_text("mine")
+    sample = str(REPO / "samples" / "saudial_synthetic_sample.xlsx")
+    result = run("train", "--dry-run", "--data", sample, "--output-dir", str(file))
+    assert result.returncode == 2 and result.stdout.count("\n") <= 30
+    assert f"error: --output-dir={str(file)!r} is a file, not a directory" in result.stderr, result.stderr[-2000:]
+    assert file.read_text() == "mine"
+    by_variable = run("train", "--dry-run", "--data", sample, env=clean_env(SAUDIAL_OUTPUT_DIR="samples"))
+    assert by_variable.returncode == 2
+    assert "error: SAUDIAL_OUTPUT_DIR='samples' is the folder that holds the data file" in by_variable.stderr
+
+
 def test_a_misspelt_command_is_named_with_the_closest_one() -> None:
     result = run("trian", "--learning-rate", "1e-4")
     assert (result.returncode, result.stdout) == (2, "")

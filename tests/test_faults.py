@@ -22,7 +22,17 @@ from pathlib import Path
 
 import pytest
 
-from saudial.errors import EXIT_BUG, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_TRAINING, ConfigError
+from saudial.errors import (
+    EXIT_BUG,
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    EXIT_IO,
+    EXIT_OK,
+    EXIT_TRAINING,
+    ConfigError,
+    StorageError,
+    make_dirs,
+)
 from saudial.rundir.staging import check_not_protected
 from tests.adapter_run import copy_run, trained_adapter
 from tests.conftest import REPO, fill
@@ -227,6 +237,15 @@ def test_more_directories_that_are_never_an_output_directory(tmp_path: Path, mon
         with pytest.raises(ConfigError, match=why):
             check_not_protected(path, "SAUDIAL_OUTPUT_DIR", data)
     check_not_protected(project / "outputs" / "run", "SAUDIAL_OUTPUT_DIR", data)  # a new folder: fine
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="a /proc file system")
+def test_a_folder_the_file_system_cannot_make_is_exit_74(tmp_path: Path) -> None:
+    """/proc answers mkdir with ENOENT: the output folder named, exit 74 (was an unexpected error, exit 1)."""
+    with pytest.raises(StorageError, match=r"^cannot create /proc/saudial-run: ENOENT .*write to a folder on a disk"):
+        make_dirs(Path("/proc/saudial-run"))
+    make_dirs(tmp_path / "a" / "b")  # an ordinary new folder and its parent
+    assert (tmp_path / "a" / "b").is_dir() and StorageError.exit_code == EXIT_IO
 
 
 # --- out of memory, and a bug -------------------------------------------------------------------------

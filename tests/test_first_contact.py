@@ -211,13 +211,21 @@ def fake_adapter(directory: Path, task: str) -> Path:
         ("translate", ["chat", "Where is the market?"], "was trained to translate SauDial rows"),
         ("chat", ["translate", "--dialect", "Najdi", "Hi"], "is a chat adapter (trained on conversations)"),
         ("translate", ["translate", "--dialect", "Najdi"], "translate needs either an English TEXT argument"),
+        (
+            "translate",
+            ["translate", "--input", "{csv}"],
+            "lines.csv' row 2 has no dialect: pass --dialect (one of Hijazi, Najdi) for the whole file, or give each "
+            "row one in a 'Dialect' column",
+        ),
     ],
-    ids=["no-dialect", "unknown-dialect", "chat-on-translate", "translate-on-chat", "no-text"],
+    ids=["no-dialect", "unknown-dialect", "chat-on-translate", "translate-on-chat", "no-text", "file-no-dialect"],
 )
 def test_cheap_mistakes_are_said_before_torch_is_imported(
     task: str, args: list[str], said: str, tmp_path: Path
 ) -> None:
     adapter = fake_adapter(tmp_path / "adapter", task)
+    (tmp_path / "lines.csv").write_text("English Text\nOpen the door.\n")  # no Dialect column
+    args = [a.replace("{csv}", str(tmp_path / "lines.csv")) for a in args]
     command = [sys.executable, "-c", CHEAP, args[0], "--adapter", str(adapter), *args[1:]]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAUDIAL_")}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)

@@ -1,9 +1,12 @@
 """One setting as a command-line flag: `--name-with-dashes` (and `--name_with_underscores`, accepted but not listed),
-what it takes, and its help line with its SAUDIAL_* variable and default (cli/parser.py lays the flags out)."""
+what it takes, and its help line with its SAUDIAL_* variable and default (cli/parser.py lays the flags out); a
+negative number given as a flag's value, and the flag meant by one that is not a flag."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -67,3 +70,44 @@ def add_setting(group: Any, name: str, recorded: bool = False, own: tuple[str, s
     alias = "--" + name
     if alias != flag_name(name):
         group.add_argument(alias, help=argparse.SUPPRESS, **kwargs)
+
+
+# Names other tools give these settings: a flag by one of them is answered with saudial's.
+OTHER_NAMES = {
+    "--lr": "learning_rate",
+    "--epochs": "num_train_epochs",
+    "--batch-size": "per_device_train_batch_size",
+    "--bs": "per_device_train_batch_size",
+    "--model": "model_name_or_path",
+    "--rank": "lora_r",
+    "--r": "lora_r",
+    "--alpha": "lora_alpha",
+    "--output": "output_dir",
+    "--max-seq-length": "max_length",
+    "--max-seq-len": "max_length",
+    "--dataset": "data",
+}
+# A value that starts with '-' and is a number (`-1e-4`): argparse reads only `-1` and `-0.5` as numbers, and
+# would take `-1e-4` for a flag ("expected one argument"), so it is joined to its flag (`--flag=-1e-4`).
+_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-inf|-nan", re.IGNORECASE)
+
+
+def join_negative_values(argv: list[str], takes_value: set[str]) -> list[str]:
+    """`argv` with each number that starts with '-' joined to the flag before it, where that flag takes a value."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] in takes_value and _NUMBER.fullmatch(arg):
+            joined[-1] += "=" + arg
+        else:
+            joined.append(arg)
+    return joined
+
+
+def closest_flag(flag: str, listed: list[str]) -> str | None:
+    """The flag among `listed` closest to `flag`, or the one that another tool's name for it stands for."""
+    spelled = flag.replace("_", "-").lower()
+    other = OTHER_NAMES.get(spelled)
+    if other and flag_name(other) in listed:
+        return flag_name(other)
+    close = difflib.get_close_matches(spelled, listed, n=1, cutoff=0.6)
+    return close[0] if close else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ from saudial.cli import logs
 from saudial.cli.parser import parse
 from saudial.config.huggingface import check_adapter_dir
 from saudial.config.runtime import prepare_process
-from saudial.config.settings import Settings
+from saudial.config.settings import Settings, env_name, flag_name
 from saudial.config.sources import changed_settings, load_settings
 from saudial.errors import EXIT_BUG, EXIT_OK, OOM_ANY, as_user_error, one_line, redact, unexpected
 from saudial.model import content_hash
@@ -204,8 +205,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {one_line(unexpected(exc))}", file=sys.stderr)
             return EXIT_BUG
         if distributed.is_main_process() or not getattr(error, "shared", False):  # rank 0's, said once
-            print(f"error: {one_line(str(error))}", file=sys.stderr)
+            print(f"error: {one_line(as_given(str(error), cli_values))}", file=sys.stderr)
         return error.exit_code
+
+
+def as_given(message: str, cli_values: dict[str, Any]) -> str:
+    """`message` with each setting the user gave as a flag named by that flag: the modules name a setting by its
+    variable (SAUDIAL_OUTPUT_DIR), which is also right, but not what was typed (--output-dir)."""
+    for name in cli_values:
+        message = re.sub(rf"\b{env_name(name)}\b", flag_name(name), message)
+    return message
 
 
 def run() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from saudial import __version__
 from saudial.cli import export_flags as export
-from saudial.cli.flags import add_setting
+from saudial.cli.flags import add_setting, closest_flag, join_negative_values
 from saudial.config.settings import Settings, env_name, flag_name
 from saudial.errors import printable
 
@@ -79,7 +79,7 @@ examples:
 Every setting is a flag and a SAUDIAL_* environment variable (flag > variable > recipe > default).
 Exit codes: 0 ok, 1 a bug in saudial (one line; --debug or SAUDIAL_DEBUG=1 shows the traceback), 2 bad
 settings or data, 3 out of memory, 4 Hub upload failed, 74 disk full or not writable, 75 interrupted after
-saving a checkpoint (start again to resume)."""
+saving a checkpoint (start again to resume), 130 stopped by Ctrl-C outside training."""
 
 ADAPTER_HELP = "a training output directory (adapter_config.json, tokenizer, run_manifest.json)"
 # What a command with --adapter takes from the adapter's run record unless set (generate.settings_for_adapter).
@@ -123,6 +123,7 @@ def _command(
         usage=usage,
         formatter_class=_formatter,
         epilog=f"Flags win over SAUDIAL_* variables, which win over {over}the defaults.",
+        allow_abbrev=False,  # argparse's default takes `--learning-rat` as --learning-rate: a typo must not pass
     )
     if recipe:
         parser.add_argument("--config", type=Path, metavar="RECIPE.yaml", help=recipe)
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"commands:\n{listing}",
         epilog=EXAMPLES,
         formatter_class=_formatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"saudial {__version__}")
     # Read (and removed from the arguments) by cli.main before parsing, so it works after the command too.
@@ -236,21 +238,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    """The arguments; a flag this command does not take is an error that says which command does."""
+    """The arguments; a flag this command does not take is an error that says which command does, or the flag it
+    takes that is closest to it."""
     parser = build_parser()
     if argv and not argv[0].startswith("-") and argv[0] not in SUMMARY:  # argparse says "invalid choice" only
         close = difflib.get_close_matches(argv[0], list(SUMMARY), n=1)
         hint = f"did you mean `saudial {close[0]}`?" if close else f"the commands: {', '.join(SUMMARY)}"
         parser.exit(2, f"saudial: error: '{printable(argv[0])}' is not a command: {hint} (`saudial --help`)\n")
-    args, extra = parser.parse_known_args(argv)
+    command = _subparser(parser, argv[0]) if argv and argv[0] in SUMMARY else None
+    takes_value = {o for a in command._actions if a.nargs != 0 for o in a.option_strings} if command else set()
+    args, extra = parser.parse_known_args(join_negative_values(argv, takes_value))
     if extra:
         settings_flags = {flag_name(n): n for n in Settings.model_fields} | {"--" + n: n for n in Settings.model_fields}
         unknown = [e for e in extra if e.startswith("-")] or extra
-        name = settings_flags.get(unknown[0].split("=")[0])
-        hint = f" (a setting of `saudial train`, also read from {env_name(name)})" if name else ""
+        flag = unknown[0].split("=")[0]
+        name = settings_flags.get(flag)
+        listing = f"`saudial {args.command} --help` lists its flags"
+        meant = None if name else closest_flag(flag, _listed(_subparser(parser, args.command)))
+        if name:
+            hint = f" (a setting of `saudial train`, also read from {env_name(name)}); {listing}"
+        else:
+            hint = f": did you mean {meant}? ({listing})" if meant else f"; {listing}"
         parser.exit(
-            2,
-            f"saudial {args.command}: error: {unknown[0]} is not a flag of `saudial {args.command}`{hint}; "
-            f"`saudial {args.command} --help` lists its flags\n",
+            2, f"saudial {args.command}: error: {printable(flag)} is not a flag of `saudial {args.command}`{hint}\n"
         )
     return args
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    found: argparse.ArgumentParser = commands.choices[command]
+    return found
+
+
+def _listed(command: argparse.ArgumentParser) -> list[str]:
+    """The long flags `command --help` shows."""
+    return [o for a in command._actions if a.help != argparse.SUPPRESS for o in a.option_strings if o.startswith("--")]

@@ -1,7 +1,8 @@
 """`saudial train`: the whole job, start to end.
 
 1. Cheap checks first, so a wrong path or a missing GPU fails in seconds, not after the slow imports of
-   transformers, PEFT and TRL: the data (pandas only), the GPU (torch only), the Hub upload.
+   transformers, PEFT and TRL: the data (pandas only), the output directory's path, the GPU (torch only), the Hub
+   upload. A dry run makes the same checks, the GPU's aside.
 2. With several GPUs, this same command as one process per GPU (process/distributed.py).
 3. Training (training/recipe.py): the adapter, tokenizer and run record in OUTPUT_DIR/staging (status trained).
 4. After training, in this order, each recorded in the run record so that a restart with the same
@@ -25,6 +26,7 @@ from saudial.errors import EXIT_OK, OOM_INFERENCE, faults
 from saudial.model import base_model
 from saudial.process import distributed
 from saudial.process.collector import long_lived_imports
+from saudial.rundir import staging
 
 if TYPE_CHECKING:
     from saudial.rundir.checkpoints import CheckpointStore
@@ -40,6 +42,9 @@ def run(settings: Settings, dry_run: bool = False) -> int:
     dataset = load_configured_data(settings)  # SauDial rows, or conversations (SAUDIAL_TASK)
     if settings.task != dataset.task:  # `auto` resolved, so that the run's record says which
         settings = settings.model_copy(update={"task": dataset.task})
+    # A path that can never be the run's folder (a file, the data's folder, the current one): refused now, dry run
+    # or not; what the folder holds is looked at when the run starts (rundir/outputs.py).
+    staging.check_not_protected(settings.output_dir, "SAUDIAL_OUTPUT_DIR", settings.data)
     # The slow imports (torch, transformers, PEFT, TRL: seconds) only once the data is known to be good.
     with long_lived_imports():
         from saudial.model.hardware import check_cuda

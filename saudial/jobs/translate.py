@@ -27,7 +27,7 @@ from saudial.data import workbook
 from saudial.data.files import SUFFIXES
 from saudial.data.text import describe_names, is_missing, name_problem, strip_controls
 from saudial.data.workbook import read_table
-from saudial.errors import ConfigError, DataError, check_writable
+from saudial.errors import ConfigError, DataError, check_writable, printable
 from saudial.process.collector import long_lived_imports
 from saudial.rundir.record import trained_task
 from saudial.rundir.staging import check_can_be_directory
@@ -138,11 +138,18 @@ def read_inputs(path: Path, max_mb: int) -> tuple[pd.DataFrame, list[InputRow]]:
 
 
 def requests_for(
-    rows: list[InputRow], dialect: str | None, context: str | None, known: list[str], row_word: str
+    rows: list[InputRow], dialect: str | None, context: str | None, known: list[str], row_word: str, shown: str
 ) -> list[tuple[str, str, str | None]]:
-    """(dialect, English, context) of each row: what generate.Request takes."""
+    """(dialect, English, context) of each row of the file `shown`: what generate.Request takes."""
     requests = []
+    header = (workbook.REQUIRED_COLUMNS | workbook.OPTIONAL_COLUMNS)["dialect"]
     for row in rows:
+        if not (dialect or row.dialect):
+            choices = ", ".join(known) or "the dialects the adapter was trained on"
+            raise ConfigError(
+                f"{shown} {row_word} {row.number} has no dialect: pass --dialect (one of {choices}) for the whole "
+                f"file, or give each row one in a '{header}' column"
+            )
         # --dialect / --context win over the file's columns.
         resolved = resolve_dialect(dialect or row.dialect, known, where=f"{row_word} {row.number}: dialect")
         row_context = context if context is not None else row.context
@@ -225,7 +232,7 @@ def check_translate(
     target = output_path_for(input_path, output)  # the file first: a broken one fails before any model is looked at
     frame, rows = read_inputs(input_path, settings.max_data_file_mb)
     row_word = "line" if input_path.suffix.lower() == ".jsonl" else "row"
-    requests = requests_for(rows, dialect, context, known, row_word)
+    requests = requests_for(rows, dialect, context, known, row_word, repr(printable(str(input_path))))
     check_output_folder(target)  # last: a command refused by any other check writes nothing
     return Asked(requests, frame, target)
 

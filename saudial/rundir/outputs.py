@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from saudial.errors import ConfigError, faults
+from saudial.errors import ConfigError, faults, make_dirs
 from saudial.process import distributed
 from saudial.rundir import record, staging
 from saudial.rundir.checkpoints import checkpoint_step, latest_valid
@@ -100,7 +100,7 @@ def prepare_output_dir(
     run_dir = staging.staging_dir(output_dir)
     note = f"nothing in {output_dir} outside {run_dir} was changed"
     with faults(output_dir, note=note):
-        output_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(output_dir)
         staging.resume_promotion(output_dir)
         unfinished = _staging_record(run_dir, fingerprint) if run_dir.is_dir() else None
         finished = staging.check_records(output_dir, unfinished, where)
