@@ -8,6 +8,7 @@ while the signal is sent: generation, a file being written, the model loading, t
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from saudial.errors import EXIT_INTERRUPTED
 from tests.adapter_run import copy_run, trained_adapter
-from tests.conftest import base_env
+from tests.conftest import REPO, base_env
 from tests.entry import error_line
 from tests.jobs import paused_job
 
@@ -244,11 +245,15 @@ def test_a_signal_in_the_interpreters_teardown_keeps_the_exit_code(tmp_path: Pat
     from tests.jobs import Job
 
     exiting = tmp_path / "exiting"
-    script = (
+    script = (  # a library's atexit handler, registered during the command
         "import atexit, time\n"
-        f"atexit.register(lambda: (open({str(exiting)!r}, 'w').close(), time.sleep(60)))  # runs last\n"
-        "from saudial.cli.main import run\n"
-        "run()\n"
+        "import saudial.cli.main as cli\n"
+        "command = cli.main\n"
+        "def main():\n"
+        f"    atexit.register(lambda: (open({str(exiting)!r}, 'w').close(), time.sleep(60)))\n"
+        "    return command()\n"
+        "cli.main = main\n"
+        "cli.run()\n"
     )
     env = {k: v for k, v in base_env(tmp_path, tmp_path, tmp_path).items() if k != "SAUDIAL_DATA"}
     job = Job(env, argv=[sys.executable, "-c", script, "--dry-run"])
@@ -260,3 +265,48 @@ def test_a_signal_in_the_interpreters_teardown_keeps_the_exit_code(tmp_path: Pat
     assert job.finish(timeout=20) == 2, job.output[-3000:]
     assert "Traceback" not in job.output
     assert "SAUDIAL_DATA" in error_line(job.output)
+
+
+TEARDOWN = """
+import atexit, sys, threading, time
+from pathlib import Path
+import saudial.cli.main as cli
+
+out = Path(sys.argv.pop(1))
+
+
+class Kept:  # held by a module until the interpreter frees its modules (their globals are None by then)
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __del__(self, _open=open):
+        _open(self.marker, "w").close()
+
+
+def late_write():
+    time.sleep(0.3)
+    (out / "thread").touch()
+
+
+def main():  # what a command's libraries leave: an atexit handler, a thread that is not a daemon
+    atexit.register(lambda: (out / "atexit").touch())
+    threading.Thread(target=late_write).start()
+    return command()
+
+
+kept = Kept(str(out / "freed"))
+command, cli.main = cli.main, main
+cli.run() if sys.argv.pop(1) == "run" else sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("how", ["run", "plain"])
+def test_the_teardown_waits_for_threads_and_atexit_then_frees_nothing(tmp_path: Path, how: str) -> None:
+    """cli/main.run: after `main`, the threads that are not daemons finish and the atexit handlers run, then the
+    process ends with main's code without freeing every object (a plain exit frees them: the control)."""
+    env = {k: v for k, v in base_env(tmp_path, tmp_path, tmp_path).items() if k != "SAUDIAL_DATA"}
+    command = [sys.executable, "-c", TEARDOWN, str(tmp_path), how, "train", "--dry-run"]
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "SAUDIAL_DATA" in error_line(result.stderr), result.stderr[-3000:]
+    assert (tmp_path / "thread").exists() and (tmp_path / "atexit").exists()
+    assert (tmp_path / "freed").exists() == (how == "plain")
