@@ -196,13 +196,18 @@ def make_dirs(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        if io_errno(exc) is not None or exc.errno not in (errno.ENOENT, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-        reason = f"{errno.errorcode[exc.errno]} ({os.strerror(exc.errno)})"
-        raise StorageError(
-            f"cannot create {printable(str(folder))}: {reason}: its file system makes no folders there (e.g. "
-            "/proc, /sys): write to a folder on a disk"
-        ) from exc
+        raise _no_files_there(exc, folder, "create") from exc
+
+
+def _no_files_there(exc: OSError, folder: Path, what: str) -> OSError | StorageError:
+    """`exc` itself, or exit 74 where the file system makes no files or folders in `folder` (ENOENT in /proc)."""
+    if io_errno(exc) is not None or exc.errno not in (errno.ENOENT, errno.EINVAL, errno.EOPNOTSUPP):
+        return exc
+    reason = f"{errno.errorcode[exc.errno]} ({os.strerror(exc.errno)})"
+    return StorageError(
+        f"cannot {what} {printable(str(folder))}: {reason}: its file system makes no files or folders there (e.g. "
+        "/proc, /sys): write to a folder on a disk"
+    )
 
 
 def check_writable(folder: Path) -> None:
@@ -214,7 +219,8 @@ def check_writable(folder: Path) -> None:
         try:
             tempfile.TemporaryFile(dir=folder).close()
         except OSError as exc:  # it may name the temporary file it tried: name the folder
-            raise OSError(exc.errno, exc.strerror, str(folder)) from exc
+            error = _no_files_there(exc, folder, "write in")
+            raise (OSError(exc.errno, exc.strerror, str(folder)) if error is exc else error) from exc
 
 
 # --- what messages echo ------------------------------------------------------------------------------

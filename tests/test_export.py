@@ -181,6 +181,16 @@ def test_the_modelfile_template_renders_the_prompt_saudial_translate_builds(merg
     assert modelfile.chat_template_matches(tokenizer, checks.CONVERSATIONS)
 
 
+def test_the_readmes_llama_cli_line_fits_the_task() -> None:
+    """A translate adapter reads saudial's prompt as raw text; a chat adapter needs conversation mode (-cnv), where
+    llama-cli applies the GGUF's chat template, for one turn (-st)."""
+    translate = modelfile.readme(["x-Q8_0.gguf"], "x-Q8_0.gguf", "translate", "run", "base")
+    chat = modelfile.readme(["x-Q8_0.gguf"], "x-Q8_0.gguf", "chat", "run", "base")
+    assert re.search(r"^llama-cli -m x-Q8_0\.gguf -no-cnv .* -p \"", translate, re.M), translate
+    assert re.search(r"^llama-cli -m x-Q8_0\.gguf -cnv -st .* -p \"Where is the market\?\"$", chat, re.M), chat
+    assert "-no-cnv" not in chat
+
+
 def test_quant_types_are_llama_cpps() -> None:
     assert llama.parse_types("Q4_K_M, q8_0,f16,bf16,q4_k_m", "--quant") == ["q4_k_m", "q8_0", "f16", "bf16"]
     with pytest.raises(ConfigError, match=r"--quant: 'q3_k_xl' is not a type llama.cpp knows; choose from .*q4_k_m"):

@@ -31,6 +31,7 @@ from saudial.errors import (
     EXIT_TRAINING,
     ConfigError,
     StorageError,
+    check_writable,
     make_dirs,
 )
 from saudial.rundir.staging import check_not_protected
@@ -241,9 +242,11 @@ def test_more_directories_that_are_never_an_output_directory(tmp_path: Path, mon
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="a /proc file system")
 def test_a_folder_the_file_system_cannot_make_is_exit_74(tmp_path: Path) -> None:
-    """/proc answers mkdir with ENOENT: the output folder named, exit 74 (was an unexpected error, exit 1)."""
+    """/proc answers mkdir and a new file with ENOENT: the folder named, exit 74 (not an unexpected error, exit 1)."""
     with pytest.raises(StorageError, match=r"^cannot create /proc/saudial-run: ENOENT .*write to a folder on a disk"):
         make_dirs(Path("/proc/saudial-run"))
+    with pytest.raises(StorageError, match=r"^cannot write in /proc: ENOENT .*write to a folder on a disk"):
+        check_writable(Path("/proc"))  # a folder that exists: translate's or merge's --output in it
     make_dirs(tmp_path / "a" / "b")  # an ordinary new folder and its parent
     assert (tmp_path / "a" / "b").is_dir() and StorageError.exit_code == EXIT_IO
 

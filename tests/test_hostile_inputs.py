@@ -682,7 +682,7 @@ def test_translate_escapes_formulas_in_spreadsheets(untrained_adapter: Path, tmp
 def test_write_table_escapes_every_text_cell_of_a_spreadsheet(tmp_path: Path) -> None:
     from openpyxl import load_workbook
 
-    from saudial.jobs.translate import write_table
+    from saudial.jobs.result_files import write_table
 
     frame = pd.DataFrame(
         {"=cmd": ["=1", "ok", None], "n": [-5, 2.5, float("nan")], "Model Translation": ["@x", "\rb", "c"]}

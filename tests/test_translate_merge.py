@@ -77,9 +77,9 @@ def test_translate_file_writes_next_to_it_and_never_overwrites(
     source = tmp_path / "lines.csv"
     pd.DataFrame(
         {
-            "english text": ['"Find the sword."', "Open the door."],  # header case and quotes forgiven
-            "Dialect": ["Najdi", "Hijazi"],
-            "In-Game Context": ["Shop dialogue", None],
+            "english text": ['"Find the sword."', "Open the door.", "  "],  # header case and quotes forgiven
+            "Dialect": ["Najdi", "Hijazi", None],
+            "In-Game Context": ["Shop dialogue", None, None],
         }
     ).to_csv(source, index=False)
     env = command_env(tiny_model, workbook, tmp_path)
@@ -87,7 +87,9 @@ def test_translate_file_writes_next_to_it_and_never_overwrites(
     assert result.returncode == 0, result.stderr[-3000:]
     written = pd.read_csv(tmp_path / "lines.translated.csv", keep_default_na=False)
     assert list(written.columns) == ["english text", "Dialect", "In-Game Context", "Model Translation"]
-    assert len(written) == 2
+    assert len(written) == 3 and written["Model Translation"][2] == ""  # a row without text: none asked, none given
+    assert "lines.csv': row 4 without English text: left without a translation" in result.stderr
+    assert "translating: 2 texts" in result.stderr
 
     # The refusals through main in this process (tests/entry.py); the runs that translate as real processes.
     again = run_in_process(env, "translate", "--adapter", str(trained), "--input", str(source))
@@ -105,7 +107,7 @@ def test_translate_file_writes_next_to_it_and_never_overwrites(
     into = tmp_path / "new" / "folder" / "lines.csv"
     made = run_entry(env, "translate", "--adapter", str(trained), "--input", str(source), "--output", str(into))
     assert made.returncode == 0, made.stderr[-3000:]
-    assert len(pd.read_csv(into)) == 2
+    assert len(pd.read_csv(into)) == 3
 
 
 def _lines(folder: Path) -> Path:

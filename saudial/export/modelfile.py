@@ -91,10 +91,14 @@ def readme(
     prompt = build_prompt("Najdi", "Open the old door.")
     example = prompt.replace("\n", "\\n") if task == "translate" else "Where is the market?"
     run = f"-m {default}" + (f" --lora {lora}" if lora else "")
+    # A translate adapter reads saudial's own prompt as raw text (no conversation); a chat adapter's replies come
+    # through the chat template in the GGUF, which llama-cli applies in conversation mode (-cnv; -st: one turn).
+    mode = "-no-cnv" if task == "translate" else "-cnv -st"
     hint = (
         "The prompt must be saudial's own (`saudial translate` builds it; the Modelfile's TEMPLATE shows it)."
         if task == "translate"
-        else "Use the chat template stored in the GGUF (`llama-cli` applies it in conversation mode)."
+        else "llama-cli applies the chat template stored in the GGUF in conversation mode (`-cnv`; `-st` answers one "
+        "turn and exits; `-sys TEXT` adds a system prompt); without `-st` it goes on reading turns."
     )
     listing = "\n".join(f"- `{name}`" for name in files)
     return f"""# GGUF export of {adapter_dir}
@@ -109,7 +113,7 @@ model (token ids, logits, greedy tokens); the results are in `run_manifest.json`
 ## llama.cpp
 
 ```bash
-llama-cli {run} -no-cnv --temp 0 --repeat-penalty 1.05 -p "{example}"
+llama-cli {run} {mode} --temp 0 --repeat-penalty 1.05 -p "{example}"
 ```
 
 {hint}

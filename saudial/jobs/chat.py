@@ -23,7 +23,8 @@ from saudial.data.messages import check_template
 from saudial.data.text import strip_controls
 from saudial.data.workbook import read_table
 from saudial.errors import ConfigError
-from saudial.jobs.translate import Asked, check_output_folder, deliver, output_path_for, text_or_file
+from saudial.jobs.result_files import check_output_folder, deliver, output_path_for
+from saudial.jobs.translate import Asked, text_or_file
 from saudial.process.collector import long_lived_imports
 from saudial.rundir.record import trained_task
 
