@@ -444,6 +444,15 @@ def test_merge_output_follows_the_same_rules(tmp_path: Path, monkeypatch: pytest
     assert (
         work == tmp_path / "fresh" / "staging" and json.loads((work / "run_manifest.json").read_text())["saudial_merge"]
     )
+    # Inside a run's folder, which holds only what that run wrote (its next start refused the merge's folder).
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_manifest.json").write_text(json.dumps({"saudial_run": 1, "status": "finished", "files": []}))
+    for inside in (run / "merged", run / "deeper" / "merged"):
+        with pytest.raises(ConfigError, match=r"is inside the folder of a saudial training run \("):
+            prepare(inside, settings, "merge")
+    assert sorted(p.name for p in run.iterdir()) == ["run_manifest.json"]
+    assert prepare(run / "gguf", settings, "export", listed_by=run) == run / "gguf" / "staging"  # export's own
 
 
 @pytest.mark.parametrize(

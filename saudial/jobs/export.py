@@ -85,7 +85,7 @@ def run_export(
     inside = output.resolve().parent == adapter_dir.resolve()
     created = None if output.exists() else output
     # A folder holding anything saudial did not write is refused (exit 2), as is an earlier export without overwrite.
-    work = products.prepare(output, settings, kind="export")
+    work = products.prepare(output, settings, kind="export", listed_by=adapter_dir if inside else None)
     if inside:
         record.own(adapter_dir, output.name)  # the run's record lists its export folder before it is filled
     then = f"nothing in {output} outside {work} was changed; start the same command again"

@@ -19,13 +19,15 @@ if TYPE_CHECKING:
     from saudial.config.settings import Settings
 
 
-def prepare(output: Path, settings: Settings, kind: str) -> Path:
+def prepare(output: Path, settings: Settings, kind: str, listed_by: Path | None = None) -> Path:
     """An empty --output/staging to write the merge (or export: `kind`) into; refuse an --output that is not
-    for one. A folder this made is taken back where it fails (a full disk while writing the record)."""
+    for one. A folder this made is taken back where it fails (a full disk while writing the record). `listed_by`:
+    the run whose record lists --output among its own files (an export into its adapter's folder)."""
     where, key = f"--output {str(output)!r}", f"saudial_{kind}"
     staging.check_not_protected(output, "--output", settings.data)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{where} is a file, not a directory")
+    check_not_inside_a_run(where, output, listed_by)
     work = staging.staging_dir(output)
     made = not output.exists()
     try:
@@ -59,6 +61,21 @@ def _prepare(output: Path, work: Path, where: str, key: str, kind: str, settings
         work.mkdir(exist_ok=True)
         record.update(work, {"saudial_run": 1, key: 1, record.FILES: []}, replace=True)  # saudial's
     return work
+
+
+def check_not_inside_a_run(where: str, output: Path, listed_by: Path | None = None) -> None:
+    """Refuse (exit 2) an --output inside the folder of a saudial run or product (but `listed_by`'s own): the next
+    run there would refuse a folder it did not write, and an overwrite of it would not know the files."""
+    target = output.expanduser().absolute().resolve()
+    for folder in target.parents:
+        if listed_by is not None and folder == listed_by.resolve() and target.parent == folder:
+            continue
+        manifest = record.read_json(folder / record.MANIFEST)
+        if manifest is not None and manifest.get("saudial_run"):
+            raise ConfigError(
+                f"{where} is inside the folder of a saudial {record.product(manifest)} ({str(folder)!r}), which "
+                "holds only what that run wrote: choose a folder outside it, e.g. beside it"
+            )
 
 
 def earlier_record(where: str, folder: Path, kind: str, fix: str, skip: Collection[str] = ()) -> dict[str, Any] | None:
