@@ -203,6 +203,16 @@ def test_an_adapter_trained_with_relative_paths_works_from_any_directory(
     evaluated = entry(elsewhere, env, "evaluate", "--adapter", str(run))
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert json.loads((run / "metrics.json").read_text())["evaluations"][-1]["data"] == data
+    # A checkpoint has no run record: its adapter_config.json names the base absolute (PEFT writes the name the
+    # model was loaded by), so it loads from anywhere too.
+    checkpoint = next(run.glob("checkpoint-*"))
+    assert json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"] == model
+    from_checkpoint = entry(elsewhere, env, "translate", "--adapter", str(checkpoint), "--dialect", "Najdi", "Hi")
+    assert from_checkpoint.returncode == 0, from_checkpoint.stderr[-3000:]
+    config = json.loads((checkpoint / "adapter_config.json").read_text())
+    (checkpoint / "adapter_config.json").write_text(json.dumps(config | {"base_model_name_or_path": "runs/demo/x"}))
+    older = entry(elsewhere, env, "translate", "--adapter", str(checkpoint), "--dialect", "Najdi", "Hi")
+    assert older.returncode == 2 and "its adapter_config.json names the base model 'runs/demo/x'" in older.stderr
 
     old = copy_run(run, tmp_path / "old")
     (old / "run_manifest.json").write_text(json.dumps(manifest | {"config": manifest["config"] | relative}))

@@ -25,10 +25,10 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from saudial.config.huggingface import check_adapter_dir, check_adapter_weights
-from saudial.config.settings import Settings
+from saudial.config.settings import Settings, check_repo_id
 from saudial.data.messages import prompt_ids
 from saudial.data.prompts import build_prompt
-from saudial.errors import OOM_INFERENCE, faults
+from saudial.errors import OOM_INFERENCE, ConfigError, faults
 from saudial.inference.batches import (
     chunks,
     encode,
@@ -77,14 +77,22 @@ def settings_for_adapter(settings: Settings, adapter_dir: Path) -> Settings:
         }
     else:
         config = read_json(adapter_dir / "adapter_config.json") or {}
-        if config.get("base_model_name_or_path"):
-            recorded["model_name_or_path"] = config["base_model_name_or_path"]
+        base = config.get("base_model_name_or_path")
+        if base and "model_name_or_path" not in settings.model_fields_set:
+            check_base_named(adapter_dir, str(base))
+            recorded["model_name_or_path"] = base
     model: dict[str, Any] = (manifest or {}).get("model") or {}
     if (
         isinstance(model, dict) and model.get("source") == "hub" and model.get("revision_sha")
     ):  # the very commit it was trained on
         recorded["model_revision"] = model["revision_sha"]
     explicit = {name: getattr(settings, name) for name in settings.model_fields_set}
+    if explicit.get("quantization", "none") != "none" and not torch.cuda.is_available():
+        # Asked for by name (flag or variable), not the adapter's record: not replaced behind the user's back.
+        raise ConfigError(
+            f"SAUDIAL_QUANTIZATION={explicit['quantization']} needs a CUDA GPU, which this machine lacks: unset it "
+            "(without a GPU the base model loads unquantized) or set it to none"
+        )
     if {"model_name_or_path", "model_revision"} & settings.model_fields_set:
         explicit.setdefault("model_revision", settings.model_revision)
     merged = {**recorded, **explicit}
@@ -92,6 +100,21 @@ def settings_for_adapter(settings: Settings, adapter_dir: Path) -> Settings:
         merged["task"] = task
     # Settings() would read SAUDIAL_* again; model_validate on the merged values keeps this explicit.
     return Settings.model_validate({**settings.model_dump(), **merged})
+
+
+def check_base_named(adapter_dir: Path, base: str) -> None:
+    """The base model an adapter folder without a run record names (a checkpoint's adapter_config.json): a folder
+    that is not there from this working directory, and no Hub id either, is exit 2 that says so."""
+    if Path(base).expanduser().is_dir():
+        return
+    try:
+        check_repo_id(base)
+    except ValueError:
+        raise ConfigError(
+            f"--adapter {str(adapter_dir)!r}: its adapter_config.json names the base model {base!r}, which is not a "
+            f"folder from here ({str(Path.cwd())!r}): run the command in the folder it was trained from, or set "
+            "--model-name-or-path"
+        ) from None
 
 
 def inference_settings(settings: Settings) -> Settings:

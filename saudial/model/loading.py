@@ -86,9 +86,12 @@ def load_model(settings: Settings, device_map: Any = None, revision: str | None 
     attention = "sdpa" if settings.attn_implementation == "auto" else settings.attn_implementation
     if attention == "sdpa":
         patches.avoid_cudnn_attention()  # host cost per new shape: generation 3.5-5.4x slower (patches.py, item 5)
+    # A local folder by its absolute path: PEFT writes the model's name into every adapter_config.json (a
+    # checkpoint's too), which then loads from any working directory.
+    local = Path(settings.model_name_or_path).expanduser()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            settings.model_name_or_path,
+            str(local.resolve()) if local.is_dir() else settings.model_name_or_path,
             revision=revision or settings.model_revision,
             use_safetensors=True,  # never a pickle (pytorch_model.bin): loading one can run code
             trust_remote_code=False,
