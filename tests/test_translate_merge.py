@@ -103,6 +103,22 @@ def test_translate_file_writes_next_to_it_and_never_overwrites(
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "Model Translation" in (tmp_path / "lines.translated.jsonl").read_text()
 
+    # A workbook whose lines are on another sheet than the first: named by --sheet-name.
+    book = tmp_path / "book.xlsx"
+    with pd.ExcelWriter(book) as writer:
+        pd.DataFrame({"About": ["notes"]}).to_excel(writer, sheet_name="About", index=False)
+        pd.DataFrame({"English Text": ["Open the door."], "Dialect": ["Kuwaiti"]}).to_excel(
+            writer, sheet_name="Lines", index=False
+        )
+    first = run_in_process(env, "translate", "--adapter", str(trained), "--input", str(book))
+    assert first.returncode == 2 and "or name the sheet that has it with --sheet-name" in first.stderr
+    other = run_in_process(env, "translate", "--adapter", str(trained), "--input", str(book), "--sheet-name", "Lines")
+    assert other.returncode == 2 and "book.xlsx' row 2: dialect 'Kuwaiti' is not a dialect" in other.stderr
+    named = run_entry(
+        env, "translate", "--adapter", str(trained), "--input", str(book), "--sheet-name", "Lines", "--dialect", "Najdi"
+    )
+    assert named.returncode == 0 and len(pd.read_excel(tmp_path / "book.translated.xlsx")) == 1, named.stderr[-3000:]
+
     # --output in a folder that does not exist yet: made, as merge, export and evaluate make theirs.
     into = tmp_path / "new" / "folder" / "lines.csv"
     made = run_entry(env, "translate", "--adapter", str(trained), "--input", str(source), "--output", str(into))

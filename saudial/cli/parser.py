@@ -49,7 +49,7 @@ COMMAND_SETTINGS: dict[str, list[str]] = {
     "check": [*GROUPS["data"], *BASE_MODEL, *BATCHING],
     # An adapter evaluates on the task it was trained for (its run_manifest.json), not SAUDIAL_TASK.
     "evaluate": [*DATA, *BASE_MODEL, "output_dir", "max_length", "seed", *GROUPS["evaluation"]],
-    "translate": [*BASE_MODEL, *GENERATION, "max_length", "max_data_file_mb"],
+    "translate": [*BASE_MODEL, *GENERATION, "max_length", "max_data_file_mb", "sheet_name"],
     "chat": [*BASE_MODEL, *GENERATION, "max_length", "max_data_file_mb"],
     "merge": ["model_name_or_path", "model_revision", "overwrite_output_dir"],
     "export": [*BASE_MODEL[:2], "overwrite_output_dir", "max_length", *GENERATION[1:], "export"],
@@ -78,14 +78,16 @@ examples:
 
 Every setting is a flag and a SAUDIAL_* environment variable (flag > variable > recipe > default).
 Exit codes: 0 ok, 1 a bug in saudial (one line; --debug or SAUDIAL_DEBUG=1 shows the traceback), 2 bad
-settings or data, 3 out of memory, 4 Hub upload failed, 74 disk full or not writable, 75 interrupted after
-saving a checkpoint (start again to resume), 130 stopped by Ctrl-C outside training."""
+settings or data, 3 out of memory, 4 Hub upload failed, 74 disk full or not writable, 75 stopped by SIGTERM
+or Ctrl-C (train: after saving a checkpoint, start again to resume; the other commands write nothing),
+130 Ctrl-C in train outside training."""
 
 ADAPTER_HELP = "a training output directory (adapter_config.json, tokenizer, run_manifest.json)"
 # What a command with --adapter takes from the adapter's run record unless set (generate.settings_for_adapter).
 RECORDED = {"data", "sheet_name", "dialects", "eval_size", "max_length", "seed", *BASE_MODEL}
 # A setting whose meaning in a command is not the one of training: (command, setting) -> (help, default shown).
 OWN_HELP = {
+    ("translate", "sheet_name"): ("The sheet of an --input .xlsx file to translate.", "the first sheet"),
     ("evaluate", "output_dir"): (
         "Where eval_results.md, metrics.json and the model card go: the adapter's folder, or a folder that holds "
         "evaluations only (new, empty, or an earlier evaluation's).",
@@ -228,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "push",
-        """Upload adapter, tokenizer, run record and model card (README.md) of a finished run to SAUDIAL_HUB_MODEL_ID
-        (default: the run's). Needs HF_TOKEN with write access.""",
+        """Upload a finished run to SAUDIAL_HUB_MODEL_ID (default: the run's): adapter, tokenizer, run record, metrics,
+        evaluation table, model card (README.md) and the GGUF export, if any. Needs HF_TOKEN with write access.""",
         "saudial push --output-dir DIR [--hub-model-id OWNER/NAME] [--hub-private BOOL]",
     )
     # The run's directory, as the retry message names it; not SAUDIAL_OUTPUT_DIR's setting.

@@ -103,9 +103,10 @@ def settings_for_adapter(settings: Settings, adapter_dir: Path) -> Settings:
 
 
 def check_base_named(adapter_dir: Path, base: str) -> None:
-    """The base model an adapter folder without a run record names (a checkpoint's adapter_config.json): a folder
-    that is not there from this working directory, and no Hub id either, is exit 2 that says so."""
-    if Path(base).expanduser().is_dir():
+    """The base model an adapter folder without a run record names (a checkpoint's adapter_config.json): a relative
+    folder that is not there from this working directory, and no Hub id either, is exit 2 that says so (an absolute
+    one that is gone: the model's loading says so)."""
+    if Path(base).expanduser().is_absolute() or Path(base).expanduser().is_dir():
         return
     try:
         check_repo_id(base)

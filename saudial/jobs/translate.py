@@ -73,9 +73,10 @@ def text_or_file(command: str, argument: str, given: str | None, input_path: Pat
         raise ConfigError(f"{command} needs either {argument} argument or --input FILE (not both)")
 
 
-def read_inputs(path: Path, max_mb: int) -> tuple[pd.DataFrame, list[InputRow]]:
-    """Rows of a .csv/.xlsx/.jsonl/.parquet file: English text (required), dialect and context (optional)."""
-    table = read_table(path, max_mb=max_mb, setting="--input")
+def read_inputs(path: Path, max_mb: int, sheet_name: str | None = None) -> tuple[pd.DataFrame, list[InputRow]]:
+    """Rows of a .csv/.xlsx/.jsonl/.parquet file (of an .xlsx, the sheet `sheet_name`, else the first): English text
+    (required), dialect and context (optional)."""
+    table = read_table(path, sheet_name, max_mb=max_mb, setting="--input")
     frame = table.frame
     headers = workbook.REQUIRED_COLUMNS | workbook.OPTIONAL_COLUMNS
     english = workbook.find_column(frame, headers["english"], table.shown)
@@ -84,7 +85,8 @@ def read_inputs(path: Path, max_mb: int) -> tuple[pd.DataFrame, list[InputRow]]:
     if english is None:
         raise DataError(
             f"{table.shown} has no '{headers['english']}' column "
-            f"(found {describe_names(frame.columns)}): name the column of English text so"
+            f"(found {describe_names(frame.columns)}): give the column of English text that header"
+            + (", or name the sheet that has it with --sheet-name" if table.suffix in (".xlsx", ".xlsm") else "")
         )
     columns = {"english": english}
     for name in ("dialect", "context"):
@@ -129,7 +131,7 @@ def requests_for(
                 f"file, or give each row one in a '{header}' column"
             )
         # --dialect / --context win over the file's columns.
-        resolved = resolve_dialect(dialect or row.dialect, known, where=f"{row_word} {row.number}: dialect")
+        resolved = resolve_dialect(dialect or row.dialect, known, where=f"{shown} {row_word} {row.number}: dialect")
         row_context = context if context is not None else row.context
         requests.append((resolved, row.english, row_context or None))
     return requests
@@ -164,7 +166,7 @@ def check_translate(
             raise ConfigError("the English TEXT is empty: give the text to translate, or --input FILE")
         return Asked([(resolve_dialect(dialect, known), english, context or None)], None, None)
     target = output_path_for(input_path, output)  # the file first: a broken one fails before any model is looked at
-    frame, rows = read_inputs(input_path, settings.max_data_file_mb)
+    frame, rows = read_inputs(input_path, settings.max_data_file_mb, settings.sheet_name)
     row_word = "line" if input_path.suffix.lower() == ".jsonl" else "row"
     shown = repr(printable(str(input_path)))
     requests = requests_for(rows, dialect, context, known, row_word, shown)
