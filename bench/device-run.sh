@@ -6,6 +6,8 @@
 #   bash bench/device-run.sh profile [OUT]     where a default step's time goes (bench/profile_step.py)
 #   bash bench/device-run.sh host [OUT]        where the step's host time goes: py-spy over the defaults' 40 steps, by
 #                                              phase and by Python function (bench/host_profile.py)
+#   bash bench/device-run.sh graphs [OUT]      the defaults' forward + backward eager against each decoder layer as a
+#                                              CUDA graph, one fixed batch (bench/graph_probe.py)
 #   bash bench/device-run.sh all [OUT]         bench, then the GPU tests (beside it on a second GPU, if there is one)
 #   bash bench/device-run.sh levers [OUT]      the speed overrides' same-call pairs (bench.py's levers, bench/ablate.py;
 #                                              BENCH_ONLY: some of them, e.g. "levers: defaults;levers: CUBLAS")
@@ -105,6 +107,13 @@ host() {  # py-spy over the defaults' levers row; OUT/host/: the raw samples, th
     head -45 "$OUT/host/functions.txt"
 }
 
+graphs() {  # what CUDA graphs of the decoder layers would take off the step; OUT/graph-probe.json
+    say "CUDA graphs of the decoder layers (probe)"
+    CUDA_VISIBLE_DEVICES=0 timeout "$(left 5)" "$PY" bench/graph_probe.py --work /tmp/saudial-bench \
+        --json "$OUT/graph-probe.json" 2>&1 | grep --line-buffered -v "it/s\]" > "$OUT/graphs.log"
+    tail -3 "$OUT/graphs.log"
+}
+
 family() {  # each LFM2 size's whole run with its recipe; results in OUT/family/ (family.json after every run)
     say "LFM2 family on GPU 0: ${FAMILY_SIZES:-all sizes}"
     CUDA_VISIBLE_DEVICES=0 timeout "$(left 5)" "$PY" bench/family.py --out "$OUT/family" \
@@ -134,6 +143,7 @@ gpu-tests) setup_stack project && gpu_tests 0 ;;
 bench) setup_stack unsloth && bench 0 ;;
 profile) setup_stack project && profile ;;
 host) setup_stack project && host ;;
+graphs) setup_stack project && graphs ;;
 all)
     setup_stack unsloth
     if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
@@ -147,6 +157,6 @@ all)
         gpu_tests 0
     fi
     ;;
-*) sed -n '2,20p' "$0" >&2; exit 2 ;;
+*) sed -n '2,22p' "$0" >&2; exit 2 ;;
 esac
 say "done: $OUT"
