@@ -3,14 +3,14 @@
     SAUDIAL_DATA=... SAUDIAL_MODEL_NAME_OR_PATH=... python bench/graph_probe.py [--iters 20] [--json OUT.json]
     python bench/graph_probe.py --work /tmp/saudial-bench     the bench's LFM2-1.2B and 1,000 rows (bench/bench.py)
 
-The default step is bound by the host that launches its kernels (docs/benchmarks.md, What limits speed now).
 A CUDA graph replays a layer's kernels, forward and backward, with one launch from the host. This probe measures
-how much of the step that would take away before any of it is built into training: the trainer is the one
+what that would take off the defaults' step before any of it is built into training: the trainer is the one
 `saudial.training.trainer.build_trainer` makes (the fused LoRA step, the Triton kernels, varlen attention), the
 batch is its first padding-free batch, and each decoder layer is captured with `torch.cuda.make_graphed_callables`
 at that batch's shape (training would need the shape fixed: the row padded to a bucket of tokens). It prints the
 forward + backward time a step, eager and graphed (the loss head and the embedding stay eager in both), the
-capture's time and memory, and whether the loss and the LoRA gradients match. The optimizer is not timed.
+capture's time and memory, and whether the loss and the LoRA gradients match. The optimizer is not timed. On an
+H100 (2026-12-07) the two took the same time: the forward and backward are bound by the GPU (docs/benchmarks.md).
 `--cpu-check`: the same path without graphs, on the CPU (the wrapper must give the eager loss exactly;
 tests/test_graph_probe.py). `bash bench/device-run.sh graphs` runs it on a GPU.
 """
