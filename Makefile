@@ -8,12 +8,13 @@ PY := $(VENV)/bin/python
 SAUDIAL := $(VENV)/bin/saudial
 # `make train` trains on SAUDIAL_DATA, or on the bundled synthetic sample when it is unset.
 SAMPLE := samples/saudial_synthetic_sample.xlsx
+CHAT_SAMPLE := samples/saudial_synthetic_chat.jsonl
 SAUDIAL_DATA ?= $(SAMPLE)
 # The demo's tiny model and adapter: outside `outputs` (the default SAUDIAL_OUTPUT_DIR), so that `make train`
 # after `make demo` finds its output folder as it was (a folder holding anything saudial did not write is refused).
 DEMO_DIR ?= runs/demo
 
-.PHONY: help setup setup-dev train demo test test-fast test-gpu lint bench bench-peers
+.PHONY: help setup setup-dev train demo demo-chat test test-fast test-gpu lint bench bench-peers
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,6 +41,17 @@ demo: setup ## The whole pipeline offline on the CPU in about a minute, with a t
 	$(SAUDIAL) train
 	@echo 'demo: done. Try it:'
 	@echo '  $(SAUDIAL) translate --adapter $(DEMO_DIR)/adapter --dialect Najdi "Open the old door."'
+
+# The same for the chat task (SAUDIAL_TASK=chat) on the synthetic conversations, then one reply.
+demo-chat: setup ## The chat task's pipeline offline on the CPU, with the same tiny LFM2 and synthetic conversations
+	@$(PY) -m saudial.devtools.tiny $(DEMO_DIR)/tiny-lfm2
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 SAUDIAL_DATA="$(CHAT_SAMPLE)" SAUDIAL_TASK=chat \
+	SAUDIAL_MODEL_NAME_OR_PATH=$(DEMO_DIR)/tiny-lfm2 SAUDIAL_QUANTIZATION=none SAUDIAL_OUTPUT_DIR=$(DEMO_DIR)/chat \
+	SAUDIAL_OVERWRITE_OUTPUT_DIR=true SAUDIAL_LEARNING_RATE=2e-3 SAUDIAL_NUM_TRAIN_EPOCHS=2 SAUDIAL_LOGGING_STEPS=2 \
+	SAUDIAL_MAX_EVAL_SAMPLES=8 SAUDIAL_MAX_NEW_TOKENS=32 \
+	$(SAUDIAL) train
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 SAUDIAL_MAX_NEW_TOKENS=32 \
+	$(SAUDIAL) chat --adapter $(DEMO_DIR)/chat --system "Answer in Najdi Arabic." "Open the old door."
 
 # The test suite. scripts/setup.sh itself is checked by CI's own `make setup-dev` on each run (.ci/run), not
 # by a test that builds a second venv. One pytest worker per core (pytest-xdist; TEST_WORKERS=0: in one

@@ -160,6 +160,19 @@ def test_the_local_cards_snippet_runs_from_any_folder(
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def test_the_synthetic_chat_sample_is_the_generators_and_reads_as_chat(tmp_path: Path) -> None:
+    """samples/saudial_synthetic_chat.jsonl (`make demo-chat`) is what its generator writes, read as conversations."""
+    from saudial.data.conversations import ChatData, load_configured_data
+    from saudial.devtools import synthetic
+
+    chat_sample = REPO / "samples" / "saudial_synthetic_chat.jsonl"
+    again = synthetic.write_jsonl(tmp_path / "chat.jsonl", synthetic.make_conversations(120))
+    assert again.read_bytes() == chat_sample.read_bytes(), "regenerate: python -m saudial.devtools.synthetic --chat"
+    data = load_configured_data(Settings(data=chat_sample, task="auto"))
+    assert isinstance(data, ChatData) and len(data.conversations) == 120 and data.duplicates_removed == 0
+    assert "samples/saudial_synthetic_chat.jsonl" in (REPO / "Makefile").read_text()
+
+
 def test_the_synthetic_sample_is_named_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The bundled sample (and any file devtools/synthetic.py writes) is found by its Scenario mark, and the data
     summary and the model card say "synthetic sample (not SauDial)"; a file without the mark is not."""

@@ -1,6 +1,6 @@
 """Learning, measured: train the tiny LFM2 on a learnable synthetic task, evaluate, expect a gain.
 
-The synthetic "translations" (saudial/synthetic.py) are a fixed word-by-word code per dialect over a
+The synthetic "translations" (saudial/devtools/synthetic.py) are a fixed word-by-word code per dialect over a
 small vocabulary; held-out sentences are made of seen words. The whole path runs for real through
 the entry point: SFTTrainer with the prompt/completion loss, the adapter saved, then evaluation
 generating with the same prompt and scoring chrF++ for the base model (adapter switched off: exactly

@@ -14,18 +14,21 @@ published file does to it:
 
 The "translations" are a fixed word-by-word code per dialect over a small English vocabulary: NOT
 Arabic translations, but a task a small model can learn, with held-out sentences made of seen words.
-Every file written here says SYNTHETIC in its Scenario column and in its name.
+Every file written here says SYNTHETIC in its Scenario column and in its name. `make_conversations` turns the same
+rows into chat data (SAUDIAL_TASK=chat, TRL's `messages` format) for `make demo-chat` and the tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from saudial.data.text import SYNTHETIC_MARK
+from saudial.data.text import SYNTHETIC_MARK, clean_text
 
 DIALECT_SHARES = {"Najdi": 271, "Hijazi": 265, "Eastern": 241, "Southern": 223}
 COLUMNS = [
@@ -194,12 +197,46 @@ def write(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def make_conversations(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` conversations from synthetic rows: a system prompt naming the dialect, an English line as the user's turn
+    and its coded "translation" as the assistant's, one exchange or two; every fifth a conversational
+    prompt/completion pair instead (only its completion is learned)."""
+    frame = make_rows(max(2 * n, 20), seed)
+    rows = [
+        (str(d), clean_text(e), clean_text(t))
+        for d, e, t in zip(frame["Dialect"], frame["English Text"], frame["Dialect Translation"], strict=True)
+    ]
+    lines: list[dict[str, Any]] = []
+    for i in range(n):
+        dialect, english, reply = rows[2 * i]
+        _, english2, reply2 = rows[2 * i + 1]
+        system = {"role": "system", "content": f"Answer in {dialect} Arabic."}
+        turns = [{"role": "user", "content": english}, {"role": "assistant", "content": reply}]
+        if i % 2:
+            turns += [{"role": "user", "content": english2}, {"role": "assistant", "content": reply2}]
+        if i % 5 == 4:
+            lines.append({"prompt": [system, *turns[:-1]], "completion": turns[-1:], "dialect": dialect})
+        else:
+            lines.append({"messages": [system, *turns], "dialect": dialect})
+    return lines
+
+
+def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write a synthetic SauDial-shaped data file.")
     parser.add_argument("output", type=Path, help="file to write: .xlsx, .csv, .jsonl or .parquet")
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chat", action="store_true", help="conversations (.jsonl) instead of workbook rows")
     args = parser.parse_args(argv)
+    if args.chat:
+        write_jsonl(args.output, make_conversations(args.rows, args.seed))
+        print(f"wrote {args.rows} synthetic conversations to {args.output}")
+        return
     write(make_rows(args.rows, args.seed), args.output)
     print(f"wrote {args.rows} synthetic rows to {args.output}")
 
