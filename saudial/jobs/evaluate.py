@@ -46,7 +46,7 @@ def run_evaluate(settings: Settings, adapter_dir: Path) -> dict[str, Any]:
     explicit_output = "output_dir" in settings.model_fields_set
     settings = settings_for_adapter(settings, adapter_dir)
     if settings.eval == "none":
-        log.info("SAUDIAL_EVAL=none: nothing to do")
+        log.info("eval is none (SAUDIAL_EVAL or --eval): nothing to evaluate; --eval full or loss evaluates")
         return {}
     output_dir = settings.output_dir if explicit_output else adapter_dir
     elsewhere = explicit_output and output_dir.resolve() != adapter_dir.resolve()

@@ -116,7 +116,8 @@ def deliver(
         frame[column] = results
         assert target is not None
         write_table(frame, target)
-        log.info("%d %s written to %s", len(results) - skipped, plural, target)
+        written = len(results) - skipped
+        log.info("%d %s written to %s", written, noun if written == 1 else plural, target)
     if empty := sum(not text for text in results) - skipped:
         log.warning(
             "%s: the model wrote only whitespace or its end token. An untrained or barely trained adapter does this "
