@@ -29,6 +29,8 @@ from saudial.rundir.record import trained_task
 
 log = logging.getLogger(__name__)
 
+HEADERS = workbook.REQUIRED_COLUMNS | workbook.OPTIONAL_COLUMNS  # the published headers of the columns read here
+
 TRANSLATION_COLUMN = "Model Translation"
 
 
@@ -78,23 +80,22 @@ def read_inputs(path: Path, max_mb: int, sheet_name: str | None = None) -> tuple
     (required), dialect and context (optional)."""
     table = read_table(path, sheet_name, max_mb=max_mb, setting="--input")
     frame = table.frame
-    headers = workbook.REQUIRED_COLUMNS | workbook.OPTIONAL_COLUMNS
-    english = workbook.find_column(frame, headers["english"], table.shown)
+    english = workbook.find_column(frame, HEADERS["english"], table.shown)
     if english is None:
         english = workbook.find_column(frame, "english", table.shown)
     if english is None:
         raise DataError(
-            f"{table.shown} has no '{headers['english']}' column "
+            f"{table.shown} has no '{HEADERS['english']}' column "
             f"(found {describe_names(frame.columns)}): give the column of English text that header"
             + (", or name the sheet that has it with --sheet-name" if table.suffix in (".xlsx", ".xlsm") else "")
         )
     columns = {"english": english}
     for name in ("dialect", "context"):
-        found = workbook.find_column(frame, headers[name], table.shown)
+        found = workbook.find_column(frame, HEADERS[name], table.shown)
         if found is not None:
             columns[name] = found
     used = pd.DataFrame(columns, index=frame.index)
-    workbook.check_text(table, used, {name: headers[name] for name in columns})  # named as published
+    workbook.check_text(table, used, {name: HEADERS[name] for name in columns})  # named as published
     used, removed = workbook.clean_columns(used)
     if removed:
         log.warning(
@@ -115,7 +116,6 @@ def requests_for(
     """(dialect, English, context) of each row of the file `shown`: what generate.Request takes; None for a row
     without English text, which gets no translation (said here, before any model loads)."""
     requests: list[tuple[str, str, str | None] | None] = []
-    header = (workbook.REQUIRED_COLUMNS | workbook.OPTIONAL_COLUMNS)["dialect"]
     if blank := [row.number for row in rows if not row.english.strip()]:
         numbers = ", ".join(map(str, blank[:8])) + (f" and {len(blank) - 8} more" if len(blank) > 8 else "")
         words = f"{row_word}s" if len(blank) > 1 else row_word
@@ -128,7 +128,7 @@ def requests_for(
             choices = ", ".join(known) or "the dialects the adapter was trained on"
             raise ConfigError(
                 f"{shown} {row_word} {row.number} has no dialect: pass --dialect (one of {choices}) for the whole "
-                f"file, or give each row one in a '{header}' column"
+                f"file, or give each row one in a '{HEADERS['dialect']}' column"
             )
         # --dialect / --context win over the file's columns.
         resolved = resolve_dialect(dialect or row.dialect, known, where=f"{shown} {row_word} {row.number}: dialect")
@@ -171,8 +171,7 @@ def check_translate(
     shown = repr(printable(str(input_path)))
     requests = requests_for(rows, dialect, context, known, row_word, shown)
     if not any(requests):
-        english = (workbook.REQUIRED_COLUMNS | workbook.OPTIONAL_COLUMNS)["english"]
-        raise DataError(f"{shown} has no English text in any {row_word}: fill its '{english}' column")
+        raise DataError(f"{shown} has no English text in any {row_word}: fill its '{HEADERS['english']}' column")
     check_output_folder(target)  # last: a command refused by any other check writes nothing
     return Asked(requests, frame, target)
 

@@ -12,8 +12,8 @@ that exists at the freeze (little, at start-up) is kept for the life of the proc
 `paused` does the same for the data's preparation, without the freeze: the records and their token ids are
 millions of lists, and each collection their making triggers scans those made so far. Preparing 100,000 rows
 took 12.8-13.7 s with it paused against 14.2-14.4 s (2 CPU cores, bench/startup.py's child on the bench's
-100,000-row workbook). Reading the workbook first, before the model libraries are imported, gained nothing
-from it. The cyclic garbage made meanwhile is collected once at its end (~0.1 s for 100,000 rows).
+100,000-row workbook). The same pause around reading the workbook gained nothing, so it has none. The cyclic
+garbage made meanwhile is collected once at its end (~0.1 s for 100,000 rows).
 """
 
 from __future__ import annotations
