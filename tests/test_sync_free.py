@@ -17,7 +17,7 @@ import datasets
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 from trl import SFTTrainer
 from trl.trainer.utils import add_fused_lm_head
 
@@ -28,6 +28,7 @@ from saudial.errors import EXIT_TRAINING, TrainingError
 from saudial.model import lm_head, short_conv
 from saudial.model.loading import load_model, load_tokenizer
 from saudial.model.lora import lora_config
+from saudial.training.late_log import LateLogs
 from saudial.training.sync_free import NON_PAD_TOKENS, SyncFreeSFTTrainer
 from saudial.training.trainer import padding_free_collator, sft_config
 from tests.adapter_run import copy_run, trained_adapter
@@ -95,10 +96,69 @@ def test_same_losses_metrics_and_token_counts_as_trls_trainer(tiny_model: Path, 
     assert "eval_loss" in logs[-1] and "eval_mean_token_accuracy" in logs[-1]
     assert ours.state.num_input_tokens_seen == upstream.state.num_input_tokens_seen > 0
     assert ours.host_counted_batches == STEPS, "transformers no longer calls _track_num_input_tokens"
+    assert ours.late_logs == STEPS - 1  # training/late_log.py: the last step logs at once, as it ends training
     assert ours.state.total_flos == upstream.state.total_flos > 0
     ours_only = {(training, k) for training, k in ours.model_kwargs if k.startswith("saudial_")}
     assert ours_only == {(True, lm_head.POSITIONS), (True, lm_head.TARGETS)}
     assert not any(k.startswith("saudial_") for _, k in upstream.model_kwargs)
+
+
+@pytest.mark.gpu
+def test_logs_read_a_step_late_on_the_gpu_equal_logs_read_at_their_step(
+    tiny_model: Path, workbook: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """training/late_log.py on CUDA (pinned memory, an event): the same logs as the Trainer reading each at its
+    step. Atomics in the GPU's backward may round differently from run to run: close, not bitwise."""
+    late, logs = _train(SyncFreeSFTTrainer, tiny_model, workbook, tmp_path / "late")
+    monkeypatch.setattr(LateLogs, "_log_late_ok", lambda self: False)
+    at_once, expected = _train(SyncFreeSFTTrainer, tiny_model, workbook, tmp_path / "at-once")
+    assert next(late.model.parameters()).is_cuda
+    assert (late.late_logs, at_once.late_logs) == (STEPS - 1, 0)
+    assert [sorted(e) for e in logs] == [sorted(e) for e in expected]
+    for mine, theirs in zip(logs, expected, strict=True):
+        assert mine == pytest.approx(theirs, rel=1e-4, abs=1e-6)
+        assert {k: v for k, v in mine.items() if isinstance(v, int)} == {
+            k: v for k, v in theirs.items() if isinstance(v, int)
+        }
+
+
+def test_the_clipping_over_the_trainable_parameters_is_upstreams(tiny_model: Path, tmp_path: Path) -> None:
+    """SyncFreeSFTTrainer clips the gradients it found once; upstream (accelerate) searches every parameter each
+    step: the same norm and the same clipped gradients, with a limit the gradients exceed."""
+    settings = Settings(
+        model_name_or_path=str(tiny_model), quantization="none", output_dir=tmp_path, report_to="none",
+        max_grad_norm=1e-3,
+    )  # fmt: skip
+    tokenizer = load_tokenizer(settings)
+    short_conv.install_boundary_aware_conv()
+    examples = datasets.Dataset.from_list([{"input_ids": list(range(5, 5 + n))} for n in (7, 3, 11)])
+    trainer = SyncFreeSFTTrainer(
+        model=load_model(settings),
+        args=sft_config(settings, torch.float32),
+        data_collator=padding_free_collator(tokenizer.pad_token_id, 64, count_tokens=True),
+        train_dataset=examples,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings),
+    )
+    model: Any = trainer.model
+    model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch.pop(NON_PAD_TOKENS)
+    trainer.compute_loss(model, batch).backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    assert grads and all(p.requires_grad for name, p in model.named_parameters() if name in grads)
+    clipped = []
+    for clip in (trainer._clip_grad_norm, lambda m: Trainer._clip_grad_norm(trainer, m)):
+        for name, p in model.named_parameters():
+            if name in grads:
+                p.grad = grads[name].clone()
+        norm = clip(model)
+        clipped.append((norm, {name: p.grad for name, p in model.named_parameters() if name in grads}))
+    (ours, our_grads), (theirs, their_grads) = clipped
+    assert torch.equal(ours, theirs) and float(ours) > 1e-3
+    assert all(torch.equal(our_grads[name], their_grads[name]) for name in grads)
+    assert any(not torch.equal(our_grads[name], grads[name]) for name in grads)  # the limit clipped them
+    assert trainer._trainable is not None and len(trainer._trainable) == len(grads)
 
 
 @pytest.mark.slow

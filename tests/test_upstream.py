@@ -132,6 +132,19 @@ def test_trainer_methods_sync_free_overrides_keep_their_signatures() -> None:
         (SFTTrainer, "compute_loss"): ["self", "model", "inputs", "return_outputs", "num_items_in_batch"],
         (Trainer, "log"): ["self", "logs", "start_time"],
         (Trainer, "_save_checkpoint"): ["self", "model", "trial"],
+        (Trainer, "floating_point_ops"): ["self", "inputs"],
+        (Trainer, "_clip_grad_norm"): ["self", "model"],
+        (Trainer, "_maybe_log_save_evaluate"): [
+            "self",
+            "tr_loss",
+            "grad_norm",
+            "model",
+            "trial",
+            "epoch",
+            "ignore_keys_for_eval",
+            "start_time",
+            "learning_rate",
+        ],
         (DataCollatorForLanguageModeling, "torch_call"): ["self", "examples"],
     }
     for (cls, name), names in expected.items():
@@ -141,6 +154,16 @@ def test_trainer_methods_sync_free_overrides_keep_their_signatures() -> None:
     source = inspect.getsource(Trainer)
     assert "self._track_num_input_tokens(inputs)" in source, "the Trainer no longer counts tokens there"
     assert "self._tr_loss = torch.tensor" in source, "the Trainer's on-device running loss (_save_checkpoint reads it)"
+    # What training/late_log.py writes one step late: upstream's log of a step, line for line.
+    for line in (
+        "tr_loss_scalar = nested_gather(tr_loss, self.args.parallel_mode).mean().item()",
+        'logs["loss"] = tr_loss_scalar / (self.state.global_step - self._globalstep_last_logged)',
+        'logs["grad_norm"] = grad_norm.item() if isinstance(grad_norm, torch.Tensor) else grad_norm',
+        "self._total_loss_scalar += tr_loss_scalar",
+        "self._maybe_log_save_evaluate(",
+        "return 6 * inputs[main_input].numel() * self.model.num_parameters(exclude_embeddings=True)",
+    ):
+        assert line in source, f"the Trainer changed ({line}): review training/late_log.py and sync_free.py"
 
 
 def test_sft_trainer_state_that_sync_free_reads(tiny_model: Path, tmp_path: Path) -> None:
