@@ -68,24 +68,12 @@ def _logs_read_at_once() -> None:
     _replace(late_log.LateLogs, "_log_late_ok", lambda self: False)
 
 
-def _bookkeeping_every_step() -> None:
-    """The FLOPs' parameter count and the clipping's search for gradients done every step, as upstream does them
-    (training/sync_free.py does them once)."""
-    from transformers import Trainer
-
-    from saudial.training.sync_free import SyncFreeSFTTrainer
-
-    _replace(SyncFreeSFTTrainer, "floating_point_ops", Trainer.floating_point_ops)
-    _replace(SyncFreeSFTTrainer, "_clip_grad_norm", Trainer._clip_grad_norm)
-
-
 WITHOUT: dict[str, Callable[[], None]] = {
     "compact-loss-head": _trl_loss_head,
     "cudnn-attention-off": _cudnn_attention,
     "stacked-lora": _one_step_per_layer,
     "qk-rope": _qk_norm_then_rope,
     "late-log": _logs_read_at_once,
-    "step-bookkeeping": _bookkeeping_every_step,
 }
 
 

@@ -105,7 +105,6 @@ def levers(smoke: bool) -> list[tuple[str, dict[str, str], int | None]]:
     steps = 4 if smoke else 40
     without = [
         ("logs read at their step", {"BENCH_WITHOUT": "late-log"}),
-        ("upstream's bookkeeping every step", {"BENCH_WITHOUT": "step-bookkeeping"}),
         ("logging every 10 steps (users' default)", DEFAULT_LOGGING),
         ("TRL's loss head", {"BENCH_WITHOUT": "compact-loss-head"}),
         ("LoRA layers of one input unstacked", {"BENCH_WITHOUT": "stacked-lora"}),

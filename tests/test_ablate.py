@@ -11,7 +11,6 @@ import torch
 from bench import ablate
 from saudial.model import lm_head, patches, qk_kernels, stacked_lora
 from saudial.training.late_log import LateLogs
-from saudial.training.sync_free import SyncFreeSFTTrainer
 
 
 @pytest.fixture
@@ -22,8 +21,6 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.setattr(stacked_lora, "stacked", stacked_lora.stacked)
     monkeypatch.setattr(qk_kernels, "covers", qk_kernels.covers)
     monkeypatch.setattr(LateLogs, "_log_late_ok", LateLogs._log_late_ok)
-    for name in ("floating_point_ops", "_clip_grad_norm"):
-        monkeypatch.setattr(SyncFreeSFTTrainer, name, getattr(SyncFreeSFTTrainer, name))
     return monkeypatch
 
 
@@ -56,12 +53,6 @@ def test_each_ablation_takes_its_override_out(restored: pytest.MonkeyPatch) -> N
 
     ablate.WITHOUT["late-log"]()
     assert LateLogs._log_late_ok(None) is False  # type: ignore[arg-type]  # every log read at its step
-
-    from transformers import Trainer
-
-    ablate.WITHOUT["step-bookkeeping"]()
-    assert SyncFreeSFTTrainer.floating_point_ops is Trainer.floating_point_ops
-    assert SyncFreeSFTTrainer._clip_grad_norm is Trainer._clip_grad_norm
 
 
 def test_an_ablation_whose_function_is_gone_stops_instead_of_measuring_nothing(restored: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ import datasets
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 from trl import SFTTrainer
 from trl.trainer.utils import add_fused_lm_head
 
@@ -120,45 +120,6 @@ def test_logs_read_a_step_late_on_the_gpu_equal_logs_read_at_their_step(
         assert {k: v for k, v in mine.items() if isinstance(v, int)} == {
             k: v for k, v in theirs.items() if isinstance(v, int)
         }
-
-
-def test_the_clipping_over_the_trainable_parameters_is_upstreams(tiny_model: Path, tmp_path: Path) -> None:
-    """SyncFreeSFTTrainer clips the gradients it found once; upstream (accelerate) searches every parameter each
-    step: the same norm and the same clipped gradients, with a limit the gradients exceed."""
-    settings = Settings(
-        model_name_or_path=str(tiny_model), quantization="none", output_dir=tmp_path, report_to="none",
-        max_grad_norm=1e-3,
-    )  # fmt: skip
-    tokenizer = load_tokenizer(settings)
-    short_conv.install_boundary_aware_conv()
-    examples = datasets.Dataset.from_list([{"input_ids": list(range(5, 5 + n))} for n in (7, 3, 11)])
-    trainer = SyncFreeSFTTrainer(
-        model=load_model(settings),
-        args=sft_config(settings, torch.float32),
-        data_collator=padding_free_collator(tokenizer.pad_token_id, 64, count_tokens=True),
-        train_dataset=examples,
-        processing_class=tokenizer,
-        peft_config=lora_config(settings),
-    )
-    model: Any = trainer.model
-    model.train()
-    batch = next(iter(trainer.get_train_dataloader()))
-    batch.pop(NON_PAD_TOKENS)
-    trainer.compute_loss(model, batch).backward()
-    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-    assert grads and all(p.requires_grad for name, p in model.named_parameters() if name in grads)
-    clipped = []
-    for clip in (trainer._clip_grad_norm, lambda m: Trainer._clip_grad_norm(trainer, m)):
-        for name, p in model.named_parameters():
-            if name in grads:
-                p.grad = grads[name].clone()
-        norm = clip(model)
-        clipped.append((norm, {name: p.grad for name, p in model.named_parameters() if name in grads}))
-    (ours, our_grads), (theirs, their_grads) = clipped
-    assert torch.equal(ours, theirs) and float(ours) > 1e-3
-    assert all(torch.equal(our_grads[name], their_grads[name]) for name in grads)
-    assert any(not torch.equal(our_grads[name], grads[name]) for name in grads)  # the limit clipped them
-    assert trainer._trainable is not None and len(trainer._trainable) == len(grads)
 
 
 @pytest.mark.slow

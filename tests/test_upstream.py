@@ -132,8 +132,6 @@ def test_trainer_methods_sync_free_overrides_keep_their_signatures() -> None:
         (SFTTrainer, "compute_loss"): ["self", "model", "inputs", "return_outputs", "num_items_in_batch"],
         (Trainer, "log"): ["self", "logs", "start_time"],
         (Trainer, "_save_checkpoint"): ["self", "model", "trial"],
-        (Trainer, "floating_point_ops"): ["self", "inputs"],
-        (Trainer, "_clip_grad_norm"): ["self", "model"],
         (Trainer, "_maybe_log_save_evaluate"): [
             "self",
             "tr_loss",
@@ -161,9 +159,8 @@ def test_trainer_methods_sync_free_overrides_keep_their_signatures() -> None:
         'logs["grad_norm"] = grad_norm.item() if isinstance(grad_norm, torch.Tensor) else grad_norm',
         "self._total_loss_scalar += tr_loss_scalar",
         "self._maybe_log_save_evaluate(",
-        "return 6 * inputs[main_input].numel() * self.model.num_parameters(exclude_embeddings=True)",
     ):
-        assert line in source, f"the Trainer changed ({line}): review training/late_log.py and sync_free.py"
+        assert line in source, f"the Trainer changed ({line}): review training/late_log.py"
 
 
 def test_sft_trainer_state_that_sync_free_reads(tiny_model: Path, tmp_path: Path) -> None:

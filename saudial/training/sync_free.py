@@ -21,11 +21,7 @@ mean of the earlier losses in its place), and the run stops there with a `Traini
 or at a checkpoint before it (which also checks that the trained weights are finite: a step with a finite
 loss and a NaN gradient norm makes them NaN), so that no diverged adapter or checkpoint is saved.
 
-The log itself reads the GPU one step late (training/late_log.py). Between the backward and the optimizer, the
-host work that upstream repeats every step is done once: the parameters counted for the FLOPs (upstream walks
-every module of the model each step), and the trainable parameters found for the gradient clipping (accelerate
-walks every parameter, the frozen 4-bit base's included, twice). The GPU idles while the host does that work
-(bench/profile_step.py's gaps).
+The log itself reads the GPU one step late (training/late_log.py).
 
 tests/test_sync_free.py checks the loss, the logged metrics (the gradient norm among them), the FLOPs and the
 token count against TRL's own trainer, and that the overridden Trainer method is still called.
@@ -37,8 +33,6 @@ import math
 from typing import Any
 
 import torch
-from accelerate.utils import DistributedType
-from transformers.utils import is_sagemaker_mp_enabled
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from saudial.errors import TrainingError
@@ -79,8 +73,6 @@ class SyncFreeSFTTrainer(LateLogs):
         self._pending_tokens: list[torch.Tensor] = []  # per step tokens (TRL's num_tokens) when not known on host
         # Gradient checkpointing fitted to each micro-batch's tokens (training/checkpointing.py), if any.
         self.activation_fit: activation_memory.Fit | None = None
-        self._counted_parameters: int | None = None  # for the FLOPs: the model's, embeddings left out
-        self._trainable: list[torch.nn.Parameter] | None = None  # the parameters that can have a gradient
 
     # The loaders' worker processes ignore SIGTERM/SIGINT: this process stops the run (process/signals.QuietWorker).
     def get_train_dataloader(self) -> Any:
@@ -103,27 +95,6 @@ class SyncFreeSFTTrainer(LateLogs):
             return
         self.state.num_input_tokens_seen += self._host_tokens
         self.host_counted_batches += 1
-
-    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
-        # Upstream: 6 x tokens x `num_parameters(exclude_embeddings=True)`, whose count walks the model every step.
-        model: Any = self.model
-        main_input = getattr(model, "main_input_name", "input_ids")
-        if main_input not in inputs or not hasattr(model, "num_parameters"):
-            return super().floating_point_ops(inputs)
-        if self._counted_parameters is None:
-            self._counted_parameters = int(model.num_parameters(exclude_embeddings=True))
-        return 6 * inputs[main_input].numel() * self._counted_parameters
-
-    def _clip_grad_norm(self, model: Any) -> Any:
-        # Upstream (accelerate 1.15 `clip_grad_norm_` on one GPU or DDP): the gradient scaler's unscale, then
-        # torch's clip over `model.parameters()`, which keeps those with a gradient: the trainable ones.
-        plain = self.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU)
-        if not plain or is_sagemaker_mp_enabled() or self._has_mixed_mesh_grads(model):
-            return super()._clip_grad_norm(model)
-        if self._trainable is None:
-            self._trainable = [p for p in model.parameters() if p.requires_grad]
-        self.accelerator.unscale_gradients()
-        return torch.nn.utils.clip_grad_norm_(self._trainable, self.args.max_grad_norm)
 
     def _plain_loss(self) -> bool:
         """Whether TRL's compute_loss would take its plain path: the fused LM head's mean token NLL."""
