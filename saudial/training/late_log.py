@@ -100,7 +100,7 @@ class LateLogs(SFTTrainer):
         copied = None
         if on_gpu.is_cuda:
             copied = torch.cuda.Event()
-            copied.record()
+            copied.record(torch.cuda.current_stream(on_gpu.device))  # the stream the copy was queued on
         tr_loss -= tr_loss  # queued behind the copy above
         logs: dict[str, Any] = {}
         if grad_norm is not None and not norm_on_gpu:
