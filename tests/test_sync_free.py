@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
+from transformers.trainer_utils import IntervalStrategy
 from trl import SFTTrainer
 from trl.trainer.utils import add_fused_lm_head
 
@@ -40,14 +41,18 @@ TIMINGS = {"train_runtime", "train_tokens_per_second", "train_samples_per_second
 TIMINGS |= {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
 
 
-def _train(kind: type[SFTTrainer], tiny_model: Path, workbook: Path, out: Path) -> tuple[Any, list[dict[str, Any]]]:
-    """3 logged steps and an evaluation; what the model was called with is kept in `trainer.model_kwargs`."""
+def _train(
+    kind: type[SFTTrainer], tiny_model: Path, workbook: Path, out: Path, *, stop_epoch_at: int | None = None
+) -> tuple[Any, list[dict[str, Any]]]:
+    """3 logged steps and an evaluation; what the model was called with is kept in `trainer.model_kwargs`.
+    `stop_epoch_at`: instead, one epoch logged at its end, which a callback stops at that step."""
     settings = Settings(
         data=workbook,
         model_name_or_path=str(tiny_model),
         quantization="none",
         output_dir=out,
-        max_steps=STEPS,
+        max_steps=STEPS if stop_epoch_at is None else -1,
+        num_train_epochs=1,
         logging_steps=1,
         per_device_train_batch_size=4,
         report_to="none",
@@ -56,14 +61,18 @@ def _train(kind: type[SFTTrainer], tiny_model: Path, workbook: Path, out: Path) 
     short_conv.install_boundary_aware_conv()  # padding-free rows, as build_trainer runs them
     torch.manual_seed(0)
     rows = to_prompt_completion(load(workbook).rows.head(32))
+    args = sft_config(settings, torch.float32)
+    if stop_epoch_at is not None:
+        args.logging_strategy = IntervalStrategy.EPOCH
     trainer = kind(
         model=load_model(settings),
-        args=sft_config(settings, torch.float32),
+        args=args,
         data_collator=padding_free_collator(tokenizer.pad_token_id, 64, count_tokens=kind is SyncFreeSFTTrainer),
         train_dataset=rows.select(range(24)),
         eval_dataset=rows.select(range(24, 32)),
         processing_class=tokenizer,
         peft_config=lora_config(settings),
+        callbacks=[] if stop_epoch_at is None else [_StopEpoch(stop_epoch_at)],
     )
     seen: set[tuple[bool, str]] = set()  # (training?, keyword) of every call of the model
     trainer.model.register_forward_pre_hook(lambda m, a, kw: seen.update((m.training, k) for k in kw), with_kwargs=True)
@@ -72,6 +81,17 @@ def _train(kind: type[SFTTrainer], tiny_model: Path, workbook: Path, out: Path) 
     trainer.evaluate()
     logs = [{k: v for k, v in entry.items() if k not in TIMINGS} for entry in trainer.state.log_history]
     return trainer, logs
+
+
+class _StopEpoch(TrainerCallback):
+    """Ends the epoch at `step`, as a callback may (`should_epoch_stop`): the epoch ends at a fraction."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            control.should_epoch_stop = True
 
 
 @pytest.mark.slow
@@ -101,6 +121,21 @@ def test_same_losses_metrics_and_token_counts_as_trls_trainer(tiny_model: Path, 
     ours_only = {(training, k) for training, k in ours.model_kwargs if k.startswith("saudial_")}
     assert ours_only == {(True, lm_head.POSITIONS), (True, lm_head.TARGETS)}
     assert not any(k.startswith("saudial_") for _, k in upstream.model_kwargs)
+
+
+@pytest.mark.slow
+def test_a_log_held_when_the_training_loop_ends_is_written_and_summed(
+    tiny_model: Path, workbook: Path, tmp_path: Path
+) -> None:
+    """An epoch stopped by a callback at step 3 of 6, logged at its end: the log held there (no evaluation, no
+    save, no end of training due) is written before the Trainer sums the run's loss, as TRL's trainer logs it."""
+    _, expected = _train(SFTTrainer, tiny_model, workbook, tmp_path / "trl", stop_epoch_at=3)
+    ours, logs = _train(SyncFreeSFTTrainer, tiny_model, workbook, tmp_path / "ours", stop_epoch_at=3)
+    assert [(e["step"], sorted(e)) for e in logs] == [(e["step"], sorted(e)) for e in expected]
+    assert logs[0]["step"] == 3 and "loss" in logs[0] and logs[1]["train_loss"] > 0
+    for mine, theirs in zip(logs, expected, strict=True):
+        assert mine == pytest.approx(theirs, rel=1e-5, abs=1e-7)
+    assert ours.late_logs == 1 and ours._late is None
 
 
 @pytest.mark.gpu

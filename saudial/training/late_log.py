@@ -9,9 +9,12 @@ host memory behind its own kernels, without waiting, and the log is written at t
 next step's work in hand. The log carries the step's own values, step, epoch, token counts and elapsed time, and
 reaches the callbacks, trainer_state.json and the NaN stop (training/sync_free.py) one step late.
 
-Nothing waits on the GPU later than upstream where it matters: a step that also evaluates, saves a checkpoint,
-ends an epoch or ends training logs at once (after the late log, in order), and so do runs of several
-processes, whose log gathers the loss over ranks. tests/test_sync_free.py checks that the logs equal TRL's trainer's.
+Nothing waits on the GPU later than upstream where it matters: a step that also evaluates, saves a checkpoint or
+ends training logs at once (after the late log, in order), and so do runs of several processes, whose log
+gathers the loss over ranks. A log still held when the training loop ends (an epoch stopped early by a callback)
+is written before the run's loss is summed. A callback that acts on a log (`on_log`) acts a step later than
+upstream: a stop it asks for comes after one more step (none of saudial's callbacks act there).
+tests/test_sync_free.py checks that the logs equal TRL's trainer's.
 """
 
 from __future__ import annotations
@@ -54,13 +57,19 @@ class LateLogs(SFTTrainer):
     late_logs = 0  # logs written one step late (tests: the path is taken)
 
     def _log_late_ok(self) -> bool:
-        """Whether a logged step may wait: one process (the log's loss is gathered over ranks otherwise), nothing
-        else due at this step that must see the log first, and not the end of an epoch (the Trainer sums the
-        run's loss once the last epoch ends, and an epoch can end before max_steps)."""
-        control, epoch = self.control, self.state.epoch
+        """Whether a logged step may wait: one process (the log's loss is gathered over ranks otherwise) and
+        nothing else due at this step that must see the log first."""
+        control = self.control
         due = control.should_evaluate or control.should_save or control.should_training_stop
-        epoch_ends = epoch is None or epoch == int(epoch)  # epoch + (step + 1) / steps_in_epoch
-        return self.accelerator.num_processes == 1 and not due and not epoch_ends
+        return self.accelerator.num_processes == 1 and not due
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        self._late = None  # nothing held from an earlier call that failed
+        return super().train(*args, **kwargs)
+
+    def _finalize_training(self, trial: Any, num_train_samples: int, start_time: float) -> Any:
+        self._write_late_log()  # before the Trainer sums the run's loss and logs it
+        return super()._finalize_training(trial, num_train_samples, start_time)
 
     def _maybe_log_save_evaluate(
         self,
