@@ -132,6 +132,14 @@ class LateLogs(SFTTrainer):
         self._globalstep_last_logged = self.state.global_step
         self.store_flos()
 
+    def _add_metrics(self, metrics: dict[str, list[Any]], per_step: list[float], counted: int, total: int) -> None:
+        """Into TRL's lists, as its compute_loss appends them: each step's entropy and token accuracy (`per_step`,
+        in pairs), and TRL's token count: `total` before these steps, plus `counted` where the GPU counted them."""
+        metrics["entropy"] += per_step[0::2]
+        metrics["mean_token_accuracy"] += per_step[1::2]
+        self._total_train_tokens += counted // self._tp_size
+        metrics["num_tokens"] = [total + counted // self._tp_size]
+
     def _write_late_log(self) -> None:
         """The held step's log, as upstream writes it, with the trainer's state as it was at that step."""
         held, self._late = self._late, None
@@ -145,14 +153,9 @@ class LateLogs(SFTTrainer):
             logs["grad_norm"] = values[1]
         logs.update(held.logs)
         per_step = values[1 + held.norm_on_gpu : len(values) - held.tokens_on_gpu]
-        held.metrics["entropy"] += per_step[0::2]
-        held.metrics["mean_token_accuracy"] += per_step[1::2]
-        if held.tokens_on_gpu:
-            counted = int(values[-1]) // self._tp_size
-            self._total_train_tokens += counted
-            held.metrics["num_tokens"] = [held.total_tokens + counted]
-        elif per_step:
-            held.metrics["num_tokens"] = [held.total_tokens]
+        if per_step:
+            counted = int(values[-1]) if held.tokens_on_gpu else 0
+            self._add_metrics(held.metrics, per_step, counted, held.total_tokens)
         self._total_loss_scalar += values[0]
         now = (self.state.global_step, self.state.epoch, self.state.num_input_tokens_seen)
         current = (self._metrics["train"], self._pending, self._pending_tokens)

@@ -147,13 +147,9 @@ class SyncFreeSFTTrainer(LateLogs):
         when the token counts are on it too (several processes, or an attention mask)."""
         if not self._pending:
             return
-        metrics = self._metrics["train"]
-        for entropy, accuracy in torch.stack(self._pending).tolist():
-            metrics["entropy"].append(entropy)
-            metrics["mean_token_accuracy"].append(accuracy)
-        if self._pending_tokens:
-            self._total_train_tokens += int(torch.stack(self._pending_tokens).sum()) // self._tp_size
-        metrics["num_tokens"] = [self._total_train_tokens]
+        per_step = torch.stack(self._pending).reshape(-1).tolist()
+        counted = int(torch.stack(self._pending_tokens).sum()) if self._pending_tokens else 0
+        self._add_metrics(self._metrics["train"], per_step, counted, self._total_train_tokens)
         self._pending.clear()
         self._pending_tokens.clear()
 
