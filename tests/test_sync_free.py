@@ -83,6 +83,16 @@ def _train(
     return trainer, logs
 
 
+def _assert_same_logs(logs: list[dict[str, Any]], expected: list[dict[str, Any]], rel: float, abs_: float) -> None:
+    """The same keys in every log, the values close, the counts (steps, tokens) equal."""
+    assert [sorted(e) for e in logs] == [sorted(e) for e in expected]
+    for mine, theirs in zip(logs, expected, strict=True):
+        assert mine == pytest.approx(theirs, rel=rel, abs=abs_)
+        assert {k: v for k, v in mine.items() if isinstance(v, int)} == {
+            k: v for k, v in theirs.items() if isinstance(v, int)
+        }
+
+
 class _StopEpoch(TrainerCallback):
     """Ends the epoch at `step`, as a callback may (`should_epoch_stop`): the epoch ends at a fraction."""
 
@@ -105,12 +115,7 @@ def test_same_losses_metrics_and_token_counts_as_trls_trainer(tiny_model: Path, 
     upstream, expected = _train(SFTTrainer, tiny_model, workbook, tmp_path / "trl")
     ours, logs = _train(SyncFreeSFTTrainer, tiny_model, workbook, tmp_path / "ours")
     assert ours.compact_head
-    assert [sorted(e) for e in logs] == [sorted(e) for e in expected]
-    for mine, theirs in zip(logs, expected, strict=True):
-        assert mine == pytest.approx(theirs, rel=1e-5, abs=1e-7)
-        assert {k: v for k, v in mine.items() if isinstance(v, int)} == {
-            k: v for k, v in theirs.items() if isinstance(v, int)
-        }
+    _assert_same_logs(logs, expected, rel=1e-5, abs_=1e-7)
     logged = ["entropy", "epoch", "grad_norm", "learning_rate", "loss", "mean_token_accuracy"]
     assert [sorted(e) for e in logs[:STEPS]] == [[*logged, "num_input_tokens_seen", "num_tokens", "step"]] * STEPS
     assert "eval_loss" in logs[-1] and "eval_mean_token_accuracy" in logs[-1]
@@ -133,8 +138,7 @@ def test_a_log_held_when_the_training_loop_ends_is_written_and_summed(
     ours, logs = _train(SyncFreeSFTTrainer, tiny_model, workbook, tmp_path / "ours", stop_epoch_at=3)
     assert [(e["step"], sorted(e)) for e in logs] == [(e["step"], sorted(e)) for e in expected]
     assert logs[0]["step"] == 3 and "loss" in logs[0] and logs[1]["train_loss"] > 0
-    for mine, theirs in zip(logs, expected, strict=True):
-        assert mine == pytest.approx(theirs, rel=1e-5, abs=1e-7)
+    _assert_same_logs(logs, expected, rel=1e-5, abs_=1e-7)
     assert ours.late_logs == 1 and ours._late is None
 
 
@@ -149,12 +153,7 @@ def test_logs_read_a_step_late_on_the_gpu_equal_logs_read_at_their_step(
     at_once, expected = _train(SyncFreeSFTTrainer, tiny_model, workbook, tmp_path / "at-once")
     assert next(late.model.parameters()).is_cuda
     assert (late.late_logs, at_once.late_logs) == (STEPS - 1, 0)
-    assert [sorted(e) for e in logs] == [sorted(e) for e in expected]
-    for mine, theirs in zip(logs, expected, strict=True):
-        assert mine == pytest.approx(theirs, rel=1e-4, abs=1e-6)
-        assert {k: v for k, v in mine.items() if isinstance(v, int)} == {
-            k: v for k, v in theirs.items() if isinstance(v, int)
-        }
+    _assert_same_logs(logs, expected, rel=1e-4, abs_=1e-6)
 
 
 @pytest.mark.slow
